@@ -1,0 +1,131 @@
+"""``litgpt-ext``: litgpt's command table plus commands registered under the entry-point group ``litgpt_ext.commands``.
+
+Every litgpt command runs exactly as under ``litgpt`` (same functions, same parser settings). Extensions, this
+project's included, are found only through the entry-point group, so another package adds a command by declaring::
+
+    [project.entry-points."litgpt_ext.commands"]
+    my_command = "my_package.module:function"
+
+A registered name that shadows a litgpt command, or one registered twice, is refused with a clear error rather
+than silently overriding: users must be able to trust that ``litgpt-ext generate`` is litgpt's ``generate``.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+
+from litgpt_ext.errors import EXIT_USER_ERROR, UserError
+
+ENTRY_POINT_GROUP = "litgpt_ext.commands"
+
+
+class CommandClashError(UserError):
+    """Two sources claim the same command name."""
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """The command being run and the arguments that followed its name (used to save ``hyperparameters.yaml``)."""
+
+    name: str
+    function: Callable
+    args: tuple[str, ...]
+
+
+_current: Invocation | None = None
+
+
+def current_invocation() -> Invocation | None:
+    """The command this process was started as, or None when the code is called from Python."""
+    return _current
+
+
+def litgpt_commands() -> dict[str, Callable]:
+    """litgpt's own command table, taken from ``litgpt.__main__`` so it stays in sync with the installed litgpt."""
+    from litgpt.__main__ import PARSER_DATA
+
+    return dict(PARSER_DATA)
+
+
+def _describe(ep: EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    source = f" (from {dist.name})" if dist is not None else ""
+    return f"'{ep.value}'{source}"
+
+
+def extension_entry_points() -> list[EntryPoint]:
+    """Entry points in our group, deduplicated (an editable install may expose the same dist twice on sys.path)."""
+    seen: dict[tuple[str, str], EntryPoint] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        seen.setdefault((ep.name, ep.value), ep)
+    return sorted(seen.values(), key=lambda ep: ep.name)
+
+
+def command_table() -> dict[str, Callable]:
+    """litgpt's commands plus every registered extension; raises :class:`CommandClashError` on a name clash."""
+    table = litgpt_commands()
+    origin: dict[str, str] = {name: "litgpt" for name in table}
+    for ep in extension_entry_points():
+        if ep.name in origin:
+            owner = "a litgpt command" if origin[ep.name] == "litgpt" else f"already registered by {origin[ep.name]}"
+            raise CommandClashError(
+                f"command '{ep.name}' registered by {_describe(ep)} clashes with {owner}; rename the entry point",
+                field=ENTRY_POINT_GROUP,
+            )
+        try:
+            function = ep.load()
+        except Exception as exc:  # a broken plugin must not take the whole CLI down
+            warnings.warn(f"litgpt-ext: skipping command '{ep.name}' from {_describe(ep)}: {exc}", stacklevel=2)
+            continue
+        table[ep.name] = function
+        origin[ep.name] = _describe(ep)
+    return table
+
+
+def _configure_like_litgpt() -> None:
+    """Apply the same global settings as ``litgpt.__main__.main`` so commands behave identically."""
+    import torch
+    from jsonargparse import set_config_read_mode, set_docstring_parse_options
+
+    set_docstring_parse_options(attribute_docstrings=True)
+    set_config_read_mode(urls_enabled=True)
+    warnings.filterwarnings(
+        action="ignore",
+        message=r"The epoch parameter in `scheduler.step\(\)` was not necessary and is being deprecated.*",
+        category=UserWarning,
+        module=r".*torch\.optim\.lr_scheduler.*",
+    )
+    torch.set_float32_matmul_precision("high")
+
+
+def _record_invocation(table: dict[str, Callable], argv: Sequence[str]) -> None:
+    global _current
+    for i, token in enumerate(argv):
+        if token in table:
+            _current = Invocation(token, table[token], tuple(argv[i + 1 :]))
+            return
+        if not token.startswith("-"):
+            return
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run ``litgpt-ext``; user errors become one line on stderr and exit code 2."""
+    from jsonargparse import CLI
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        table = command_table()
+        _configure_like_litgpt()
+        _record_invocation(table, argv)
+        CLI(table, args=argv)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR) from None
+
+
+if __name__ == "__main__":
+    main()

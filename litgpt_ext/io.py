@@ -1,0 +1,118 @@
+"""File writing that never leaves partial output behind and never loses appended work.
+
+* :func:`atomic_path` / :func:`atomic_write_text`: write to a temporary name in the same directory, fsync, then
+  ``os.replace`` — a reader sees the old file or the new one, never half of one.
+* :class:`JsonlAppender`: one JSON object per line, each line written with a single ``write`` and fsync'd, so a crash
+  can tear at most the last line; :func:`read_jsonl_repairing` detects and cuts such a torn tail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem supports fsync on a directory
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is fsync'd and renamed onto ``path``, else removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+class JsonlAppender:
+    """Append-only JSONL writer: every record is one line, written whole and fsync'd before ``write`` returns."""
+
+    def __init__(self, path: str | Path, fsync: bool = True) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "ab", buffering=0)
+        self._fsync = fsync
+
+    def write(self, record: dict) -> None:
+        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        self._fh.write(data)  # unbuffered: one write call per line
+        if self._fsync:
+            os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> JsonlAppender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def repair_torn_tail(path: str | Path) -> int:
+    """Cut a last line that lacks its newline or is not valid JSON (a crash mid-write); return bytes removed."""
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return 0
+    with open(path, "rb+") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        # find the start of the last line
+        block = min(size, 1 << 20)
+        fh.seek(size - block)
+        tail = fh.read(block)
+        body = tail[:-1] if tail.endswith(b"\n") else tail
+        start = body.rfind(b"\n") + 1
+        last = tail[start:]
+        ok = last.endswith(b"\n")
+        if ok:
+            try:
+                json.loads(last)
+            except ValueError:
+                ok = False
+        if ok:
+            return 0
+        cut = size - block + start
+        fh.truncate(cut)
+        os.fsync(fh.fileno())
+        return size - cut
+
+
+def read_jsonl_repairing(path: str | Path) -> Iterator[dict]:
+    """Read an append-only JSONL file written by :class:`JsonlAppender`, repairing a torn last line first."""
+    path = Path(path)
+    if not path.exists():
+        return
+    repair_torn_tail(path)
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                yield json.loads(line)

@@ -1,0 +1,221 @@
+"""``make_tiny_checkpoint``: a random-init litgpt checkpoint with a tokenizer trained on a local corpus.
+
+This is the embedded default student for tests, demos and smoke runs: nothing is downloaded. The directory has
+litgpt's layout (``lit_model.pth``, ``model_config.yaml``, ``tokenizer.json`` or ``tokenizer.model``,
+``tokenizer_config.json``, ``generation_config.json``) so litgpt's own ``finetune_lora``, ``generate`` and
+``merge_lora`` accept it, and each architecture family mirrors a real model so export code paths are exercised.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from litgpt_ext.errors import UserError
+from litgpt_ext.io import atomic_write_json
+
+Family = Literal["llama", "mistral", "qwen2", "gpt-neox", "phi"]
+
+# Architecture switches per family, copied in spirit from litgpt's configs of the named real models.
+_LLAMA = dict(
+    rotary_percentage=1.0,
+    parallel_residual=False,
+    bias=False,
+    norm_class_name="RMSNorm",
+    mlp_class_name="LLaMAMLP",
+    norm_eps=1e-5,
+)
+FAMILIES: dict[str, dict] = {
+    "llama": dict(_LLAMA, hf_config=dict(org="meta-llama", name="Llama-2-7b-hf")),
+    "mistral": dict(_LLAMA, hf_config=dict(org="mistralai", name="Mistral-7B-v0.1")),
+    "qwen2": dict(
+        _LLAMA, attn_bias=True, norm_eps=1e-6, rope_base=1_000_000, hf_config=dict(org="Qwen", name="Qwen2.5-0.5B")
+    ),
+    "gpt-neox": dict(
+        rotary_percentage=0.25,
+        parallel_residual=True,
+        bias=True,
+        norm_class_name="LayerNorm",
+        mlp_class_name="GptNeoxMLP",
+        hf_config=dict(org="EleutherAI", name="pythia-14m"),
+    ),
+    "phi": dict(
+        rotary_percentage=0.5,
+        parallel_residual=True,
+        bias=True,
+        shared_attention_norm=True,
+        lm_head_bias=True,
+        gelu_approximate="tanh",
+        norm_class_name="LayerNorm",
+        mlp_class_name="GptNeoxMLP",
+        hf_config=dict(org="microsoft", name="phi-1_5"),
+    ),
+}
+
+SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}
+
+
+def _train_bpe(corpus: Path, vocab_size: int, out_dir: Path) -> int:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE(unk_token=None))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[SPECIAL_TOKENS[k] for k in ("pad", "bos", "eos", "unk")],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train([str(corpus)], trainer)
+    tokenizer.save(str(out_dir / "tokenizer.json"))
+    tokenizer_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": SPECIAL_TOKENS["bos"],
+        "eos_token": SPECIAL_TOKENS["eos"],
+        "pad_token": SPECIAL_TOKENS["pad"],
+        "unk_token": SPECIAL_TOKENS["unk"],
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": 1_000_000,
+    }
+    atomic_write_json(out_dir / "tokenizer_config.json", tokenizer_config)
+    return tokenizer.get_vocab_size()
+
+
+def _train_sentencepiece(corpus: Path, vocab_size: int, out_dir: Path) -> int:
+    import sentencepiece as spm
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prefix = Path(tmp) / "tokenizer"
+        spm.SentencePieceTrainer.train(
+            input=str(corpus),
+            model_prefix=str(prefix),
+            vocab_size=vocab_size,
+            model_type="bpe",
+            pad_id=0,
+            bos_id=1,
+            eos_id=2,
+            unk_id=3,
+            byte_fallback=True,
+            hard_vocab_limit=False,
+            minloglevel=2,
+        )
+        (out_dir / "tokenizer.model").write_bytes(prefix.with_suffix(".model").read_bytes())
+    processor = spm.SentencePieceProcessor(model_file=str(out_dir / "tokenizer.model"))
+    tokenizer_config = {
+        "tokenizer_class": "LlamaTokenizer",
+        "bos_token": SPECIAL_TOKENS["bos"],
+        "eos_token": SPECIAL_TOKENS["eos"],
+        "pad_token": SPECIAL_TOKENS["pad"],
+        "unk_token": SPECIAL_TOKENS["unk"],
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "legacy": True,
+        "model_max_length": 1_000_000,
+    }
+    atomic_write_json(out_dir / "tokenizer_config.json", tokenizer_config)
+    return processor.vocab_size()
+
+
+def _init_weights(model: torch.nn.Module, n_layer: int) -> None:
+    """GPT-2 style init (std 0.02, residual projections scaled by depth) so tiny models learn quickly."""
+    for name, module in model.named_modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+            std = 0.02 / math.sqrt(2 * n_layer) if name.endswith(("attn.proj", "mlp.proj", "mlp.fc_2")) else 0.02
+            torch.nn.init.normal_(module.weight, mean=0.0, std=std)
+            if getattr(module, "bias", None) is not None:
+                torch.nn.init.zeros_(module.bias)
+
+
+DEFAULT_CORPUS = Path(__file__).resolve().parents[1] / "artifacts" / "demo" / "corpus.txt"
+
+
+def make_tiny_checkpoint(
+    out_dir: Path = Path("checkpoints/tiny"),
+    corpus: Path = DEFAULT_CORPUS,
+    tokenizer: Literal["bpe", "sentencepiece"] = "bpe",
+    model: Family = "llama",
+    n_layer: int = 2,
+    n_embd: int = 64,
+    n_head: int = 4,
+    n_query_groups: int | None = None,
+    intermediate_size: int | None = None,
+    vocab_size: int = 512,
+    block_size: int = 512,
+    seed: int = 42,
+) -> Path:
+    """Write a random-init litgpt checkpoint with a tokenizer trained on a local text corpus (nothing downloaded).
+
+    Args:
+        out_dir: Checkpoint directory to create (litgpt layout).
+        corpus: UTF-8 text file the tokenizer is trained on (default: the embedded demo corpus).
+        tokenizer: ``bpe`` (HF ``tokenizers`` byte-level BPE, writes tokenizer.json) or ``sentencepiece``
+            (writes tokenizer.model).
+        model: Architecture family to mirror: llama, mistral, qwen2 (qkv bias), gpt-neox (Pythia) or phi.
+        n_layer: Number of transformer blocks.
+        n_embd: Embedding width.
+        n_head: Attention heads.
+        n_query_groups: Key/value heads (grouped-query attention); default: n_head // 2 for llama-like families,
+            n_head otherwise.
+        intermediate_size: MLP width; default 4 * n_embd (8/3 * n_embd rounded for LLaMA MLPs).
+        vocab_size: Target tokenizer vocabulary size (the trainer may produce fewer on a small corpus).
+        block_size: Context length.
+        seed: Seed for the random weights.
+    """
+    from litgpt.config import Config
+    from litgpt.model import GPT
+    from litgpt.utils import save_config
+
+    out_dir, corpus = Path(out_dir), Path(corpus)
+    if not corpus.is_file():
+        raise UserError("corpus file not found", path=corpus)
+    if model not in FAMILIES:
+        raise UserError(f"unknown model family {model!r}; choose one of {sorted(FAMILIES)}", field="model")
+    if n_embd % n_head:
+        raise UserError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})", field="n_embd")
+    family = dict(FAMILIES[model])
+    llama_like = family.get("mlp_class_name") == "LLaMAMLP"
+    if n_query_groups is None:
+        n_query_groups = max(1, n_head // 2) if llama_like else n_head
+    if intermediate_size is None:
+        intermediate_size = 64 * math.ceil(8 * n_embd / 3 / 64) if llama_like else 4 * n_embd
+    if model == "mistral":
+        family["sliding_window_size"] = block_size
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train_tokenizer = _train_bpe if tokenizer == "bpe" else _train_sentencepiece
+    actual_vocab = train_tokenizer(corpus, vocab_size, out_dir)
+
+    config = Config(
+        name=f"tiny-{model}",
+        block_size=block_size,
+        vocab_size=actual_vocab,
+        padded_vocab_size=64 * math.ceil(actual_vocab / 64),
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=n_head,
+        n_query_groups=n_query_groups,
+        intermediate_size=intermediate_size,
+        **family,
+    )
+    torch.manual_seed(seed)
+    gpt = GPT(config)
+    _init_weights(gpt, n_layer)
+    torch.save(gpt.state_dict(), out_dir / "lit_model.pth")
+    save_config(config, out_dir)
+    atomic_write_json(
+        out_dir / "generation_config.json",
+        {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0},
+    )
+    n_params = sum(p.numel() for p in gpt.parameters())
+    print(
+        f"tiny {model} checkpoint: {n_params / 1e6:.2f}M params, vocab {actual_vocab} ({tokenizer}), "
+        f"{n_layer} layers -> {out_dir}"
+    )
+    return out_dir

@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny checkpoints built on the fly (nothing downloaded) and a helper to run the real CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "artifacts" / "demo"
+
+
+def run_cli(
+    *args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    """Run ``python -m litgpt_ext ARGS`` in a subprocess, as a user would."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "litgpt_ext", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Path:
+    return DEMO / "corpus.txt"
+
+
+@pytest.fixture(scope="session")
+def tiny_factory(tmp_path_factory, corpus):
+    """Build (once per session and setting) a tiny random-init checkpoint."""
+    from litgpt_ext.tiny_checkpoint import make_tiny_checkpoint
+
+    cache: dict[tuple, Path] = {}
+
+    def make(model: str = "llama", tokenizer: str = "bpe", **kw) -> Path:
+        key = (model, tokenizer, tuple(sorted(kw.items())))
+        if key not in cache:
+            out = tmp_path_factory.mktemp(f"tiny-{model}-{tokenizer}")
+            cache[key] = make_tiny_checkpoint(out_dir=out, corpus=corpus, model=model, tokenizer=tokenizer, **kw)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_factory) -> Path:
+    return tiny_factory()
