@@ -1,0 +1,65 @@
+"""Turn (prompt, response) text into ``input_ids`` + ``labels`` exactly as training expects them.
+
+Used both by training-time data modules and by ``distill_tokenize`` so pre-tokenized data is byte-for-byte what
+training would have produced. Rules:
+
+* labels are ``ignore_index`` on prompt tokens (when ``mask_prompt``), so the loss is on the answer only;
+* the response ends with EOS (the student must learn to stop);
+* when prompt + response exceed ``max_seq_length`` the **prompt** is truncated first: its leading BOS is kept and
+  tokens are dropped from the front of the rest, so the template's tail (``Answer:``, ``### Response:``) that cues
+  the answer survives. Only if the response alone does not fit (with ``min_prompt_tokens`` of prompt) is the
+  response cut from the end — then it has no EOS, and the sample is reported as truncated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Encoded:
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    prompt_truncated: bool = False
+    response_truncated: bool = False
+
+
+def encode_prompt_response(
+    prompt_ids: list[int],
+    response_ids: list[int],
+    eos_id: int | None,
+    bos_id: int | None = None,
+    max_seq_length: int | None = None,
+    mask_prompt: bool = True,
+    ignore_index: int = -100,
+    min_prompt_tokens: int = 8,
+) -> Encoded:
+    """Join already-tokenized prompt and response (see module docstring for the truncation rule)."""
+    response = list(response_ids)
+    if eos_id is not None and (not response or response[-1] != eos_id):
+        response.append(eos_id)
+    prompt = list(prompt_ids)
+    prompt_truncated = response_truncated = False
+    if max_seq_length and len(prompt) + len(response) > max_seq_length:
+        keep_prompt = max(min(len(prompt), min_prompt_tokens), max_seq_length - len(response))
+        keep_prompt = min(keep_prompt, len(prompt), max_seq_length - 1)
+        if keep_prompt < len(prompt):
+            head = prompt[:1] if bos_id is not None and prompt[:1] == [bos_id] else []
+            tail = prompt[len(prompt) - (keep_prompt - len(head)) :] if keep_prompt > len(head) else []
+            prompt, prompt_truncated = head + tail, True
+        if len(prompt) + len(response) > max_seq_length:
+            response, response_truncated = response[: max_seq_length - len(prompt)], True
+    input_ids = torch.tensor(prompt + response, dtype=torch.long)
+    labels = input_ids.clone()
+    if mask_prompt:
+        labels[: len(prompt)] = ignore_index
+    return Encoded(input_ids, labels, prompt_truncated, response_truncated)
+
+
+def encode_text(tokenizer, prompt: str, response: str, **kwargs) -> Encoded:
+    """Tokenize with a litgpt ``Tokenizer`` (BOS per its config on the prompt, none on the response)."""
+    prompt_ids = tokenizer.encode(prompt).tolist()
+    response_ids = tokenizer.encode(response, bos=False, eos=False).tolist()
+    return encode_prompt_response(prompt_ids, response_ids, eos_id=tokenizer.eos_id, bos_id=tokenizer.bos_id, **kwargs)

@@ -1,0 +1,125 @@
+"""Read training records from disk with one-line, located errors for every way the input can be wrong.
+
+Formats:
+* litgpt JSON — a list of ``{"instruction", "input"?, "output"}`` objects (``.json``) or one per line (``.jsonl``);
+* Q/A — ``{"train": [{"Question", "Answer"}], "val": [...], "test": [...]}`` (``val``/``test`` optional).
+
+Errors name the file, the record (``record N`` in a JSON array, ``line N`` in JSONL, ``train[N]`` in Q/A files,
+1-based) and the field: ``data.json:record 3: output: empty``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from litgpt_ext.errors import UserError
+
+
+@dataclass
+class Example:
+    """One supervised example before tokenization; ``where`` locates it for error messages."""
+
+    instruction: str
+    output: str
+    input: str = ""
+    where: str = ""
+    id: str | None = None
+
+
+def read_text(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError("file not found", path=path) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise UserError(f"not valid UTF-8 (byte {err.start})", path=path, line=f"line {line}") from None
+
+
+def load_json(path: Path) -> Any:
+    text = read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"invalid JSON: {err.msg}", path=path, line=f"line {err.lineno}") from None
+
+
+def load_jsonl(path: Path) -> list[tuple[str, Any]]:
+    rows = []
+    for n, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((f"line {n}", json.loads(line)))
+        except json.JSONDecodeError as err:
+            raise UserError(f"invalid JSON: {err.msg}", path=path, line=f"line {n}") from None
+    return rows
+
+
+def _text_field(obj: dict, key: str, path: Path, where: str, required: bool = True, allow_empty: bool = False) -> str:
+    if key not in obj:
+        if required:
+            raise UserError("missing", path=path, line=where, field=key)
+        return ""
+    value = obj[key]
+    if not isinstance(value, str):
+        raise UserError(f"expected a string, got {type(value).__name__}", path=path, line=where, field=key)
+    if not allow_empty and not value.strip():
+        raise UserError("empty", path=path, line=where, field=key)
+    return value
+
+
+def _litgpt_example(obj: Any, path: Path, where: str) -> Example:
+    if not isinstance(obj, dict):
+        raise UserError(f"expected an object, got {type(obj).__name__}", path=path, line=where)
+    ident = obj.get("id")
+    return Example(
+        instruction=_text_field(obj, "instruction", path, where),
+        input=_text_field(obj, "input", path, where, required=False, allow_empty=True),
+        output=_text_field(obj, "output", path, where),
+        where=where,
+        id=None if ident is None else str(ident),
+    )
+
+
+def _qa_example(obj: Any, path: Path, where: str) -> Example:
+    if not isinstance(obj, dict):
+        raise UserError(f"expected an object, got {type(obj).__name__}", path=path, line=where)
+    question = _text_field(obj, "Question", path, where)
+    answer = _text_field(obj, "Answer", path, where)
+    # The answer follows "Answer:" after one space, so the student learns to start its reply the same way.
+    return Example(instruction=question, output=answer if answer[:1].isspace() else " " + answer, where=where)
+
+
+def is_qa_file(data: Any) -> bool:
+    return isinstance(data, dict) and "train" in data
+
+
+def load_examples(path: Path) -> dict[str, list[Example]]:
+    """Load a file into ``{"train": [...], "val": [...]?, "test": [...]?}`` (litgpt files give only ``train``)."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        return {"train": [_litgpt_example(obj, path, where) for where, obj in load_jsonl(path)]}
+    data = load_json(path)
+    if is_qa_file(data):
+        splits = {}
+        for split in ("train", "val", "test"):
+            if split not in data:
+                continue
+            rows = data[split]
+            if not isinstance(rows, list):
+                raise UserError(f"expected a list, got {type(rows).__name__}", path=path, line=split)
+            splits[split] = [_qa_example(obj, path, f"{split}[{i}]") for i, obj in enumerate(rows, start=1)]
+        return splits
+    if isinstance(data, list):
+        return {"train": [_litgpt_example(obj, path, f"record {i}") for i, obj in enumerate(data, start=1)]}
+    raise UserError(
+        f"expected a list of records or an object with a 'train' list, got {type(data).__name__}",
+        path=path,
+        line="top level",
+    )

@@ -1,0 +1,255 @@
+"""What every finetune command shares before the loop: Fabric, the model (LoRA or full, with freezing), data,
+optimizer and checkpoint writer. A command is then: its objective + its arguments + :func:`run`."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+from litgpt.data import DataModule
+from litgpt.tokenizer import Tokenizer
+from litgpt.utils import get_default_supported_precision, instantiate_torch_optimizer, load_checkpoint
+
+from litgpt_ext.data.sft import SFTData
+from litgpt_ext.errors import UserError
+from litgpt_ext.training.args import CheckpointArgs, EvalArgs, TrainArgs
+from litgpt_ext.training.checkpoint import CheckpointWriter, find_resume_dir
+from litgpt_ext.training.freeze import apply_freezing, parameter_table
+from litgpt_ext.training.loop import fit
+from litgpt_ext.training.objectives.base import Objective
+
+Mode = Literal["lora", "full"]
+Strategy = Literal["auto", "ddp", "fsdp"]
+
+
+@dataclasses.dataclass
+class ModelSpec:
+    """How to build the trainable model from the base checkpoint."""
+
+    checkpoint_dir: Path
+    mode: Mode = "lora"
+    lora: dict = dataclasses.field(default_factory=dict)
+    """lora_r, lora_alpha, lora_dropout, lora_query, ... (litgpt's names)."""
+    frozen_groups: set[str] = dataclasses.field(default_factory=set)
+    layers_not_to_freeze: list[int] | None = None
+
+
+def check_checkpoint_dir(checkpoint_dir: Path) -> None:
+    """One-line error instead of litgpt's multi-line message + exit 1."""
+    if not checkpoint_dir.is_dir():
+        raise UserError("not a checkpoint directory", path=checkpoint_dir, field="checkpoint_dir")
+    missing = [f for f in ("lit_model.pth", "model_config.yaml") if not (checkpoint_dir / f).is_file()]
+    if not any((checkpoint_dir / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
+        missing.append("tokenizer.json or tokenizer.model")
+    if missing:
+        raise UserError(f"missing {', '.join(missing)}", path=checkpoint_dir, field="checkpoint_dir")
+
+
+def resolve_data(data: DataModule | Path | str | None) -> DataModule:
+    if data is None:
+        raise UserError("pass --data PATH (or --data SFTData --data.path PATH, or a litgpt DataModule)", field="data")
+    if isinstance(data, (str, Path)):
+        return SFTData(path=Path(data))
+    return data
+
+
+def datasets_of(data: DataModule) -> tuple[list, list]:
+    """Our DataModules expose datasets; for litgpt's own ones, take them from their dataloaders."""
+    if hasattr(data, "train_dataset") and hasattr(data, "val_dataset"):
+        return list(data.train_dataset), list(data.val_dataset)
+    return list(data.train_dataloader().dataset), list(data.val_dataloader().dataset)
+
+
+def optimizer_config(optimizer: str | dict) -> str | dict:
+    """litgpt's optimizer forms, plus a shorthand: ``--optimizer.lr 3e-4`` alone means AdamW with those args."""
+    if isinstance(optimizer, dict) and "class_path" not in optimizer:
+        return {"class_path": "torch.optim.AdamW", "init_args": {k: _number(v) for k, v in optimizer.items()}}
+    return optimizer
+
+
+def _number(value):
+    """CLI dict values arrive as strings ("3e-4", "[0.9, 0.95]"); turn them into numbers / lists."""
+    if not isinstance(value, str):
+        return value
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    import yaml
+
+    parsed = yaml.safe_load(value)
+    return [_number(v) for v in parsed] if isinstance(parsed, list) else parsed
+
+
+def make_fabric(
+    devices: int | str,
+    num_nodes: int,
+    strategy: Strategy,
+    precision: str,
+    logger_name: str,
+    out_dir: Path,
+    name: str,
+    log_interval: int,
+    resuming: bool,
+) -> L.Fabric:
+    from litgpt.lora import Block as LoRABlock
+    from litgpt.model import Block
+    from litgpt.utils import choose_logger, parse_devices
+
+    devices = parse_devices(devices)
+    if strategy == "fsdp":
+        from lightning.fabric.strategies import FSDPStrategy
+
+        strategy_obj = FSDPStrategy(
+            auto_wrap_policy={Block, LoRABlock},
+            state_dict_type="full",
+            sharding_strategy="FULL_SHARD",
+            use_orig_params=True,  # LoRA mixes frozen and trainable parameters within a block
+        )
+    elif strategy == "ddp" or (strategy == "auto" and devices * num_nodes > 1):
+        strategy_obj = "ddp"
+    else:
+        strategy_obj = "auto"
+    logger = choose_logger(logger_name, out_dir, name=name, log_interval=log_interval, resume=resuming or None)
+    return L.Fabric(devices=devices, num_nodes=num_nodes, strategy=strategy_obj, precision=precision, loggers=logger)
+
+
+def build_model(fabric: L.Fabric, spec: ModelSpec, objective: Objective) -> torch.nn.Module:
+    if spec.mode == "lora":
+        from litgpt.lora import GPT, Config, mark_only_lora_as_trainable
+
+        config = Config.from_file(spec.checkpoint_dir / "model_config.yaml", **spec.lora)
+        with fabric.init_module(empty_init=fabric.world_size > 1):
+            model = GPT(config)
+        mark_only_lora_as_trainable(model)
+    else:
+        from litgpt.config import Config
+        from litgpt.model import GPT
+
+        config = Config.from_file(spec.checkpoint_dir / "model_config.yaml")
+        with fabric.init_module(empty_init=fabric.world_size > 1):
+            model = GPT(config)
+        apply_freezing(model, spec.frozen_groups, spec.layers_not_to_freeze)
+    objective.prepare_model(model)
+    fabric.print(parameter_table(model))
+    if not any(p.requires_grad for p in model.parameters()):
+        raise UserError("every parameter is frozen; nothing to train", field="freeze_*")
+    return model
+
+
+def run(
+    make_objective: Callable[[Tokenizer, TrainArgs], Objective],
+    data: DataModule | Path | str | None,
+    spec: ModelSpec,
+    out_dir: Path,
+    hparams: dict,
+    precision: str | None = None,
+    devices: int | str = 1,
+    num_nodes: int = 1,
+    strategy: Strategy = "auto",
+    train: TrainArgs | None = None,
+    eval: EvalArgs | None = None,
+    checkpoint: CheckpointArgs | None = None,
+    optimizer: str | dict = "AdamW",
+    logger_name: str = "csv",
+    seed: int = 1337,
+    resume: bool | Literal["auto"] | Path = False,
+) -> None:
+    """Validate inputs, set up Fabric and launch :func:`fit` on every process."""
+    train, eval, checkpoint = train or TrainArgs(), eval or EvalArgs(), checkpoint or CheckpointArgs()
+    check_checkpoint_dir(spec.checkpoint_dir)
+    data = resolve_data(data)
+    out_dir = Path(out_dir)
+    resume_dir = find_resume_dir(resume, out_dir)
+    precision = precision or get_default_supported_precision(training=True)
+    hparams = {**hparams, "precision": precision}
+    fabric = make_fabric(
+        devices,
+        num_nodes,
+        strategy,
+        precision,
+        logger_name,
+        out_dir,
+        name=f"finetune-{out_dir.name}",
+        log_interval=train.log_interval,
+        resuming=resume_dir is not None,
+    )
+    fabric.launch(
+        _main,
+        make_objective,
+        data,
+        spec,
+        out_dir,
+        hparams,
+        precision,
+        train,
+        eval,
+        checkpoint,
+        optimizer,
+        seed,
+        resume_dir,
+    )
+
+
+def _main(
+    fabric,
+    make_objective,
+    data,
+    spec,
+    out_dir,
+    hparams,
+    precision,
+    train,
+    eval,
+    checkpoint,
+    optimizer,
+    seed,
+    resume_dir,
+) -> None:
+    fabric.seed_everything(seed)
+    tokenizer = Tokenizer(spec.checkpoint_dir)
+    data.connect(tokenizer=tokenizer, batch_size=train.micro_batch_size, max_seq_length=train.max_seq_length)
+    with fabric.rank_zero_first():
+        data.prepare_data()
+    data.setup()
+    train_data, val_data = datasets_of(data)
+    if getattr(data, "stats", None):
+        fabric.print("Data: " + ", ".join(f"{k}={v}" for k, v in data.stats.items()))
+    objective = make_objective(tokenizer, train)
+
+    if fabric.global_rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    model = build_model(fabric, spec, objective)
+    model = fabric.setup_module(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = fabric.setup_optimizers(instantiate_torch_optimizer(optimizer_config(optimizer), trainable))
+    load_checkpoint(fabric, model, spec.checkpoint_dir / "lit_model.pth", strict=spec.mode == "full")
+
+    writer = CheckpointWriter(
+        source_dir=spec.checkpoint_dir,
+        hparams=hparams,
+        prompt_style=getattr(data, "prompt_style", None),
+        lora=spec.mode == "lora",
+        precision=precision,
+    )
+    fit(
+        fabric,
+        model,
+        objective,
+        opt,
+        train_data,
+        val_data,
+        writer,
+        out_dir,
+        train,
+        eval,
+        checkpoint,
+        seed,
+        resume_dir=resume_dir,
+        tokenizer=tokenizer,
+    )

@@ -1,0 +1,133 @@
+"""Checkpoint directories in litgpt's layout, plus the state that makes ``--resume`` exact.
+
+A step directory holds what litgpt expects (``lit_model.pth`` or ``lit_model.pth.lora``, ``model_config.yaml``,
+tokenizer files, ``hyperparameters.yaml``, ``prompt_style.yaml``) and, for resuming, ``training_state.pth``
+(optimizer, scheduler, counters) and ``rng-rank{R}.pth`` (every RNG of every rank). It is written under a
+``.partial`` name and renamed when complete, so a crash never leaves a directory that looks finished.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import yaml
+from litgpt.lora import lora_filter
+from litgpt.prompts import PromptStyle, save_prompt_style
+from litgpt.utils import copy_config_files
+
+from litgpt_ext.io import atomic_write_text
+
+STATE_FILE = "training_state.pth"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class CheckpointWriter:
+    """Writes checkpoint directories for one run (same base model, hyperparameters and prompt style)."""
+
+    source_dir: Path
+    """The base checkpoint: its config and tokenizer files are copied into every directory."""
+    hparams: dict
+    """Already scrubbed of secrets."""
+    prompt_style: PromptStyle | None
+    lora: bool
+    precision: str | None = None
+
+    def _save_model(self, fabric: L.Fabric, model: torch.nn.Module, directory: Path) -> None:
+        if self.lora:
+            fabric.save(directory / "lit_model.pth.lora", {"model": model}, filter={"model": lora_filter})
+        else:
+            fabric.save(directory / "lit_model.pth", {"model": model})
+
+    def _save_metadata(self, directory: Path) -> None:
+        copy_config_files(self.source_dir, directory)
+        atomic_write_text(directory / "hyperparameters.yaml", yaml.safe_dump(self.hparams, sort_keys=False))
+        if self.prompt_style is not None:
+            save_prompt_style(self.prompt_style, directory)
+
+    def write(
+        self,
+        fabric: L.Fabric,
+        model: torch.nn.Module,
+        directory: Path,
+        training_state: dict | None = None,
+        merge_lora: bool = False,
+    ) -> Path:
+        """Write a complete checkpoint directory (atomically renamed into place) and return its path."""
+        partial = directory.with_name(directory.name + ".partial")
+        if fabric.global_rank == 0:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+        fabric.barrier()
+        self._save_model(fabric, model, partial)
+        if training_state is not None:
+            fabric.save(partial / STATE_FILE, training_state)
+            torch.save(rng_state(), partial / f"rng-rank{fabric.global_rank}.pth")
+        fabric.barrier()
+        if fabric.global_rank == 0:
+            self._save_metadata(partial)
+            if merge_lora and self.lora:
+                from litgpt.scripts.merge_lora import merge_lora as litgpt_merge_lora
+
+                litgpt_merge_lora(partial, pretrained_checkpoint_dir=self.source_dir, precision=self.precision)
+            shutil.rmtree(directory, ignore_errors=True)
+            partial.rename(directory)
+        fabric.barrier()
+        return directory
+
+
+def step_dirs(out_dir: Path) -> list[tuple[int, Path]]:
+    """Completed ``step-*`` checkpoints with resumable state, oldest first."""
+    found = []
+    for path in Path(out_dir).glob("step-*"):
+        match = _STEP_DIR.match(path.name)
+        if match and (path / STATE_FILE).is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def find_resume_dir(resume: bool | str | Path, out_dir: Path) -> Path | None:
+    """``auto``/``True``: newest step checkpoint in ``out_dir`` (auto may find none); a path: that checkpoint."""
+    from litgpt_ext.errors import UserError
+
+    if resume is False or resume is None:
+        return None
+    if resume in (True, "auto"):
+        dirs = step_dirs(out_dir)
+        if not dirs and resume is True:
+            raise UserError("no resumable step-* checkpoint found", path=out_dir, field="resume")
+        return dirs[-1][1] if dirs else None
+    path = Path(resume)
+    if not (path / STATE_FILE).is_file():
+        raise UserError(f"not a resumable checkpoint (no {STATE_FILE})", path=path, field="resume")
+    return path
+
+
+def prune_step_dirs(out_dir: Path, keep_last: int | None) -> None:
+    if keep_last is None:
+        return
+    for _, path in step_dirs(out_dir)[:-keep_last] if keep_last > 0 else step_dirs(out_dir):
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,269 @@
+"""The one training loop. Every method (SFT, DPO, ORPO, reward heads) is an :class:`Objective` handed to :func:`fit`.
+
+``fit`` owns what methods share: resumable data order, gradient accumulation, warmup + cosine LR, gradient
+clipping, evaluation, periodic / best / final checkpoints, exact ``--resume``, loggers, progress and the final
+report. It knows nothing about what a loss means; the objective knows nothing about checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.fabric.strategies import FSDPStrategy
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from litgpt_ext.io import JsonlAppender, atomic_write_json, atomic_write_text
+from litgpt_ext.training.args import CheckpointArgs, EvalArgs, TrainArgs
+from litgpt_ext.training.checkpoint import STATE_FILE, CheckpointWriter, prune_step_dirs, set_rng_state
+from litgpt_ext.training.evaluation import generation_eval, validate
+from litgpt_ext.training.objectives.base import Objective, unwrap
+from litgpt_ext.training.report import format_report, performance_report, plot_metrics
+from litgpt_ext.training.sampler import ResumableBatchSampler
+from litgpt_ext.training.schedule import warmup_cosine
+
+
+@dataclass
+class Progress:
+    """Everything that must survive a restart, besides weights, optimizer, scheduler and RNG."""
+
+    step: int = 0
+    iter: int = 0
+    tokens: int = 0
+    best_value: float | None = None
+    best_step: int | None = None
+
+
+def plan_steps(train: TrainArgs, batches_per_epoch: int, accum: int) -> tuple[int, int]:
+    """(total optimizer steps, warmup steps) from epochs / max_steps and the warmup setting."""
+    steps_per_epoch = max(1, batches_per_epoch // accum)
+    candidates = [s for s in (train.max_steps, (train.epochs or 0) * steps_per_epoch or None) if s]
+    if not candidates:
+        raise ValueError("set --train.epochs or --train.max_steps")
+    total = min(candidates)
+    if train.lr_warmup_fraction:
+        warmup = math.ceil(train.lr_warmup_fraction * steps_per_epoch)
+    else:
+        warmup = train.lr_warmup_steps or 0
+    return total, min(warmup, total)
+
+
+def _loader(dataset: list, sampler: ResumableBatchSampler, objective: Objective) -> DataLoader:
+    # A private generator: creating an iterator must not draw from the global RNG, or a resumed run's dropout
+    # masks would differ from the uninterrupted run's.
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=objective.collate, generator=torch.Generator())
+
+
+def _is_better(value: float, best: float | None, mode: str) -> bool:
+    return best is None or (value < best if mode == "min" else value > best)
+
+
+def fit(
+    fabric: L.Fabric,
+    model: torch.nn.Module,
+    objective: Objective,
+    optimizer: torch.optim.Optimizer,
+    train_dataset: list,
+    val_dataset: list,
+    writer: CheckpointWriter,
+    out_dir: Path,
+    train: TrainArgs,
+    eval: EvalArgs,
+    checkpoint: CheckpointArgs,
+    seed: int,
+    resume_dir: Path | None = None,
+    tokenizer=None,
+) -> dict:
+    """Train ``model`` with ``objective``; returns the performance report. See the module docstring."""
+    out_dir = Path(out_dir)
+    accum = train.gradient_accumulation_iters(fabric.world_size, 1)
+    train_sampler = ResumableBatchSampler(
+        len(train_dataset), train.micro_batch_size, seed, fabric.global_rank, fabric.world_size
+    )
+    val_sampler = ResumableBatchSampler(
+        len(val_dataset), train.micro_batch_size, seed, fabric.global_rank, fabric.world_size, shuffle=False
+    )
+    train_loader, val_loader = fabric.setup_dataloaders(
+        _loader(train_dataset, train_sampler, objective),
+        _loader(val_dataset, val_sampler, objective),
+        use_distributed_sampler=False,
+    )
+    batches_per_epoch = len(train_sampler)
+    total_steps, warmup_steps = plan_steps(train, batches_per_epoch, accum)
+    scheduler = warmup_cosine(optimizer, warmup_steps, total_steps, train.min_lr)
+    monitor = checkpoint.monitor or objective.monitor
+    mode = checkpoint.mode or objective.monitor_mode
+
+    gpt = unwrap(model)
+    longest = max(len(seq["input_ids"]) for sample in [*train_dataset, *val_dataset] for seq in _sequences(sample))
+    gpt.max_seq_length = min(longest, train.max_seq_length or longest, gpt.config.block_size)
+
+    progress = Progress()
+    metrics_file = out_dir / "metrics.jsonl"
+    if resume_dir is not None:
+        progress = _restore(fabric, model, optimizer, scheduler, resume_dir, writer.lora)
+        if fabric.global_rank == 0:
+            _truncate_metrics(metrics_file, progress.step)
+        fabric.print(f"Resumed from {resume_dir} at step {progress.step} (micro-batch {progress.iter})")
+    log = JsonlAppender(metrics_file, fsync=False) if fabric.global_rank == 0 else None
+
+    fabric.print(
+        f"Training {objective.name}: {len(train_dataset):,} train / {len(val_dataset):,} val samples, "
+        f"{batches_per_epoch} micro-batches of {train.micro_batch_size} per epoch and rank, {accum} per step, "
+        f"{total_steps} steps ({warmup_steps} warmup), max length {gpt.max_seq_length}"
+    )
+
+    def evaluate(step: int) -> dict[str, float]:
+        results = validate(fabric, model, objective, val_loader, eval.max_iters)
+        can_generate = not (isinstance(fabric.strategy, FSDPStrategy) and fabric.world_size > 1)
+        if eval.generate_samples and tokenizer is not None and can_generate:
+            if fabric.global_rank == 0:
+                results |= generation_eval(
+                    fabric,
+                    model,
+                    val_dataset[: eval.generate_samples],
+                    tokenizer,
+                    eval.max_new_tokens or 50,
+                    out_dir / "eval" / f"step-{step:06d}.csv",
+                    eval.text_metrics,
+                )
+            fabric.barrier()
+        return results
+
+    def record(row: dict) -> None:
+        fabric.log_dict(row, step=row["step"])
+        if log is not None:
+            log.write(row)
+
+    def after_eval(step: int, results: dict[str, float]) -> None:
+        record({"step": step, **results})
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in results.items())
+        fabric.print(f"step {step}: {shown}")
+        value = results.get(monitor)
+        if checkpoint.save_best and value is not None and _is_better(value, progress.best_value, mode):
+            progress.best_value, progress.best_step = value, step
+            writer.write(fabric, model, out_dir / "best")
+            if fabric.global_rank == 0:
+                atomic_write_json(out_dir / "best" / "best.json", {"step": step, monitor: value, "mode": mode})
+
+    if eval.initial_validation and progress.step == 0:
+        after_eval(0, evaluate(0))
+
+    def micro_batches():
+        while True:
+            epoch, position = divmod(progress.iter, batches_per_epoch)
+            train_sampler.set_position(epoch, position)
+            yield from train_loader
+
+    stream = micro_batches()
+    bar = tqdm(
+        total=total_steps,
+        initial=progress.step,
+        desc=objective.name,
+        disable=fabric.global_rank != 0,
+        dynamic_ncols=True,
+        unit="step",
+    )
+    t_start, tokens_at_start = time.perf_counter(), progress.tokens
+    max_time = train.max_time or float("inf")
+    step_loss = torch.zeros((), device=fabric.device)
+    step_metrics: dict[str, torch.Tensor] = {}
+    step_tokens = torch.zeros((), device=fabric.device, dtype=torch.long)
+    model.train()
+
+    while progress.step < total_steps and time.perf_counter() - t_start < max_time:
+        batch = next(stream)
+        progress.iter += 1
+        accumulating = progress.iter % accum != 0
+        with fabric.no_backward_sync(model, enabled=accumulating):
+            loss, metrics = objective.compute(model, batch)
+            fabric.backward(loss / accum)
+        step_loss += loss.detach() / accum
+        for key, value in metrics.items():
+            step_metrics[key] = step_metrics.get(key, 0.0) + value.detach().float() / accum
+        step_tokens += objective.batch_tokens(batch)
+        if accumulating:
+            continue
+
+        if train.max_norm:
+            fabric.clip_gradients(model, optimizer, max_norm=train.max_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        progress.step += 1
+        bar.update(1)
+
+        if progress.step % train.log_interval == 0 or progress.step == total_steps:
+            progress.tokens += int(step_tokens) * fabric.world_size
+            elapsed = time.perf_counter() - t_start
+            row = {
+                "step": progress.step,
+                "iter": progress.iter,
+                "epoch": progress.iter / batches_per_epoch,
+                "loss": float(step_loss),
+                **{k: float(v) for k, v in step_metrics.items()},
+                "learning_rate": scheduler.get_last_lr()[0],
+                "tokens": progress.tokens,
+                "tokens_per_sec": (progress.tokens - tokens_at_start) / max(elapsed, 1e-9),
+            }
+            record(row)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_sec']:,.0f}", refresh=False)
+        step_loss.zero_()
+        step_metrics.clear()
+        step_tokens.zero_()
+
+        if progress.step % eval.interval == 0 and progress.step < total_steps:
+            after_eval(progress.step, evaluate(progress.step))
+        if train.save_interval and progress.step % train.save_interval == 0:
+            state = {"optimizer": optimizer, "scheduler": scheduler, "progress": progress.__dict__}
+            writer.write(fabric, model, out_dir / f"step-{progress.step:06d}", training_state=state)
+            if fabric.global_rank == 0:
+                prune_step_dirs(out_dir, checkpoint.keep_last)
+    bar.close()
+    seconds = time.perf_counter() - t_start
+
+    if eval.final_validation:
+        after_eval(progress.step, evaluate(progress.step))
+    if log is not None:
+        log.close()
+    writer.write(fabric, model, out_dir / "final", merge_lora=True)
+
+    report = performance_report(out_dir, seconds, progress.step, progress.tokens - tokens_at_start, fabric.device)
+    fabric.print(format_report(report))
+    if fabric.global_rank == 0:
+        png = plot_metrics(metrics_file, out_dir / "loss.png")
+        fabric.print(f"Final checkpoint: {out_dir / 'final'}" + (f" | loss plot: {png}" if png else ""))
+    return report
+
+
+def _sequences(sample: dict) -> list[dict]:
+    """Objectives with paired samples (chosen/rejected) store sequences under sub-keys; SFT samples are flat."""
+    if "input_ids" in sample:
+        return [sample]
+    return [v for v in sample.values() if isinstance(v, dict) and "input_ids" in v]
+
+
+def _restore(fabric, model, optimizer, scheduler, resume_dir: Path, lora: bool) -> Progress:
+    weights = resume_dir / ("lit_model.pth.lora" if lora else "lit_model.pth")
+    fabric.load(weights, {"model": model}, strict=False)
+    remainder = fabric.load(resume_dir / STATE_FILE, {"optimizer": optimizer, "scheduler": scheduler})
+    progress = Progress(**remainder["progress"])
+    rng_file = resume_dir / f"rng-rank{fabric.global_rank}.pth"
+    if rng_file.is_file():
+        set_rng_state(torch.load(rng_file, weights_only=False))
+    return progress
+
+
+def _truncate_metrics(metrics_file: Path, step: int) -> None:
+    """Drop metric rows logged after the checkpoint we resume from (they will be logged again)."""
+    if not metrics_file.is_file():
+        return
+    rows = [line for line in metrics_file.read_text().splitlines() if line.strip()]
+    kept = [line for line in rows if json.loads(line)["step"] <= step]
+    atomic_write_text(metrics_file, "".join(line + "\n" for line in kept))

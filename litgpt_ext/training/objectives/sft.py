@@ -1,0 +1,57 @@
+"""Supervised finetuning: next-token cross-entropy on answer tokens only.
+
+``loss = mean_{t : label_t != ignore} -log p(label_t | tokens_<t)`` — prompt and padding positions carry
+``ignore_index`` labels and never reach the LM head (see :func:`selected_logits`), so padding is never trained as EOS.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from litgpt_ext.training.objectives.base import Objective, selected_logits
+
+
+def pad_collate(
+    samples: list[dict], pad_id: int = 0, ignore_index: int = -100, max_seq_length: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Right-pad ``input_ids`` with ``pad_id`` and ``labels`` with ``ignore_index``; keep true ``lengths``."""
+    ids = [s["input_ids"][:max_seq_length] if max_seq_length else s["input_ids"] for s in samples]
+    labels = [s["labels"][: len(i)] for s, i in zip(samples, ids, strict=True)]
+    return {
+        "input_ids": nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=pad_id),
+        "labels": nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=ignore_index),
+        "lengths": torch.tensor([len(i) for i in ids], dtype=torch.long),
+    }
+
+
+def answer_cross_entropy(
+    model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100
+) -> torch.Tensor:
+    """Mean next-token cross-entropy over positions whose (shifted) label is not ignored."""
+    targets = labels[:, 1:]
+    positions = targets != ignore_index
+    logits = selected_logits(model, input_ids[:, :-1], positions)
+    return F.cross_entropy(logits.float(), targets[positions])
+
+
+class SFTObjective(Objective):
+    """Answer-only next-token prediction (LoRA or full finetuning; the loop decides which weights train)."""
+
+    name = "sft"
+
+    def __init__(self, pad_id: int = 0, ignore_index: int = -100, max_seq_length: int | None = None) -> None:
+        self.pad_id, self.ignore_index, self.max_seq_length = pad_id, ignore_index, max_seq_length
+
+    def collate(self, samples: list[dict]) -> dict[str, torch.Tensor]:
+        return pad_collate(samples, self.pad_id, self.ignore_index, self.max_seq_length)
+
+    def compute(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss = answer_cross_entropy(model, batch["input_ids"], batch["labels"], self.ignore_index)
+        return loss, {}
+
+    def derived_val_metrics(self, means: dict[str, float]) -> dict[str, float]:
+        return {"val_ppl": math.exp(min(means["val_loss"], 50.0))}
