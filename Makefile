@@ -40,3 +40,6 @@ format: install
 
 clean:
 	rm -rf out artifacts/runs .pytest_cache .ruff_cache build dist *.egg-info
+
+bench-sft: install
+	$(BIN)/python -m tests.bench.bench_sft

@@ -59,39 +59,45 @@ def main() -> None:
 
 
 def _sft_stage(student: Path) -> list[tuple[str, Path]]:
-    """Finetune the student with litgpt's own LoRA finetuning on the Q/A data (replaced by finetune_sft later)."""
-    import json
-
-    data = json.loads((DEMO_DATA / "qa.json").read_text())
-    rows = [{"instruction": r["Question"], "input": "", "output": r["Answer"]} for r in data["train"] + data["val"]]
-    data_file = RUN / "qa_litgpt.json"
-    data_file.write_text(json.dumps(rows))
-    out = RUN / "lora"
+    """Finetune the student on the Q/A data with finetune_sft (full weights, the one Fabric loop), then generate."""
+    out = RUN / "sft"
     litgpt_ext(
-        "finetune_lora",
+        "finetune_sft",
         rel(student),
         "--data",
-        "JSON",
-        "--data.json_path",
-        rel(data_file),
-        "--data.val_split_fraction",
-        0.1,
-        "--train.max_steps",
-        20,
-        "--train.global_batch_size",
-        8,
-        "--train.micro_batch_size",
-        8,
-        "--train.lr_warmup_steps",
-        2,
-        "--eval.interval",
-        1000,
-        "--eval.max_new_tokens",
-        8,
-        "--precision",
-        "32-true",
+        rel(DEMO_DATA / "qa.json"),
         "--out_dir",
         rel(out),
+        "--mode",
+        "full",
+        "--precision",
+        "32-true",
+        "--train.max_steps",
+        150,
+        "--train.epochs",
+        "null",
+        "--train.global_batch_size",
+        16,
+        "--train.micro_batch_size",
+        16,
+        "--train.lr_warmup_steps",
+        10,
+        "--train.save_interval",
+        50,
+        "--train.log_interval",
+        10,
+        "--optimizer.lr",
+        3e-3,
+        "--eval.interval",
+        50,
+        "--eval.max_iters",
+        4,
+        "--eval.generate_samples",
+        4,
+        "--eval.max_new_tokens",
+        16,
+        "--eval.text_metrics",
+        "true",
     )
     litgpt_ext(
         "generate",
@@ -102,8 +108,16 @@ def _sft_stage(student: Path) -> list[tuple[str, Path]]:
         12,
         "--precision",
         "32-true",
+        "--temperature",
+        0.1,
     )
-    return [("finetuned checkpoint (LoRA)", out / "final")]
+    return [
+        ("finetuned checkpoint", out / "final"),
+        ("best checkpoint", out / "best"),
+        ("loss curve", out / "loss.png"),
+        ("metrics", out / "metrics.jsonl"),
+        ("generated validation answers", out / "eval"),
+    ]
 
 
 STAGES = [_sft_stage]

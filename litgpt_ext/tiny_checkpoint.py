@@ -147,6 +147,7 @@ def make_tiny_checkpoint(
     n_query_groups: int | None = None,
     intermediate_size: int | None = None,
     vocab_size: int = 512,
+    padded_vocab_size: int | None = None,
     block_size: int = 512,
     seed: int = 42,
 ) -> Path:
@@ -165,6 +166,8 @@ def make_tiny_checkpoint(
             n_head otherwise.
         intermediate_size: MLP width; default 4 * n_embd (8/3 * n_embd rounded for LLaMA MLPs).
         vocab_size: Target tokenizer vocabulary size (the trainer may produce fewer on a small corpus).
+        padded_vocab_size: Embedding / LM-head rows (>= the tokenizer's vocabulary; default: rounded up to 64).
+            Set e.g. 32000 to give a tiny model a real student's vocabulary cost in benchmarks.
         block_size: Context length.
         seed: Seed for the random weights.
     """
@@ -196,7 +199,7 @@ def make_tiny_checkpoint(
         name=f"tiny-{model}",
         block_size=block_size,
         vocab_size=actual_vocab,
-        padded_vocab_size=64 * math.ceil(actual_vocab / 64),
+        padded_vocab_size=max(padded_vocab_size or 0, 64 * math.ceil(actual_vocab / 64)),
         n_layer=n_layer,
         n_embd=n_embd,
         n_head=n_head,

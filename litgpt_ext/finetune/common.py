@@ -102,6 +102,8 @@ def make_fabric(
     from litgpt.utils import choose_logger, parse_devices
 
     devices = parse_devices(devices)
+    if strategy == "fsdp" and not torch.cuda.is_available():
+        raise UserError("fsdp needs CUDA GPUs (Lightning Fabric's FSDP is GPU-only); use ddp on CPU", field="strategy")
     if strategy == "fsdp":
         from lightning.fabric.strategies import FSDPStrategy
 
@@ -120,11 +122,16 @@ def make_fabric(
 
 
 def build_model(fabric: L.Fabric, spec: ModelSpec, objective: Objective) -> torch.nn.Module:
+    from lightning.fabric.strategies import FSDPStrategy
+
+    # Skip random init only where FSDP materialises parameters itself (reset_parameters); elsewhere new weights
+    # that the base checkpoint does not hold (LoRA A/B, heads) would stay uninitialised memory.
+    empty_init = isinstance(fabric.strategy, FSDPStrategy)
     if spec.mode == "lora":
         from litgpt.lora import GPT, Config, mark_only_lora_as_trainable
 
         config = Config.from_file(spec.checkpoint_dir / "model_config.yaml", **spec.lora)
-        with fabric.init_module(empty_init=fabric.world_size > 1):
+        with fabric.init_module(empty_init=empty_init):
             model = GPT(config)
         mark_only_lora_as_trainable(model)
     else:
@@ -132,7 +139,7 @@ def build_model(fabric: L.Fabric, spec: ModelSpec, objective: Objective) -> torc
         from litgpt.model import GPT
 
         config = Config.from_file(spec.checkpoint_dir / "model_config.yaml")
-        with fabric.init_module(empty_init=fabric.world_size > 1):
+        with fabric.init_module(empty_init=empty_init):
             model = GPT(config)
         apply_freezing(model, spec.frozen_groups, spec.layers_not_to_freeze)
     objective.prepare_model(model)
@@ -160,12 +167,21 @@ def run(
     seed: int = 1337,
     resume: bool | Literal["auto"] | Path = False,
 ) -> None:
-    """Validate inputs, set up Fabric and launch :func:`fit` on every process."""
+    """Validate inputs and data (before any process starts), set up Fabric, and launch :func:`fit`."""
     train, eval, checkpoint = train or TrainArgs(), eval or EvalArgs(), checkpoint or CheckpointArgs()
     check_checkpoint_dir(spec.checkpoint_dir)
     data = resolve_data(data)
     out_dir = Path(out_dir)
     resume_dir = find_resume_dir(resume, out_dir)
+    # Data is loaded and validated here, in every process (a DDP launcher re-runs the command per rank), so bad
+    # input fails fast with a one-line error before Fabric or the model is touched.
+    tokenizer = Tokenizer(spec.checkpoint_dir)
+    data.connect(tokenizer=tokenizer, batch_size=train.micro_batch_size, max_seq_length=train.max_seq_length)
+    data.prepare_data()
+    data.setup()
+    train_data, val_data = datasets_of(data)
+    if getattr(data, "stats", None):
+        print("Data: " + ", ".join(f"{k}={v}" for k, v in data.stats.items()))
     precision = precision or get_default_supported_precision(training=True)
     hparams = {**hparams, "precision": precision}
     fabric = make_fabric(
@@ -179,14 +195,23 @@ def run(
         log_interval=train.log_interval,
         resuming=resume_dir is not None,
     )
+    writer = CheckpointWriter(
+        source_dir=spec.checkpoint_dir,
+        hparams=hparams,
+        prompt_style=getattr(data, "prompt_style", None),
+        lora=spec.mode == "lora",
+        precision=precision,
+    )
+    objective = make_objective(tokenizer, train)
     fabric.launch(
         _main,
-        make_objective,
-        data,
+        objective,
+        train_data,
+        val_data,
+        tokenizer,
         spec,
+        writer,
         out_dir,
-        hparams,
-        precision,
         train,
         eval,
         checkpoint,
@@ -198,12 +223,13 @@ def run(
 
 def _main(
     fabric,
-    make_objective,
-    data,
+    objective,
+    train_data,
+    val_data,
+    tokenizer,
     spec,
+    writer,
     out_dir,
-    hparams,
-    precision,
     train,
     eval,
     checkpoint,
@@ -212,16 +238,6 @@ def _main(
     resume_dir,
 ) -> None:
     fabric.seed_everything(seed)
-    tokenizer = Tokenizer(spec.checkpoint_dir)
-    data.connect(tokenizer=tokenizer, batch_size=train.micro_batch_size, max_seq_length=train.max_seq_length)
-    with fabric.rank_zero_first():
-        data.prepare_data()
-    data.setup()
-    train_data, val_data = datasets_of(data)
-    if getattr(data, "stats", None):
-        fabric.print("Data: " + ", ".join(f"{k}={v}" for k, v in data.stats.items()))
-    objective = make_objective(tokenizer, train)
-
     if fabric.global_rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
     model = build_model(fabric, spec, objective)
@@ -229,14 +245,6 @@ def _main(
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = fabric.setup_optimizers(instantiate_torch_optimizer(optimizer_config(optimizer), trainable))
     load_checkpoint(fabric, model, spec.checkpoint_dir / "lit_model.pth", strict=spec.mode == "full")
-
-    writer = CheckpointWriter(
-        source_dir=spec.checkpoint_dir,
-        hparams=hparams,
-        prompt_style=getattr(data, "prompt_style", None),
-        lora=spec.mode == "lora",
-        precision=precision,
-    )
     fit(
         fabric,
         model,

@@ -1,0 +1,47 @@
+"""Helpers shared by the benchmarks: run a command as a child process and measure its wall time and peak RSS."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class ChildRun:
+    seconds: float
+    peak_rss_mb: float
+    stdout: str
+    stderr: str
+
+
+def run_measured(args: list[str], cwd: Path | None = None, env: dict | None = None) -> ChildRun:
+    """Run ``python -m litgpt_ext ARGS``-style commands; peak RSS comes from the child's own rusage (wait4)."""
+    out_f = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-{os.getpid()}-{time.time_ns()}.out", "w+")
+    err_f = open(out_f.name + ".err", "w+")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(args, cwd=cwd, env={**os.environ, **(env or {})}, stdout=out_f, stderr=err_f)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    out_f.seek(0), err_f.seek(0)
+    result = ChildRun(seconds, usage.ru_maxrss / 1024, out_f.read(), err_f.read())
+    for f in (out_f, err_f):
+        f.close()
+        os.unlink(f.name)
+    if proc.returncode != 0:
+        sys.stderr.write(result.stderr[-4000:])
+        raise SystemExit(f"benchmark command failed ({proc.returncode}): {' '.join(map(str, args))}")
+    return result
+
+
+def table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(str(c).rjust(w) if j else str(c).ljust(w) for j, (c, w) in enumerate(zip(r, widths))) for r in rows
+    )

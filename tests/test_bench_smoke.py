@@ -1,0 +1,20 @@
+"""Tiny smoke runs of each benchmark harness (the benchmarks themselves are `make bench-*`, not part of the tests)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_bench_sft_smoke():
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.bench.bench_sft", "--smoke"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tokens/s (non-padding)" in result.stdout and "peak RSS MB" in result.stdout
