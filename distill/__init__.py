@@ -1,0 +1,1 @@
+"""distill: the data side of the toolchain — teacher queries, conversion to litgpt JSON, pre-tokenization."""

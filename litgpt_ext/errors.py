@@ -27,3 +27,10 @@ class UserError(Exception):
         if field is not None:
             location += f"{field}: "
         super().__init__(location + message)
+
+
+def require(value, flag: str):
+    """For commands whose inputs are flags (``--records R``): a missing one is a user error, not a traceback."""
+    if value is None:
+        raise UserError(f"--{flag} is required", field=flag)
+    return value

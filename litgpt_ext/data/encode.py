@@ -63,3 +63,39 @@ def encode_text(tokenizer, prompt: str, response: str, **kwargs) -> Encoded:
     prompt_ids = tokenizer.encode(prompt).tolist()
     response_ids = tokenizer.encode(response, bos=False, eos=False).tolist()
     return encode_prompt_response(prompt_ids, response_ids, eos_id=tokenizer.eos_id, bos_id=tokenizer.bos_id, **kwargs)
+
+
+def _litgpt_specials(tokens: list[int], bos: bool | None, use_bos: bool, bos_id, eos_id) -> list[int]:
+    """litgpt ``Tokenizer.encode``'s BOS/EOS rules (eos=False), applied to an already-encoded id list."""
+    if bos or (bos is None and use_bos):
+        if bos_id is None:
+            raise NotImplementedError("This tokenizer does not have a defined bos token.")
+        if not tokens or tokens[0] != bos_id:
+            tokens = [bos_id] + tokens
+    elif tokens and tokens[0] == bos_id:
+        tokens = tokens[1:]
+    if tokens and tokens[-1] == eos_id:
+        tokens = tokens[:-1]
+    return tokens
+
+
+def batch_encode(tokenizer, texts: list[str], bos: bool | None) -> list[list[int]]:
+    """Encode many strings at once with the backend's parallel batch API (Rust threads for HF ``tokenizers``,
+    C++ threads for sentencepiece); ids equal ``tokenizer.encode(text, bos=bos).tolist()`` for each text."""
+    if tokenizer.backend == "huggingface":
+        raw = [e.ids for e in tokenizer.processor.encode_batch(texts)]
+    elif tokenizer.backend == "sentencepiece":
+        raw = tokenizer.processor.encode(texts, num_threads=-1)
+    else:
+        raw = [tokenizer.encode(t, bos=False).tolist() for t in texts]
+    return [_litgpt_specials(list(ids), bos, tokenizer.use_bos, tokenizer.bos_id, tokenizer.eos_id) for ids in raw]
+
+
+def encode_many(tokenizer, prompts: list[str], responses: list[str], **kwargs) -> list[Encoded]:
+    """:func:`encode_text` for many pairs, batch-encoded; identical results, many times faster."""
+    prompt_ids = batch_encode(tokenizer, prompts, bos=None)
+    response_ids = batch_encode(tokenizer, responses, bos=False)
+    return [
+        encode_prompt_response(p, r, eos_id=tokenizer.eos_id, bos_id=tokenizer.bos_id, **kwargs)
+        for p, r in zip(prompt_ids, response_ids)
+    ]

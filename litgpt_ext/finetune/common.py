@@ -4,7 +4,7 @@ optimizer and checkpoint writer. A command is then: its objective + its argument
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -57,11 +57,11 @@ def resolve_data(data: DataModule | Path | str | None) -> DataModule:
     return data
 
 
-def datasets_of(data: DataModule) -> tuple[list, list]:
-    """Our DataModules expose datasets; for litgpt's own ones, take them from their dataloaders."""
+def datasets_of(data: DataModule) -> tuple[Sequence, Sequence]:
+    """Our DataModules expose datasets (sequences of samples); for litgpt's own, take them from their dataloaders."""
     if hasattr(data, "train_dataset") and hasattr(data, "val_dataset"):
-        return list(data.train_dataset), list(data.val_dataset)
-    return list(data.train_dataloader().dataset), list(data.val_dataloader().dataset)
+        return data.train_dataset, data.val_dataset
+    return data.train_dataloader().dataset, data.val_dataloader().dataset
 
 
 def optimizer_config(optimizer: str | dict) -> str | dict:

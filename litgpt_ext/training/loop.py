@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,8 +70,8 @@ def fit(
     model: torch.nn.Module,
     objective: Objective,
     optimizer: torch.optim.Optimizer,
-    train_dataset: list,
-    val_dataset: list,
+    train_dataset: Sequence,
+    val_dataset: Sequence,
     writer: CheckpointWriter,
     out_dir: Path,
     train: TrainArgs,
@@ -101,7 +102,7 @@ def fit(
     mode = checkpoint.mode or objective.monitor_mode
 
     gpt = unwrap(model)
-    longest = max(len(seq["input_ids"]) for sample in [*train_dataset, *val_dataset] for seq in _sequences(sample))
+    longest = max(_longest(train_dataset), _longest(val_dataset))
     gpt.max_seq_length = min(longest, train.max_seq_length or longest, gpt.config.block_size)
 
     progress = Progress()
@@ -127,7 +128,7 @@ def fit(
                 results |= generation_eval(
                     fabric,
                     model,
-                    val_dataset[: eval.generate_samples],
+                    [val_dataset[i] for i in range(min(eval.generate_samples, len(val_dataset)))],
                     tokenizer,
                     eval.max_new_tokens or 50,
                     out_dir / "eval" / f"step-{step:06d}.csv",
@@ -240,6 +241,12 @@ def fit(
         png = plot_metrics(metrics_file, out_dir / "loss.png")
         fabric.print(f"Final checkpoint: {out_dir / 'final'}" + (f" | loss plot: {png}" if png else ""))
     return report
+
+
+def _longest(dataset) -> int:
+    if hasattr(dataset, "lengths"):  # packed data knows its lengths without touching a million samples
+        return int(dataset.lengths().max()) if len(dataset) else 0
+    return max((len(seq["input_ids"]) for sample in dataset for seq in _sequences(sample)), default=0)
 
 
 def _sequences(sample: dict) -> list[dict]:

@@ -1,0 +1,145 @@
+"""``litgpt-ext distill_convert``: teacher responses -> litgpt JSON training data for the student.
+
+Each record's cached response (found by record id) is parsed into one or more outputs, paired with the *student*
+prompt (short, rendered from the record), deduplicated and split into train/val by record id (all examples of a
+record land in the same split, so validation never sees a training document). Every row that is dropped goes to
+``quarantine.jsonl`` with its reason; nothing disappears silently.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections import Counter
+from pathlib import Path
+
+from distill.prompts import template_or_text
+from distill.records import read_records
+from distill.teacher.cache import ResponseCache
+from litgpt_ext.errors import UserError, require
+from litgpt_ext.io import atomic_write_json, atomic_write_text
+
+_LIST_MARK = re.compile(r"^\s*(?:[-*•]|\d+[.)]|\(\d+\))\s+")
+
+
+def parse_output(content: str, parser: str) -> list[str]:
+    """``raw``: the whole answer; ``lines``: one output per non-empty line (bullets / numbering removed);
+    ``json:FIELD``: that field of a JSON answer (a list gives one output per item)."""
+    if parser == "raw":
+        return [content.strip()]
+    if parser == "lines":
+        return [_LIST_MARK.sub("", line).strip() for line in content.splitlines() if line.strip()]
+    if parser.startswith("json:"):
+        data = json.loads(content)
+        value = data.get(parser[5:]) if isinstance(data, dict) else None
+        if value is None:
+            raise ValueError(f"field {parser[5:]!r} not in the JSON answer")
+        values = value if isinstance(value, list) else [value]
+        return [v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for v in values]
+    raise UserError(f"unknown parser {parser!r}: use raw, lines or json:FIELD", field="parser")
+
+
+def _normalize(text: str) -> str:
+    return " ".join(text.casefold().split())
+
+
+def in_val(record_id: str, seed: int, fraction: float) -> bool:
+    """Stable per record: adding records later never moves an existing one between splits."""
+    return random.Random(f"{seed}:{record_id}").random() < fraction
+
+
+def distill_convert(
+    records: Path | None = None,
+    responses: Path | None = None,
+    out_dir: Path | None = None,
+    instruction: str = "prompts/student_search_queries.md",
+    input: str | None = None,
+    parser: str = "raw",
+    dedupe: bool = True,
+    min_chars: int = 1,
+    val_fraction: float = 0.05,
+    seed: int = 42,
+) -> None:
+    """Turn teacher responses into litgpt JSON (``instruction``, ``input``, ``output``) train/val files.
+
+    Args:
+        records: The records JSONL that was queried (ids link records to responses).
+        responses: The responses JSONL written by distill_query.
+        out_dir: Where train.json, val.json, quarantine.jsonl and summary.json are written.
+        instruction: Student prompt template (file or text) rendered from each record into ``instruction``.
+        input: Optional template (file or text) for litgpt's ``input`` field.
+        parser: ``raw`` (whole answer), ``lines`` (one example per line) or ``json:FIELD``.
+        dedupe: Drop repeated (instruction, input, output) triples (case and spacing ignored).
+        min_chars: Outputs shorter than this are dropped (quarantined as too_short).
+        val_fraction: Fraction of records (not examples) that go to val.json.
+        seed: Seed of the train/val assignment.
+    """
+    records, responses, out_dir = (
+        require(records, "records"),
+        require(responses, "responses"),
+        require(out_dir, "out_dir"),
+    )
+    if not (parser in ("raw", "lines") or parser.startswith("json:")):
+        raise UserError(f"unknown parser {parser!r}: use raw, lines or json:FIELD", field="parser")
+    records_list = read_records(Path(records))
+    if not Path(responses).is_file():
+        raise UserError("file not found", path=responses, field="responses")
+    cache = ResponseCache(Path(responses))
+    key_of = {rid: key for key, ids in cache.ids.items() for rid in ids}
+    instruction_t = template_or_text(instruction, "instruction")
+    input_t = template_or_text(input, "input")
+
+    train, val, quarantine, seen = [], [], [], {}
+    reasons: Counter[str] = Counter()
+
+    def drop(rid: str, reason: str, **extra) -> None:
+        reasons[reason] += 1
+        quarantine.append({"id": rid, "reason": reason, **extra})
+
+    for rec in records_list:
+        where = (Path(records), rec.line)
+        result = cache.results.get(key_of.get(rec.id, ""))
+        if result is None:
+            drop(rec.id, "no_response")
+            continue
+        if result["status"] != "ok":
+            drop(rec.id, f"teacher_{result.get('reason')}", detail=result.get("detail"))
+            continue
+        prompt = instruction_t.render(rec.fields, where)
+        extra_input = input_t.render(rec.fields, where) if input_t else ""
+        split = val if in_val(rec.id, seed, val_fraction) else train
+        for c_index, choice in enumerate(result["choices"]):
+            try:
+                outputs = parse_output(choice.get("content") or "", parser)
+            except (ValueError, AttributeError) as err:
+                drop(rec.id, "parse_error", choice=c_index, detail=str(err), content=choice.get("content"))
+                continue
+            for output in outputs:
+                if len(output) < min_chars:
+                    drop(rec.id, "too_short", choice=c_index, output=output)
+                    continue
+                triple = (_normalize(prompt), _normalize(extra_input), _normalize(output))
+                if dedupe and triple in seen:
+                    drop(rec.id, "duplicate", choice=c_index, output=output, duplicate_of=seen[triple])
+                    continue
+                seen[triple] = rec.id
+                split.append({"id": rec.id, "instruction": prompt, "input": extra_input, "output": output})
+
+    out_dir = Path(out_dir)
+    atomic_write_json(out_dir / "train.json", train)
+    atomic_write_json(out_dir / "val.json", val)
+    atomic_write_text(
+        out_dir / "quarantine.jsonl", "".join(json.dumps(q, ensure_ascii=False) + "\n" for q in quarantine)
+    )
+    summary = {
+        "records": len(records_list),
+        "train_examples": len(train),
+        "val_examples": len(val),
+        "dropped": dict(reasons),
+        "parser": parser,
+    }
+    atomic_write_json(out_dir / "summary.json", summary)
+    print(f"{len(records_list):,} records -> {len(train):,} train / {len(val):,} val examples in {out_dir}")
+    for reason, count in sorted(reasons.items()):
+        print(f"  dropped {count:,} ({reason}) -> {out_dir / 'quarantine.jsonl'}")

@@ -1,0 +1,74 @@
+"""The responses file *is* the cache: append-only JSONL, one line per finished request, fsync'd.
+
+Line kinds:
+* a result — ``{"key", "ids", "model", "status": "ok"|"failed", "reason", "choices": [{"content", "finish_reason"}],
+  "usage", "attempts", "source"}``; the latest line for a key wins (a later success replaces an earlier failure);
+* an alias — ``{"key", "alias_ids": [...]}``: more record ids whose request is already cached (no request sent).
+
+A crash can tear only the last line; it is detected and cut on open. Nothing is ever rewritten in place.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from litgpt_ext.io import JsonlAppender, atomic_write_text, read_jsonl_repairing
+
+
+class ResponseCache:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.results: dict[str, dict] = {}
+        self.ids: dict[str, set[str]] = {}
+        for row in read_jsonl_repairing(self.path):
+            self.ids.setdefault(row["key"], set()).update(row.get("ids") or row.get("alias_ids") or [])
+            if "status" in row:
+                self.results[row["key"]] = row
+        self._appender: JsonlAppender | None = None
+
+    def _append(self, row: dict) -> None:
+        if self._appender is None:
+            self._appender = JsonlAppender(self.path)
+        self._appender.write(row)
+
+    def done(self, key: str, retry_failed: bool = False) -> bool:
+        row = self.results.get(key)
+        return row is not None and (row["status"] == "ok" or not retry_failed)
+
+    def add_result(self, row: dict) -> None:
+        row = {**row, "time": round(time.time(), 3)}
+        self._append(row)
+        self.results[row["key"]] = row
+        self.ids.setdefault(row["key"], set()).update(row.get("ids") or [])
+
+    def add_aliases(self, key: str, ids: list[str]) -> None:
+        new = [i for i in ids if i not in self.ids.get(key, set())]
+        if new:
+            self._append({"key": key, "alias_ids": new})
+            self.ids.setdefault(key, set()).update(new)
+
+    def failures(self) -> list[dict]:
+        return [r for r in self.results.values() if r["status"] == "failed"]
+
+    def write_quarantine(self) -> Path:
+        """Rewrite ``<out>.quarantine.jsonl`` (derived, atomic): every request whose latest result failed."""
+        import json
+
+        path = self.path.with_name(self.path.stem + ".quarantine.jsonl")
+        rows = [
+            {
+                "key": r["key"],
+                "ids": sorted(self.ids.get(r["key"], [])),
+                "reason": r.get("reason"),
+                "detail": r.get("detail"),
+            }
+            for r in self.failures()
+        ]
+        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        return path
+
+    def close(self) -> None:
+        if self._appender is not None:
+            self._appender.close()
+            self._appender = None

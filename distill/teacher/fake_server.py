@@ -1,0 +1,463 @@
+"""A local HTTP server that speaks the OpenAI API — chat completions, ``/v1/files`` and ``/v1/batches`` — for
+tests, the offline demo and benchmarks. It is driven by the real ``openai`` client over real sockets.
+
+Knobs: per-request latency, a server-side rate limit (requests and tokens per minute, answered with 429 and
+``retry-after-ms``, plus ``x-ratelimit-*`` headers on every answer), injected faults (500/503/429, dropped
+connections, stalls past the client's timeout), bad answers (``finish_reason`` ``length`` / ``content_filter``,
+invalid JSON under ``response_format``), and Batch API expiry. It counts what it answered per request body so tests
+can prove that nothing was sent twice. Run it standalone: ``python -m distill.teacher.fake_server --port 8000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import re
+import threading
+import time
+import uuid
+from collections import Counter, deque
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class ServerConfig:
+    latency_s: float = 0.0
+    rpm: int | None = None
+    tpm: int | None = None
+    fault_rate: float = 0.0
+    """Fraction of chat requests answered with an injected transport/server fault."""
+    faults: tuple[str, ...] = ("500", "503", "429", "drop", "stall")
+    stall_s: float = 3.0
+    bad_answer_rate: float = 0.0
+    """Fraction of requests whose answer is cut (length), filtered, or invalid JSON when JSON was requested."""
+    api_key: str | None = None
+    """If set, requests must carry ``Authorization: Bearer <api_key>`` (else 401)."""
+    batch_complete_fraction: float = 1.0
+    """Fraction of a batch's requests completed before it 'expires' (1.0: the batch completes)."""
+    batch_delay_s: float = 0.0
+    seed: int = 0
+
+
+def approx_tokens(text: str) -> int:
+    return max(1, len(text) // 4)
+
+
+def body_key(body: dict) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def teacher_answer(body: dict, rng: random.Random) -> str:
+    """A deterministic, task-shaped stand-in for a teacher model's answer."""
+    messages = body.get("messages") or []
+    prompt = str(messages[-1].get("content", "")) if messages else ""
+    fields = dict(re.findall(r"^(Title|URL|Question|Body|Article):\s*(.+)$", prompt, flags=re.MULTILINE))
+    fmt = (body.get("response_format") or {}).get("type")
+    words = [w.strip(".,;:!?()\"'") for w in (fields.get("Title", "") + " " + fields.get("Body", "")).split()]
+    words = [w for w in words if len(w) > 3 and w[0].isalpha()]
+    if "Title" in fields and "categor" in prompt.lower():
+        items = sorted({w.capitalize() for w in words[:12]})[:4] or ["General"]
+    elif "Title" in fields:
+        items = [" ".join(words[i : i + 3]).lower() for i in range(0, min(len(words), 12), 3)] or ["general query"]
+    else:
+        question = fields.get("Question", prompt.strip().splitlines()[-1] if prompt.strip() else "")
+        items = [f"A short answer about {question.rstrip('?')[:80]}."]
+    if fmt in ("json_object", "json_schema"):
+        return json.dumps({"items": items, "answer": items[0]})
+    return "\n".join(items)
+
+
+class _State:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.lock = threading.Lock()
+        self.rng = random.Random(config.seed)
+        self.window: deque[tuple[float, int]] = deque()  # (time, tokens) of admitted requests in the last minute
+        self.answered: Counter[str] = Counter()  # body key -> 200 answers sent
+        self.received = 0
+        self.rate_limited = 0
+        self.faults_injected = 0
+        self.files: dict[str, dict] = {}
+        self.batches: dict[str, dict] = {}
+        self.batches_created = 0
+
+    def duplicates(self) -> int:
+        return sum(c - 1 for c in self.answered.values() if c > 1)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    # -- plumbing -------------------------------------------------------------------------------------------------
+    def _send(self, status: int, payload: dict | bytes, headers: dict | None = None, ctype="application/json") -> None:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status: int, message: str, etype: str = "invalid_request_error", headers=None) -> None:
+        self._send(status, {"error": {"message": message, "type": etype, "code": None, "param": None}}, headers)
+
+    def _body(self) -> bytes:
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _authorized(self) -> bool:
+        key = self.server.state.config.api_key
+        if key and self.headers.get("Authorization") != f"Bearer {key}":
+            self._error(401, "Incorrect API key provided.", "invalid_api_key")
+            return False
+        return True
+
+    # -- routing --------------------------------------------------------------------------------------------------
+    def do_POST(self) -> None:  # noqa: N802
+        body = self._body()
+        if not self._authorized():
+            return
+        path = self.path.split("?")[0]
+        if path == "/v1/chat/completions":
+            self._chat(json.loads(body))
+        elif path == "/v1/files":
+            self._upload(body)
+        elif path == "/v1/batches":
+            self._create_batch(json.loads(body))
+        elif m := re.fullmatch(r"/v1/batches/([\w-]+)/cancel", path):
+            self._cancel_batch(m.group(1))
+        else:
+            self._error(404, f"no route {path}")
+
+    def do_GET(self) -> None:  # noqa: N802
+        if not self._authorized():
+            return
+        path = self.path.split("?")[0]
+        state = self.server.state
+        if m := re.fullmatch(r"/v1/files/([\w-]+)/content", path):
+            f = state.files.get(m.group(1))
+            self._send(200, f["content"], ctype="application/octet-stream") if f else self._error(404, "no file")
+        elif m := re.fullmatch(r"/v1/files/([\w-]+)", path):
+            f = state.files.get(m.group(1))
+            self._send(200, {k: v for k, v in f.items() if k != "content"}) if f else self._error(404, "no file")
+        elif m := re.fullmatch(r"/v1/batches/([\w-]+)", path):
+            b = state.batches.get(m.group(1))
+            self._send(200, b) if b else self._error(404, "no batch")
+        elif path == "/v1/batches":
+            items = sorted(state.batches.values(), key=lambda b: b["created_at"], reverse=True)
+            self._send(
+                200,
+                {
+                    "object": "list",
+                    "data": items,
+                    "has_more": False,
+                    "first_id": items[0]["id"] if items else None,
+                    "last_id": items[-1]["id"] if items else None,
+                },
+            )
+        else:
+            self._error(404, f"no route {path}")
+
+    # -- chat completions -----------------------------------------------------------------------------------------
+    def _rate_headers(self, now: float) -> dict:
+        state, cfg = self.server.state, self.server.state.config
+        headers = {}
+        for kind, limit, used in (
+            ("requests", cfg.rpm, len(state.window)),
+            ("tokens", cfg.tpm, sum(t for _, t in state.window)),
+        ):
+            if limit:
+                reset = (state.window[0][0] + 60 - now) if state.window else 0.0
+                headers[f"x-ratelimit-limit-{kind}"] = str(limit)
+                headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, limit - used))
+                headers[f"x-ratelimit-reset-{kind}"] = f"{max(reset, 0) * 1000:.0f}ms"
+        return headers
+
+    def _admit(self, tokens: int) -> tuple[bool, dict, float]:
+        state, cfg = self.server.state, self.server.state.config
+        now = time.monotonic()
+        with state.lock:
+            while state.window and state.window[0][0] <= now - 60:
+                state.window.popleft()
+            over_r = cfg.rpm and len(state.window) >= cfg.rpm
+            over_t = cfg.tpm and sum(t for _, t in state.window) + tokens > cfg.tpm
+            if over_r or over_t:
+                state.rate_limited += 1
+                wait = (state.window[0][0] + 60 - now) if state.window else 1.0
+                return False, self._rate_headers(now), max(wait, 0.05)
+            state.window.append((now, tokens))
+            return True, self._rate_headers(now), 0.0
+
+    def _chat(self, body: dict) -> None:
+        state, cfg = self.server.state, self.server.state.config
+        with state.lock:
+            state.received += 1
+            roll, fault, bad_roll = state.rng.random(), state.rng.choice(cfg.faults), state.rng.random()
+        prompt_tokens = sum(approx_tokens(str(m.get("content", ""))) for m in body.get("messages", []))
+        admitted, headers, wait = self._admit(prompt_tokens + int(body.get("max_tokens") or 16))
+        if not admitted:
+            headers["retry-after-ms"] = f"{wait * 1000:.0f}"
+            headers["retry-after"] = f"{max(1, round(wait))}"
+            return self._error(429, "Rate limit reached for requests.", "rate_limit_exceeded", headers)
+        if cfg.latency_s:
+            time.sleep(cfg.latency_s)
+        if roll < cfg.fault_rate:
+            with state.lock:
+                state.faults_injected += 1
+            if fault == "drop":
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
+            if fault == "stall":
+                time.sleep(cfg.stall_s)
+                return self._error(504, "stalled")
+            if fault == "429":
+                return self._error(429, "Injected rate limit.", "rate_limit_exceeded", {"retry-after-ms": "50"})
+            return self._error(int(fault), "Injected server error.", "server_error")
+        self._send(200, self._completion(body, prompt_tokens, bad_roll < cfg.bad_answer_rate), headers)
+        with state.lock:
+            state.answered[body_key(body)] += 1
+
+    def _completion(self, body: dict, prompt_tokens: int, bad: bool) -> dict:
+        state = self.server.state
+        choices = []
+        for i in range(int(body.get("n") or 1)):
+            text = teacher_answer(body, state.rng)
+            finish = "stop"
+            if bad:
+                kind = state.rng.choice(["length", "content_filter", "invalid_json"])
+                if kind == "invalid_json" and body.get("response_format"):
+                    text = text[: len(text) // 2]
+                elif kind == "content_filter":
+                    text, finish = "", "content_filter"
+                else:
+                    text, finish = text[: max(1, len(text) // 3)], "length"
+            choices.append(
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": finish,
+                    "logprobs": None,
+                }
+            )
+        completion_tokens = sum(approx_tokens(c["message"]["content"]) for c in choices)
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", "fake"),
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+
+    # -- files & batches -------------------------------------------------------------------------------------------
+    def _upload(self, raw: bytes) -> None:
+        ctype = self.headers.get("Content-Type", "")
+        boundary = re.search(r"boundary=(.+)", ctype)
+        if not boundary:
+            return self._error(400, "expected multipart/form-data")
+        fields: dict[str, tuple[str | None, bytes]] = {}
+        for part in raw.split(b"--" + boundary.group(1).strip('"').encode())[1:-1]:
+            head, _, content = part.strip(b"\r\n").partition(b"\r\n\r\n")
+            name = re.search(rb'name="([^"]+)"', head).group(1).decode()
+            filename = re.search(rb'filename="([^"]*)"', head)
+            fields[name] = (filename.group(1).decode() if filename else None, content)
+        filename, content = fields["file"]
+        fid = f"file-{uuid.uuid4().hex[:16]}"
+        meta = {
+            "id": fid,
+            "object": "file",
+            "bytes": len(content),
+            "created_at": int(time.time()),
+            "filename": filename or "upload.jsonl",
+            "purpose": fields.get("purpose", (None, b"batch"))[1].decode(),
+            "status": "processed",
+        }
+        self.server.state.files[fid] = {**meta, "content": content}
+        self._send(200, meta)
+
+    def _create_batch(self, body: dict) -> None:
+        state = self.server.state
+        src = state.files.get(body.get("input_file_id", ""))
+        if src is None:
+            return self._error(400, "input_file_id not found")
+        bid = f"batch_{uuid.uuid4().hex[:16]}"
+        batch = {
+            "id": bid,
+            "object": "batch",
+            "endpoint": body.get("endpoint"),
+            "errors": None,
+            "input_file_id": src["id"],
+            "completion_window": body.get("completion_window", "24h"),
+            "status": "validating",
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": int(time.time()),
+            "in_progress_at": None,
+            "expires_at": int(time.time()) + 86400,
+            "completed_at": None,
+            "expired_at": None,
+            "failed_at": None,
+            "cancelled_at": None,
+            "request_counts": {"total": 0, "completed": 0, "failed": 0},
+            "metadata": body.get("metadata"),
+        }
+        with state.lock:
+            state.batches[bid] = batch
+            state.batches_created += 1
+        threading.Thread(target=self._run_batch, args=(batch, src["content"]), daemon=True).start()
+        self._send(200, batch)
+
+    def _cancel_batch(self, bid: str) -> None:
+        batch = self.server.state.batches.get(bid)
+        if batch is None:
+            return self._error(404, "no batch")
+        batch["status"], batch["cancelled_at"] = "cancelled", int(time.time())
+        self._send(200, batch)
+
+    def _run_batch(self, batch: dict, content: bytes) -> None:
+        state, cfg = self.server.state, self.server.state.config
+        lines = [json.loads(line) for line in content.decode().splitlines() if line.strip()]
+        batch["status"], batch["in_progress_at"] = "in_progress", int(time.time())
+        batch["request_counts"]["total"] = len(lines)
+        time.sleep(cfg.batch_delay_s)
+        n_done = int(round(len(lines) * cfg.batch_complete_fraction))
+        out, err = [], []
+        for line in lines[:n_done]:
+            body = line["body"]
+            bad = state.rng.random() < cfg.bad_answer_rate
+            prompt_tokens = sum(approx_tokens(str(m.get("content", ""))) for m in body.get("messages", []))
+            if body.get("model") == "missing-model":
+                err.append(
+                    {
+                        "id": f"batch_req_{uuid.uuid4().hex[:12]}",
+                        "custom_id": line["custom_id"],
+                        "response": {
+                            "status_code": 404,
+                            "request_id": uuid.uuid4().hex,
+                            "body": {"error": {"message": "model not found"}},
+                        },
+                        "error": None,
+                    }
+                )
+                continue
+            out.append(
+                {
+                    "id": f"batch_req_{uuid.uuid4().hex[:12]}",
+                    "custom_id": line["custom_id"],
+                    "response": {
+                        "status_code": 200,
+                        "request_id": uuid.uuid4().hex,
+                        "body": self._completion(body, prompt_tokens, bad),
+                    },
+                    "error": None,
+                }
+            )
+            with state.lock:
+                state.answered[body_key(body)] += 1
+        state.rng.shuffle(out)  # output order is not input order
+        for name, rows in (("output_file_id", out), ("error_file_id", err)):
+            if rows:
+                fid = f"file-{uuid.uuid4().hex[:16]}"
+                data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+                state.files[fid] = {
+                    "id": fid,
+                    "object": "file",
+                    "bytes": len(data),
+                    "created_at": int(time.time()),
+                    "filename": f"{batch['id']}_{name}.jsonl",
+                    "purpose": "batch_output",
+                    "status": "processed",
+                    "content": data,
+                }
+                batch[name] = fid
+        batch["request_counts"].update(completed=len(out), failed=len(err))
+        if batch["status"] == "cancelled":
+            return
+        if n_done < len(lines):
+            batch["status"], batch["expired_at"] = "expired", int(time.time())
+        else:
+            batch["status"], batch["completed_at"] = "completed", int(time.time())
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    state: _State
+
+    def handle_error(self, request, client_address) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):  # clients may hang up
+            super().handle_error(request, client_address)
+
+
+class FakeOpenAI:
+    """Start with :meth:`start` (returns the base URL, e.g. ``http://127.0.0.1:PORT/v1``); stop with :meth:`stop`."""
+
+    def __init__(self, config: ServerConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.config = config or ServerConfig()
+        self._server = _Server((host, port), _Handler)
+        self._server.state = _State(self.config)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def state(self) -> _State:
+        return self._server.state
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def start(self) -> str:
+        self._thread.start()
+        return self.base_url
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> FakeOpenAI:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Local OpenAI-compatible server for tests and offline demos.")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--latency_s", type=float, default=0.0)
+    parser.add_argument("--rpm", type=int, default=None)
+    parser.add_argument("--fault_rate", type=float, default=0.0)
+    parser.add_argument("--port_file", default=None, help="write the chosen port here once listening")
+    args = parser.parse_args()
+    server = FakeOpenAI(
+        ServerConfig(latency_s=args.latency_s, rpm=args.rpm, fault_rate=args.fault_rate), port=args.port
+    )
+    server.start()
+    if args.port_file:
+        with open(args.port_file, "w") as fh:
+            fh.write(str(server._server.server_address[1]))
+    print(f"fake OpenAI API at {server.base_url}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""``litgpt-ext distill_tokenize``: litgpt JSON -> packed ``train.pt`` / ``val.pt`` with the student's tokenizer.
+
+Tokenization is exactly what ``finetune_sft`` would do with the JSON (same prompt style, BOS/EOS rules, answer-only
+labels and prompt-first truncation, via :func:`litgpt_ext.data.encode.encode_many`), done once, in parallel, with
+the tokenizer backend's batch API. The prompt style is written beside the data so training and later generation
+use the same one.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from litgpt.prompts import PromptStyle, has_prompt_style, load_prompt_style, save_prompt_style
+from litgpt.tokenizer import Tokenizer
+
+from litgpt_ext.data.encode import encode_many
+from litgpt_ext.data.pretokenized import pack
+from litgpt_ext.data.records import load_examples
+from litgpt_ext.errors import UserError, require
+from litgpt_ext.finetune.common import check_checkpoint_dir
+from litgpt_ext.io import atomic_path, atomic_write_json
+
+CHUNK = 100_000
+
+
+def resolve_prompt_style(prompt_style: str | None, checkpoint_dir: Path) -> PromptStyle:
+    """Explicit name -> the checkpoint's prompt_style.yaml -> alpaca (SFTData's default for litgpt JSON)."""
+    if prompt_style:
+        return PromptStyle.from_name(prompt_style)
+    if has_prompt_style(checkpoint_dir):
+        return load_prompt_style(checkpoint_dir)
+    return PromptStyle.from_name("alpaca")
+
+
+def _percentiles(lengths: torch.Tensor) -> dict[str, int]:
+    if not len(lengths):
+        return {}
+    q = torch.quantile(lengths.float(), torch.tensor([0.5, 0.9, 0.99]))
+    return {"p50": int(q[0]), "p90": int(q[1]), "p99": int(q[2]), "max": int(lengths.max())}
+
+
+def tokenize_split(
+    examples, tokenizer: Tokenizer, style: PromptStyle, max_seq_length: int | None, mask_prompt: bool, ignore_index: int
+) -> tuple[dict, dict]:
+    samples, ids, lengths, stats = [], [], [], {"prompt_truncated": 0, "response_truncated": 0}
+    for start in range(0, len(examples), CHUNK):
+        chunk = examples[start : start + CHUNK]
+        prompts = [style.apply(prompt=ex.instruction, input=ex.input) for ex in chunk]
+        encoded = encode_many(
+            tokenizer,
+            prompts,
+            [ex.output for ex in chunk],
+            max_seq_length=max_seq_length,
+            mask_prompt=mask_prompt,
+            ignore_index=ignore_index,
+        )
+        for ex, enc in zip(chunk, encoded):
+            stats["prompt_truncated"] += enc.prompt_truncated
+            stats["response_truncated"] += enc.response_truncated
+            samples.append({"input_ids": enc.input_ids, "labels": enc.labels})
+            ids.append(ex.id or ex.where)
+            lengths.append(len(enc.input_ids))
+    stats.update(examples=len(samples), **_percentiles(torch.tensor(lengths)))
+    return pack(samples, ids), stats
+
+
+def distill_tokenize(
+    data_dir: Path | None = None,
+    checkpoint_dir: Path | None = None,
+    out_dir: Path | None = None,
+    prompt_style: str | None = None,
+    max_seq_length: int | None = None,
+    mask_prompt: bool = True,
+    ignore_index: int = -100,
+) -> None:
+    """Pre-tokenize train.json / val.json with the student's tokenizer into train.pt / val.pt.
+
+    Args:
+        data_dir: Directory with train.json (and val.json), as written by distill_convert.
+        checkpoint_dir: The student checkpoint (its tokenizer, and its prompt_style.yaml if present).
+        out_dir: Where train.pt / val.pt / prompt_style.yaml / tokenize_stats.json go (default: data_dir).
+        prompt_style: litgpt prompt style name (default: the checkpoint's, else alpaca).
+        max_seq_length: Truncate longer samples (prompt first, answer kept); also the length used in training.
+        mask_prompt: Answer-only labels (prompt tokens ignored in the loss).
+        ignore_index: Label value of ignored positions.
+    """
+    data_dir, checkpoint_dir = Path(require(data_dir, "data_dir")), Path(require(checkpoint_dir, "checkpoint_dir"))
+    out_dir = Path(out_dir) if out_dir else data_dir
+    check_checkpoint_dir(checkpoint_dir)
+    if not (data_dir / "train.json").is_file():
+        raise UserError("no train.json here", path=data_dir, field="data_dir")
+    tokenizer = Tokenizer(checkpoint_dir)
+    style = resolve_prompt_style(prompt_style, checkpoint_dir)
+    report = {"prompt_style": type(style).__name__, "max_seq_length": max_seq_length}
+    t0 = time.perf_counter()
+    for split in ("train", "val"):
+        source = data_dir / f"{split}.json"
+        if not source.is_file():
+            continue
+        examples = load_examples(source)["train"]
+        packed, stats = tokenize_split(examples, tokenizer, style, max_seq_length, mask_prompt, ignore_index)
+        with atomic_path(out_dir / f"{split}.pt") as tmp:
+            torch.save(packed, tmp)
+        report[split] = stats
+    report["seconds"] = round(time.perf_counter() - t0, 2)
+    save_prompt_style(style, out_dir)
+    atomic_write_json(out_dir / "tokenize_stats.json", report)
+    for split in ("train", "val"):
+        if split in report:
+            s = report[split]
+            print(
+                f"{split}: {s['examples']:,} samples, length p50/p90/p99/max {s.get('p50')}/{s.get('p90')}/"
+                f"{s.get('p99')}/{s.get('max')}, prompt truncated {s['prompt_truncated']:,}, "
+                f"answer truncated {s['response_truncated']:,}"
+            )
+    print(f"tokenized in {report['seconds']}s -> {out_dir}/train.pt (prompt style {report['prompt_style']})")
