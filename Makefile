@@ -43,3 +43,6 @@ clean:
 
 bench-sft: install
 	$(BIN)/python -m tests.bench.bench_sft
+
+bench-teacher: install
+	$(BIN)/python -m tests.bench.bench_teacher

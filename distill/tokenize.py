@@ -1,8 +1,8 @@
 """``litgpt-ext distill_tokenize``: litgpt JSON -> packed ``train.pt`` / ``val.pt`` with the student's tokenizer.
 
 Tokenization is exactly what ``finetune_sft`` would do with the JSON (same prompt style, BOS/EOS rules, answer-only
-labels and prompt-first truncation, via :func:`litgpt_ext.data.encode.encode_many`), done once, in parallel, with
-the tokenizer backend's batch API. The prompt style is written beside the data so training and later generation
+labels and prompt-first truncation): both go through :func:`litgpt_ext.data.fast_encode.encode_packed`, which
+batch-encodes with the backend's threads and tokenizes a prompt template's constant text once. The prompt style is written beside the data so training and later generation
 use the same one.
 """
 
@@ -15,14 +15,11 @@ import torch
 from litgpt.prompts import PromptStyle, has_prompt_style, load_prompt_style, save_prompt_style
 from litgpt.tokenizer import Tokenizer
 
-from litgpt_ext.data.encode import encode_many
-from litgpt_ext.data.pretokenized import pack
-from litgpt_ext.data.records import load_examples
+from litgpt_ext.data.fast_encode import encode_packed
+from litgpt_ext.data.records import load_columns
 from litgpt_ext.errors import UserError, require
 from litgpt_ext.finetune.common import check_checkpoint_dir
 from litgpt_ext.io import atomic_path, atomic_write_json
-
-CHUNK = 100_000
 
 
 def resolve_prompt_style(prompt_style: str | None, checkpoint_dir: Path) -> PromptStyle:
@@ -42,28 +39,34 @@ def _percentiles(lengths: torch.Tensor) -> dict[str, int]:
 
 
 def tokenize_split(
-    examples, tokenizer: Tokenizer, style: PromptStyle, max_seq_length: int | None, mask_prompt: bool, ignore_index: int
+    source: Path,
+    tokenizer: Tokenizer,
+    style: PromptStyle,
+    max_seq_length: int | None,
+    mask_prompt: bool,
+    ignore_index: int,
 ) -> tuple[dict, dict]:
-    samples, ids, lengths, stats = [], [], [], {"prompt_truncated": 0, "response_truncated": 0}
-    for start in range(0, len(examples), CHUNK):
-        chunk = examples[start : start + CHUNK]
-        prompts = [style.apply(prompt=ex.instruction, input=ex.input) for ex in chunk]
-        encoded = encode_many(
-            tokenizer,
-            prompts,
-            [ex.output for ex in chunk],
-            max_seq_length=max_seq_length,
-            mask_prompt=mask_prompt,
-            ignore_index=ignore_index,
-        )
-        for ex, enc in zip(chunk, encoded):
-            stats["prompt_truncated"] += enc.prompt_truncated
-            stats["response_truncated"] += enc.response_truncated
-            samples.append({"input_ids": enc.input_ids, "labels": enc.labels})
-            ids.append(ex.id or ex.where)
-            lengths.append(len(enc.input_ids))
-    stats.update(examples=len(samples), **_percentiles(torch.tensor(lengths)))
-    return pack(samples, ids), stats
+    t0 = time.perf_counter()
+    cols = load_columns(source)
+    t1 = time.perf_counter()
+    packed, stats = encode_packed(
+        tokenizer,
+        style,
+        cols.instruction,
+        cols.input,
+        cols.output,
+        max_seq_length=max_seq_length,
+        mask_prompt=mask_prompt,
+        ignore_index=ignore_index,
+        ids=cols.id,
+    )
+    lengths = packed["offsets"][1:] - packed["offsets"][:-1]
+    stats.update(
+        examples=len(lengths),
+        **_percentiles(lengths),
+        seconds={"read": round(t1 - t0, 3), "tokenize": round(time.perf_counter() - t1, 3)},
+    )
+    return packed, stats
 
 
 def distill_tokenize(
@@ -99,10 +102,11 @@ def distill_tokenize(
         source = data_dir / f"{split}.json"
         if not source.is_file():
             continue
-        examples = load_examples(source)["train"]
-        packed, stats = tokenize_split(examples, tokenizer, style, max_seq_length, mask_prompt, ignore_index)
+        packed, stats = tokenize_split(source, tokenizer, style, max_seq_length, mask_prompt, ignore_index)
+        t_write = time.perf_counter()
         with atomic_path(out_dir / f"{split}.pt") as tmp:
             torch.save(packed, tmp)
+        stats["seconds"]["write"] = round(time.perf_counter() - t_write, 3)
         report[split] = stats
     report["seconds"] = round(time.perf_counter() - t0, 2)
     save_prompt_style(style, out_dir)

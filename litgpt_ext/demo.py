@@ -58,6 +58,85 @@ def main() -> None:
         print(f"  {what:<32} {rel(path)}")
 
 
+def _teacher_stage(student: Path) -> list[tuple[str, Path]]:
+    """Ask the teacher for search queries (offline: the local OpenAI-compatible server plays the teacher), convert
+    the answers to litgpt JSON and tokenize them with the student's tokenizer."""
+    import os
+
+    from distill.teacher.fake_server import FakeOpenAI, ServerConfig
+
+    responses, data = RUN / "responses.jsonl", RUN / "distilled"
+    with FakeOpenAI(ServerConfig(latency_s=0.05, rpm=600, fault_rate=0.1, stall_s=1.0)) as server:
+        os.environ.setdefault("OPENAI_API_KEY", "sk-demo-offline")
+        litgpt_ext(
+            "distill_query",
+            "--records",
+            rel(DEMO_DATA / "records.jsonl"),
+            "--prompt",
+            "prompts/search_queries.md",
+            "--out",
+            rel(responses),
+            "--model",
+            "gpt-4o-mini",
+            "--base_url",
+            server.base_url,
+            "--rpm",
+            600,
+            "--concurrency",
+            8,
+            "--timeout",
+            0.5,
+        )
+    litgpt_ext(
+        "distill_convert",
+        "--records",
+        rel(DEMO_DATA / "records.jsonl"),
+        "--responses",
+        rel(responses),
+        "--out_dir",
+        rel(data),
+        "--instruction",
+        "prompts/student_search_queries.md",
+        "--parser",
+        "lines",
+        "--val_fraction",
+        0.2,
+    )
+    litgpt_ext("distill_tokenize", "--data_dir", rel(data), "--checkpoint_dir", rel(student), "--max_seq_length", 256)
+    out = RUN / "sft-distilled"
+    litgpt_ext(
+        "finetune_sft",
+        rel(student),
+        "--data",
+        rel(data),
+        "--out_dir",
+        rel(out),
+        "--mode",
+        "lora",
+        "--precision",
+        "32-true",
+        "--train.max_steps",
+        10,
+        "--train.epochs",
+        "null",
+        "--train.global_batch_size",
+        8,
+        "--train.micro_batch_size",
+        8,
+        "--train.lr_warmup_steps",
+        2,
+        "--eval.interval",
+        1000,
+        "--eval.max_iters",
+        2,
+    )
+    return [
+        ("teacher responses (cache)", responses),
+        ("distilled litgpt JSON + train.pt", data),
+        ("student trained on distilled data", out / "final"),
+    ]
+
+
 def _sft_stage(student: Path) -> list[tuple[str, Path]]:
     """Finetune the student on the Q/A data with finetune_sft (full weights, the one Fabric loop), then generate."""
     out = RUN / "sft"
@@ -120,7 +199,7 @@ def _sft_stage(student: Path) -> list[tuple[str, Path]]:
     ]
 
 
-STAGES = [_sft_stage]
+STAGES = [_teacher_stage, _sft_stage]
 
 
 if __name__ == "__main__":

@@ -18,3 +18,15 @@ def test_bench_sft_smoke():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "tokens/s (non-padding)" in result.stdout and "peak RSS MB" in result.stdout
+
+
+def test_bench_teacher_smoke():
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.bench.bench_teacher", "--smoke"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "achieved requests/min" in result.stdout and "records/s" in result.stdout

@@ -103,7 +103,7 @@ def test_formats_qa_litgpt_json_jsonl_dir_and_pretokenized(tiny_checkpoint, tmp_
         [{"input_ids": s["input_ids"].tolist(), "labels": s["labels"].tolist()} for s in d.train_dataset],
         pt_dir / "train.pt",
     )
-    torch.save(d.val_dataset, pt_dir / "val.pt")
+    torch.save(list(d.val_dataset), pt_dir / "val.pt")
     p = _setup(pt_dir, tok)
     assert torch.equal(p.train_dataset[3]["labels"], d.train_dataset[3]["labels"])
 

@@ -83,6 +83,8 @@ class _State:
         self.files: dict[str, dict] = {}
         self.batches: dict[str, dict] = {}
         self.batches_created = 0
+        self.first_admitted: float | None = None
+        self.last_answered: float | None = None
 
     def duplicates(self) -> int:
         return sum(c - 1 for c in self.answered.values() if c > 1)
@@ -193,6 +195,7 @@ class _Handler(BaseHTTPRequestHandler):
                 wait = (state.window[0][0] + 60 - now) if state.window else 1.0
                 return False, self._rate_headers(now), max(wait, 0.05)
             state.window.append((now, tokens))
+            state.first_admitted = state.first_admitted or now
             return True, self._rate_headers(now), 0.0
 
     def _chat(self, body: dict) -> None:
@@ -200,6 +203,10 @@ class _Handler(BaseHTTPRequestHandler):
         with state.lock:
             state.received += 1
             roll, fault, bad_roll = state.rng.random(), state.rng.choice(cfg.faults), state.rng.random()
+        if body.get("model") == "missing-model":
+            return self._error(404, "The model `missing-model` does not exist.", "model_not_found")
+        if "TRIGGER_400" in json.dumps(body.get("messages")):
+            return self._error(400, "Invalid request: the prompt was rejected.", "invalid_request_error")
         prompt_tokens = sum(approx_tokens(str(m.get("content", ""))) for m in body.get("messages", []))
         admitted, headers, wait = self._admit(prompt_tokens + int(body.get("max_tokens") or 16))
         if not admitted:
@@ -224,6 +231,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, self._completion(body, prompt_tokens, bad_roll < cfg.bad_answer_rate), headers)
         with state.lock:
             state.answered[body_key(body)] += 1
+            state.last_answered = time.monotonic()
 
     def _completion(self, body: dict, prompt_tokens: int, bad: bool) -> dict:
         state = self.server.state
@@ -316,7 +324,8 @@ class _Handler(BaseHTTPRequestHandler):
         with state.lock:
             state.batches[bid] = batch
             state.batches_created += 1
-        threading.Thread(target=self._run_batch, args=(batch, src["content"]), daemon=True).start()
+        fraction = state.config.batch_complete_fraction  # fixed when the batch is created
+        threading.Thread(target=self._run_batch, args=(batch, src["content"], fraction), daemon=True).start()
         self._send(200, batch)
 
     def _cancel_batch(self, bid: str) -> None:
@@ -326,13 +335,13 @@ class _Handler(BaseHTTPRequestHandler):
         batch["status"], batch["cancelled_at"] = "cancelled", int(time.time())
         self._send(200, batch)
 
-    def _run_batch(self, batch: dict, content: bytes) -> None:
+    def _run_batch(self, batch: dict, content: bytes, fraction: float) -> None:
         state, cfg = self.server.state, self.server.state.config
         lines = [json.loads(line) for line in content.decode().splitlines() if line.strip()]
         batch["status"], batch["in_progress_at"] = "in_progress", int(time.time())
         batch["request_counts"]["total"] = len(lines)
         time.sleep(cfg.batch_delay_s)
-        n_done = int(round(len(lines) * cfg.batch_complete_fraction))
+        n_done = int(round(len(lines) * fraction))
         out, err = [], []
         for line in lines[:n_done]:
             body = line["body"]

@@ -58,13 +58,6 @@ def encode_prompt_response(
     return Encoded(input_ids, labels, prompt_truncated, response_truncated)
 
 
-def encode_text(tokenizer, prompt: str, response: str, **kwargs) -> Encoded:
-    """Tokenize with a litgpt ``Tokenizer`` (BOS per its config on the prompt, none on the response)."""
-    prompt_ids = tokenizer.encode(prompt).tolist()
-    response_ids = tokenizer.encode(response, bos=False, eos=False).tolist()
-    return encode_prompt_response(prompt_ids, response_ids, eos_id=tokenizer.eos_id, bos_id=tokenizer.bos_id, **kwargs)
-
-
 def _litgpt_specials(tokens: list[int], bos: bool | None, use_bos: bool, bos_id, eos_id) -> list[int]:
     """litgpt ``Tokenizer.encode``'s BOS/EOS rules (eos=False), applied to an already-encoded id list."""
     if bos or (bos is None and use_bos):
@@ -89,13 +82,3 @@ def batch_encode(tokenizer, texts: list[str], bos: bool | None) -> list[list[int
     else:
         raw = [tokenizer.encode(t, bos=False).tolist() for t in texts]
     return [_litgpt_specials(list(ids), bos, tokenizer.use_bos, tokenizer.bos_id, tokenizer.eos_id) for ids in raw]
-
-
-def encode_many(tokenizer, prompts: list[str], responses: list[str], **kwargs) -> list[Encoded]:
-    """:func:`encode_text` for many pairs, batch-encoded; identical results, many times faster."""
-    prompt_ids = batch_encode(tokenizer, prompts, bos=None)
-    response_ids = batch_encode(tokenizer, responses, bos=False)
-    return [
-        encode_prompt_response(p, r, eos_id=tokenizer.eos_id, bos_id=tokenizer.bos_id, **kwargs)
-        for p, r in zip(prompt_ids, response_ids)
-    ]

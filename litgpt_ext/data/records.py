@@ -123,3 +123,46 @@ def load_examples(path: Path) -> dict[str, list[Example]]:
         path=path,
         line="top level",
     )
+
+
+@dataclass
+class Columns:
+    """A split as parallel lists (what batch tokenization wants)."""
+
+    instruction: list[str]
+    input: list[str]
+    output: list[str]
+    id: list[str]
+
+
+def columns_of(examples: list[Example]) -> Columns:
+    return Columns(
+        [e.instruction for e in examples],
+        [e.input for e in examples],
+        [e.output for e in examples],
+        [e.id or e.where for e in examples],
+    )
+
+
+def load_columns(path: Path) -> Columns:
+    """Columns of a litgpt JSON/JSONL file. A fast path checks whole columns at once; if anything is off, the
+    record-by-record loader runs instead and reports the exact ``path:record: field: problem``."""
+    path = Path(path)
+    try:
+        if path.suffix == ".jsonl":
+            rows = [json.loads(line) for line in read_text(path).splitlines() if line.strip()]
+        else:
+            rows = json.loads(read_text(path))
+        if isinstance(rows, list) and all(type(r) is dict for r in rows):
+            cols = Columns(
+                [r["instruction"] for r in rows],
+                [r.get("input", "") for r in rows],
+                [r["output"] for r in rows],
+                [str(r["id"]) if r.get("id") is not None else f"record {i}" for i, r in enumerate(rows, start=1)],
+            )
+            text_ok = all(type(v) is str for col in (cols.instruction, cols.input, cols.output) for v in col)
+            if text_ok and all(v.strip() for v in cols.instruction) and all(v.strip() for v in cols.output):
+                return cols
+    except (KeyError, ValueError, UserError):
+        pass
+    return columns_of(load_examples(path)["train"])

@@ -21,9 +21,9 @@ from litgpt.data import DataModule
 from litgpt.prompts import PromptStyle, has_prompt_style, load_prompt_style
 from torch.utils.data import DataLoader
 
-from litgpt_ext.data.encode import encode_many
-from litgpt_ext.data.pretokenized import load_pretokenized
-from litgpt_ext.data.records import Example, is_qa_file, load_examples, load_json
+from litgpt_ext.data.fast_encode import encode_packed
+from litgpt_ext.data.pretokenized import PackedSamples, load_pretokenized
+from litgpt_ext.data.records import Example, columns_of, is_qa_file, load_examples, load_json
 from litgpt_ext.errors import UserError
 from litgpt_ext.prompts import QA
 
@@ -132,19 +132,22 @@ class SFTData(DataModule):
         self.train_dataset = self._encode(splits["train"], "train")
         self.val_dataset = self._encode(splits["val"], "val")
 
-    def _encode(self, examples: list[Example], split: str) -> list[Sample]:
-        prompts = [self.prompt_style.apply(prompt=ex.instruction, input=ex.input) for ex in examples]
-        encoded = encode_many(
+    def _encode(self, examples: list[Example], split: str) -> PackedSamples:
+        cols = columns_of(examples)
+        packed, stats = encode_packed(
             self.tokenizer,
-            prompts,
-            [ex.output for ex in examples],
+            self.prompt_style,
+            cols.instruction,
+            cols.input,
+            cols.output,
             max_seq_length=self.max_seq_length,
             mask_prompt=self.mask_prompt,
             ignore_index=self.ignore_index,
+            ids=cols.id,
         )
-        self.stats[f"{split}_prompt_truncated"] = sum(e.prompt_truncated for e in encoded)
-        self.stats[f"{split}_response_truncated"] = sum(e.response_truncated for e in encoded)
-        return [{"input_ids": e.input_ids, "labels": e.labels} for e in encoded]
+        self.stats[f"{split}_prompt_truncated"] = stats["prompt_truncated"]
+        self.stats[f"{split}_response_truncated"] = stats["response_truncated"]
+        return PackedSamples(packed["input_ids"], packed["labels"], packed["offsets"], packed["ids"])
 
     # -- litgpt compatibility: plain dataloaders (the training loop builds its own, resumable ones) ------------
     def _loader(self, dataset: Sequence[Sample], shuffle: bool) -> DataLoader:

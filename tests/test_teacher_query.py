@@ -1,0 +1,291 @@
+"""distill_query against a real local HTTP server speaking the OpenAI API, driven by the real openai client."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from teacher_helpers import write_records, write_tiktoken_file
+
+from conftest import REPO, run_cli
+from distill.query import distill_query
+from distill.teacher.fake_server import FakeOpenAI, ServerConfig
+from litgpt_ext.errors import UserError
+
+KEY = "sk-test-0123456789abcdef"
+PROMPT = REPO / "prompts" / "search_queries.md"
+
+
+@pytest.fixture
+def api_key(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    return KEY
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _results(path: Path) -> dict[str, dict]:
+    return {r["key"]: r for r in _rows(path) if "status" in r}
+
+
+def test_all_records_answered_and_rerun_sends_nothing(tmp_path, api_key):
+    records = write_records(tmp_path / "records.jsonl", 30)
+    out = tmp_path / "responses.jsonl"
+    with FakeOpenAI(ServerConfig(api_key=KEY)) as server:
+        distill_query(records=records, prompt=PROMPT, out=out, base_url=server.base_url, concurrency=8)
+        assert len(_results(out)) == 30 and all(r["status"] == "ok" for r in _results(out).values())
+        ids = {i for r in _rows(out) for i in r.get("ids", [])}
+        assert ids == {f"doc-{i:04d}" for i in range(30)}
+        answered = sum(server.state.answered.values())
+        distill_query(records=records, prompt=PROMPT, out=out, base_url=server.base_url, concurrency=8)
+        assert sum(server.state.answered.values()) == answered  # the cache answered everything
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert KEY not in path.read_text(errors="ignore"), path
+
+
+def test_twenty_percent_faults_end_answered_or_quarantined(tmp_path, api_key):
+    records = write_records(tmp_path / "records.jsonl", 60)
+    out = tmp_path / "responses.jsonl"
+    cfg = ServerConfig(api_key=KEY, fault_rate=0.2, stall_s=0.6, bad_answer_rate=0.1, latency_s=0.01, seed=3)
+    with FakeOpenAI(cfg) as server:
+        distill_query(
+            records=records,
+            prompt=PROMPT,
+            out=out,
+            base_url=server.base_url,
+            concurrency=8,
+            timeout=0.4,
+            max_attempts=10,
+            retry_invalid=0,
+            response_format="json_object",
+        )
+        assert server.state.faults_injected > 5
+    results = _results(out)
+    assert len(results) == 60
+    quarantine = _rows(tmp_path / "responses.quarantine.jsonl")
+    failed = {k for k, r in results.items() if r["status"] == "failed"}
+    assert failed, "bad answers were injected: some must be recorded as failures"
+    assert {q["key"] for q in quarantine} == failed
+    assert all(q["reason"] in ("length", "content_filter", "invalid_json") and q["ids"] for q in quarantine)
+
+
+def test_client_errors_fail_the_request_and_auth_errors_stop_the_run(tmp_path, api_key):
+    records = tmp_path / "records.jsonl"
+    records.write_text(
+        json.dumps({"id": "ok", "title": "fine", "question": "q"})
+        + "\n"
+        + json.dumps({"id": "bad", "title": "TRIGGER_400", "question": "q"})
+        + "\n"
+    )
+    out = tmp_path / "responses.jsonl"
+    with FakeOpenAI(ServerConfig(api_key=KEY)) as server:
+        distill_query(records=records, prompt="Title: {title}", out=out, base_url=server.base_url)
+        by_id = {r["ids"][0]: r for r in _results(out).values()}
+        assert by_id["ok"]["status"] == "ok"
+        assert by_id["bad"]["reason"] == "http_400" and "prompt was rejected" in by_id["bad"]["detail"]
+        assert by_id["bad"]["attempts"] == 1
+
+        distill_query(
+            records=records,
+            prompt="Title: {title}",
+            out=tmp_path / "r404.jsonl",
+            model="missing-model",
+            base_url=server.base_url,
+        )
+        assert {r["reason"] for r in _results(tmp_path / "r404.jsonl").values()} == {"http_404"}
+
+        result = run_cli(
+            "distill_query",
+            "--records",
+            records,
+            "--prompt",
+            "Q: {question}",
+            "--out",
+            tmp_path / "r401.jsonl",
+            "--base_url",
+            server.base_url,
+            env={"OPENAI_API_KEY": "sk-wrong"},
+        )
+        assert result.returncode == 2
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: api_key: the API refused the request (401)") and "Traceback" not in result.stderr
+
+
+def test_kill_9_mid_run_loses_nothing_and_resends_only_in_flight(tmp_path):
+    records = write_records(tmp_path / "records.jsonl", 150)
+    out = tmp_path / "responses.jsonl"
+    concurrency = 6
+    with FakeOpenAI(ServerConfig(api_key=KEY, latency_s=0.05)) as server:
+        args = [
+            sys.executable,
+            "-m",
+            "litgpt_ext",
+            "distill_query",
+            "--records",
+            str(records),
+            "--prompt",
+            str(PROMPT),
+            "--out",
+            str(out),
+            "--base_url",
+            server.base_url,
+            "--concurrency",
+            str(concurrency),
+        ]
+        env = {**os.environ, "OPENAI_API_KEY": KEY}
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 40):
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        done_before = len(_results(out))
+        assert 0 < done_before < 150, done_before
+        with open(out, "a") as fh:  # a torn last line, as if the kill hit mid-write
+            fh.write('{"key": "deadbeef", "ids": ["doc-9')
+        subprocess.run(args, env=env, check=True, capture_output=True)
+        results = _results(out)
+        assert len(results) == 150 and all(r["status"] == "ok" for r in results.values())
+        lines = _rows(out)  # parses: the torn line was cut
+        assert len([r for r in lines if "status" in r]) == 150  # one line per request, none twice
+        assert server.state.duplicates() <= concurrency, server.state.duplicates()
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_everything(tmp_path):
+    records = write_records(tmp_path / "records.jsonl", 200)
+    out = tmp_path / "responses.jsonl"
+    with FakeOpenAI(ServerConfig(api_key=KEY, latency_s=0.05)) as server:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "litgpt_ext",
+                "distill_query",
+                "--records",
+                str(records),
+                "--prompt",
+                str(PROMPT),
+                "--out",
+                str(out),
+                "--base_url",
+                server.base_url,
+                "--concurrency",
+                "4",
+            ],
+            env={**os.environ, "OPENAI_API_KEY": KEY},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        while not out.exists() or out.read_text().count("\n") < 20:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 130 and "interrupted" in stdout
+        assert 20 <= len(_results(out)) < 200
+        assert len(_rows(out)) == len(_results(out))  # every line whole
+
+
+def test_rate_limit_headers_and_429_are_honoured(tmp_path, api_key):
+    records = write_records(tmp_path / "records.jsonl", 25)
+    out = tmp_path / "responses.jsonl"
+    with FakeOpenAI(ServerConfig(api_key=KEY, rpm=600)) as server:
+        t0 = time.time()
+        distill_query(records=records, prompt=PROMPT, out=out, base_url=server.base_url, concurrency=16, rpm=600)
+        elapsed = time.time() - t0
+        assert server.state.rate_limited == 0  # evenly spaced: never over the server's window
+    assert elapsed >= 24 * 60 / 600 * 0.9
+    assert len(_results(out)) == 25
+
+
+def test_max_cost_stops_before_the_budget(tmp_path, api_key):
+    records = write_records(tmp_path / "records.jsonl", 40)
+    out = tmp_path / "responses.jsonl"
+    with FakeOpenAI(ServerConfig(api_key=KEY)) as server:
+        # $1 per 1k tokens: each request reserves ~(60 prompt + 50 output) tokens = ~$0.11
+        distill_query(
+            records=records,
+            prompt=PROMPT,
+            out=out,
+            base_url=server.base_url,
+            concurrency=2,
+            max_tokens=50,
+            price_in=1000.0,
+            price_out=1000.0,
+            max_cost_usd=1.0,
+        )
+    results = _results(out)
+    spent = sum((r["usage"]["prompt_tokens"] + r["usage"]["completion_tokens"]) * 1e-3 for r in results.values())
+    assert 0 < len(results) < 40 and spent <= 1.0
+
+
+def test_dry_run_counts_with_a_local_tiktoken_file(tmp_path, capsys):
+    records = write_records(tmp_path / "records.jsonl", 10)
+    enc = write_tiktoken_file(tmp_path / "tiny.tiktoken")
+    distill_query(
+        records=records,
+        prompt=PROMPT,
+        out=tmp_path / "r.jsonl",
+        model="gpt-4o-mini",
+        dry_run=True,
+        encoding=str(enc),
+        max_tokens=100,
+    )
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["requests"] == 10 and summary["max_output_tokens"] == 1000 and summary["prompt_tokens"] > 500
+    assert summary["estimated_cost_usd"] == pytest.approx(
+        (summary["prompt_tokens"] * 0.15 + 1000 * 0.60) / 1e6, abs=1e-4
+    )
+    assert not (tmp_path / "r.jsonl").exists()  # nothing sent, nothing written
+    with pytest.raises(UserError, match="cannot load tiktoken no_such_encoding .*pass --encoding"):
+        distill_query(records=records, prompt=PROMPT, dry_run=True, encoding="no_such_encoding")
+
+
+@pytest.mark.parametrize(
+    ("records_text", "prompt", "expected"),
+    [
+        ('{"id": 1, "title": "a"}\n{"id": 2}\n', "Title: {title}", "records.jsonl:2: title: missing"),
+        ('{"id": 1, "title": "a"}\nnot json\n', "Title: {title}", "records.jsonl:2: invalid JSON"),
+        ('{"id": 1, "title": "a"}\n{"id": 1, "title": "b"}\n', "Title: {title}", "records.jsonl:2: id: duplicate id"),
+        ('{"id": 1, "title": "a"}\n', "Title: {title\n", "<prompt>:1: template: "),
+        ('{"id": 1, "title": "a"}\n', "Title: {t.x}", "<prompt>:1: template: placeholder {t.x}"),
+    ],
+)
+def test_bad_records_and_templates_are_located_errors(tmp_path, records_text, prompt, expected):
+    records = tmp_path / "records.jsonl"
+    records.write_text(records_text)
+    result = run_cli(
+        "distill_query",
+        "--records",
+        records,
+        "--prompt",
+        prompt,
+        "--out",
+        tmp_path / "r.jsonl",
+        "--dry_run",
+        "true",
+        "--encoding",
+        write_tiktoken_file(tmp_path / "e.tiktoken"),
+    )
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert expected in line and "Traceback" not in result.stderr
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_template_file_error_names_file_and_line(tmp_path):
+    bad = tmp_path / "task.md"
+    bad.write_text("---\nsystem: hi\n---\nTitle: {title}\nBody: {body\n")
+    records = write_records(tmp_path / "records.jsonl", 2)
+    with pytest.raises(UserError) as err:
+        distill_query(records=records, prompt=bad, dry_run=True)
+    assert str(err.value).startswith(f"{bad}:5: template:")
