@@ -199,7 +199,18 @@ def _sft_stage(student: Path) -> list[tuple[str, Path]]:
     ]
 
 
-STAGES = [_teacher_stage, _sft_stage]
+def _export_stage(student: Path) -> list[tuple[str, Path]]:
+    """Export for Hugging Face: the fully finetuned student as a model, the distilled LoRA run as a PEFT adapter on
+    the exported base."""
+    hf, base, adapter = RUN / "hf", RUN / "hf-student-base", RUN / "hf-adapter"
+    litgpt_ext("export_hf", rel(RUN / "sft" / "final"), "--out_dir", rel(hf), "--overwrite", "true")
+    litgpt_ext("export_hf", rel(student), "--out_dir", rel(base), "--overwrite", "true")
+    litgpt_ext("export_hf", rel(RUN / "sft-distilled" / "final"), "--out_dir", rel(adapter), "--format", "peft",
+               "--base_model", rel(base), "--overwrite", "true")
+    return [("Hugging Face model", hf), ("PEFT adapter + its base", adapter)]
+
+
+STAGES = [_teacher_stage, _sft_stage, _export_stage]
 
 
 if __name__ == "__main__":

@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 
+# Nothing in the tests may reach the network: Hugging Face libraries must use local files only.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "artifacts" / "demo"
 

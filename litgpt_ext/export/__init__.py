@@ -1,0 +1,1 @@
+"""Merge + Hugging Face export: litgpt checkpoints that transformers, peft and the Hub load as-is."""

@@ -1,0 +1,157 @@
+"""``litgpt-ext export_hf``: a litgpt checkpoint -> a folder transformers / peft / vLLM / the Hub load as-is."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Literal
+
+import torch
+import yaml
+from litgpt.config import Config
+
+from litgpt_ext.errors import UserError
+from litgpt_ext.export.families import convert_tensor, detect_family, hf_config
+from litgpt_ext.export.hub import push_folder
+from litgpt_ext.export.model_card import write_model_card
+from litgpt_ext.export.peft_adapter import adapter_config, peft_tensors, write_adapter
+from litgpt_ext.export.shards import ShardWriter, parse_size
+from litgpt_ext.export.tokenizer_files import export_tokenizer
+from litgpt_ext.io import atomic_write_json
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def _load_state(path: Path) -> dict[str, torch.Tensor]:
+    """Memory-mapped: tensors are read from disk only when converted."""
+    try:
+        state = torch.load(path, mmap=True, weights_only=True, map_location="cpu")
+    except Exception as err:
+        raise UserError(f"cannot read ({type(err).__name__}: {err})", path=path) from None
+    return state.get("model", state)
+
+
+def _hparams(checkpoint_dir: Path) -> dict | None:
+    path = checkpoint_dir / "hyperparameters.yaml"
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
+
+
+def _check_inputs(checkpoint_dir: Path, fmt: str) -> None:
+    if not checkpoint_dir.is_dir():
+        raise UserError("not a checkpoint directory", path=checkpoint_dir, field="checkpoint_dir")
+    needed = ["model_config.yaml"] + (["lit_model.pth.lora", "hyperparameters.yaml"] if fmt == "peft" else [])
+    for name in needed:
+        if not (checkpoint_dir / name).is_file():
+            raise UserError(f"missing {name}", path=checkpoint_dir, field="checkpoint_dir")
+    if fmt == "full" and not any((checkpoint_dir / n).is_file() for n in ("lit_model.pth", "lit_model.pth.lora")):
+        raise UserError("missing lit_model.pth", path=checkpoint_dir, field="checkpoint_dir")
+    if not any((checkpoint_dir / n).is_file() for n in ("tokenizer.json", "tokenizer.model")):
+        raise UserError("missing tokenizer.json or tokenizer.model", path=checkpoint_dir, field="checkpoint_dir")
+
+
+def export_hf(
+    checkpoint_dir: Path,
+    out_dir: Path = Path("out/hf"),
+    format: Literal["full", "peft"] = "full",
+    dtype: Literal["bf16", "fp16", "fp32"] | None = None,
+    max_shard_size: str = "5GB",
+    base_model: str | None = None,
+    push_to_hub: str | None = None,
+    private: bool = False,
+    overwrite: bool = False,
+) -> None:
+    """Export a litgpt checkpoint for Hugging Face: a full model (merging LoRA first if needed) or a PEFT adapter.
+
+    Args:
+        checkpoint_dir: litgpt checkpoint directory (lit_model.pth and/or lit_model.pth.lora, model_config.yaml,
+            tokenizer files).
+        out_dir: Output folder; refused if not empty unless --overwrite.
+        format: ``full`` (config.json, sharded model.safetensors, tokenizer, generation config, model card) or
+            ``peft`` (adapter_config.json + adapter_model.safetensors with the LoRA weights only).
+        dtype: Weights dtype (default: as stored).
+        max_shard_size: Largest safetensors shard (e.g. 5GB, 500MB); bigger models get an index file.
+        base_model: Recorded as the base (``base_model_name_or_path`` of a PEFT adapter, the card's base_model);
+            a Hub id or the folder of the exported base model.
+        push_to_hub: Upload the folder to this Hub repo id (token from HF_TOKEN).
+        private: Create the Hub repo as private.
+        overwrite: Replace a non-empty out_dir.
+    """
+    checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
+    _check_inputs(checkpoint_dir, format)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise UserError("exists and is not empty (pass --overwrite true to replace it)", path=out_dir, field="out_dir")
+    config = Config.from_file(checkpoint_dir / "model_config.yaml")
+    family = detect_family(config)
+    hparams = _hparams(checkpoint_dir)
+
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        if format == "full":
+            target_dtype = _export_full(checkpoint_dir, partial, config, family, dtype, parse_size(max_shard_size))
+        else:
+            target_dtype = _export_peft(checkpoint_dir, partial, config, family, dtype, hparams, base_model)
+        write_model_card(partial, checkpoint_dir, family.name, format, hparams, base_model)
+        if format == "full":
+            ids = export_tokenizer(checkpoint_dir, partial, config.block_size)
+            atomic_write_json(
+                partial / "config.json",
+                hf_config(config, family, target_dtype, ids["bos_token_id"], ids["eos_token_id"]),
+            )
+            atomic_write_json(partial / "generation_config.json", {**ids, "_from_model_config": False})
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    partial.rename(out_dir)
+    print(f"exported {family.name} ({format}) -> {out_dir}")
+    if push_to_hub:
+        print(f"pushed to the Hub: {push_folder(out_dir, push_to_hub, private)}")
+
+
+def _merge_if_needed(checkpoint_dir: Path) -> None:
+    if (checkpoint_dir / "lit_model.pth").is_file():
+        return
+    if not (checkpoint_dir / "hyperparameters.yaml").is_file():
+        raise UserError(
+            "has LoRA weights but no hyperparameters.yaml to merge them with",
+            path=checkpoint_dir,
+            field="checkpoint_dir",
+        )
+    from litgpt.scripts.merge_lora import merge_lora
+
+    print("merging LoRA weights into the base model (litgpt merge_lora)")
+    merge_lora(checkpoint_dir)
+
+
+def _export_full(checkpoint_dir, out, config, family, dtype, max_bytes) -> torch.dtype:
+    _merge_if_needed(checkpoint_dir)
+    state = _load_state(checkpoint_dir / "lit_model.pth")
+    if any("lora_" in k for k in state):
+        raise UserError(
+            "holds unmerged LoRA tensors; run litgpt-ext merge_lora first",
+            path=checkpoint_dir / "lit_model.pth",
+            field="checkpoint_dir",
+        )
+    target = DTYPES[dtype] if dtype else next(iter(state.values())).dtype
+    writer = ShardWriter(out, max_bytes)
+    for name, tensor in state.items():
+        for hf_name, value in convert_tensor(family, config, name, tensor).items():
+            writer.add(hf_name, value.to(target))
+    writer.close()
+    return target
+
+
+def _export_peft(checkpoint_dir, out, config, family, dtype, hparams, base_model) -> torch.dtype:
+    lora_params = {k: v for k, v in (hparams or {}).items() if k.startswith("lora_")}
+    if "lora_r" not in lora_params:
+        raise UserError("hyperparameters.yaml has no lora_r", path=checkpoint_dir, field="hyperparameters.yaml")
+    lora = _load_state(checkpoint_dir / "lit_model.pth.lora")
+    target = DTYPES[dtype] if dtype else next(iter(lora.values())).dtype
+    tensors, targets = peft_tensors(family, config, lora, lora_params)
+    write_adapter(
+        out, tensors, adapter_config(lora_params, targets, base_model or hparams.get("checkpoint_dir")), target
+    )
+    return target

@@ -1,0 +1,167 @@
+"""Which architecture a litgpt config is, its transformers ``config.json``, and its weight-name mapping.
+
+The mapping of tensors is litgpt's own (``litgpt.scripts.convert_lit_checkpoint.copy_weights_*``), applied one
+tensor at a time so nothing forces the whole model into memory. The family is read from the architecture itself
+(MLP / norm classes, biases, sliding window), not from the model's name, so renamed and tiny models export too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from litgpt.config import Config
+from litgpt.scripts import convert_lit_checkpoint as lit
+
+from litgpt_ext.errors import UserError
+
+SUPPORTED = "llama (incl. Llama-3 RoPE scaling), mistral, qwen2 (qkv bias), gpt-neox (Pythia), phi (phi-1.5 / phi-2)"
+
+
+@dataclass
+class Family:
+    name: str
+    architecture: str
+    model_type: str
+    copy: Callable
+    peft_modules: dict[str, str] | None
+    """litgpt module path (after the block index) -> HF module name, for PEFT adapters; None: not supported."""
+
+
+_LLAMA_PEFT = {
+    "attn.qkv": "self_attn.{q,k,v}_proj",
+    "attn.proj": "self_attn.o_proj",
+    "mlp.fc_1": "mlp.gate_proj",
+    "mlp.fc_2": "mlp.up_proj",
+    "mlp.proj": "mlp.down_proj",
+}
+_PHI_PEFT = {
+    "attn.qkv": "self_attn.{q,k,v}_proj",
+    "attn.proj": "self_attn.dense",
+    "mlp.fc": "mlp.fc1",
+    "mlp.proj": "mlp.fc2",
+}
+
+
+def _unsupported(config: Config, why: str) -> UserError:
+    return UserError(f"cannot export {config.name!r}: {why}; supported families: {SUPPORTED}", field="model_config")
+
+
+def detect_family(config: Config) -> Family:
+    if config.n_expert or config.mlp_class_name not in ("LLaMAMLP", "GptNeoxMLP"):
+        raise _unsupported(config, f"MLP {config.mlp_class_name!r} is not supported")
+    if (
+        config.norm_qk
+        or config.post_attention_norm
+        or config.post_mlp_norm
+        or config.scale_embeddings
+        or config.final_logit_softcapping
+        or config.attention_logit_softcapping
+        or config.latent_attention
+    ):
+        raise _unsupported(
+            config, "this architecture variant (qk-norm, extra norms, softcapping, ...) is not supported"
+        )
+    if config.mlp_class_name == "LLaMAMLP":
+        if config.norm_class_name != "RMSNorm" or config.parallel_residual or config.bias:
+            raise _unsupported(config, "a LLaMA MLP with LayerNorm / parallel residual / biases")
+        if config.attn_bias:
+            return Family("qwen2", "Qwen2ForCausalLM", "qwen2", lit.copy_weights_qwen_2_5, _LLAMA_PEFT)
+        if config.sliding_window_size:
+            return Family("mistral", "MistralForCausalLM", "mistral", lit.copy_weights_llama, _LLAMA_PEFT)
+        return Family("llama", "LlamaForCausalLM", "llama", lit.copy_weights_llama, _LLAMA_PEFT)
+    if config.norm_class_name != "LayerNorm" or not config.parallel_residual:
+        raise _unsupported(config, "a GPT-NeoX MLP needs LayerNorm and a parallel residual")
+    if config.shared_attention_norm:
+        if not config.lm_head_bias:
+            raise _unsupported(config, "phi needs an LM-head bias")
+        return Family("phi", "PhiForCausalLM", "phi", lit.copy_weights_phi, _PHI_PEFT)
+    return Family("gpt-neox", "GPTNeoXForCausalLM", "gpt_neox", lit.copy_weights_gpt_neox, None)
+
+
+def _act(config: Config) -> str:
+    if config.mlp_class_name == "LLaMAMLP":
+        return "silu"
+    return "gelu_new" if config.gelu_approximate == "tanh" else "gelu"
+
+
+def hf_config(config: Config, family: Family, dtype: torch.dtype, bos_id: int | None, eos_id: int | None) -> dict:
+    """The ``config.json`` transformers reads for this family."""
+    common = {
+        "architectures": [family.architecture],
+        "model_type": family.model_type,
+        "vocab_size": config.padded_vocab_size,
+        "hidden_size": config.n_embd,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head,
+        "max_position_embeddings": config.block_size,
+        "hidden_act": _act(config),
+        "tie_word_embeddings": False,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
+        "use_cache": True,
+    }
+    if family.name in ("llama", "mistral", "qwen2"):
+        common |= {
+            "num_key_value_heads": config.n_query_groups,
+            "head_dim": config.head_size,
+            "rms_norm_eps": config.norm_eps,
+            "rope_theta": config.rope_base,
+            "attention_bias": False,
+            "mlp_bias": False,
+            "attention_dropout": 0.0,
+            "initializer_range": 0.02,
+        }
+        if config.rope_adjustments:
+            adj = config.rope_adjustments
+            if "low_freq_factor" not in adj:
+                raise _unsupported(config, f"RoPE adjustments {sorted(adj)}")
+            common["rope_scaling"] = {
+                "rope_type": "llama3",
+                "factor": adj["factor"],
+                "low_freq_factor": adj["low_freq_factor"],
+                "high_freq_factor": adj["high_freq_factor"],
+                "original_max_position_embeddings": adj["original_max_seq_len"],
+            }
+        if family.name == "mistral":
+            common["sliding_window"] = config.sliding_window_size
+        if family.name == "qwen2":
+            common |= {"use_sliding_window": False, "sliding_window": None, "max_window_layers": config.n_layer}
+        if config.rotary_percentage != 1.0:
+            raise _unsupported(config, "partial rotary embeddings in a LLaMA-style model")
+        return common
+    if family.name == "gpt-neox":
+        return common | {
+            "rotary_pct": config.rotary_percentage,
+            "rotary_emb_base": config.rope_base,
+            "layer_norm_eps": config.norm_eps,
+            "use_parallel_residual": True,
+            "attention_bias": True,
+            "hidden_dropout": 0.0,
+            "attention_dropout": 0.0,
+            "initializer_range": 0.02,
+        }
+    return common | {
+        "num_key_value_heads": config.n_query_groups,
+        "partial_rotary_factor": config.rotary_percentage,
+        "rope_theta": config.rope_base,
+        "layer_norm_eps": config.norm_eps,
+        "qk_layernorm": False,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+    }
+
+
+def convert_tensor(family: Family, config: Config, name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+    """HF name -> tensor for one litgpt tensor (a fused qkv gives three, or one re-laid-out for GPT-NeoX)."""
+    out: dict[str, torch.Tensor] = {}
+    try:
+        family.copy(config, out, {name: tensor})
+    except KeyError:
+        raise UserError(f"unexpected tensor {name!r} for a {family.name} model", field="lit_model.pth") from None
+    return out
