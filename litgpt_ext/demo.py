@@ -205,8 +205,18 @@ def _export_stage(student: Path) -> list[tuple[str, Path]]:
     hf, base, adapter = RUN / "hf", RUN / "hf-student-base", RUN / "hf-adapter"
     litgpt_ext("export_hf", rel(RUN / "sft" / "final"), "--out_dir", rel(hf), "--overwrite", "true")
     litgpt_ext("export_hf", rel(student), "--out_dir", rel(base), "--overwrite", "true")
-    litgpt_ext("export_hf", rel(RUN / "sft-distilled" / "final"), "--out_dir", rel(adapter), "--format", "peft",
-               "--base_model", rel(base), "--overwrite", "true")
+    litgpt_ext(
+        "export_hf",
+        rel(RUN / "sft-distilled" / "final"),
+        "--out_dir",
+        rel(adapter),
+        "--format",
+        "peft",
+        "--base_model",
+        rel(base),
+        "--overwrite",
+        "true",
+    )
     return [("Hugging Face model", hf), ("PEFT adapter + its base", adapter)]
 
 

@@ -1,0 +1,305 @@
+"""``litgpt-ext generate_batch`` and ``generate_merge``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+from litgpt.config import Config
+from litgpt.model import GPT
+from litgpt.prompts import PromptStyle, has_prompt_style, load_prompt_style
+from litgpt.tokenizer import Tokenizer
+from tqdm import tqdm
+
+from litgpt_ext.errors import UserError, require
+from litgpt_ext.finetune.common import check_checkpoint_dir
+from litgpt_ext.generate.engine import Engine, Job, Settings
+from litgpt_ext.generate.inputs import PromptRecord, Shard, parse_shard, read_prompts
+from litgpt_ext.io import JsonlAppender, read_jsonl_repairing
+
+DTYPES = {
+    "bf16-true": torch.bfloat16,
+    "16-true": torch.float16,
+    "32-true": torch.float32,
+    "bf16-mixed": torch.bfloat16,
+    "16-mixed": torch.float16,
+}
+
+
+def shard_output(output: Path, shard: Shard) -> Path:
+    if shard.count == 1:
+        return output
+    return output.with_name(f"{output.stem}.shard-{shard.index:05d}-of-{shard.count:05d}{output.suffix}")
+
+
+def resolve_style(prompt_style: str, checkpoint_dir: Path, config: Config) -> PromptStyle:
+    """``auto``: the checkpoint's prompt_style.yaml, else litgpt's style for the model (as ``litgpt generate``)."""
+    if prompt_style != "auto":
+        return PromptStyle.from_name(prompt_style)
+    if has_prompt_style(checkpoint_dir):
+        return load_prompt_style(checkpoint_dir)
+    return PromptStyle.from_config(config)
+
+
+def generate_batch(
+    checkpoint_dir: Path,
+    input: Path | None = None,
+    output: Path | None = None,
+    field: str = "prompt",
+    prompt_template: Path | None = None,
+    prompt_style: str = "auto",
+    passthrough: list[str] | None = None,
+    max_new_tokens: int = 128,
+    temperature: float = 0.8,
+    top_k: int | None = 50,
+    top_p: float = 1.0,
+    num_samples: int = 1,
+    stop: list[str] | None = None,
+    seed: int = 42,
+    max_batch_size: int = 32,
+    window: int | None = None,
+    precision: str | None = None,
+    devices: int = 1,
+    shard: str | None = None,
+    on_error: Literal["record", "stop"] = "record",
+    compile: bool = False,
+) -> None:
+    """Generate for every prompt of a JSONL file with continuous batching; resumable and shardable.
+
+    Args:
+        checkpoint_dir: litgpt checkpoint of the model that generates.
+        input: JSONL prompts, one object per line (``id`` optional: the line number is the id).
+        output: JSONL output; one line per input (appended as each completes; a rerun skips done ids).
+        field: The record field holding the prompt text.
+        prompt_template: Instead of --field: a template file with ``{field}`` placeholders (see prompts/README.md).
+        prompt_style: litgpt prompt style applied to the prompt text: ``auto`` (the checkpoint's, as litgpt
+            generate does), a style name, or ``default`` for the raw text.
+        passthrough: Record fields copied into each output line.
+        max_new_tokens: Tokens generated at most per sample.
+        temperature: Sampling temperature; 0 is greedy.
+        top_k: Keep the k most likely tokens (None: all).
+        top_p: Nucleus sampling threshold.
+        num_samples: Generations per prompt.
+        stop: Stop strings (the text is cut before them).
+        seed: Seed; each row's randomness derives from (seed, id, sample), independent of batching.
+        max_batch_size: Rows decoded together (KV-cache slots).
+        window: Prompts looked ahead in the input for scheduling (default: 8 x max_batch_size).
+        precision: bf16-true, 16-true or 32-true (default: litgpt's choice for the hardware).
+        devices: Processes, one per GPU (Fabric); the input is split by global rank.
+        shard: ``I/N`` to take every N-th line starting at line I+1 (default: SLURM array variables, if set).
+        on_error: ``record`` writes an error line for a bad input line and continues; ``stop`` stops at it.
+        compile: torch.compile the model (GPU).
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    input, output = Path(require(input, "input")), Path(require(output, "output"))
+    check_checkpoint_dir(checkpoint_dir)
+    if not input.is_file():
+        raise UserError("file not found", path=input, field="input")
+    base_shard = parse_shard(shard)
+    from litgpt.utils import get_default_supported_precision
+
+    precision = precision or get_default_supported_precision(training=False)
+    if precision not in DTYPES:
+        raise UserError(f"use one of {sorted(DTYPES)}", field="precision")
+    fabric = L.Fabric(devices=devices, precision=precision, strategy="ddp" if devices > 1 else "auto")
+    fabric.launch(
+        _run,
+        checkpoint_dir,
+        input,
+        output,
+        field,
+        prompt_template,
+        prompt_style,
+        passthrough or [],
+        max_new_tokens,
+        temperature,
+        top_k,
+        top_p,
+        num_samples,
+        tuple(stop or ()),
+        seed,
+        max_batch_size,
+        window,
+        DTYPES[precision],
+        base_shard,
+        on_error,
+        compile,
+    )
+
+
+def _run(
+    fabric,
+    checkpoint_dir,
+    input,
+    output,
+    field,
+    prompt_template,
+    prompt_style,
+    passthrough,
+    max_new_tokens,
+    temperature,
+    top_k,
+    top_p,
+    num_samples,
+    stop,
+    seed,
+    max_batch_size,
+    window,
+    dtype,
+    base_shard,
+    on_error,
+    compile,
+) -> None:
+    shard = base_shard.split(fabric.global_rank, fabric.world_size)
+    out_path = shard_output(output, shard)
+    config = Config.from_file(checkpoint_dir / "model_config.yaml")
+    tokenizer = Tokenizer(checkpoint_dir)
+    style = resolve_style(prompt_style, checkpoint_dir, config)
+    template = None
+    if prompt_template is not None:
+        from distill.prompts import load_template
+
+        template = load_template(Path(prompt_template))
+
+    def render(record: dict, line: int) -> str:
+        if template is not None:
+            return template.render(record, (input, line))
+        if field not in record or record[field] is None:
+            raise UserError("missing", path=input, line=line, field=field)
+        if not isinstance(record[field], str):
+            raise UserError(
+                f"expected a string, got {type(record[field]).__name__}", path=input, line=line, field=field
+            )
+        return record[field]
+
+    done = {str(r["id"]) for r in read_jsonl_repairing(out_path)}
+    with fabric.init_module(empty_init=True):
+        model = GPT(config)
+    state = torch.load(checkpoint_dir / "lit_model.pth", mmap=True, weights_only=True)
+    model.load_state_dict(state.get("model", state), assign=True)
+    model = model.to(device=fabric.device, dtype=dtype).eval()
+    if compile:
+        model = torch.compile(model, dynamic=True)
+    max_seq_length = min(config.block_size, 1 << 30)
+    settings = Settings(
+        max_batch_size=max_batch_size,
+        max_seq_length=max_seq_length,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        stop=stop,
+        window=window or 8 * max_batch_size,
+    )
+    engine = Engine(model, tokenizer, settings, fabric.device, dtype)
+    writer = JsonlAppender(out_path)
+    stats = {"prompts": 0, "errors": 0, "tokens": 0}
+    bar = tqdm(
+        desc=f"generate{'' if shard.count == 1 else f' {shard.index}/{shard.count}'}",
+        unit="prompt",
+        dynamic_ncols=True,
+        position=fabric.global_rank,
+    )
+    t0 = time.perf_counter()
+
+    def jobs():
+        for item in read_prompts(input, render, shard, done, on_error):
+            if isinstance(item, dict):  # an error record
+                writer.write(item)
+                stats["errors"] += 1
+                continue
+            job = _make_job(item, style, tokenizer, config, max_new_tokens, num_samples, passthrough)
+            if isinstance(job, dict):
+                if on_error == "stop":
+                    raise UserError(job["error"].split(": ", 1)[-1], path=input, line=item.line)
+                writer.write(job)
+                stats["errors"] += 1
+                continue
+            yield job
+
+    def emit(job: Job) -> None:
+        writer.write(
+            {
+                "id": job.id,
+                **job.extra,
+                "generations": job.texts,
+                "finish_reasons": job.finish_reasons,
+                "prompt_tokens": len(job.prompt_ids),
+                "generated_tokens": job.generated_tokens,
+                "_line": job.line,
+            }
+        )
+        stats["prompts"] += 1
+        stats["tokens"] += sum(job.generated_tokens)
+        elapsed = time.perf_counter() - t0
+        bar.update(1)
+        bar.set_postfix(tok_s=f"{stats['tokens'] / elapsed:,.0f}", refresh=False)
+
+    try:
+        engine.run(jobs(), emit)
+    finally:
+        writer.close()
+        bar.close()
+    elapsed = time.perf_counter() - t0
+    fabric.print(
+        f"{stats['prompts']:,} prompts, {stats['tokens']:,} generated tokens in {elapsed:.1f}s "
+        f"({stats['tokens'] / max(elapsed, 1e-9):,.0f} tokens/s), {stats['errors']} error records "
+        f"-> {out_path}"
+    )
+
+
+def _make_job(item: PromptRecord, style, tokenizer, config, max_new_tokens, num_samples, passthrough) -> Job | dict:
+    prompt_ids = tokenizer.encode(style.apply(item.text)).tolist()
+    if len(prompt_ids) >= config.block_size:
+        return {
+            "id": item.id,
+            "_line": item.line,
+            "error": f"line {item.line}: prompt: {len(prompt_ids)} tokens, the model's context is {config.block_size}",
+        }
+    extra = {k: item.record.get(k) for k in passthrough}
+    return Job(item.id, item.line, prompt_ids, num_samples, max_new_tokens, extra)
+
+
+def generate_merge(inputs: list[Path] | None = None, output: Path | None = None) -> None:
+    """Join shard outputs into one file in input order (by input line), keeping one line per id.
+
+    Args:
+        inputs: The shard files (e.g. generations.shard-*.jsonl).
+        output: The merged JSONL.
+    """
+    from litgpt_ext.io import atomic_path
+
+    inputs, output = require(inputs, "inputs"), Path(require(output, "output"))
+    index = []  # (line, file number, byte offset, length): sorts a million rows without holding them
+    for n, path in enumerate(inputs):
+        path = Path(path)
+        if not path.is_file():
+            raise UserError("file not found", path=path, field="inputs")
+        list(read_jsonl_repairing(path))  # repair a torn tail first
+        offset = 0
+        with open(path, "rb") as fh:
+            for raw in fh:
+                if raw.strip():
+                    row = json.loads(raw)
+                    index.append((row["_line"], n, offset, len(raw), str(row["id"])))
+                offset += len(raw)
+    index.sort()
+    seen, written = set(), 0
+    handles = [open(p, "rb") for p in inputs]
+    try:
+        with atomic_path(output) as tmp, open(tmp, "wb") as out:
+            for _, n, offset, length, rid in index:
+                if rid in seen:
+                    continue
+                seen.add(rid)
+                handles[n].seek(offset)
+                out.write(handles[n].read(length))
+                written += 1
+    finally:
+        for h in handles:
+            h.close()
+    print(f"merged {written:,} lines from {len(inputs)} file(s) -> {output}")

@@ -1,0 +1,189 @@
+"""The continuous-batching decode loop, on a litgpt ``GPT``.
+
+Every step runs all ``max_batch_size`` slots at once (static shapes, one sync per step). A row that finishes — EOS,
+a stop string, ``max_new_tokens`` or a full context — frees its slot, and a waiting prompt is prefilled into it
+before the next step. Waiting prompts come from a bounded look-ahead window over the input stream, longest first,
+so long prompts do not straggle at the end and memory does not grow with the input.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from litgpt_ext.generate.kv_cache import install_slot_cache
+from litgpt_ext.generate.sampling import row_key, sample, uniforms
+
+
+@dataclass
+class Job:
+    """One input prompt and what has been generated for it."""
+
+    id: str
+    line: int
+    prompt_ids: list[int]
+    samples: int
+    max_new_tokens: int
+    extra: dict = field(default_factory=dict)
+    texts: list[str | None] = field(default_factory=list)
+    finish_reasons: list[str | None] = field(default_factory=list)
+    generated_tokens: list[int] = field(default_factory=list)
+    pending: int = 0
+
+
+@dataclass
+class Row:
+    job: Job
+    sample: int
+    key: int
+    tokens: list[int] = field(default_factory=list)
+
+    @property
+    def position(self) -> int:
+        """Cache position where the last generated token is written when it is fed back."""
+        return len(self.job.prompt_ids) + len(self.tokens) - 1
+
+
+@dataclass
+class Settings:
+    max_batch_size: int = 32
+    max_seq_length: int = 1024
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float = 1.0
+    seed: int = 42
+    stop: tuple[str, ...] = ()
+    window: int = 256
+    """Prompts looked ahead in the input stream (the scheduling window)."""
+    prefill_tokens: int = 8192
+    """Padded tokens per prefill forward (bounds prefill memory)."""
+
+
+class Engine:
+    def __init__(self, model, tokenizer, settings: Settings, device: torch.device, dtype: torch.dtype) -> None:
+        self.model, self.tokenizer, self.s = model, tokenizer, settings
+        self.device = device
+        self.caches = install_slot_cache(model, settings.max_batch_size, settings.max_seq_length, device, dtype)
+        self.slots: list[Row | None] = [None] * settings.max_batch_size
+        self.eos = tokenizer.eos_id
+        self.stop_tail = max((len(s) for s in settings.stop), default=0) + 8
+        self.generated = 0
+
+    # -- model calls ----------------------------------------------------------------------------------------------
+    def _set_rows(self, rows: torch.Tensor | None) -> None:
+        for cache in self.caches:
+            cache.rows = rows
+
+    @torch.inference_mode()
+    def _prefill(self, admitted: list[tuple[int, Row]]) -> torch.Tensor:
+        """Right-padded prefill of new rows into their slots; logits at each prompt's last token."""
+        lengths = [len(r.job.prompt_ids) for _, r in admitted]
+        width = max(lengths)
+        idx = torch.zeros((len(admitted), width), dtype=torch.long)
+        for i, (_, r) in enumerate(admitted):
+            idx[i, : lengths[i]] = torch.tensor(r.job.prompt_ids)
+        pos = torch.arange(width).expand(len(admitted), width)
+        self._set_rows(torch.tensor([slot for slot, _ in admitted], device=self.device))
+        logits = self.model(idx.to(self.device), input_pos=pos.to(self.device), input_pos_maxp1=width)
+        self._set_rows(None)
+        last = torch.tensor(lengths, device=self.device) - 1
+        return logits[torch.arange(len(admitted), device=self.device), last]
+
+    @torch.inference_mode()
+    def _decode(self) -> torch.Tensor:
+        tokens = [r.tokens[-1] if r else 0 for r in self.slots]
+        positions = [r.position if r else 0 for r in self.slots]
+        idx = torch.tensor(tokens, device=self.device).unsqueeze(1)
+        pos = torch.tensor(positions, device=self.device).unsqueeze(1)
+        return self.model(idx, input_pos=pos, input_pos_maxp1=max(positions) + 1)[:, -1]
+
+    def _sample(self, logits: torch.Tensor, rows: list[Row]) -> list[int]:
+        keys = torch.tensor([r.key for r in rows], device=logits.device)
+        steps = torch.tensor([len(r.tokens) for r in rows], device=logits.device)
+        u = uniforms(keys, steps) if self.s.temperature > 0 else None
+        return sample(logits, self.s.temperature, self.s.top_k, self.s.top_p, u).tolist()
+
+    # -- bookkeeping ----------------------------------------------------------------------------------------------
+    def _finish_reason(self, row: Row, token: int) -> str | None:
+        if token == self.eos:
+            return "stop"
+        row.tokens.append(token)
+        self.generated += 1
+        if self.s.stop:
+            tail = self.tokenizer.decode(torch.tensor(row.tokens[-self.stop_tail :]))
+            if any(stop in tail for stop in self.s.stop):
+                return "stop"
+        if len(row.tokens) >= row.job.max_new_tokens or row.position + 1 >= self.s.max_seq_length:  # context full
+            return "length"
+        return None
+
+    def _complete(self, row: Row, reason: str) -> Job | None:
+        text = self.tokenizer.decode(torch.tensor(row.tokens, dtype=torch.long)) if row.tokens else ""
+        for stop in self.s.stop:
+            if stop in text:
+                text = text[: text.index(stop)]
+        job = row.job
+        job.texts[row.sample], job.finish_reasons[row.sample] = text, reason
+        job.generated_tokens[row.sample] = len(row.tokens)
+        job.pending -= 1
+        return job if job.pending == 0 else None
+
+    def _advance(self, slot_rows: list[tuple[int, Row]], tokens: list[int], emit: Callable[[Job], None]) -> None:
+        for (slot, row), token in zip(slot_rows, tokens):
+            reason = self._finish_reason(row, token)
+            if reason is None:
+                continue
+            self.slots[slot] = None
+            job = self._complete(row, reason)
+            if job is not None:
+                emit(job)
+
+    # -- the loop -------------------------------------------------------------------------------------------------
+    def run(self, jobs: Iterable[Job], emit: Callable[[Job], None]) -> None:
+        """Generate for every job (streamed), calling ``emit(job)`` as each one completes (in completion order)."""
+        source: Iterator[Job] = iter(jobs)
+        window: list[tuple[int, int, Row]] = []  # heap of (-prompt length, arrival, row)
+        arrival = itertools.count()
+        exhausted = False
+        while True:
+            while not exhausted and len(window) < self.s.window:
+                job = next(source, None)
+                if job is None:
+                    exhausted = True
+                    break
+                job.texts, job.finish_reasons = [None] * job.samples, [None] * job.samples
+                job.generated_tokens, job.pending = [0] * job.samples, job.samples
+                for k in range(job.samples):
+                    row = Row(job, k, row_key(self.s.seed, job.id, k))
+                    heapq.heappush(window, (-len(job.prompt_ids), next(arrival), row))
+            free = [i for i, r in enumerate(self.slots) if r is None]
+            if free and window:
+                self._admit(free, window, emit)
+            if not any(self.slots):
+                if exhausted and not window:
+                    return
+                continue
+            active = [(i, r) for i, r in enumerate(self.slots) if r is not None]
+            logits = self._decode()
+            index = torch.tensor([i for i, _ in active], device=logits.device)
+            self._advance(active, self._sample(logits.index_select(0, index), [r for _, r in active]), emit)
+
+    def _admit(self, free: list[int], window: list, emit: Callable[[Job], None]) -> None:
+        admitted = []
+        while free and window:
+            _, _, row = heapq.heappop(window)
+            admitted.append((free.pop(0), row))
+        start = 0
+        while start < len(admitted):  # longest first, so each prefill group pads little
+            width = len(admitted[start][1].job.prompt_ids)
+            n = max(1, min(len(admitted) - start, self.s.prefill_tokens // max(width, 1)))
+            group = admitted[start : start + n]
+            for slot, row in group:
+                self.slots[slot] = row
+            logits = self._prefill(group)
+            self._advance(group, self._sample(logits, [r for _, r in group]), emit)
+            start += n

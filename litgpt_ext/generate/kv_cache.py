@@ -1,0 +1,42 @@
+"""A KV cache whose rows are *slots*: a prompt owns one slot from its prefill until it finishes, then the slot is
+given to the next prompt. Preallocated once, ``(slots, n_query_groups, max_seq_length, head_size)`` per layer.
+
+It plugs into litgpt's attention unchanged (a ``litgpt.model.KVCache`` subclass): the engine sets ``rows`` before a
+forward — ``None`` for a step over every slot, or the slot indices of the rows being prefilled. Stale entries left by
+a slot's previous owner are never read: a row at position p attends to positions <= p only, and positions 0..p were
+all written by the current owner (prefill writes the prompt, every decode step writes its own position first).
+"""
+
+from __future__ import annotations
+
+import torch
+from litgpt.model import KVCache, batched_index_copy_
+
+
+class SlotKVCache(KVCache):
+    def __init__(self, slots: int, n_query_groups: int, max_seq_length: int, head_size: int, device, dtype):
+        shape = (slots, n_query_groups, max_seq_length, head_size)
+        super().__init__(shape, shape, device=device, dtype=dtype)
+        self.rows: torch.Tensor | None = None
+
+    def forward(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.rows is None:  # every slot, in order
+            return batched_index_copy_(self.k, -2, input_pos, k), batched_index_copy_(self.v, -2, input_pos, v)
+        kk, vv = self.k[self.rows], self.v[self.rows]  # gathered copies for the rows being prefilled
+        batched_index_copy_(kk, -2, input_pos, k)
+        batched_index_copy_(vv, -2, input_pos, v)
+        self.k[self.rows], self.v[self.rows] = kk, vv
+        return kk, vv
+
+
+def install_slot_cache(model, slots: int, max_seq_length: int, device, dtype) -> list[SlotKVCache]:
+    """Give every attention block a slot cache (and the model its mask cache)."""
+    model.max_seq_length = max_seq_length
+    model.set_kv_cache(batch_size=1, max_seq_length=max_seq_length, device=device, dtype=dtype)  # mask + rope
+    caches = []
+    for block in model.transformer.h:
+        cfg = block.attn.config
+        cache = SlotKVCache(slots, cfg.n_query_groups, max_seq_length, cfg.head_size, device, dtype)
+        block.attn.kv_cache = cache
+        caches.append(cache)
+    return caches
