@@ -46,3 +46,6 @@ bench-sft: install
 
 bench-teacher: install
 	$(BIN)/python -m tests.bench.bench_teacher
+
+bench-generate: install
+	$(BIN)/python -m tests.bench.bench_generate

@@ -4,11 +4,10 @@ The id travels from the first file to the last, so any output line can be traced
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from litgpt_ext.data.records import read_text
+from litgpt_ext.data.records import iter_jsonl
 from litgpt_ext.errors import UserError
 
 
@@ -22,13 +21,7 @@ class Record:
 def read_records(path: Path) -> list[Record]:
     path = Path(path)
     records, seen = [], {}
-    for n, line in enumerate(read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"invalid JSON: {err.msg}", path=path, line=n) from None
+    for n, obj in iter_jsonl(path):
         if not isinstance(obj, dict):
             raise UserError(f"expected a JSON object, got {type(obj).__name__}", path=path, line=n)
         rid = str(obj["id"]) if obj.get("id") is not None else str(n)

@@ -220,7 +220,50 @@ def _export_stage(student: Path) -> list[tuple[str, Path]]:
     return [("Hugging Face model", hf), ("PEFT adapter + its base", adapter)]
 
 
-STAGES = [_teacher_stage, _sft_stage, _export_stage]
+def _generate_stage(student: Path) -> list[tuple[str, Path]]:
+    """Batch-generate answers for every question (continuous batching), in two shards, then merge them."""
+    import json
+
+    qa = json.loads((DEMO_DATA / "qa.json").read_text())
+    prompts = RUN / "questions.jsonl"
+    rows = [
+        {"id": f"q{i:03d}", "prompt": r["Question"], "reference": r["Answer"]}
+        for i, r in enumerate(qa["train"] + qa["val"] + qa["test"])
+    ]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = RUN / "generations.jsonl"
+    for old in RUN.glob("generations*.jsonl"):  # the student was just retrained: earlier outputs are stale
+        old.unlink()
+    for shard in ("0/2", "1/2"):
+        litgpt_ext(
+            "generate_batch",
+            rel(RUN / "sft" / "final"),
+            "--input",
+            rel(prompts),
+            "--output",
+            rel(out),
+            "--max_new_tokens",
+            24,
+            "--temperature",
+            0,
+            "--precision",
+            "32-true",
+            "--max_batch_size",
+            16,
+            "--passthrough",
+            "[reference]",
+            "--shard",
+            shard,
+        )
+    shards = sorted(RUN.glob("generations.shard-*-of-00002.jsonl"))
+    litgpt_ext("generate_merge", "--inputs", "[" + ", ".join(rel(p) for p in shards) + "]", "--output", rel(out))
+    done = [json.loads(line) for line in out.read_text().splitlines()]
+    exact = sum(r["generations"][0].strip() == r["reference"].strip() for r in done)
+    print(f"  {exact}/{len(done)} generated answers equal the reference exactly")
+    return [("generations (merged shards)", out)]
+
+
+STAGES = [_teacher_stage, _sft_stage, _export_stage, _generate_stage]
 
 
 if __name__ == "__main__":

@@ -30,3 +30,15 @@ def test_bench_teacher_smoke():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "achieved requests/min" in result.stdout and "records/s" in result.stdout
+
+
+def test_bench_generate_smoke():
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.bench.bench_generate", "--smoke"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "generated tokens/s" in result.stdout and "transformers generate" in result.stdout

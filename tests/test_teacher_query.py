@@ -289,3 +289,25 @@ def test_template_file_error_names_file_and_line(tmp_path):
     with pytest.raises(UserError) as err:
         distill_query(records=records, prompt=bad, dry_run=True)
     assert str(err.value).startswith(f"{bad}:5: template:")
+
+
+def test_ready_chat_messages_file(tmp_path, api_key):
+    msgs = tmp_path / "messages.jsonl"
+    msgs.write_text(
+        json.dumps(
+            {
+                "id": "a",
+                "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Question: why?"}],
+            }
+        )
+        + "\n"
+        + json.dumps({"id": "b", "messages": [{"role": "user", "content": "Question: how?"}]})
+        + "\n"
+    )
+    out = tmp_path / "r.jsonl"
+    with FakeOpenAI(ServerConfig(api_key=KEY)) as server:
+        distill_query(messages=msgs, out=out, base_url=server.base_url)
+    assert sorted(i for r in _results(out).values() for i in r["ids"]) == ["a", "b"]
+    msgs.write_text(json.dumps({"id": "c", "messages": [{"role": "user"}]}) + "\n")
+    with pytest.raises(UserError, match=r"messages.jsonl:1: messages: message 0 needs a role and string content"):
+        distill_query(messages=msgs, out=out, dry_run=True)

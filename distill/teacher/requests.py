@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill.prompts import Template
-from distill.records import Record
-from litgpt_ext.data.records import read_text
+from distill.records import Record, read_records
 from litgpt_ext.errors import UserError
 
 
@@ -49,27 +48,19 @@ def build_requests(
 def read_message_requests(path: Path, model: str, params: dict) -> list[ChatRequest]:
     """``--messages`` JSONL: ``{"id": ..., "messages": [{"role", "content"}, ...]}`` per line."""
     by_key: dict[str, ChatRequest] = {}
-    for n, line in enumerate(read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"invalid JSON: {err.msg}", path=path, line=n) from None
-        messages = obj.get("messages") if isinstance(obj, dict) else None
+    for rec in read_records(path):
+        messages = rec.fields.get("messages")
         if not isinstance(messages, list) or not messages:
-            raise UserError("expected a non-empty list of chat messages", path=path, line=n, field="messages")
+            raise UserError("expected a non-empty list of chat messages", path=path, line=rec.line, field="messages")
         for i, m in enumerate(messages):
             if (
                 not isinstance(m, dict)
                 or m.get("role") not in ("system", "user", "assistant", "developer")
                 or not isinstance(m.get("content"), str)
             ):
-                raise UserError(f"message {i} needs a role and string content", path=path, line=n, field="messages")
+                raise UserError(
+                    f"message {i} needs a role and string content", path=path, line=rec.line, field="messages"
+                )
         body = make_body(model, messages, params)
-        key = request_key(body)
-        rid = str(obj["id"]) if obj.get("id") is not None else str(n)
-        by_key.setdefault(key, ChatRequest(key, body)).ids.append(rid)
-    if not by_key:
-        raise UserError("no requests", path=path)
+        by_key.setdefault(request_key(body), ChatRequest(request_key(body), body)).ids.append(rec.id)
     return list(by_key.values())

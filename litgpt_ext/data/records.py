@@ -11,6 +11,7 @@ Errors name the file, the record (``record N`` in a JSON array, ``line N`` in JS
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,16 +50,19 @@ def load_json(path: Path) -> Any:
         raise UserError(f"invalid JSON: {err.msg}", path=path, line=f"line {err.lineno}") from None
 
 
-def load_jsonl(path: Path) -> list[tuple[str, Any]]:
-    rows = []
+def iter_jsonl(path: Path, where=lambda n: n) -> Iterator[tuple[int, Any]]:
+    """(line number, value) for each non-empty line; invalid JSON is a located error (``where(n)`` names the line)."""
     for n, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            rows.append((f"line {n}", json.loads(line)))
+            yield n, json.loads(line)
         except json.JSONDecodeError as err:
-            raise UserError(f"invalid JSON: {err.msg}", path=path, line=f"line {n}") from None
-    return rows
+            raise UserError(f"invalid JSON: {err.msg}", path=path, line=where(n)) from None
+
+
+def load_jsonl(path: Path) -> list[tuple[str, Any]]:
+    return [(f"line {n}", obj) for n, obj in iter_jsonl(path, where=lambda n: f"line {n}")]
 
 
 def _text_field(obj: dict, key: str, path: Path, where: str, required: bool = True, allow_empty: bool = False) -> str:

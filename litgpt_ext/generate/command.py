@@ -212,14 +212,13 @@ def _run(
                 writer.write(item)
                 stats["errors"] += 1
                 continue
-            job = _make_job(item, style, tokenizer, config, max_new_tokens, num_samples, passthrough)
-            if isinstance(job, dict):
+            try:
+                yield _make_job(item, input, style, tokenizer, config, max_new_tokens, num_samples, passthrough)
+            except UserError as err:
                 if on_error == "stop":
-                    raise UserError(job["error"].split(": ", 1)[-1], path=input, line=item.line)
-                writer.write(job)
+                    raise
+                writer.write({"id": item.id, "_line": item.line, "error": str(err)})
                 stats["errors"] += 1
-                continue
-            yield job
 
     def emit(job: Job) -> None:
         writer.write(
@@ -252,14 +251,17 @@ def _run(
     )
 
 
-def _make_job(item: PromptRecord, style, tokenizer, config, max_new_tokens, num_samples, passthrough) -> Job | dict:
+def _make_job(
+    item: PromptRecord, path: Path, style, tokenizer, config, max_new_tokens, num_samples, passthrough
+) -> Job:
     prompt_ids = tokenizer.encode(style.apply(item.text)).tolist()
     if len(prompt_ids) >= config.block_size:
-        return {
-            "id": item.id,
-            "_line": item.line,
-            "error": f"line {item.line}: prompt: {len(prompt_ids)} tokens, the model's context is {config.block_size}",
-        }
+        raise UserError(
+            f"{len(prompt_ids)} tokens, but the model's context is {config.block_size}",
+            path=path,
+            line=item.line,
+            field="prompt",
+        )
     extra = {k: item.record.get(k) for k in passthrough}
     return Job(item.id, item.line, prompt_ids, num_samples, max_new_tokens, extra)
 

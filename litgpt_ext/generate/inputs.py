@@ -65,6 +65,7 @@ def read_prompts(
         for line_no, raw in enumerate(fh, start=1):
             if not shard.owns(line_no) or not raw.strip():
                 continue
+            rid = str(line_no)  # until the record says otherwise
             try:
                 try:
                     obj = json.loads(raw.decode("utf-8"))
@@ -84,6 +85,5 @@ def read_prompts(
             except UserError as err:
                 if on_error == "stop":
                     raise
-                rid = locals().get("rid") or str(line_no)
                 if rid not in done:
                     yield {"id": rid, "_line": line_no, "error": str(err)}

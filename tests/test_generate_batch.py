@@ -1,0 +1,297 @@
+"""generate_batch: continuous batching equals sequential decoding, batch-independent sampling, crash-safe resume,
+sharding, and located errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import DEMO, run_cli
+from litgpt_ext.finetune.sft import setup as finetune_sft
+from litgpt_ext.generate.command import generate_batch, generate_merge
+from litgpt_ext.training.args import EvalArgs, TrainArgs
+
+
+@pytest.fixture(scope="module")
+def student(tiny_factory, tmp_path_factory):
+    """A tiny model trained enough to answer the demo questions and stop with EOS at varied lengths."""
+    out = tmp_path_factory.mktemp("student")
+    finetune_sft(
+        tiny_factory(n_embd=128),
+        data=DEMO / "qa.json",
+        out_dir=out,
+        mode="full",
+        precision="32-true",
+        train=TrainArgs(
+            save_interval=None,
+            global_batch_size=16,
+            micro_batch_size=16,
+            max_steps=120,
+            epochs=None,
+            lr_warmup_steps=5,
+            log_interval=20,
+        ),
+        eval=EvalArgs(interval=1000, max_iters=1, final_validation=False),
+        optimizer={"lr": 3e-3},
+    )
+    return out / "final"
+
+
+def _prompts(path, n, seed=0, extra_lines=()):
+    rng = random.Random(seed)
+    towns = ["Avalon", "Ivel", "Marrow", "Thorne", "Jasper", "Pellam", "Kestrel"]
+    questions = [
+        "What does {} sell?",
+        "Which river runs through {}?",
+        "How many people live in {}?",
+        "What color are the roofs in {}?",
+    ]
+    with open(path, "w") as fh:
+        for i in range(n):
+            q = rng.choice(questions).format(rng.choice(towns))
+            q = " ".join([q] * rng.randint(1, 6))  # mixed prompt lengths
+            fh.write(json.dumps({"id": f"q{i:04d}", "prompt": q, "n": i}) + "\n")
+        for line in extra_lines:
+            fh.write(line + "\n")
+    return path
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _by_id(path):
+    return {r["id"]: r for r in _rows(path)}
+
+
+def _gen(ckpt, inp, out, **kw):
+    settings = dict(max_new_tokens=24, temperature=0.0, precision="32-true", max_batch_size=8)
+    generate_batch(ckpt, input=inp, output=out, **{**settings, **kw})
+
+
+def test_greedy_batched_equals_one_prompt_at_a_time(student, tmp_path):
+    inp = _prompts(tmp_path / "p.jsonl", 40)
+    _gen(student, inp, tmp_path / "seq.jsonl", max_batch_size=1)
+    _gen(student, inp, tmp_path / "bat.jsonl", max_batch_size=7, window=13)
+    seq, bat = _by_id(tmp_path / "seq.jsonl"), _by_id(tmp_path / "bat.jsonl")
+    assert seq.keys() == bat.keys() and len(seq) == 40
+    for rid in seq:
+        assert seq[rid]["generations"] == bat[rid]["generations"], rid
+    reasons = {r["finish_reasons"][0] for r in seq.values()}
+    assert "stop" in reasons  # the trained student ends answers with EOS
+    lengths = {r["generated_tokens"][0] for r in seq.values()}
+    assert len(lengths) > 2  # ... at varied lengths, so rows leave and enter mid-batch
+
+
+def test_sampling_is_independent_of_batch_composition(student, tmp_path):
+    inp = _prompts(tmp_path / "p.jsonl", 24, seed=3)
+    kw = dict(temperature=0.9, top_k=20, top_p=0.95, num_samples=2, seed=11)
+    _gen(student, inp, tmp_path / "a.jsonl", max_batch_size=1, **kw)
+    _gen(student, inp, tmp_path / "b.jsonl", max_batch_size=5, **kw)
+    a, b = _by_id(tmp_path / "a.jsonl"), _by_id(tmp_path / "b.jsonl")
+    assert all(a[i]["generations"] == b[i]["generations"] for i in a)
+    assert any(r["generations"][0] != r["generations"][1] for r in a.values())  # samples differ from each other
+    _gen(student, inp, tmp_path / "c.jsonl", max_batch_size=5, **{**kw, "seed": 12})
+    assert _by_id(tmp_path / "c.jsonl") != b  # and the seed matters
+
+
+def test_kill_9_and_rerun_gives_exactly_the_input_ids(tiny_checkpoint, tmp_path):
+    inp = _prompts(tmp_path / "p.jsonl", 400)
+    out = tmp_path / "out.jsonl"
+    args = [
+        sys.executable,
+        "-m",
+        "litgpt_ext",
+        "generate_batch",
+        str(tiny_checkpoint),
+        "--input",
+        str(inp),
+        "--output",
+        str(out),
+        "--max_new_tokens",
+        "48",
+        "--temperature",
+        "1.0",
+        "--precision",
+        "32-true",
+        "--max_batch_size",
+        "4",
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 30):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = out.read_text().count("\n")
+    assert 0 < partial < 400
+    with open(out, "a") as fh:
+        fh.write('{"id": "q9999", "generati')  # a torn last line
+    subprocess.run(args, check=True, capture_output=True)
+    ids = [r["id"] for r in _rows(out)]
+    assert len(ids) == len(set(ids)) == 400
+    assert set(ids) == {f"q{i:04d}" for i in range(400)}
+
+
+def test_two_shards_merged_equal_one_run(student, tmp_path):
+    inp = _prompts(tmp_path / "p.jsonl", 30, seed=5)
+    _gen(student, inp, tmp_path / "all.jsonl")
+    for i in range(2):
+        _gen(student, inp, tmp_path / "gen.jsonl", shard=f"{i}/2")
+    shards = sorted(tmp_path.glob("gen.shard-*-of-00002.jsonl"))
+    assert [s.name for s in shards] == ["gen.shard-00000-of-00002.jsonl", "gen.shard-00001-of-00002.jsonl"]
+    generate_merge(inputs=shards, output=tmp_path / "merged.jsonl")
+    generate_merge(inputs=[tmp_path / "all.jsonl"], output=tmp_path / "all-ordered.jsonl")
+    assert (tmp_path / "merged.jsonl").read_text() == (tmp_path / "all-ordered.jsonl").read_text()
+    assert [r["_line"] for r in _rows(tmp_path / "merged.jsonl")] == list(range(1, 31))
+
+
+def test_slurm_array_variables_pick_the_shard(student, tmp_path, monkeypatch):
+    inp = _prompts(tmp_path / "p.jsonl", 9)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "3")
+    _gen(student, inp, tmp_path / "g.jsonl")
+    rows = _rows(tmp_path / "g.shard-00002-of-00003.jsonl")
+    assert sorted(r["_line"] for r in rows) == [3, 6, 9]
+
+
+def test_bad_lines_become_located_error_records_or_stop_the_run(tiny_checkpoint, tmp_path):
+    long_prompt = json.dumps({"id": "long", "prompt": "word " * 2000})
+    inp = _prompts(
+        tmp_path / "p.jsonl",
+        3,
+        extra_lines=[
+            "{not json",
+            json.dumps({"id": "nofield", "x": 1}),
+            json.dumps({"id": "empty", "prompt": "   "}),
+            long_prompt,
+        ],
+    )
+    out = tmp_path / "out.jsonl"
+    _gen(tiny_checkpoint, inp, out, max_new_tokens=4)
+    rows = _by_id(out)
+    assert len(rows) == 7  # every line accounted for: 3 generations + 4 error records
+    assert rows["4"]["error"] == f"{inp}:4: invalid JSON: Expecting property name enclosed in double quotes"
+    assert rows["nofield"]["error"] == f"{inp}:5: prompt: missing"
+    assert rows["empty"]["error"] == f"{inp}:6: prompt: empty prompt"
+    assert rows["long"]["error"] == f"{inp}:7: prompt: 6002 tokens, but the model's context is 512"
+    result = run_cli(
+        "generate_batch",
+        tiny_checkpoint,
+        "--input",
+        inp,
+        "--output",
+        tmp_path / "o2.jsonl",
+        "--on_error",
+        "stop",
+        "--max_new_tokens",
+        "4",
+        "--precision",
+        "32-true",
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {inp}:4: invalid JSON: Expecting property name enclosed in double quotes"
+    )
+
+
+def test_stop_strings_and_passthrough(student, tmp_path):
+    inp = _prompts(tmp_path / "p.jsonl", 6)
+    _gen(student, inp, tmp_path / "s.jsonl", stop=[" in "], passthrough=["n"])
+    for row in _rows(tmp_path / "s.jsonl"):
+        assert " in " not in row["generations"][0] and "n" in row
+        assert row["finish_reasons"][0] in ("stop", "length")
+
+
+def test_the_window_bounds_how_far_the_input_is_read(tiny_checkpoint):
+    """Memory does not grow with the input: the engine pulls prompts lazily, a window at a time."""
+    import torch
+    from litgpt.config import Config
+    from litgpt.model import GPT
+    from litgpt.tokenizer import Tokenizer
+
+    from litgpt_ext.generate.engine import Engine, Job, Settings
+
+    model = GPT(Config.from_file(tiny_checkpoint / "model_config.yaml")).eval()
+    engine = Engine(
+        model,
+        Tokenizer(tiny_checkpoint),
+        Settings(max_batch_size=4, max_seq_length=64, window=6),
+        torch.device("cpu"),
+        torch.float32,
+    )
+    pulled = []
+
+    def source():
+        for i in range(10_000):
+            pulled.append(i)
+            yield Job(str(i), i + 1, [1, 5, 6, 7], 1, 3)
+
+    first_emit_at = []
+    engine.run(source(), lambda job: first_emit_at.append(len(pulled)) if not first_emit_at else None)
+    assert first_emit_at[0] <= 6 + 4 + 1 and len(pulled) == 10_000
+
+
+def test_devices_two_processes_split_by_rank(student, tmp_path):
+    inp = _prompts(tmp_path / "p.jsonl", 12, seed=8)
+    _gen(student, inp, tmp_path / "one.jsonl")
+    result = run_cli(
+        "generate_batch",
+        student,
+        "--input",
+        inp,
+        "--output",
+        tmp_path / "g.jsonl",
+        "--devices",
+        "2",
+        "--max_new_tokens",
+        "24",
+        "--temperature",
+        "0",
+        "--precision",
+        "32-true",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    shards = sorted(tmp_path.glob("g.shard-*-of-00002.jsonl"))
+    assert len(shards) == 2
+    generate_merge(inputs=shards, output=tmp_path / "merged.jsonl")
+    generate_merge(inputs=[tmp_path / "one.jsonl"], output=tmp_path / "one-ordered.jsonl")
+    assert (tmp_path / "merged.jsonl").read_text() == (tmp_path / "one-ordered.jsonl").read_text()
+
+
+def test_slurm_array_script_runs_a_task_and_the_merge_script_joins(student, tmp_path):
+    from conftest import REPO
+
+    inp = _prompts(tmp_path / "p.jsonl", 10, seed=9)
+    env = {
+        **os.environ,
+        "CHECKPOINT": str(student),
+        "INPUT": str(inp),
+        "OUTPUT": str(tmp_path / "out" / "g.jsonl"),
+        "PRECISION": "32-true",
+        "MAX_NEW_TOKENS": "16",
+        "EXTRA_ARGS": "--temperature 0",
+        "LITGPT_EXT": str(__import__("pathlib").Path(sys.executable).with_name("litgpt-ext")),
+        "SLURM_SUBMIT_DIR": str(tmp_path),
+        "SLURM_ARRAY_TASK_COUNT": "2",
+    }
+    for task in ("0", "1"):
+        subprocess.run(
+            ["bash", REPO / "jobs" / "generate_array.sbatch"],
+            env={**env, "SLURM_ARRAY_TASK_ID": task},
+            check=True,
+            capture_output=True,
+            cwd=tmp_path,
+        )
+    subprocess.run(
+        ["bash", REPO / "jobs" / "merge_generations.sbatch"], env=env, check=True, capture_output=True, cwd=tmp_path
+    )
+    rows = _rows(tmp_path / "out" / "g.jsonl")
+    assert [r["_line"] for r in rows] == list(range(1, 11))
