@@ -5,40 +5,26 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 
-def test_bench_sft_smoke():
+@pytest.mark.parametrize(
+    ("module", "expected"),
+    [
+        ("bench_sft", ["tokens/s (non-padding)", "peak RSS MB"]),
+        ("bench_teacher", ["achieved requests/min", "records/s"]),
+        ("bench_generate", ["generated tokens/s", "transformers generate"]),
+    ],
+)
+def test_bench_smoke(module, expected):
     result = subprocess.run(
-        [sys.executable, "-m", "tests.bench.bench_sft", "--smoke"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "tokens/s (non-padding)" in result.stdout and "peak RSS MB" in result.stdout
-
-
-def test_bench_teacher_smoke():
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.bench.bench_teacher", "--smoke"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "achieved requests/min" in result.stdout and "records/s" in result.stdout
-
-
-def test_bench_generate_smoke():
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.bench.bench_generate", "--smoke"],
+        [sys.executable, "-m", f"tests.bench.{module}", "--smoke"],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "generated tokens/s" in result.stdout and "transformers generate" in result.stdout
+    assert all(text in result.stdout for text in expected), result.stdout

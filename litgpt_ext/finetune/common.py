@@ -202,10 +202,8 @@ def run(
         lora=spec.mode == "lora",
         precision=precision,
     )
-    objective = make_objective(tokenizer, train)
-    fabric.launch(
-        _main,
-        objective,
+    plan = LaunchPlan(
+        make_objective(tokenizer, train),
         train_data,
         val_data,
         tokenizer,
@@ -219,45 +217,49 @@ def run(
         seed,
         resume_dir,
     )
+    fabric.launch(_main, plan)
 
 
-def _main(
-    fabric,
-    objective,
-    train_data,
-    val_data,
-    tokenizer,
-    spec,
-    writer,
-    out_dir,
-    train,
-    eval,
-    checkpoint,
-    optimizer,
-    seed,
-    resume_dir,
-) -> None:
-    fabric.seed_everything(seed)
+@dataclasses.dataclass
+class LaunchPlan:
+    """Everything each process needs, prepared (and validated) before any process starts."""
+
+    objective: Objective
+    train_data: Sequence
+    val_data: Sequence
+    tokenizer: Tokenizer
+    spec: ModelSpec
+    writer: CheckpointWriter
+    out_dir: Path
+    train: TrainArgs
+    eval: EvalArgs
+    checkpoint: CheckpointArgs
+    optimizer: str | dict
+    seed: int
+    resume_dir: Path | None
+
+
+def _main(fabric: L.Fabric, plan: LaunchPlan) -> None:
+    fabric.seed_everything(plan.seed)
     if fabric.global_rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    model = build_model(fabric, spec, objective)
-    model = fabric.setup_module(model)
+        plan.out_dir.mkdir(parents=True, exist_ok=True)
+    model = fabric.setup_module(build_model(fabric, plan.spec, plan.objective))
     trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = fabric.setup_optimizers(instantiate_torch_optimizer(optimizer_config(optimizer), trainable))
-    load_checkpoint(fabric, model, spec.checkpoint_dir / "lit_model.pth", strict=spec.mode == "full")
+    opt = fabric.setup_optimizers(instantiate_torch_optimizer(optimizer_config(plan.optimizer), trainable))
+    load_checkpoint(fabric, model, plan.spec.checkpoint_dir / "lit_model.pth", strict=plan.spec.mode == "full")
     fit(
         fabric,
         model,
-        objective,
+        plan.objective,
         opt,
-        train_data,
-        val_data,
-        writer,
-        out_dir,
-        train,
-        eval,
-        checkpoint,
-        seed,
-        resume_dir=resume_dir,
-        tokenizer=tokenizer,
+        plan.train_data,
+        plan.val_data,
+        plan.writer,
+        plan.out_dir,
+        plan.train,
+        plan.eval,
+        plan.checkpoint,
+        plan.seed,
+        resume_dir=plan.resume_dir,
+        tokenizer=plan.tokenizer,
     )

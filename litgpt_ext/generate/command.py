@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -43,6 +44,32 @@ def resolve_style(prompt_style: str, checkpoint_dir: Path, config: Config) -> Pr
     if has_prompt_style(checkpoint_dir):
         return load_prompt_style(checkpoint_dir)
     return PromptStyle.from_config(config)
+
+
+@dataclass(frozen=True)
+class GenerateArgs:
+    """generate_batch's settings, handed to every process (one per device)."""
+
+    checkpoint_dir: Path
+    input: Path
+    output: Path
+    field: str
+    prompt_template: Path | None
+    prompt_style: str
+    passthrough: list[str]
+    max_new_tokens: int
+    temperature: float
+    top_k: int | None
+    top_p: float
+    num_samples: int
+    stop: tuple[str, ...]
+    seed: int
+    max_batch_size: int
+    window: int | None
+    dtype: torch.dtype
+    base_shard: Shard
+    on_error: str
+    compile: bool
 
 
 def generate_batch(
@@ -106,8 +133,7 @@ def generate_batch(
     if precision not in DTYPES:
         raise UserError(f"use one of {sorted(DTYPES)}", field="precision")
     fabric = L.Fabric(devices=devices, precision=precision, strategy="ddp" if devices > 1 else "auto")
-    fabric.launch(
-        _run,
+    args = GenerateArgs(
         checkpoint_dir,
         input,
         output,
@@ -129,73 +155,51 @@ def generate_batch(
         on_error,
         compile,
     )
+    fabric.launch(_run, args)
 
 
-def _run(
-    fabric,
-    checkpoint_dir,
-    input,
-    output,
-    field,
-    prompt_template,
-    prompt_style,
-    passthrough,
-    max_new_tokens,
-    temperature,
-    top_k,
-    top_p,
-    num_samples,
-    stop,
-    seed,
-    max_batch_size,
-    window,
-    dtype,
-    base_shard,
-    on_error,
-    compile,
-) -> None:
-    shard = base_shard.split(fabric.global_rank, fabric.world_size)
-    out_path = shard_output(output, shard)
-    config = Config.from_file(checkpoint_dir / "model_config.yaml")
-    tokenizer = Tokenizer(checkpoint_dir)
-    style = resolve_style(prompt_style, checkpoint_dir, config)
+def _run(fabric: L.Fabric, a: GenerateArgs) -> None:
+    shard = a.base_shard.split(fabric.global_rank, fabric.world_size)
+    out_path = shard_output(a.output, shard)
+    config = Config.from_file(a.checkpoint_dir / "model_config.yaml")
+    tokenizer = Tokenizer(a.checkpoint_dir)
+    style = resolve_style(a.prompt_style, a.checkpoint_dir, config)
     template = None
-    if prompt_template is not None:
+    if a.prompt_template is not None:
         from distill.prompts import load_template
 
-        template = load_template(Path(prompt_template))
+        template = load_template(Path(a.prompt_template))
 
     def render(record: dict, line: int) -> str:
         if template is not None:
-            return template.render(record, (input, line))
-        if field not in record or record[field] is None:
-            raise UserError("missing", path=input, line=line, field=field)
-        if not isinstance(record[field], str):
+            return template.render(record, (a.input, line))
+        if a.field not in record or record[a.field] is None:
+            raise UserError("missing", path=a.input, line=line, field=a.field)
+        if not isinstance(record[a.field], str):
             raise UserError(
-                f"expected a string, got {type(record[field]).__name__}", path=input, line=line, field=field
+                f"expected a string, got {type(record[a.field]).__name__}", path=a.input, line=line, field=a.field
             )
-        return record[field]
+        return record[a.field]
 
     done = {str(r["id"]) for r in read_jsonl_repairing(out_path)}
     with fabric.init_module(empty_init=True):
         model = GPT(config)
-    state = torch.load(checkpoint_dir / "lit_model.pth", mmap=True, weights_only=True)
+    state = torch.load(a.checkpoint_dir / "lit_model.pth", mmap=True, weights_only=True)
     model.load_state_dict(state.get("model", state), assign=True)
-    model = model.to(device=fabric.device, dtype=dtype).eval()
-    if compile:
+    model = model.to(device=fabric.device, dtype=a.dtype).eval()
+    if a.compile:
         model = torch.compile(model, dynamic=True)
-    max_seq_length = min(config.block_size, 1 << 30)
     settings = Settings(
-        max_batch_size=max_batch_size,
-        max_seq_length=max_seq_length,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        seed=seed,
-        stop=stop,
-        window=window or 8 * max_batch_size,
+        max_batch_size=a.max_batch_size,
+        max_seq_length=config.block_size,
+        temperature=a.temperature,
+        top_k=a.top_k,
+        top_p=a.top_p,
+        seed=a.seed,
+        stop=a.stop,
+        window=a.window or 8 * a.max_batch_size,
     )
-    engine = Engine(model, tokenizer, settings, fabric.device, dtype)
+    engine = Engine(model, tokenizer, settings, fabric.device, a.dtype)
     writer = JsonlAppender(out_path)
     stats = {"prompts": 0, "errors": 0, "tokens": 0}
     bar = tqdm(
@@ -207,15 +211,15 @@ def _run(
     t0 = time.perf_counter()
 
     def jobs():
-        for item in read_prompts(input, render, shard, done, on_error):
+        for item in read_prompts(a.input, render, shard, done, a.on_error):
             if isinstance(item, dict):  # an error record
                 writer.write(item)
                 stats["errors"] += 1
                 continue
             try:
-                yield _make_job(item, input, style, tokenizer, config, max_new_tokens, num_samples, passthrough)
+                yield _make_job(item, a.input, style, tokenizer, config, a.max_new_tokens, a.num_samples, a.passthrough)
             except UserError as err:
-                if on_error == "stop":
+                if a.on_error == "a.stop":
                     raise
                 writer.write({"id": item.id, "_line": item.line, "error": str(err)})
                 stats["errors"] += 1
