@@ -208,3 +208,47 @@ def test_push_to_hub_uses_hf_token_and_uploads_the_folder(tiny_factory, tmp_path
     assert calls[0] == ("init", "hf_token_value")
     assert calls[1] == ("create_repo", {"repo_id": "me/tiny", "repo_type": "model", "private": True, "exist_ok": True})
     assert "config.json" in calls[2][1] and "model.safetensors" in calls[2][1]
+
+
+MEMORY_PROBE = """
+import sys, threading, time
+from pathlib import Path
+from litgpt_ext.export.command import export_hf
+
+def anon_kb():
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1])
+
+base, peak, running = anon_kb(), [0], [True]
+def sample():
+    while running[0]:
+        peak[0] = max(peak[0], anon_kb())
+        time.sleep(0.002)
+t = threading.Thread(target=sample)
+t.start()
+export_hf(Path(sys.argv[1]), out_dir=Path(sys.argv[2]), max_shard_size="16MB")
+running[0] = False
+t.join()
+print(peak[0] - base)
+"""
+
+
+def test_export_streams_with_memory_far_below_the_model_size(tiny_factory, tmp_path):
+    """Anonymous memory (the checkpoint itself is memory-mapped) grows by about one shard, not by the model."""
+    import subprocess
+    import sys
+
+    ckpt = tiny_factory(n_layer=16, n_embd=512, n_head=8)
+    state = torch.load(ckpt / "lit_model.pth")
+    model_mb = sum(t.numel() * t.element_size() for t in state.values()) / 2**20
+    result = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, str(ckpt), str(tmp_path / "hf")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    growth_mb = int(result.stdout.strip().splitlines()[-1]) / 1024
+    assert model_mb > 150 and growth_mb < 0.35 * model_mb, (growth_mb, model_mb)
+    assert len(list((tmp_path / "hf").glob("model-*.safetensors"))) > 5
