@@ -295,3 +295,39 @@ def test_slurm_array_script_runs_a_task_and_the_merge_script_joins(student, tmp_
     )
     rows = _rows(tmp_path / "out" / "g.jsonl")
     assert [r["_line"] for r in rows] == list(range(1, 11))
+
+
+def test_sliding_window_models_match_litgpt_ring_buffer(tiny_factory, tmp_path):
+    """Mistral-style sliding window: generations longer than the window equal litgpt's own (ring-buffer) decoding."""
+    import shutil
+
+    import torch
+    from litgpt.config import Config
+    from litgpt.generate.base import generate
+    from litgpt.model import GPT
+    from litgpt.tokenizer import Tokenizer
+
+    ckpt = tmp_path / "mistral"
+    shutil.copytree(tiny_factory(model="mistral"), ckpt)
+    cfg_text = (ckpt / "model_config.yaml").read_text()
+    (ckpt / "model_config.yaml").write_text(cfg_text.replace("sliding_window_size: 512", "sliding_window_size: 12"))
+    config = Config.from_file(ckpt / "model_config.yaml")
+    assert config.sliding_window_size == 12
+    inp = tmp_path / "p.jsonl"
+    prompts = ["What does Ivel sell?", "Avalon", "How many people live in Marrow?"]
+    inp.write_text("".join(json.dumps({"id": str(i), "prompt": p}) + "\n" for i, p in enumerate(prompts)))
+    _gen(ckpt, inp, tmp_path / "g.jsonl", max_new_tokens=20, prompt_style="default", max_batch_size=3)
+    ours = _by_id(tmp_path / "g.jsonl")
+
+    model = GPT(config)
+    model.load_state_dict(torch.load(ckpt / "lit_model.pth"))
+    model.eval()
+    tok = Tokenizer(ckpt)
+    for i, prompt in enumerate(prompts):
+        ids = tok.encode(prompt)
+        assert len(ids) <= 12 < len(ids) + 20  # the generation runs past the window
+        model.set_kv_cache(batch_size=1, max_seq_length=len(ids) + 20)
+        out = generate(model, ids, max_returned_tokens=len(ids) + 20, temperature=0.0, eos_id=tok.eos_id)
+        model.clear_kv_cache()
+        expected = tok.decode(out[len(ids) :][out[len(ids) :] != tok.eos_id])
+        assert ours[str(i)]["generations"][0] == expected, (prompt, ours[str(i)]["generations"][0], expected)

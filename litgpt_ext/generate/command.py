@@ -38,8 +38,18 @@ def shard_output(output: Path, shard: Shard) -> Path:
 
 
 def resolve_style(prompt_style: str, checkpoint_dir: Path, config: Config) -> PromptStyle:
-    """``auto``: the checkpoint's prompt_style.yaml, else litgpt's style for the model (as ``litgpt generate``)."""
+    """``auto``: the checkpoint's prompt_style.yaml, else litgpt's style for the model (as ``litgpt generate``);
+    ``default``: the raw text (litgpt's base style); else a litgpt style name."""
+    if prompt_style == "default":
+        return PromptStyle()
     if prompt_style != "auto":
+        from litgpt.prompts import prompt_styles
+
+        if prompt_style not in prompt_styles:
+            raise UserError(
+                f"unknown prompt style {prompt_style!r}; use auto, default or one of {sorted(prompt_styles)}",
+                field="prompt_style",
+            )
         return PromptStyle.from_name(prompt_style)
     if has_prompt_style(checkpoint_dir):
         return load_prompt_style(checkpoint_dir)

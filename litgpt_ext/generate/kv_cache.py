@@ -29,10 +29,31 @@ class SlotKVCache(KVCache):
         return kk, vv
 
 
+def sliding_window_mask(max_seq_length: int, window: int, device) -> torch.Tensor:
+    """``(1, 1, S, S)`` boolean: position i attends to j when i - window < j <= i (litgpt's ring-buffer semantics)."""
+    i = torch.arange(max_seq_length, device=device).unsqueeze(1)
+    j = torch.arange(max_seq_length, device=device).unsqueeze(0)
+    return ((j <= i) & (j > i - window)).view(1, 1, max_seq_length, max_seq_length)
+
+
 def install_slot_cache(model, slots: int, max_seq_length: int, device, dtype) -> list[SlotKVCache]:
-    """Give every attention block a slot cache (and the model its mask cache)."""
+    """Give every attention block a slot cache (and the model its mask cache).
+
+    litgpt enforces a sliding window only through its ring-buffer cache; slots keep whole sequences, so the window
+    goes into the mask instead (every layer must slide: models that mix windowed and global layers are refused).
+    """
+    from litgpt_ext.errors import UserError
+
     model.max_seq_length = max_seq_length
     model.set_kv_cache(batch_size=1, max_seq_length=max_seq_length, device=device, dtype=dtype)  # mask + rope
+    sliding = [block.attn.apply_sliding_window_attention for block in model.transformer.h]
+    window = model.config.sliding_window_size
+    if any(sliding) and window and window < max_seq_length:
+        if not all(sliding):
+            raise UserError(
+                "models that mix sliding-window and global attention layers are not supported", field="checkpoint_dir"
+            )
+        model.mask_cache = sliding_window_mask(max_seq_length, window, device)
     caches = []
     for block in model.transformer.h:
         cfg = block.attn.config
