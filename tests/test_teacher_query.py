@@ -120,39 +120,48 @@ def test_client_errors_fail_the_request_and_auth_errors_stop_the_run(tmp_path, a
         assert last.startswith("error: api_key: the API refused the request (401)") and "Traceback" not in result.stderr
 
 
+def _query_args(records: Path, out: Path, base_url: str, concurrency: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "litgpt_ext",
+        "distill_query",
+        "--records",
+        str(records),
+        "--prompt",
+        str(PROMPT),
+        "--out",
+        str(out),
+        "--base_url",
+        base_url,
+        "--concurrency",
+        str(concurrency),
+    ]
+
+
+def _start_until(args: list[str], out: Path, lines: int, **popen) -> subprocess.Popen:
+    """Start a query run and return once ``out`` holds ``lines`` answers (or 60 s passed)."""
+    proc = subprocess.Popen(args, env={**os.environ, "OPENAI_API_KEY": KEY}, **popen)
+    deadline = time.time() + 60
+    while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < lines):
+        time.sleep(0.02)
+    return proc
+
+
 def test_kill_9_mid_run_loses_nothing_and_resends_only_in_flight(tmp_path):
     records = write_records(tmp_path / "records.jsonl", 150)
     out = tmp_path / "responses.jsonl"
     concurrency = 6
     with FakeOpenAI(ServerConfig(api_key=KEY, latency_s=0.05)) as server:
-        args = [
-            sys.executable,
-            "-m",
-            "litgpt_ext",
-            "distill_query",
-            "--records",
-            str(records),
-            "--prompt",
-            str(PROMPT),
-            "--out",
-            str(out),
-            "--base_url",
-            server.base_url,
-            "--concurrency",
-            str(concurrency),
-        ]
-        env = {**os.environ, "OPENAI_API_KEY": KEY}
-        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 60
-        while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 40):
-            time.sleep(0.02)
+        args = _query_args(records, out, server.base_url, concurrency)
+        proc = _start_until(args, out, 40, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         done_before = len(_results(out))
         assert 0 < done_before < 150, done_before
         with open(out, "a") as fh:  # a torn last line, as if the kill hit mid-write
             fh.write('{"key": "deadbeef", "ids": ["doc-9')
-        subprocess.run(args, env=env, check=True, capture_output=True)
+        subprocess.run(args, env={**os.environ, "OPENAI_API_KEY": KEY}, check=True, capture_output=True)
         results = _results(out)
         assert len(results) == 150 and all(r["status"] == "ok" for r in results.values())
         lines = _rows(out)  # parses: the torn line was cut
@@ -164,30 +173,14 @@ def test_ctrl_c_stops_cleanly_and_keeps_everything(tmp_path):
     records = write_records(tmp_path / "records.jsonl", 200)
     out = tmp_path / "responses.jsonl"
     with FakeOpenAI(ServerConfig(api_key=KEY, latency_s=0.05)) as server:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "litgpt_ext",
-                "distill_query",
-                "--records",
-                str(records),
-                "--prompt",
-                str(PROMPT),
-                "--out",
-                str(out),
-                "--base_url",
-                server.base_url,
-                "--concurrency",
-                "4",
-            ],
-            env={**os.environ, "OPENAI_API_KEY": KEY},
+        proc = _start_until(
+            _query_args(records, out, server.base_url, 4),
+            out,
+            20,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        while not out.exists() or out.read_text().count("\n") < 20:
-            time.sleep(0.02)
         proc.send_signal(signal.SIGINT)
         stdout, _ = proc.communicate(timeout=30)
         assert proc.returncode == 130 and "interrupted" in stdout

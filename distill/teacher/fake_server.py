@@ -50,7 +50,7 @@ def body_key(body: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def teacher_answer(body: dict, rng: random.Random) -> str:
+def teacher_answer(body: dict) -> str:
     """A deterministic, task-shaped stand-in for a teacher model's answer."""
     messages = body.get("messages") or []
     prompt = str(messages[-1].get("content", "")) if messages else ""
@@ -237,7 +237,7 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.server.state
         choices = []
         for i in range(int(body.get("n") or 1)):
-            text = teacher_answer(body, state.rng)
+            text = teacher_answer(body)
             finish = "stop"
             if bad:
                 kind = state.rng.choice(["length", "content_filter", "invalid_json"])

@@ -61,10 +61,6 @@ def iter_jsonl(path: Path, where=lambda n: n) -> Iterator[tuple[int, Any]]:
             raise UserError(f"invalid JSON: {err.msg}", path=path, line=where(n)) from None
 
 
-def load_jsonl(path: Path) -> list[tuple[str, Any]]:
-    return [(f"line {n}", obj) for n, obj in iter_jsonl(path, where=lambda n: f"line {n}")]
-
-
 def _text_field(obj: dict, key: str, path: Path, where: str, required: bool = True, allow_empty: bool = False) -> str:
     if key not in obj:
         if required:
@@ -108,7 +104,8 @@ def load_examples(path: Path) -> dict[str, list[Example]]:
     """Load a file into ``{"train": [...], "val": [...]?, "test": [...]?}`` (litgpt files give only ``train``)."""
     path = Path(path)
     if path.suffix == ".jsonl":
-        return {"train": [_litgpt_example(obj, path, where) for where, obj in load_jsonl(path)]}
+        rows = iter_jsonl(path, where=lambda n: f"line {n}")
+        return {"train": [_litgpt_example(obj, path, f"line {n}") for n, obj in rows]}
     data = load_json(path)
     if is_qa_file(data):
         splits = {}

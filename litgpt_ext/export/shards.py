@@ -3,7 +3,6 @@ memory is about one shard, whatever the model size."""
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -70,7 +69,3 @@ class ShardWriter:
             {"metadata": {"total_size": self.total}, "weight_map": dict(sorted(weight_map.items()))},
         )
         return finals
-
-
-def read_index(out_dir: Path) -> dict:
-    return json.loads((Path(out_dir) / "model.safetensors.index.json").read_text())

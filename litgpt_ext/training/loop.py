@@ -246,14 +246,7 @@ def fit(
 def _longest(dataset) -> int:
     if hasattr(dataset, "lengths"):  # packed data knows its lengths without touching a million samples
         return int(dataset.lengths().max()) if len(dataset) else 0
-    return max((len(seq["input_ids"]) for sample in dataset for seq in _sequences(sample)), default=0)
-
-
-def _sequences(sample: dict) -> list[dict]:
-    """Objectives with paired samples (chosen/rejected) store sequences under sub-keys; SFT samples are flat."""
-    if "input_ids" in sample:
-        return [sample]
-    return [v for v in sample.values() if isinstance(v, dict) and "input_ids" in v]
+    return max((len(sample["input_ids"]) for sample in dataset), default=0)
 
 
 def _restore(fabric, model, optimizer, scheduler, resume_dir: Path, lora: bool) -> Progress:

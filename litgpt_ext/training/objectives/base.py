@@ -48,15 +48,20 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+def flat_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Row-major indices of the ``True`` entries of a ``(B, T)`` mask. Call it in ``collate`` (on the CPU): on a GPU,
+    ``nonzero`` waits for the device, which must not happen once per micro-batch."""
+    return mask.reshape(-1).nonzero().squeeze(1)
+
+
 @contextlib.contextmanager
-def lm_head_on(model: nn.Module, positions: torch.Tensor) -> Iterator[None]:
-    """Make the model's LM head run only on ``positions`` (a boolean ``(B, T)`` mask).
+def lm_head_on(model: nn.Module, flat: torch.Tensor) -> Iterator[None]:
+    """Make the model's LM head run only at ``flat`` positions (row-major indices into ``(B, T)``).
 
     The head is the largest matmul of a small model's step (``T x vocab``) and most positions of an SFT/DPO batch
     (prompt, padding) have no loss. A forward pre-hook gathers the selected hidden states, so the model (still
     called through its Fabric/DDP/FSDP wrapper) returns ``(N, vocab)`` logits for the N selected positions.
     """
-    flat = positions.reshape(-1).nonzero().squeeze(1)
 
     def gather(_module: nn.Module, args: tuple) -> tuple:
         hidden = args[0]
@@ -69,7 +74,7 @@ def lm_head_on(model: nn.Module, positions: torch.Tensor) -> Iterator[None]:
         handle.remove()
 
 
-def selected_logits(model: nn.Module, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Logits ``(N, vocab)`` at the ``True`` entries of ``positions`` (row-major order)."""
-    with lm_head_on(model, positions):
+def selected_logits(model: nn.Module, input_ids: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    """Logits ``(N, vocab)`` at the row-major positions ``flat`` of ``input_ids``."""
+    with lm_head_on(model, flat):
         return model(input_ids)

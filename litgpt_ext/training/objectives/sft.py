@@ -12,30 +12,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from litgpt_ext.training.objectives.base import Objective, selected_logits
+from litgpt_ext.training.objectives.base import Objective, flat_positions, selected_logits
 
 
 def pad_collate(
     samples: list[dict], pad_id: int = 0, ignore_index: int = -100, max_seq_length: int | None = None
 ) -> dict[str, torch.Tensor]:
-    """Right-pad ``input_ids`` with ``pad_id`` and ``labels`` with ``ignore_index``; keep true ``lengths``."""
+    """Right-pad ``input_ids`` with ``pad_id`` and ``labels`` with ``ignore_index``; keep true ``lengths`` and the
+    flat positions whose next token is supervised (``answer_index``, computed here on the CPU)."""
     ids = [s["input_ids"][:max_seq_length] if max_seq_length else s["input_ids"] for s in samples]
     labels = [s["labels"][: len(i)] for s, i in zip(samples, ids, strict=True)]
+    padded_labels = nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=ignore_index)
     return {
         "input_ids": nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=pad_id),
-        "labels": nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=ignore_index),
+        "labels": padded_labels,
         "lengths": torch.tensor([len(i) for i in ids], dtype=torch.long),
+        "answer_index": flat_positions(padded_labels[:, 1:] != ignore_index),
     }
 
 
-def answer_cross_entropy(
-    model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100
-) -> torch.Tensor:
-    """Mean next-token cross-entropy over positions whose (shifted) label is not ignored."""
-    targets = labels[:, 1:]
-    positions = targets != ignore_index
-    logits = selected_logits(model, input_ids[:, :-1], positions)
-    return F.cross_entropy(logits.float(), targets[positions])
+def answer_cross_entropy(model: nn.Module, batch: dict) -> torch.Tensor:
+    """Mean next-token cross-entropy over the positions in ``batch["answer_index"]`` (see :func:`pad_collate`)."""
+    index = batch["answer_index"]
+    logits = selected_logits(model, batch["input_ids"][:, :-1], index)
+    return F.cross_entropy(logits.float(), batch["labels"][:, 1:].reshape(-1).index_select(0, index))
 
 
 class SFTObjective(Objective):
@@ -50,7 +50,7 @@ class SFTObjective(Objective):
         return pad_collate(samples, self.pad_id, self.ignore_index, self.max_seq_length)
 
     def compute(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        loss = answer_cross_entropy(model, batch["input_ids"], batch["labels"], self.ignore_index)
+        loss = answer_cross_entropy(model, batch)
         return loss, {}
 
     def derived_val_metrics(self, means: dict[str, float]) -> dict[str, float]:
