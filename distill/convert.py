@@ -9,7 +9,6 @@ record land in the same split, so validation never sees a training document). Ev
 from __future__ import annotations
 
 import json
-import random
 import re
 from collections import Counter
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 from distill.prompts import template_or_text
 from distill.records import read_records
 from distill.teacher.cache import ResponseCache
+from litgpt_ext.data.split import in_val
 from litgpt_ext.errors import UserError, require
 from litgpt_ext.io import atomic_write_json, atomic_write_text
 
@@ -42,11 +42,6 @@ def parse_output(content: str, parser: str) -> list[str]:
 
 def _normalize(text: str) -> str:
     return " ".join(text.casefold().split())
-
-
-def in_val(record_id: str, seed: int, fraction: float) -> bool:
-    """Stable per record: adding records later never moves an existing one between splits."""
-    return random.Random(f"{seed}:{record_id}").random() < fraction
 
 
 def distill_convert(

@@ -1,9 +1,16 @@
-"""Prompt styles litgpt lacks. They are ordinary ``litgpt.prompts.PromptStyle`` subclasses, so a checkpoint's
-``prompt_style.yaml`` names them by class path and litgpt's ``generate``/``chat`` apply them like any other."""
+"""Prompt styles: the ones litgpt lacks, and the one rule every command uses to pick and apply a style.
+
+The styles here are ordinary ``litgpt.prompts.PromptStyle`` subclasses, so a checkpoint's ``prompt_style.yaml`` names
+them by class path and litgpt's ``generate``/``chat`` apply them like any other.
+"""
 
 from __future__ import annotations
 
-from litgpt.prompts import PromptStyle
+from pathlib import Path
+
+from litgpt.prompts import PromptStyle, has_prompt_style, load_prompt_style
+
+from litgpt_ext.errors import UserError
 
 
 class QA(PromptStyle):
@@ -14,3 +21,50 @@ class QA(PromptStyle):
 
     def stop_tokens(self, tokenizer) -> tuple[list[int], ...]:
         return ([tokenizer.eos_id],)
+
+
+def style_from_name(name: str) -> PromptStyle:
+    """A litgpt style by name, ``default`` for the raw text; an unknown name is a one-line error."""
+    from litgpt.prompts import prompt_styles
+
+    if name == "default":
+        return PromptStyle()
+    if name not in prompt_styles:
+        raise UserError(
+            f"unknown prompt style {name!r}; use default or one of {sorted(prompt_styles)}", field="prompt_style"
+        )
+    return PromptStyle.from_name(name)
+
+
+def resolve_prompt_style(name: str | PromptStyle | None, checkpoint_dir: Path, config=None) -> PromptStyle:
+    """The style a command applies to prompts, decided the way ``litgpt generate`` decides it.
+
+    ``None`` or ``auto``: the checkpoint's ``prompt_style.yaml`` (what it was finetuned with), else litgpt's style for
+    the model's name (the raw text for unknown models); ``default``: the raw text; else a litgpt style name.
+    """
+    if isinstance(name, PromptStyle):
+        return name
+    if name not in (None, "auto"):
+        return style_from_name(name)
+    if has_prompt_style(checkpoint_dir):
+        return load_prompt_style(checkpoint_dir)
+    if config is None:
+        from litgpt.config import Config
+
+        config = Config.from_file(Path(checkpoint_dir) / "model_config.yaml")
+    return PromptStyle.from_config(config)
+
+
+def apply_style(style: PromptStyle, prompt: str, input: str = "", system: str | None = None) -> str:
+    """``style.apply`` with an optional litgpt ``input`` and system prompt.
+
+    Chat styles place a system prompt themselves; styles that have no place for one (the raw text, Alpaca's fixed
+    header, Q/A) would drop it silently, so for those it is put before the prompt, separated by a blank line.
+    """
+    extra = {"input": input} if input else {}
+    if not system:
+        return style.apply(prompt, **extra)
+    text = style.apply(prompt, sys_prompt=system, **extra)
+    if system in text:
+        return text
+    return style.apply(f"{system}\n\n{prompt}", **extra)

@@ -2,7 +2,8 @@
 
 Formats:
 * litgpt JSON — a list of ``{"instruction", "input"?, "output"}`` objects (``.json``) or one per line (``.jsonl``);
-* Q/A — ``{"train": [{"Question", "Answer"}], "val": [...], "test": [...]}`` (``val``/``test`` optional).
+* Q/A — ``{"train": [{"Question", "Answer"}], "val": [...], "test": [...]}`` (``val``/``test`` optional);
+* any table of rows — a JSON list, JSONL or CSV (:func:`iter_rows`), for preference and reward data.
 
 Errors name the file, the record (``record N`` in a JSON array, ``line N`` in JSONL, ``train[N]`` in Q/A files,
 1-based) and the field: ``data.json:record 3: output: empty``.
@@ -10,6 +11,8 @@ Errors name the file, the record (``record N`` in a JSON array, ``line N`` in JS
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -61,7 +64,42 @@ def iter_jsonl(path: Path, where=lambda n: n) -> Iterator[tuple[int, Any]]:
             raise UserError(f"invalid JSON: {err.msg}", path=path, line=where(n)) from None
 
 
-def _text_field(obj: dict, key: str, path: Path, where: str, required: bool = True, allow_empty: bool = False) -> str:
+def iter_rows(path: Path) -> Iterator[tuple[str, dict]]:
+    """``(where, row)`` for each row of a table: a JSON list (``record N``), JSONL (``line N``) or CSV with a header
+    (``line N``, the line the row starts on: quoted cells may span lines). Cells of a CSV are strings."""
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+        if not reader.fieldnames:
+            raise UserError("no header row", path=path, line="line 1")
+        start = 2
+        try:
+            for row in reader:
+                if None in row:
+                    raise UserError(
+                        f"{len(reader.fieldnames) + len(row[None])} cells, but the header has {len(reader.fieldnames)}",
+                        path=path,
+                        line=f"line {start}",
+                    )
+                yield f"line {start}", row
+                start = reader.line_num + 1
+        except csv.Error as err:
+            raise UserError(f"invalid CSV: {err}", path=path, line=f"line {reader.line_num}") from None
+        return
+    if path.suffix.lower() == ".jsonl":
+        rows = ((f"line {n}", obj) for n, obj in iter_jsonl(path))
+    else:
+        data = load_json(path)
+        if not isinstance(data, list):
+            raise UserError(f"expected a list of objects, got {type(data).__name__}", path=path, line="top level")
+        rows = ((f"record {i}", obj) for i, obj in enumerate(data, start=1))
+    for where, obj in rows:
+        if not isinstance(obj, dict):
+            raise UserError(f"expected an object, got {type(obj).__name__}", path=path, line=where)
+        yield where, obj
+
+
+def text_field(obj: dict, key: str, path: Path, where: str, required: bool = True, allow_empty: bool = False) -> str:
     if key not in obj:
         if required:
             raise UserError("missing", path=path, line=where, field=key)
@@ -79,9 +117,9 @@ def _litgpt_example(obj: Any, path: Path, where: str) -> Example:
         raise UserError(f"expected an object, got {type(obj).__name__}", path=path, line=where)
     ident = obj.get("id")
     return Example(
-        instruction=_text_field(obj, "instruction", path, where),
-        input=_text_field(obj, "input", path, where, required=False, allow_empty=True),
-        output=_text_field(obj, "output", path, where),
+        instruction=text_field(obj, "instruction", path, where),
+        input=text_field(obj, "input", path, where, required=False, allow_empty=True),
+        output=text_field(obj, "output", path, where),
         where=where,
         id=None if ident is None else str(ident),
     )
@@ -90,8 +128,8 @@ def _litgpt_example(obj: Any, path: Path, where: str) -> Example:
 def _qa_example(obj: Any, path: Path, where: str) -> Example:
     if not isinstance(obj, dict):
         raise UserError(f"expected an object, got {type(obj).__name__}", path=path, line=where)
-    question = _text_field(obj, "Question", path, where)
-    answer = _text_field(obj, "Answer", path, where)
+    question = text_field(obj, "Question", path, where)
+    answer = text_field(obj, "Answer", path, where)
     # The answer follows "Answer:" after one space, so the student learns to start its reply the same way.
     return Example(instruction=question, output=answer if answer[:1].isspace() else " " + answer, where=where)
 

@@ -24,24 +24,11 @@ from torch.utils.data import DataLoader
 from litgpt_ext.data.fast_encode import encode_packed
 from litgpt_ext.data.pretokenized import PackedSamples, load_pretokenized
 from litgpt_ext.data.records import Example, columns_of, is_qa_file, load_examples, load_json
+from litgpt_ext.data.split import split_off, split_order
 from litgpt_ext.errors import UserError
-from litgpt_ext.prompts import QA
+from litgpt_ext.prompts import QA, style_from_name
 
 Sample = dict[str, torch.Tensor]
-
-
-def split_order(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded (train, val) index split with at least one val item."""
-    if n < 2:
-        raise UserError(f"need at least 2 records to split off validation data, got {n}")
-    n_val = max(1, round(n * fraction))
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return order[n_val:], order[:n_val]
-
-
-def split_off(items: list, fraction: float, seed: int) -> tuple[list, list]:
-    train, val = split_order(len(items), fraction, seed)
-    return [items[i] for i in train.tolist()], [items[i] for i in val.tolist()]
 
 
 @dataclass
@@ -126,7 +113,7 @@ class SFTData(DataModule):
         if self.prompt_style is None:
             self.prompt_style = QA() if qa else "alpaca"
         if isinstance(self.prompt_style, str):
-            self.prompt_style = PromptStyle.from_name(self.prompt_style)
+            self.prompt_style = style_from_name(self.prompt_style)
         if "val" not in splits:
             splits["train"], splits["val"] = split_off(splits["train"], self.val_split_fraction, self.seed)
         self.train_dataset = self._encode(splits["train"], "train")

@@ -12,7 +12,6 @@ import lightning as L
 import torch
 from litgpt.config import Config
 from litgpt.model import GPT
-from litgpt.prompts import PromptStyle, has_prompt_style, load_prompt_style
 from litgpt.tokenizer import Tokenizer
 from tqdm import tqdm
 
@@ -21,6 +20,7 @@ from litgpt_ext.finetune.common import check_checkpoint_dir
 from litgpt_ext.generate.engine import Engine, Job, Settings
 from litgpt_ext.generate.inputs import PromptRecord, Shard, parse_shard, read_prompts
 from litgpt_ext.io import JsonlAppender, read_jsonl_repairing
+from litgpt_ext.prompts import resolve_prompt_style
 
 DTYPES = {
     "bf16-true": torch.bfloat16,
@@ -35,25 +35,6 @@ def shard_output(output: Path, shard: Shard) -> Path:
     if shard.count == 1:
         return output
     return output.with_name(f"{output.stem}.shard-{shard.index:05d}-of-{shard.count:05d}{output.suffix}")
-
-
-def resolve_style(prompt_style: str, checkpoint_dir: Path, config: Config) -> PromptStyle:
-    """``auto``: the checkpoint's prompt_style.yaml, else litgpt's style for the model (as ``litgpt generate``);
-    ``default``: the raw text (litgpt's base style); else a litgpt style name."""
-    if prompt_style == "default":
-        return PromptStyle()
-    if prompt_style != "auto":
-        from litgpt.prompts import prompt_styles
-
-        if prompt_style not in prompt_styles:
-            raise UserError(
-                f"unknown prompt style {prompt_style!r}; use auto, default or one of {sorted(prompt_styles)}",
-                field="prompt_style",
-            )
-        return PromptStyle.from_name(prompt_style)
-    if has_prompt_style(checkpoint_dir):
-        return load_prompt_style(checkpoint_dir)
-    return PromptStyle.from_config(config)
 
 
 @dataclass(frozen=True)
@@ -173,7 +154,7 @@ def _run(fabric: L.Fabric, a: GenerateArgs) -> None:
     out_path = shard_output(a.output, shard)
     config = Config.from_file(a.checkpoint_dir / "model_config.yaml")
     tokenizer = Tokenizer(a.checkpoint_dir)
-    style = resolve_style(a.prompt_style, a.checkpoint_dir, config)
+    style = resolve_prompt_style(a.prompt_style, a.checkpoint_dir, config)
     template = None
     if a.prompt_template is not None:
         from distill.prompts import load_template

@@ -1,0 +1,29 @@
+"""Train/validation splits that are reproducible, and (by key) stable when data is added."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from litgpt_ext.errors import UserError
+
+
+def in_val(key: str, seed: int, fraction: float) -> bool:
+    """Whether the item with this key goes to validation. Decided per key, so adding items later never moves an
+    existing one between splits (unlike a seeded permutation of positions)."""
+    return random.Random(f"{seed}:{key}").random() < fraction
+
+
+def split_order(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded (train, val) index split with at least one val item."""
+    if n < 2:
+        raise UserError(f"need at least 2 records to split off validation data, got {n}")
+    n_val = max(1, round(n * fraction))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[n_val:], order[:n_val]
+
+
+def split_off(items: list, fraction: float, seed: int) -> tuple[list, list]:
+    train, val = split_order(len(items), fraction, seed)
+    return [items[i] for i in train.tolist()], [items[i] for i in val.tolist()]
