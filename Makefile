@@ -10,7 +10,7 @@ SHELL := /bin/bash
 # pip prints one warning per missing local index folder on some machines; keep its real output only.
 QUIET_PIP := 2>&1 | { grep -v "is ignored" || true; }
 
-.PHONY: install demo test lint format clean bench-sft bench-teacher bench-generate
+.PHONY: install demo test lint format clean bench-sft bench-teacher bench-generate bench-dpo
 
 install: $(STAMP)
 
@@ -49,3 +49,6 @@ bench-teacher: install
 
 bench-generate: install
 	$(BIN)/python -m tests.bench.bench_generate
+
+bench-dpo: install
+	$(BIN)/python -m tests.bench.bench_dpo

@@ -16,6 +16,7 @@ from conftest import REPO
         ("bench_sft", ["tokens/s (non-padding)", "peak RSS MB"]),
         ("bench_teacher", ["achieved requests/min", "records/s"]),
         ("bench_generate", ["generated tokens/s", "transformers generate"]),
+        ("bench_dpo", ["ours tokens/s", "TRL tokens/s", "DPO", "ORPO"]),
     ],
 )
 def test_bench_smoke(module, expected):

@@ -49,11 +49,26 @@ def check_checkpoint_dir(checkpoint_dir: Path) -> None:
         raise UserError(f"missing {', '.join(missing)}", path=checkpoint_dir, field="checkpoint_dir")
 
 
-def resolve_data(data: DataModule | Path | str | None) -> DataModule:
+def model_spec(checkpoint_dir: Path, mode: Mode, flags: dict) -> ModelSpec:
+    """The :class:`ModelSpec` of a finetune command from its flags (``lora_*``, ``freeze_*``, ``layers_not_to_freeze``
+    — the same names as litgpt's finetune scripts, shared by every method)."""
+    frozen = {name[len("freeze_") :] for name, on in flags.items() if name.startswith("freeze_") and on}
+    keep = flags.get("layers_not_to_freeze")
+    if mode == "lora" and (frozen or keep):
+        raise UserError(
+            "freeze_* and layers_not_to_freeze apply to --mode full (LoRA freezes the base already)", field="mode"
+        )
+    lora = {k: v for k, v in flags.items() if k.startswith("lora_")}
+    return ModelSpec(Path(checkpoint_dir), mode, lora, frozen, keep)
+
+
+def resolve_data(data: DataModule | Path | str | None, default: type[DataModule] = SFTData) -> DataModule:
+    """``--data PATH`` is shorthand for the method's own DataModule (``default``) on that path."""
     if data is None:
-        raise UserError("pass --data PATH (or --data SFTData --data.path PATH, or a litgpt DataModule)", field="data")
+        name = default.__name__
+        raise UserError(f"pass --data PATH (or --data {name} --data.path PATH, or a litgpt DataModule)", field="data")
     if isinstance(data, (str, Path)):
-        return SFTData(path=Path(data))
+        return default(path=Path(data))
     return data
 
 
@@ -62,6 +77,21 @@ def datasets_of(data: DataModule) -> tuple[Sequence, Sequence]:
     if hasattr(data, "train_dataset") and hasattr(data, "val_dataset"):
         return data.train_dataset, data.val_dataset
     return data.train_dataloader().dataset, data.val_dataloader().dataset
+
+
+def preference_data(checkpoint_dir: Path, prompt_style: str | None, max_prompt_length: int | None) -> dict:
+    """:func:`run` options of the preference methods: ``--data PATH`` means :class:`PreferenceData`, whose prompts
+    go through the student's prompt style (``--prompt_style``, else the checkpoint's, as litgpt generate uses)."""
+    from litgpt_ext.data.preference import PreferenceData
+    from litgpt_ext.prompts import resolve_prompt_style
+
+    style = resolve_prompt_style(prompt_style, checkpoint_dir)
+    return {"data_class": PreferenceData, "connect": {"prompt_style": style, "max_prompt_length": max_prompt_length}}
+
+
+def with_max_length(train: TrainArgs, max_length: int | None) -> TrainArgs:
+    """``--max_length`` (TRL's name in the preference commands) is the loop's sequence limit."""
+    return train if max_length is None else dataclasses.replace(train, max_seq_length=max_length)
 
 
 def optimizer_config(optimizer: str | dict) -> str | dict:
@@ -166,17 +196,24 @@ def run(
     logger_name: str = "csv",
     seed: int = 1337,
     resume: bool | Literal["auto"] | Path = False,
+    data_class: type[DataModule] = SFTData,
+    connect: dict | None = None,
 ) -> None:
-    """Validate inputs and data (before any process starts), set up Fabric, and launch :func:`fit`."""
+    """Validate inputs and data (before any process starts), set up Fabric, and launch :func:`fit`.
+
+    ``data_class`` is the DataModule a bare ``--data PATH`` means; ``connect`` adds method-specific arguments to its
+    ``connect`` call (the prompt style and prompt length limit of preference data)."""
     train, eval, checkpoint = train or TrainArgs(), eval or EvalArgs(), checkpoint or CheckpointArgs()
     check_checkpoint_dir(spec.checkpoint_dir)
-    data = resolve_data(data)
+    data = resolve_data(data, data_class)
     out_dir = Path(out_dir)
     resume_dir = find_resume_dir(resume, out_dir)
     # Data is loaded and validated here, in every process (a DDP launcher re-runs the command per rank), so bad
     # input fails fast with a one-line error before Fabric or the model is touched.
     tokenizer = Tokenizer(spec.checkpoint_dir)
-    data.connect(tokenizer=tokenizer, batch_size=train.micro_batch_size, max_seq_length=train.max_seq_length)
+    data.connect(
+        tokenizer=tokenizer, batch_size=train.micro_batch_size, max_seq_length=train.max_seq_length, **(connect or {})
+    )
     data.prepare_data()
     data.setup()
     train_data, val_data = datasets_of(data)
@@ -247,6 +284,7 @@ def _main(fabric: L.Fabric, plan: LaunchPlan) -> None:
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = fabric.setup_optimizers(instantiate_torch_optimizer(optimizer_config(plan.optimizer), trainable))
     load_checkpoint(fabric, model, plan.spec.checkpoint_dir / "lit_model.pth", strict=plan.spec.mode == "full")
+    plan.objective.setup(fabric, model, plan.train_data, plan.val_data, plan.out_dir)
     fit(
         fabric,
         model,

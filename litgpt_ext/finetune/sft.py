@@ -8,8 +8,7 @@ from typing import Literal
 from litgpt.data import DataModule
 from litgpt.types import LoggerChoice
 
-from litgpt_ext.errors import UserError
-from litgpt_ext.finetune.common import ModelSpec, Strategy, run
+from litgpt_ext.finetune.common import Strategy, model_spec, run
 from litgpt_ext.hparams import hyperparameters
 from litgpt_ext.training.args import CheckpointArgs, EvalArgs, TrainArgs
 from litgpt_ext.training.objectives.sft import SFTObjective
@@ -94,29 +93,7 @@ def setup(
         resume: ``auto`` (newest step-* in out_dir, if any), ``true`` (must exist), or a step-* directory.
     """
     hparams = hyperparameters(setup, locals())
-    frozen = {
-        g
-        for g, on in [
-            ("emb", freeze_emb),
-            ("ln", freeze_ln),
-            ("attn", freeze_attn),
-            ("ff", freeze_ff),
-            ("other", freeze_other),
-        ]
-        if on
-    }
-    if mode == "lora" and (frozen or layers_not_to_freeze):
-        raise UserError(
-            "freeze_* and layers_not_to_freeze apply to --mode full (LoRA freezes the base already)", field="mode"
-        )
-    lora = {k: v for k, v in locals().items() if k.startswith("lora_")}
-    spec = ModelSpec(
-        checkpoint_dir=Path(checkpoint_dir),
-        mode=mode,
-        lora=lora,
-        frozen_groups=frozen,
-        layers_not_to_freeze=layers_not_to_freeze,
-    )
+    spec = model_spec(checkpoint_dir, mode, locals())
 
     def make_objective(tokenizer, train_args: TrainArgs) -> SFTObjective:
         return SFTObjective(pad_id=0, max_seq_length=train_args.max_seq_length)

@@ -19,11 +19,13 @@ import lightning as L
 import numpy as np
 import torch
 import yaml
+from lightning.fabric.strategies import FSDPStrategy
 from litgpt.lora import lora_filter
 from litgpt.prompts import PromptStyle, save_prompt_style
 from litgpt.utils import copy_config_files
 
 from litgpt_ext.io import atomic_write_text
+from litgpt_ext.training.objectives.base import unwrap
 
 STATE_FILE = "training_state.pth"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -57,10 +59,18 @@ class CheckpointWriter:
     precision: str | None = None
 
     def _save_model(self, fabric: L.Fabric, model: torch.nn.Module, directory: Path) -> None:
+        """LoRA: only the LoRA tensors, as ``{"model": ...}`` (litgpt's ``.lora`` layout). Full: a *flat* state dict,
+        as litgpt's converted and merged checkpoints hold — the form every litgpt tool reads, including
+        ``merge_lora`` when this checkpoint is the base of a later LoRA run."""
         if self.lora:
             fabric.save(directory / "lit_model.pth.lora", {"model": model}, filter={"model": lora_filter})
-        else:
+        elif isinstance(fabric.strategy, FSDPStrategy):  # the full state dict only exists gathered on rank 0
             fabric.save(directory / "lit_model.pth", {"model": model})
+            if fabric.global_rank == 0:
+                nested = torch.load(directory / "lit_model.pth", mmap=True, weights_only=True)
+                torch.save(nested["model"], directory / "lit_model.pth")
+        elif fabric.global_rank == 0:
+            torch.save(unwrap(model).state_dict(), directory / "lit_model.pth")
 
     def _save_metadata(self, directory: Path) -> None:
         copy_config_files(self.source_dir, directory)

@@ -10,39 +10,29 @@ import torch
 from torch import nn
 
 from litgpt_ext.io import atomic_path
-from litgpt_ext.training.objectives.base import Objective, unwrap
+from litgpt_ext.training.objectives.base import Objective, strip_eos, unwrap
 
 
 @torch.no_grad()
 def validate(fabric: L.Fabric, model: nn.Module, objective: Objective, loader, max_iters: int) -> dict[str, float]:
-    """Mean of the objective's loss and metrics over up to ``max_iters`` validation batches (all ranks)."""
+    """The objective's loss and metrics over up to ``max_iters`` validation batches (all ranks), each batch weighted
+    by its number of samples, so a short last batch counts for what it holds."""
     model.eval()
     sums: dict[str, torch.Tensor] = {}
-    count = 0
+    weight = torch.zeros((), device=fabric.device)
     for k, batch in enumerate(loader):
         if k >= max_iters:
             break
         loss, metrics = objective.compute(model, batch)
+        n = objective.batch_size(batch)
         for key, value in {"loss": loss, **metrics}.items():
-            sums[key] = sums.get(key, 0.0) + value.detach().float()
-        count += 1
+            sums[key] = sums.get(key, 0.0) + value.detach().float() * n
+        weight += n
     model.train()
-    means = {}
-    for key, total in sums.items():
-        value = fabric.all_reduce(torch.as_tensor(total / max(count, 1), device=fabric.device), reduce_op="mean")
-        means[f"val_{key}"] = float(value)
+    total = fabric.all_reduce(weight, reduce_op="sum").clamp(min=1)
+    means = {f"val_{key}": float(fabric.all_reduce(value, reduce_op="sum") / total) for key, value in sums.items()}
     means.update(objective.derived_val_metrics(means))
     return means
-
-
-def split_prompt_reference(sample: dict, ignore_index: int, eos_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompt = tokens before the first supervised label; reference = the supervised tokens without EOS."""
-    supervised = (sample["labels"] != ignore_index).nonzero()
-    start = int(supervised[0]) if len(supervised) else len(sample["input_ids"])
-    reference = sample["input_ids"][start:]
-    if eos_id is not None and len(reference) and int(reference[-1]) == eos_id:
-        reference = reference[:-1]
-    return sample["input_ids"][:start], reference
 
 
 @torch.no_grad()
@@ -62,26 +52,22 @@ def greedy_generate(model: nn.Module, prompt: torch.Tensor, max_new_tokens: int,
         gpt.clear_kv_cache()
         gpt.max_seq_length = old_max
         gpt.train(was_training)
-    generated = out[len(prompt) :]
-    if eos_id is not None and len(generated) and int(generated[-1]) == eos_id:
-        generated = generated[:-1]
-    return generated
+    return strip_eos(out[len(prompt) :], eos_id)
 
 
 def generation_eval(
     fabric: L.Fabric,
     model: nn.Module,
-    samples: list[dict],
+    samples: list[tuple[torch.Tensor, torch.Tensor]],
     tokenizer,
     max_new_tokens: int,
     out_file: Path,
     text_metrics: bool,
-    ignore_index: int = -100,
 ) -> dict[str, float]:
-    """Generate answers for ``samples`` (rank 0), write them (and BLEU/ROUGE per sample) to ``out_file`` CSV."""
+    """Generate answers for ``(prompt ids, reference ids)`` samples (rank 0), write them (and BLEU/ROUGE per sample)
+    to ``out_file`` CSV."""
     rows = []
-    for i, sample in enumerate(samples):
-        prompt, reference = split_prompt_reference(sample, ignore_index, tokenizer.eos_id)
+    for i, (prompt, reference) in enumerate(samples):
         generated = greedy_generate(model, prompt.to(fabric.device), max_new_tokens, tokenizer.eos_id)
         rows.append(
             {

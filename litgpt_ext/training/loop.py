@@ -11,7 +11,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import lightning as L
@@ -82,6 +82,7 @@ def fit(
     tokenizer=None,
 ) -> dict:
     """Train ``model`` with ``objective``; returns the performance report. See the module docstring."""
+    t_fit = time.perf_counter()
     out_dir = Path(out_dir)
     accum = train.gradient_accumulation_iters(fabric.world_size, 1)
     train_sampler = ResumableBatchSampler(
@@ -125,10 +126,12 @@ def fit(
         can_generate = not (isinstance(fabric.strategy, FSDPStrategy) and fabric.world_size > 1)
         if eval.generate_samples and tokenizer is not None and can_generate:
             if fabric.global_rank == 0:
+                count = min(eval.generate_samples, len(val_dataset))
+                samples = [objective.prompt_and_reference(val_dataset[i], tokenizer.eos_id) for i in range(count)]
                 results |= generation_eval(
                     fabric,
                     model,
-                    [val_dataset[i] for i in range(min(eval.generate_samples, len(val_dataset)))],
+                    [s for s in samples if s is not None],
                     tokenizer,
                     eval.max_new_tokens or 50,
                     out_dir / "eval" / f"step-{step:06d}.csv",
@@ -137,13 +140,16 @@ def fit(
             fabric.barrier()
         return results
 
-    def record(row: dict) -> None:
+    last_rows: dict[str, dict] = {}
+
+    def record(row: dict, kind: str) -> None:
         fabric.log_dict(row, step=row["step"])
+        last_rows[kind] = row
         if log is not None:
             log.write(row)
 
     def after_eval(step: int, results: dict[str, float]) -> None:
-        record({"step": step, **results})
+        record({"step": step, **results}, "val")
         shown = ", ".join(f"{k} {v:.4f}" for k, v in results.items())
         fabric.print(f"step {step}: {shown}")
         value = results.get(monitor)
@@ -213,7 +219,7 @@ def fit(
                 "tokens": progress.tokens,
                 "tokens_per_sec": (progress.tokens - tokens_at_start) / max(elapsed, 1e-9),
             }
-            record(row)
+            record(row, "train")
             bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_sec']:,.0f}", refresh=False)
         step_loss.zero_()
         step_metrics.clear()
@@ -238,8 +244,25 @@ def fit(
     report = performance_report(out_dir, seconds, progress.step, progress.tokens - tokens_at_start, fabric.device)
     fabric.print(format_report(report))
     if fabric.global_rank == 0:
-        png = plot_metrics(metrics_file, out_dir / "loss.png")
-        fabric.print(f"Final checkpoint: {out_dir / 'final'}" + (f" | loss plot: {png}" if png else ""))
+        pngs = [
+            plot_metrics(metrics_file, out_dir / name, keys, ylabel) for name, (ylabel, keys) in objective.plots.items()
+        ]
+        atomic_write_json(
+            out_dir / f"{objective.name}_metadata.json",
+            {
+                "model": str(writer.source_dir),
+                "model_name": gpt.config.name,
+                "method": objective.name,
+                "method_config": objective.config(),
+                "training_config": {"train": asdict(train), "eval": asdict(eval), "checkpoint": asdict(checkpoint)},
+                "final_train_metrics": last_rows.get("train"),
+                "final_val_metrics": last_rows.get("val"),
+                "wall_seconds": round(time.perf_counter() - t_fit, 3),
+                "performance": report,
+            },
+        )
+        shown = ", ".join(str(p) for p in pngs if p)
+        fabric.print(f"Final checkpoint: {out_dir / 'final'}" + (f" | plots: {shown}" if shown else ""))
     return report
 
 
@@ -250,8 +273,10 @@ def _longest(dataset) -> int:
 
 
 def _restore(fabric, model, optimizer, scheduler, resume_dir: Path, lora: bool) -> Progress:
-    weights = resume_dir / ("lit_model.pth.lora" if lora else "lit_model.pth")
-    fabric.load(weights, {"model": model}, strict=False)
+    if lora:
+        fabric.load(resume_dir / "lit_model.pth.lora", {"model": model}, strict=False)
+    else:
+        fabric.load_raw(resume_dir / "lit_model.pth", model)
     remainder = fabric.load(resume_dir / STATE_FILE, {"optimizer": optimizer, "scheduler": scheduler})
     progress = Progress(**remainder["progress"])
     rng_file = resume_dir / f"rng-rank{fabric.global_rank}.pth"

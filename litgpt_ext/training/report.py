@@ -38,8 +38,11 @@ def format_report(report: dict) -> str:
     )
 
 
-def plot_metrics(metrics_file: Path, png: Path, keys: tuple[str, ...] = ("loss", "val_loss")) -> Path | None:
-    """Plot each metric in ``keys`` against the optimizer step from ``metrics.jsonl``."""
+def plot_metrics(
+    metrics_file: Path, png: Path, keys: tuple[str, ...] = ("loss", "val_loss"), ylabel: str = "loss"
+) -> Path | None:
+    """Plot each metric in ``keys`` against the optimizer step from ``metrics.jsonl`` (train lines solid, ``val_``
+    lines dashed with markers). Nothing is written when none of the keys was logged."""
     if not metrics_file.is_file():
         return None
     import matplotlib
@@ -53,13 +56,17 @@ def plot_metrics(metrics_file: Path, png: Path, keys: tuple[str, ...] = ("loss",
         for key in keys:
             if key in row:
                 series[key][row["step"]] = row[key]  # a rerun's later value for a step wins
+    if not any(series.values()):
+        return None
     fig, ax = plt.subplots(figsize=(7, 4))
     for key, points in series.items():
         if points:
             steps = sorted(points)
-            ax.plot(steps, [points[s] for s in steps], marker="o" if len(steps) < 30 else None, label=key)
+            val = key.startswith("val_")
+            marker = "o" if val or len(steps) < 30 else None
+            ax.plot(steps, [points[s] for s in steps], linestyle="--" if val else "-", marker=marker, label=key)
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -1,0 +1,271 @@
+"""``PreferenceData``: chosen/rejected pairs for DPO and ORPO, as a litgpt DataModule.
+
+``--data pairs.jsonl`` (or ``--data PreferenceData --data.path P``) where P is a JSON list, JSONL or CSV of
+``{"prompt", "chosen", "rejected"}`` rows (+ optional ``"system"``, ``"input"``, ``"id"``), or a directory with
+``train.*`` and ``val.*``. Columns can be renamed (``--data.prompt_column question``). Without validation rows a
+fraction is split off per row key (the ``id``, else the row's text), so the split does not move when rows are added.
+
+Tokenization (as TRL does it, in litgpt's idiom): the prompt goes through the student's prompt style (with the
+system prompt and litgpt's ``input`` field where present) and litgpt's BOS rule; each response is tokenized on its
+own and ends with EOS. ``max_prompt_length`` keeps BOS and the prompt's *end* (the part that cues the answer);
+``max_length`` then cuts responses (which lose their EOS). A pair whose prompt alone fills ``max_length`` cannot be
+trained on and is dropped, and so is a pair whose two answers are equal — both counted and reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from litgpt.data import DataModule
+from litgpt.prompts import PromptStyle
+from torch.utils.data import DataLoader
+
+from litgpt_ext.data.encode import batch_encode
+from litgpt_ext.data.records import iter_rows, text_field
+from litgpt_ext.data.split import in_val
+from litgpt_ext.errors import UserError
+from litgpt_ext.prompts import apply_style
+
+TABLE_SUFFIXES = (".jsonl", ".json", ".csv")
+
+
+@dataclass
+class Pair:
+    """One preference row, as text."""
+
+    id: str
+    prompt: str
+    chosen: str
+    rejected: str
+    system: str | None = None
+    input: str = ""
+    has_id: bool = False
+
+    @property
+    def key(self) -> str:
+        """What the validation split is decided by: the row's own id, else its text (never its position)."""
+        return self.id if self.has_id else "\x00".join((self.prompt, self.input, self.chosen, self.rejected))
+
+
+class PairSamples(Sequence):
+    """Tokenized pairs: ``{"id", "prompt_ids", "chosen_ids", "rejected_ids"}`` (+ ``ref_logps`` once a reference
+    has been precomputed, see :mod:`litgpt_ext.training.reference`)."""
+
+    def __init__(self, samples: list[dict]) -> None:
+        self.samples = samples
+        self.ref_logps: torch.Tensor | None = None
+        """``(n, 2)`` reference log-probs of (chosen, rejected), attached before training when precomputed."""
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict:
+        sample = self.samples[i]
+        return sample if self.ref_logps is None else {**sample, "ref_logps": self.ref_logps[i]}
+
+    def lengths(self) -> torch.Tensor:
+        """Longest row of each pair (prompt + the longer answer): what the loop sizes the model's context by."""
+        return torch.tensor(
+            [len(s["prompt_ids"]) + max(len(s["chosen_ids"]), len(s["rejected_ids"])) for s in self.samples]
+        )
+
+    def fingerprint(self) -> str:
+        """A hash of every token of every pair, in order (keys precomputed reference log-probs)."""
+        h = hashlib.sha256()
+        for s in self.samples:
+            for key in ("prompt_ids", "chosen_ids", "rejected_ids"):
+                h.update(s[key].to(torch.int64).numpy().tobytes())
+                h.update(b"|")
+        return h.hexdigest()
+
+
+def table_files(path: Path) -> tuple[Path, Path | None]:
+    """``(train, val)`` files of a directory holding ``train.*`` (+ ``val.*``), or ``(path, None)`` for a file."""
+    path = Path(path)
+    if path.is_dir():
+        found = {}
+        for split in ("train", "val"):
+            files = [path / f"{split}{suffix}" for suffix in TABLE_SUFFIXES if (path / f"{split}{suffix}").is_file()]
+            if len(files) > 1:
+                raise UserError(f"more than one {split} file: {', '.join(f.name for f in files)}", path=path)
+            found[split] = files[0] if files else None
+        if found["train"] is None:
+            raise UserError(
+                f"directory has no train file ({', '.join('train' + s for s in TABLE_SUFFIXES)})", path=path
+            )
+        return found["train"], found["val"]
+    if not path.is_file():
+        raise UserError("no such file or directory", path=path, field="data.path")
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        raise UserError(f"expected a {', '.join(TABLE_SUFFIXES)} file or a directory", path=path, field="data.path")
+    return path, None
+
+
+@dataclass
+class PreferenceData(DataModule):
+    """Chosen/rejected preference pairs from JSON, JSONL or CSV (see the module docstring)."""
+
+    path: Path = Path("data")
+    """A .json (list of rows) / .jsonl / .csv file, or a directory with train.* and optionally val.*."""
+    val_path: Path | None = None
+    """A separate validation file (default: val.* of the directory, else a split of the training rows)."""
+    prompt_column: str = "prompt"
+    """Column (field) holding the prompt."""
+    chosen_column: str = "chosen"
+    """Column holding the preferred answer."""
+    rejected_column: str = "rejected"
+    """Column holding the dispreferred answer."""
+    system_column: str = "system"
+    """Optional column with a system prompt (applied by the prompt style, else put before the prompt)."""
+    input_column: str = "input"
+    """Optional column with litgpt's ``input`` (the prompt style's input section)."""
+    id_column: str = "id"
+    """Optional column with a stable row id (default: the row's position, e.g. ``train.csv:line 7``)."""
+    val_split_fraction: float = 0.05
+    """Fraction of rows split off for validation when there is no validation file (by row key, seeded)."""
+    seed: int = 42
+    """Seed of that split."""
+
+    tokenizer: object = field(default=None, init=False, repr=False)
+    batch_size: int = field(default=1, init=False, repr=False)
+    prompt_style: PromptStyle | None = field(default=None, init=False, repr=False)
+    max_prompt_length: int | None = field(default=None, init=False, repr=False)
+    max_length: int | None = field(default=None, init=False, repr=False)
+    train_dataset: PairSamples = field(default=None, init=False, repr=False)
+    val_dataset: PairSamples = field(default=None, init=False, repr=False)
+    stats: dict = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__init__()
+        self.path = Path(self.path)
+
+    def connect(
+        self,
+        tokenizer=None,
+        batch_size: int = 1,
+        max_seq_length: int | None = None,
+        prompt_style: PromptStyle | None = None,
+        max_prompt_length: int | None = None,
+        **kwargs,
+    ) -> None:
+        self.tokenizer, self.batch_size = tokenizer, batch_size
+        self.max_length = None if max_seq_length in (None, -1) else max_seq_length
+        self.prompt_style = prompt_style or self.prompt_style or PromptStyle()
+        self.max_prompt_length = max_prompt_length
+
+    # -- reading ---------------------------------------------------------------------------------------------------
+    def read_pairs(self, path: Path) -> list[Pair]:
+        """Every row of ``path`` as a :class:`Pair`; a bad row is a one-line ``path:row: field: problem`` error."""
+        pairs = []
+        for where, row in iter_rows(path):
+            for column in (self.prompt_column, self.chosen_column, self.rejected_column):
+                if column not in row:
+                    raise UserError(f"missing column (columns: {', '.join(map(str, row))})", path, where, column)
+            system = text_field(row, self.system_column, path, where, required=False, allow_empty=True) or None
+            ident = row.get(self.id_column)
+            pairs.append(
+                Pair(
+                    id=f"{path.name}:{where}" if ident in (None, "") else str(ident),
+                    prompt=text_field(row, self.prompt_column, path, where),
+                    chosen=text_field(row, self.chosen_column, path, where),
+                    rejected=text_field(row, self.rejected_column, path, where),
+                    system=system,
+                    input=text_field(row, self.input_column, path, where, required=False, allow_empty=True),
+                    has_id=ident not in (None, ""),
+                )
+            )
+        return pairs
+
+    def setup(self, stage: str = "") -> None:
+        if self.tokenizer is None:
+            raise RuntimeError("PreferenceData.connect(tokenizer=...) must be called before setup()")
+        train_file, val_file = table_files(self.path)
+        val_file = Path(self.val_path) if self.val_path is not None else val_file
+        train = self._drop_equal(self.read_pairs(train_file), "train")
+        if val_file is not None:
+            val = self._drop_equal(self.read_pairs(val_file), "val")
+        else:
+            val = [p for p in train if in_val(p.key, self.seed, self.val_split_fraction)]
+            train = [p for p in train if not in_val(p.key, self.seed, self.val_split_fraction)]
+            if not val and len(train) > 1:  # tiny data: at least one validation pair
+                val, train = train[-1:], train[:-1]
+        self.train_dataset = self._encode(train, "train")
+        self.val_dataset = self._encode(val, "val")
+        if not len(self.train_dataset):
+            raise UserError("no training pairs left (see the counts above)", path=self.path)
+        if not len(self.val_dataset):
+            raise UserError("no validation pairs left (see the counts above)", path=val_file or self.path)
+
+    def _drop_equal(self, pairs: list[Pair], split: str) -> list[Pair]:
+        kept = [p for p in pairs if p.chosen.strip() != p.rejected.strip()]
+        self.stats[f"{split}_equal_dropped"] = len(pairs) - len(kept)
+        if len(kept) < len(pairs):
+            print(f"{split}: dropped {len(pairs) - len(kept):,} pair(s) whose chosen and rejected answers are equal")
+        return kept
+
+    def _encode(self, pairs: list[Pair], split: str) -> PairSamples:
+        tok = self.tokenizer
+        prompts = batch_encode(
+            tok, [apply_style(self.prompt_style, p.prompt, p.input, p.system) for p in pairs], bos=None
+        )
+        chosen = batch_encode(tok, [p.chosen for p in pairs], bos=False)
+        rejected = batch_encode(tok, [p.rejected for p in pairs], bos=False)
+        samples, too_long = [], 0
+        counts = {"prompt_truncated": 0, "response_truncated": 0}
+        for pair, p_ids, c_ids, r_ids in zip(pairs, prompts, chosen, rejected, strict=True):
+            p_ids = self._cut_prompt(p_ids, counts)
+            if self.max_length and len(p_ids) >= self.max_length:
+                too_long += 1
+                continue
+            responses = [self._cut_response(ids, len(p_ids), counts) for ids in (c_ids, r_ids)]
+            samples.append(
+                {
+                    "id": pair.id,
+                    "prompt_ids": torch.tensor(p_ids, dtype=torch.long),
+                    "chosen_ids": responses[0],
+                    "rejected_ids": responses[1],
+                }
+            )
+        if too_long:
+            print(f"{split}: dropped {too_long:,} pair(s) whose prompt alone fills --max_length {self.max_length}")
+        self.stats.update(
+            {
+                split: len(samples),
+                f"{split}_too_long_dropped": too_long,
+                **{f"{split}_{k}": v for k, v in counts.items()},
+            }
+        )
+        return PairSamples(samples)
+
+    def _cut_prompt(self, ids: list[int], counts: dict) -> list[int]:
+        limit = self.max_prompt_length
+        if not limit or len(ids) <= limit:
+            return ids
+        counts["prompt_truncated"] += 1
+        bos = self.tokenizer.bos_id
+        head = ids[:1] if bos is not None and ids[:1] == [bos] else []
+        return head + ids[len(ids) - (limit - len(head)) :]
+
+    def _cut_response(self, ids: list[int], prompt_len: int, counts: dict) -> torch.Tensor:
+        eos = self.tokenizer.eos_id
+        ids = ids + ([eos] if eos is not None and (not ids or ids[-1] != eos) else [])
+        if self.max_length and prompt_len + len(ids) > self.max_length:
+            counts["response_truncated"] += 1
+            ids = ids[: self.max_length - prompt_len]
+        return torch.tensor(ids, dtype=torch.long)
+
+    # -- litgpt compatibility: plain dataloaders (the training loop builds its own, resumable ones) ------------
+    def _loader(self, dataset: PairSamples, shuffle: bool) -> DataLoader:
+        from litgpt_ext.training.objectives.pairs import pair_collate
+
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, collate_fn=pair_collate)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, shuffle=False)

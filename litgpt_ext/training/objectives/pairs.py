@@ -1,0 +1,132 @@
+"""Chosen/rejected batches, shared by DPO and ORPO: one forward over both answers, the LM head on answer tokens only.
+
+A batch of B pairs is 2B rows — the B chosen sequences (prompt + chosen answer), then the B rejected ones — right
+padded, so both answers of every pair go through the model in one forward. Only the positions whose next token is
+an answer token reach the LM head (:func:`~litgpt_ext.training.objectives.base.selected_logits`); an objective may
+add the chosen rows' prompt positions (ORPO's NLL over prompt and response, as TRL computes it). Per-token
+log-probabilities are then summed per row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from litgpt_ext.training.objectives.base import Objective, flat_positions, selected_logits, strip_eos
+
+
+def pair_collate(samples: list[dict], pad_id: int = 0, chosen_prompt: bool = False) -> dict[str, torch.Tensor]:
+    """Stack chosen rows then rejected rows; find (on the CPU) the flat positions the LM head must see.
+
+    Position ``t`` of a row predicts token ``t + 1``; it is an *answer* position when that token is part of the
+    answer. ``chosen_prompt`` also selects the chosen rows' prompt positions (every position but the last).
+    """
+    n = len(samples)
+    prompts = [s["prompt_ids"] for s in samples] * 2
+    answers = [s["chosen_ids"] for s in samples] + [s["rejected_ids"] for s in samples]
+    rows = [torch.cat([p, a]) for p, a in zip(prompts, answers, strict=True)]
+    input_ids = nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad_id)
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    prompt_lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long)
+    t = torch.arange(input_ids.size(1) - 1).unsqueeze(0)
+    context = t < (lengths - 1).unsqueeze(1)  # every position that has a next token in its row
+    answer = context & (t >= (prompt_lengths - 1).unsqueeze(1))
+    select = answer.clone()
+    if chosen_prompt:
+        select[:n] = context[:n]
+    flat = flat_positions(select)
+    width = input_ids.size(1) - 1
+    batch = {
+        "input_ids": input_ids,
+        "lengths": lengths,
+        "pairs": torch.tensor(n),
+        "flat": flat,
+        "targets": input_ids[:, 1:].reshape(-1).index_select(0, flat),
+        "row": torch.div(flat, width, rounding_mode="floor"),
+        "is_answer": answer.reshape(-1).index_select(0, flat),
+        "context": context,
+    }
+    if "ref_logps" in samples[0]:
+        batch["ref_logps"] = torch.stack([s["ref_logps"] for s in samples])
+    return batch
+
+
+@dataclass
+class PairForward:
+    """What one forward over a pair batch gives an objective."""
+
+    token_logps: torch.Tensor
+    """``(N,)`` log-probability of the next token at each selected position."""
+    logits: torch.Tensor
+    """``(N, vocab)`` logits at the selected positions."""
+    answer_logps: torch.Tensor
+    """``(2B,)`` summed log-probabilities of each row's answer tokens."""
+    answer_tokens: torch.Tensor
+    """``(2B,)`` answer tokens per row."""
+    extra_logits: torch.Tensor | None = None
+    """Logits of the ``extra_rows`` (see :func:`~litgpt_ext.training.objectives.base.lm_head_on`)."""
+
+
+def pair_forward(model: nn.Module, batch: dict, extra_rows=None) -> PairForward:
+    """Run the model once over the 2B rows of ``batch`` (see :func:`pair_collate`)."""
+    logits = selected_logits(model, batch["input_ids"][:, :-1], batch["flat"], extra_rows)
+    n = batch["flat"].numel()
+    logits, extra = logits[:n], (logits[n:] if extra_rows is not None else None)
+    token_logps = -F.cross_entropy(logits.float(), batch["targets"], reduction="none")
+    rows = batch["input_ids"].size(0)
+    answer = batch["is_answer"]
+    answer_logps = token_logps.new_zeros(rows).index_add(0, batch["row"], token_logps * answer)
+    answer_tokens = torch.zeros(rows, device=answer.device).index_add(0, batch["row"], answer.float())
+    return PairForward(token_logps, logits, answer_logps, answer_tokens, extra)
+
+
+def row_means(hidden: torch.Tensor, mask: torch.Tensor, halves: int = 2) -> torch.Tensor:
+    """Mean hidden state over the masked positions of each half of the rows: ``(halves, C)``.
+
+    The head is linear, so the head applied to this mean equals the mean of the logits over those positions —
+    TRL's ``logits/*`` metrics for every position, from ``halves`` head rows instead of ``T x vocab`` logits."""
+    weights = mask.to(hidden.dtype)
+    sums = torch.einsum("btc,bt->bc", hidden, weights).reshape(halves, -1, hidden.size(-1)).sum(1)
+    counts = weights.reshape(halves, -1).sum(1).clamp(min=1).unsqueeze(1)
+    return sums / counts
+
+
+class PairObjective(Objective):
+    """What DPO and ORPO share: the pair batch, token counting, plots, and the chosen answer as the reference text."""
+
+    chosen_prompt = False
+    """Whether the chosen rows' prompt positions reach the LM head too."""
+    plots = {
+        "loss.png": ("loss", ("loss", "val_loss")),
+        "rewards.png": ("reward", ("rewards/chosen", "rewards/rejected", "val_rewards/chosen", "val_rewards/rejected")),
+        "margins.png": ("reward margin (chosen - rejected)", ("rewards/margins", "val_rewards/margins")),
+        "accuracy.png": ("reward accuracy (chosen > rejected)", ("rewards/accuracies", "val_rewards/accuracies")),
+    }
+
+    def __init__(self, beta: float = 0.1, pad_id: int = 0) -> None:
+        self.beta, self.pad_id = beta, pad_id
+
+    def collate(self, samples: list[dict]) -> dict[str, torch.Tensor]:
+        return pair_collate(samples, self.pad_id, self.chosen_prompt)
+
+    def batch_size(self, batch: dict) -> int:
+        return int(batch["pairs"])
+
+    def prompt_and_reference(self, sample: dict, eos_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        return sample["prompt_ids"], strip_eos(sample["chosen_ids"], eos_id)
+
+    def reward_metrics(
+        self, chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, chosen_logps, rejected_logps
+    ) -> dict[str, torch.Tensor]:
+        """TRL's names and definitions (means over the pairs of the batch)."""
+        return {
+            "rewards/chosen": chosen_rewards.mean(),
+            "rewards/rejected": rejected_rewards.mean(),
+            "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
+            "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
+            "logps/chosen": chosen_logps.detach().mean(),
+            "logps/rejected": rejected_logps.detach().mean(),
+        }
