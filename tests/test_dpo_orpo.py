@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -131,8 +132,30 @@ def test_answer_logps_equal_a_full_forward_per_row_and_padding_is_irrelevant(tin
                 expected.append(logps[len(s["prompt_ids"]) - 1 :].sum())
     torch.testing.assert_close(out.answer_logps, torch.stack(expected))
     torch.testing.assert_close(out.answer_logps, out_other_pad.answer_logps)
-    assert out.logits.shape[0] == 3 + 2 + 2 + 5  # answer tokens only reached the LM head
+    assert out.mean_logits.shape[0] == 3 + 2 + 2 + 5  # answer tokens only reached the LM head
     assert out.answer_tokens.tolist() == [3, 2, 2, 5]
+
+
+def test_blockwise_head_gives_the_same_loss_and_gradients(tiny_checkpoint, monkeypatch):
+    """Blocks of 2 rows under activation checkpointing == one block: same log-probs, same parameter gradients."""
+    from litgpt_ext.training.objectives import base
+
+    model = _model(tiny_checkpoint)
+    batch = pair_collate(_samples(), pad_id=0)
+
+    def grads_and_logps():
+        model.zero_grad()
+        out = pair_forward(model, batch)
+        out.answer_logps.sum().backward()
+        return out.token_logps.detach(), out.mean_logits, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    whole = grads_and_logps()
+    monkeypatch.setattr(base, "HEAD_CHUNK_ELEMENTS", 2 * model.config.padded_vocab_size)
+    blocks = grads_and_logps()
+    torch.testing.assert_close(blocks[0], whole[0])
+    torch.testing.assert_close(blocks[1], whole[1])
+    for name, grad in whole[2].items():
+        torch.testing.assert_close(blocks[2][name], grad, msg=name)
 
 
 def test_lora_disabled_is_exactly_the_base_model(tiny_checkpoint):
@@ -162,13 +185,6 @@ def test_lora_mode_builds_no_second_model(tiny_checkpoint, tmp_path, monkeypatch
             _original(self, *args, **kwargs)
 
         monkeypatch.setattr(cls, "__init__", counting)
-    import litgpt.scripts.merge_lora as merge
-
-    def marked_merge(*args, _original=merge.merge_lora, **kwargs):
-        built.append("final merge")
-        return _original(*args, **kwargs)
-
-    monkeypatch.setattr(merge, "merge_lora", marked_merge)
     dpo.setup(
         tiny_checkpoint,
         data=_pairs_file(tmp_path / "p.jsonl", 40),
@@ -177,7 +193,7 @@ def test_lora_mode_builds_no_second_model(tiny_checkpoint, tmp_path, monkeypatch
         train=_train_args(2),
         eval=EvalArgs(interval=1000, max_iters=1, final_validation=False),
     )
-    assert built[: built.index("final merge")] == ["litgpt.lora"]  # one model while training (and no frozen copy)
+    assert built == ["litgpt.lora"]  # one model for the whole run: no frozen copy, and the final merge reuses it
     meta = json.loads((tmp_path / "out" / "dpo_metadata.json").read_text())
     assert meta["method_config"]["reference"]["kind"] == "lora_off"
 
@@ -359,6 +375,18 @@ def test_cli_csv_run_gives_a_checkpoint_litgpt_export_and_generate_take(tiny_che
     final = tmp_path / "out" / "final"
     assert (final / "lit_model.pth.lora").is_file() and (final / "lit_model.pth").is_file()
     assert "val_rewards/accuracies" in json.loads((tmp_path / "out" / "best" / "best.json").read_text())
+    # the in-process merge writes exactly what litgpt's merge_lora writes from the files
+    import shutil
+
+    from litgpt.scripts.merge_lora import merge_lora
+
+    shutil.copytree(final, tmp_path / "relmerged")
+    (tmp_path / "relmerged" / "lit_model.pth").unlink()
+    merge_lora(tmp_path / "relmerged", pretrained_checkpoint_dir=tiny_checkpoint)
+    ours, litgpts = (torch.load(d / "lit_model.pth", weights_only=True) for d in (final, tmp_path / "relmerged"))
+    assert ours.keys() == litgpts.keys()
+    for key, value in litgpts.items():
+        assert torch.equal(ours[key], value), key
     export_hf(final, out_dir=tmp_path / "hf")
     export_hf(tiny_checkpoint, out_dir=tmp_path / "hf-base")
     export_hf(final, out_dir=tmp_path / "peft", format="peft", base_model=str(tmp_path / "hf-base"))
@@ -368,3 +396,44 @@ def test_cli_csv_run_gives_a_checkpoint_litgpt_export_and_generate_take(tiny_che
         final, input=tmp_path / "q.jsonl", output=tmp_path / "g.jsonl", max_new_tokens=4, precision="32-true"
     )
     assert json.loads((tmp_path / "g.jsonl").read_text())["finish_reasons"][0] in ("stop", "length")
+
+
+@pytest.mark.parametrize(
+    ("command", "config"),
+    [("finetune_dpo", "dpo-lora.yaml"), ("finetune_dpo", "dpo-full.yaml"), ("finetune_orpo", "orpo-lora.yaml")],
+)
+def test_shipped_configs_run(tiny_checkpoint, tmp_path, command, config):
+    """Each config under litgpt_ext/configs/ parses through the CLI (in-process) and trains two steps."""
+    from conftest import REPO
+    from litgpt_ext.cli import main
+
+    _pairs_file(tmp_path / "pairs.jsonl", 12)
+    main(
+        [
+            command,
+            str(tiny_checkpoint),
+            "--config",
+            str(REPO / "litgpt_ext" / "configs" / config),
+            "--data",
+            str(tmp_path / "pairs.jsonl"),
+            "--out_dir",
+            str(tmp_path / "out"),
+            "--precision",
+            "32-true",
+            "--prompt_style",
+            "default",
+            "--train.max_steps",
+            "2",
+            "--train.epochs",
+            "null",
+            "--train.global_batch_size",
+            "4",
+            "--train.micro_batch_size",
+            "2",
+            "--eval.max_iters",
+            "1",
+        ]
+    )
+    assert (tmp_path / "out" / "final" / "lit_model.pth").is_file()
+    metadata = json.loads((tmp_path / "out" / f"{command.split('_')[1]}_metadata.json").read_text())
+    assert metadata["method_config"]["beta"] == 0.1

@@ -46,6 +46,29 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def merged_lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What litgpt's ``merge_lora`` writes (base weights + ``B @ A * scaling``, LoRA tensors dropped, ``linear.``
+    taken out of the keys), computed from the live model instead of reloading the base checkpoint from disk.
+
+    Only the merged weights are new tensors; every other entry is the model's own, so the merge costs a few MB
+    rather than a second copy of the model (litgpt's script maps the base checkpoint and touches all of it)."""
+    from litgpt.lora import LoRALinear
+
+    gpt = unwrap(model)
+    merged = {}
+    with torch.no_grad():
+        for name, module in gpt.named_modules():
+            active = (
+                module.r > 0 and any(getattr(module, "enable_lora", [True]))
+                if isinstance(module, LoRALinear)
+                else False
+            )
+            if active and not module.merged:
+                weight = module.linear.weight
+                merged[f"{name}.linear.weight"] = weight + module.get_lora_AB().to(weight.device, weight.dtype)
+    return {k.replace("linear.", ""): merged.get(k, v) for k, v in gpt.state_dict().items() if not lora_filter(k, v)}
+
+
 @dataclass
 class CheckpointWriter:
     """Writes checkpoint directories for one run (same base model, hyperparameters and prompt style)."""
@@ -99,10 +122,12 @@ class CheckpointWriter:
         fabric.barrier()
         if fabric.global_rank == 0:
             self._save_metadata(partial)
-            if merge_lora and self.lora:
+            if merge_lora and self.lora and isinstance(fabric.strategy, FSDPStrategy):  # weights are sharded
                 from litgpt.scripts.merge_lora import merge_lora as litgpt_merge_lora
 
                 litgpt_merge_lora(partial, pretrained_checkpoint_dir=self.source_dir, precision=self.precision)
+            elif merge_lora and self.lora:
+                torch.save(merged_lora_state_dict(model), partial / "lit_model.pth")
             shutil.rmtree(directory, ignore_errors=True)
             partial.rename(directory)
         fabric.barrier()

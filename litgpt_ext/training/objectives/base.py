@@ -8,11 +8,12 @@ DPO, ORPO or a reward head is one file here plus one command.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class Objective:
@@ -69,10 +70,17 @@ def strip_eos(ids: torch.Tensor, eos_id: int | None) -> torch.Tensor:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The litgpt ``GPT`` inside Fabric/DDP/FSDP wrappers."""
-    while not hasattr(model, "lm_head") and hasattr(model, "module"):
-        model = model.module
-    return model
+    """The litgpt ``GPT`` inside Fabric/DDP/FSDP wrappers. (Fabric's wrapper forwards attribute reads to the model,
+    so "has an lm_head" does not tell them apart; its ``named_modules`` carry a prefix the state dict does not.)"""
+    from lightning.fabric.wrappers import _FabricModule
+
+    while True:
+        if isinstance(model, _FabricModule):
+            model = model._original_module
+        elif not hasattr(model, "lm_head") and hasattr(model, "module"):
+            model = model.module
+        else:
+            return model
 
 
 def flat_positions(mask: torch.Tensor) -> torch.Tensor:
@@ -81,34 +89,90 @@ def flat_positions(mask: torch.Tensor) -> torch.Tensor:
     return mask.reshape(-1).nonzero().squeeze(1)
 
 
-@contextlib.contextmanager
-def lm_head_on(model: nn.Module, flat: torch.Tensor, extra_rows: Callable | None = None) -> Iterator[None]:
-    """Make the model's LM head run only at ``flat`` positions (row-major indices into ``(B, T)``).
+HEAD_CHUNK_ELEMENTS = 2**21
+"""Largest ``rows x vocab`` logits block the LM head materialises at once (8 MiB in fp32)."""
 
-    The head is the largest matmul of a small model's step (``T x vocab``) and most positions of an SFT/DPO batch
-    (prompt, padding) have no loss. A forward pre-hook gathers the selected hidden states, so the model (still
-    called through its Fabric/DDP/FSDP wrapper) returns ``(N, vocab)`` logits for the N selected positions.
-    ``extra_rows(hidden)`` may return ``(E, C)`` more rows (detached, e.g. mean hidden states for a metric); their
-    logits follow the N selected ones, computed by the same head call.
+
+@dataclass
+class HeadOutput:
+    """What :func:`answer_logps` gives an objective: per-token log-probs, and the logits' vocab means for metrics."""
+
+    token_logps: torch.Tensor
+    """``(N,)`` log-probability of the target token at each selected position (differentiable)."""
+    mean_logits: torch.Tensor
+    """``(N,)`` mean logit over the vocabulary at each selected position (detached; TRL's ``logits/*``)."""
+    extra_mean_logits: torch.Tensor | None
+    """``(E,)`` the same for the ``extra_rows`` (detached), or None."""
+
+
+class _LogProbHead(nn.Module):
+    """Stands in for ``lm_head`` during one forward: gathers the selected positions, then turns hidden states into
+    target log-probs block by block, so at most :data:`HEAD_CHUNK_ELEMENTS` logits exist at a time.
+
+    In training each block runs under activation checkpointing: its ``(rows, vocab)`` logits are dropped after the
+    forward and recomputed in the backward — one more head matmul per block in exchange for never holding the
+    ``N x vocab`` logits, their log-softmax and its gradient, which dominate a small model's memory with a large
+    vocabulary (32k rows x 1,000s of answer positions).
     """
 
-    def gather(_module: nn.Module, args: tuple) -> tuple:
-        hidden = args[0]
-        rows = hidden.reshape(-1, hidden.size(-1)).index_select(0, flat)
-        if extra_rows is not None:
-            rows = torch.cat([rows, extra_rows(hidden.detach())])
-        return (rows, *args[1:])
+    def __init__(
+        self, head: nn.Module, vocab: int, flat: torch.Tensor, targets: torch.Tensor, extra_rows: Callable | None
+    ) -> None:
+        super().__init__()
+        self.head, self.vocab = head, vocab
+        self.flat, self.targets, self.extra_rows = flat, targets, extra_rows
+        self.mean_logits: torch.Tensor | None = None
+        self.extra_mean_logits: torch.Tensor | None = None
 
-    handle = unwrap(model).lm_head.register_forward_pre_hook(gather)
+    def _block(self, rows: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.head(rows).float()
+        picked = logits.gather(1, targets.unsqueeze(1)).squeeze(1)
+        return picked - torch.logsumexp(logits, dim=-1), logits.detach().mean(-1)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        rows = hidden.reshape(-1, hidden.size(-1)).index_select(0, self.flat)
+        step = max(1, HEAD_CHUNK_ELEMENTS // self.vocab)
+        recompute = torch.is_grad_enabled() and rows.requires_grad and rows.size(0) > step
+        logps, means = [], []
+        for start in range(0, rows.size(0), step):
+            block = (rows[start : start + step], self.targets[start : start + step])
+            if recompute:
+                lp, mean = checkpoint(self._block, *block, use_reentrant=False)
+            else:
+                lp, mean = self._block(*block)
+            logps.append(lp)
+            means.append(mean)
+        self.mean_logits = torch.cat(means) if means else rows.new_zeros(0)
+        if self.extra_rows is not None:
+            with torch.no_grad():
+                self.extra_mean_logits = self.head(self.extra_rows(hidden.detach())).float().mean(-1)
+        return torch.cat(logps) if logps else rows.new_zeros(0, requires_grad=rows.requires_grad)
+
+
+def answer_logps(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    flat: torch.Tensor,
+    targets: torch.Tensor,
+    extra_rows: Callable | None = None,
+) -> HeadOutput:
+    """Log-probabilities of ``targets`` at the row-major positions ``flat`` of ``input_ids`` (``(B, T)``).
+
+    The LM head is the largest matmul of a small model's step (``T x vocab``), and most positions of an SFT/DPO batch
+    (prompt, padding) carry no loss: for one forward, the model's ``lm_head`` is swapped for :class:`_LogProbHead`,
+    which runs the head only at the ``flat`` positions and never holds more than a block of their logits. The model
+    is still called through its Fabric/DDP wrapper, so hooks and gradient sync behave as usual.
+    ``extra_rows(hidden)`` may return ``(E, C)`` more hidden rows whose vocab-mean logits are wanted (detached; e.g.
+    the mean hidden state of each row, for a metric).
+    """
+    gpt = unwrap(model)
+    if gpt.config.final_logit_softcapping:
+        raise NotImplementedError("models with final_logit_softcapping are not supported by this objective yet")
+    original = gpt.lm_head
+    head = _LogProbHead(original, gpt.config.padded_vocab_size, flat, targets, extra_rows)
+    gpt.lm_head = head
     try:
-        yield
+        token_logps = model(input_ids)
     finally:
-        handle.remove()
-
-
-def selected_logits(
-    model: nn.Module, input_ids: torch.Tensor, flat: torch.Tensor, extra_rows: Callable | None = None
-) -> torch.Tensor:
-    """Logits ``(N, vocab)`` at the row-major positions ``flat`` of ``input_ids`` (see :func:`lm_head_on`)."""
-    with lm_head_on(model, flat, extra_rows):
-        return model(input_ids)
+        gpt.lm_head = original
+    return HeadOutput(token_logps, head.mean_logits, head.extra_mean_logits)

@@ -93,7 +93,7 @@ class DPOObjective(PairObjective):
         nll = -(out.token_logps * chosen_answer).sum() / chosen_answer.sum().clamp(min=1)
         loss = losses.mean() + (self.rpo_alpha * nll if self.rpo_alpha else 0.0)
         with torch.no_grad():
-            mean_logits = out.logits.float().mean(-1)
+            mean_logits = out.mean_logits
             rejected_answer = batch["is_answer"] & (batch["row"] >= n)
             metrics = self.reward_metrics(
                 self.beta * chosen_ratio.detach(), self.beta * rejected_ratio.detach(), logps[:n], logps[n:]

@@ -65,7 +65,7 @@ class ORPOObjective(PairObjective):
         loss = nll - self.beta * ratio.mean()
         with torch.no_grad():
             metrics = self.reward_metrics(self.beta * chosen.detach(), self.beta * rejected.detach(), chosen, rejected)
-            mean_logits = out.extra_logits.float().mean(-1)
+            mean_logits = out.extra_mean_logits
             metrics["logits/chosen"], metrics["logits/rejected"] = mean_logits[0], mean_logits[1]
             metrics["nll_loss"] = nll.detach()
             metrics["log_odds_ratio"] = ratio.detach().mean()

@@ -2,7 +2,7 @@
 
 A batch of B pairs is 2B rows — the B chosen sequences (prompt + chosen answer), then the B rejected ones — right
 padded, so both answers of every pair go through the model in one forward. Only the positions whose next token is
-an answer token reach the LM head (:func:`~litgpt_ext.training.objectives.base.selected_logits`); an objective may
+an answer token reach the LM head (:func:`~litgpt_ext.training.objectives.base.answer_logps`); an objective may
 add the chosen rows' prompt positions (ORPO's NLL over prompt and response, as TRL computes it). Per-token
 log-probabilities are then summed per row.
 """
@@ -12,10 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from litgpt_ext.training.objectives.base import Objective, flat_positions, selected_logits, strip_eos
+from litgpt_ext.training.objectives.base import Objective, answer_logps, flat_positions, strip_eos
 
 
 def pair_collate(samples: list[dict], pad_id: int = 0, chosen_prompt: bool = False) -> dict[str, torch.Tensor]:
@@ -60,27 +59,25 @@ class PairForward:
 
     token_logps: torch.Tensor
     """``(N,)`` log-probability of the next token at each selected position."""
-    logits: torch.Tensor
-    """``(N, vocab)`` logits at the selected positions."""
+    mean_logits: torch.Tensor
+    """``(N,)`` vocab-mean logit at each selected position (detached)."""
     answer_logps: torch.Tensor
     """``(2B,)`` summed log-probabilities of each row's answer tokens."""
     answer_tokens: torch.Tensor
     """``(2B,)`` answer tokens per row."""
-    extra_logits: torch.Tensor | None = None
-    """Logits of the ``extra_rows`` (see :func:`~litgpt_ext.training.objectives.base.lm_head_on`)."""
+    extra_mean_logits: torch.Tensor | None = None
+    """Vocab-mean logits of the ``extra_rows`` (see :func:`~litgpt_ext.training.objectives.base.answer_logps`)."""
 
 
 def pair_forward(model: nn.Module, batch: dict, extra_rows=None) -> PairForward:
     """Run the model once over the 2B rows of ``batch`` (see :func:`pair_collate`)."""
-    logits = selected_logits(model, batch["input_ids"][:, :-1], batch["flat"], extra_rows)
-    n = batch["flat"].numel()
-    logits, extra = logits[:n], (logits[n:] if extra_rows is not None else None)
-    token_logps = -F.cross_entropy(logits.float(), batch["targets"], reduction="none")
+    head = answer_logps(model, batch["input_ids"][:, :-1], batch["flat"], batch["targets"], extra_rows)
+    token_logps = head.token_logps
     rows = batch["input_ids"].size(0)
     answer = batch["is_answer"]
-    answer_logps = token_logps.new_zeros(rows).index_add(0, batch["row"], token_logps * answer)
+    summed = token_logps.new_zeros(rows).index_add(0, batch["row"], token_logps * answer)
     answer_tokens = torch.zeros(rows, device=answer.device).index_add(0, batch["row"], answer.float())
-    return PairForward(token_logps, logits, answer_logps, answer_tokens, extra)
+    return PairForward(token_logps, head.mean_logits, summed, answer_tokens, head.extra_mean_logits)
 
 
 def row_means(hidden: torch.Tensor, mask: torch.Tensor, halves: int = 2) -> torch.Tensor:

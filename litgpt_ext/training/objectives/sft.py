@@ -1,7 +1,7 @@
 """Supervised finetuning: next-token cross-entropy on answer tokens only.
 
 ``loss = mean_{t : label_t != ignore} -log p(label_t | tokens_<t)`` — prompt and padding positions carry
-``ignore_index`` labels and never reach the LM head (see :func:`selected_logits`), so padding is never trained as EOS.
+``ignore_index`` labels and never reach the LM head (see :func:`answer_logps`), so padding is never trained as EOS.
 """
 
 from __future__ import annotations
@@ -9,10 +9,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from litgpt_ext.training.objectives.base import Objective, flat_positions, selected_logits
+from litgpt_ext.training.objectives.base import Objective, answer_logps, flat_positions
 
 
 def pad_collate(
@@ -34,8 +33,8 @@ def pad_collate(
 def answer_cross_entropy(model: nn.Module, batch: dict) -> torch.Tensor:
     """Mean next-token cross-entropy over the positions in ``batch["answer_index"]`` (see :func:`pad_collate`)."""
     index = batch["answer_index"]
-    logits = selected_logits(model, batch["input_ids"][:, :-1], index)
-    return F.cross_entropy(logits.float(), batch["labels"][:, 1:].reshape(-1).index_select(0, index))
+    targets = batch["labels"][:, 1:].reshape(-1).index_select(0, index)
+    return -answer_logps(model, batch["input_ids"][:, :-1], index, targets).token_logps.mean()
 
 
 class SFTObjective(Objective):
