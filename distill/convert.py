@@ -40,8 +40,45 @@ def parse_output(content: str, parser: str) -> list[str]:
     raise UserError(f"unknown parser {parser!r}: use raw, lines or json:FIELD", field="parser")
 
 
-def _normalize(text: str) -> str:
+def normalize(text: str) -> str:
+    """Case- and spacing-insensitive form of a text, for duplicate and equality checks."""
     return " ".join(text.casefold().split())
+
+
+class StudentPrompt:
+    """The student's prompt for a record: litgpt's ``instruction`` (+ optional ``input``) rendered from templates.
+
+    Every command that writes student training data renders it here, so the prompt of an SFT example and of a
+    preference pair is exactly what the student sees."""
+
+    def __init__(self, instruction: str, input: str | None = None) -> None:
+        self.instruction = template_or_text(instruction, "instruction")
+        self.input = template_or_text(input, "input")
+
+    def render(self, record, records_path: Path) -> tuple[str, str]:
+        where = (Path(records_path), record.line)
+        return self.instruction.render(record.fields, where), (
+            self.input.render(record.fields, where) if self.input else ""
+        )
+
+
+class TeacherResponses:
+    """The teacher's cached answers (a ``distill_query`` output), looked up by record id."""
+
+    def __init__(self, path: Path) -> None:
+        if not Path(path).is_file():
+            raise UserError("file not found", path=path, field="responses")
+        cache = ResponseCache(Path(path))
+        self.results = cache.results
+        self.key_of = {rid: key for key, ids in cache.ids.items() for rid in ids}
+
+    def get(self, record_id: str) -> dict | None:
+        return self.results.get(self.key_of.get(record_id, ""))
+
+
+def check_parser(parser: str) -> None:
+    if not (parser in ("raw", "lines") or parser.startswith("json:")):
+        raise UserError(f"unknown parser {parser!r}: use raw, lines or json:FIELD", field="parser")
 
 
 def distill_convert(
@@ -61,7 +98,8 @@ def distill_convert(
     Args:
         records: The records JSONL that was queried (ids link records to responses).
         responses: The responses JSONL written by distill_query.
-        out_dir: Where train.json, val.json, quarantine.jsonl and summary.json are written.
+        out_dir: Where train.json, val.json, prompts.jsonl (every record's student prompt, for sampling the student
+            with generate_batch), quarantine.jsonl and summary.json are written.
         instruction: Student prompt template (file or text) rendered from each record into ``instruction``.
         input: Optional template (file or text) for litgpt's ``input`` field.
         parser: ``raw`` (whole answer), ``lines`` (one example per line) or ``json:FIELD``.
@@ -75,17 +113,12 @@ def distill_convert(
         require(responses, "responses"),
         require(out_dir, "out_dir"),
     )
-    if not (parser in ("raw", "lines") or parser.startswith("json:")):
-        raise UserError(f"unknown parser {parser!r}: use raw, lines or json:FIELD", field="parser")
+    check_parser(parser)
     records_list = read_records(Path(records))
-    if not Path(responses).is_file():
-        raise UserError("file not found", path=responses, field="responses")
-    cache = ResponseCache(Path(responses))
-    key_of = {rid: key for key, ids in cache.ids.items() for rid in ids}
-    instruction_t = template_or_text(instruction, "instruction")
-    input_t = template_or_text(input, "input")
+    teacher = TeacherResponses(Path(responses))
+    student = StudentPrompt(instruction, input)
 
-    train, val, quarantine, seen = [], [], [], {}
+    train, val, quarantine, seen, prompts = [], [], [], {}, []
     reasons: Counter[str] = Counter()
 
     def drop(rid: str, reason: str, **extra) -> None:
@@ -93,16 +126,15 @@ def distill_convert(
         quarantine.append({"id": rid, "reason": reason, **extra})
 
     for rec in records_list:
-        where = (Path(records), rec.line)
-        result = cache.results.get(key_of.get(rec.id, ""))
+        prompt, extra_input = student.render(rec, Path(records))
+        prompts.append({"id": rec.id, "prompt": prompt, **({"input": extra_input} if extra_input else {})})
+        result = teacher.get(rec.id)
         if result is None:
             drop(rec.id, "no_response")
             continue
         if result["status"] != "ok":
             drop(rec.id, f"teacher_{result.get('reason')}", detail=result.get("detail"))
             continue
-        prompt = instruction_t.render(rec.fields, where)
-        extra_input = input_t.render(rec.fields, where) if input_t else ""
         split = val if in_val(rec.id, seed, val_fraction) else train
         for c_index, choice in enumerate(result["choices"]):
             try:
@@ -114,7 +146,7 @@ def distill_convert(
                 if len(output) < min_chars:
                     drop(rec.id, "too_short", choice=c_index, output=output)
                     continue
-                triple = (_normalize(prompt), _normalize(extra_input), _normalize(output))
+                triple = (normalize(prompt), normalize(extra_input), normalize(output))
                 if dedupe and triple in seen:
                     drop(rec.id, "duplicate", choice=c_index, output=output, duplicate_of=seen[triple])
                     continue
@@ -124,6 +156,7 @@ def distill_convert(
     out_dir = Path(out_dir)
     atomic_write_json(out_dir / "train.json", train)
     atomic_write_json(out_dir / "val.json", val)
+    atomic_write_text(out_dir / "prompts.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in prompts))
     atomic_write_text(
         out_dir / "quarantine.jsonl", "".join(json.dumps(q, ensure_ascii=False) + "\n" for q in quarantine)
     )

@@ -2,32 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
 from pathlib import Path
 from typing import Literal
 
 from distill.prompts import template_or_text
 from distill.records import read_records
-from distill.teacher.cache import ResponseCache
-from distill.teacher.cost import CostMeter, chat_prompt_tokens, load_encoding, price_for
 from distill.teacher.requests import ChatRequest, build_requests, read_message_requests
-from litgpt_ext.data.records import load_json
+from distill.teacher.run import TeacherArgs, query_teacher
 from litgpt_ext.errors import UserError
-
-
-def _response_format(value: str | None) -> dict | None:
-    if value is None:
-        return None
-    if value == "json_object":
-        return {"type": "json_object"}
-    schema = load_json(Path(value))
-    if not isinstance(schema, dict):
-        raise UserError("expected a JSON schema object", path=value, field="response_format")
-    if "schema" not in schema:
-        schema = {"name": Path(value).stem, "schema": schema, "strict": True}
-    return {"type": "json_schema", "json_schema": schema}
 
 
 def _requests(records, prompt, messages, system_prompt, model, params) -> list[ChatRequest]:
@@ -119,121 +101,32 @@ def distill_query(
         poll_interval: Seconds between Batch API polls.
         wait: In batch mode, wait until every batch is finished (false: submit/poll once and exit; rerun later).
     """
-    params = {
-        "temperature": temperature,
-        "top_p": top_p,
-        "max_tokens": max_tokens,
-        "n": n if n != 1 else None,
-        "stop": stop,
-        "seed": seed,
-        "response_format": _response_format(response_format),
-    }
-    requests = _requests(records, prompt, messages, system_prompt, model, params)
-    price = price_for(model, price_in, price_out)
-    if dry_run:
-        _dry_run(requests, model, encoding, price, mode, Path(out))
-        return
-
-    api_key = os.environ.get(api_key_env)
-    if not api_key:
-        raise UserError(f"set the API key in the environment variable {api_key_env}", field="api_key_env")
-    cache = ResponseCache(Path(out))
-    for req in requests:  # more record ids for requests already cached: no request needed
-        if req.key in cache.results:
-            cache.add_aliases(req.key, req.ids)
-    pending = [r for r in requests if not cache.done(r.key, retry_failed)]
-    print(f"{len(requests):,} requests: {len(requests) - len(pending):,} already in {out}, {len(pending):,} to send")
-    try:
-        if mode == "batch":
-            import openai
-
-            from distill.teacher.batch_api import BatchRunner
-
-            client = openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=3, timeout=timeout)
-            runner = BatchRunner(client, cache, Path(out), batch_max_requests, batch_max_bytes, poll_interval, wait)
-            result = runner.run(requests, retry_failed)
-            if result["active_batches"]:
-                print(f"{result['active_batches']} batch(es) still running; rerun the same command to collect them")
-        elif pending:
-            _live(
-                pending,
-                cache,
-                api_key,
-                base_url,
-                price,
-                concurrency,
-                rpm,
-                tpm,
-                timeout,
-                max_attempts,
-                retry_invalid,
-                max_cost_usd,
-            )
-    finally:
-        cache.close()
-        quarantine = cache.write_quarantine()
-    done = sum(1 for r in requests if cache.done(r.key))
-    failed = sum(1 for r in requests if (cache.results.get(r.key) or {}).get("status") == "failed")
-    print(
-        f"done: {done - failed:,} answered, {failed:,} failed (see {quarantine}), "
-        f"{len(requests) - done:,} not yet answered -> {out}"
+    teacher = TeacherArgs(
+        model=model,
+        base_url=base_url,
+        api_key_env=api_key_env,
+        temperature=temperature,
+        top_p=top_p,
+        max_tokens=max_tokens,
+        seed=seed,
+        response_format=response_format,
+        mode=mode,
+        concurrency=concurrency,
+        rpm=rpm,
+        tpm=tpm,
+        timeout=timeout,
+        max_attempts=max_attempts,
+        retry_invalid=retry_invalid,
+        retry_failed=retry_failed,
+        dry_run=dry_run,
+        encoding=encoding,
+        price_in=price_in,
+        price_out=price_out,
+        max_cost_usd=max_cost_usd,
+        batch_max_requests=batch_max_requests,
+        batch_max_bytes=batch_max_bytes,
+        poll_interval=poll_interval,
+        wait=wait,
     )
-
-
-def _live(
-    pending, cache, api_key, base_url, price, concurrency, rpm, tpm, timeout, max_attempts, retry_invalid, max_cost_usd
-) -> None:
-    import openai
-
-    from distill.teacher.live import LiveRunner, RetryPolicy
-    from distill.teacher.ratelimit import RateLimiter
-
-    async def main():
-        client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout)
-        runner = LiveRunner(
-            client,
-            cache,
-            RateLimiter(rpm, tpm),
-            RetryPolicy(max_attempts, retry_invalid=retry_invalid),
-            CostMeter(price),
-            concurrency,
-            timeout,
-            max_cost_usd,
-        )
-        try:
-            return await runner.run(pending)
-        finally:
-            await client.close()
-
-    stats = asyncio.run(main())
-    print(
-        f"sent {stats.sent:,} requests ({stats.retries:,} retries, {stats.rate_limited:,} rate-limited); "
-        f"{stats.prompt_tokens + stats.completion_tokens:,} tokens, ${stats.cost:.4f}"
-    )
-    if stats.stopped_for_budget:
-        print(f"stopped before exceeding --max_cost_usd {max_cost_usd}: ${stats.cost:.4f} spent")
-    if stats.interrupted:
-        print("interrupted: everything answered so far is saved; rerun the same command to continue")
-        raise SystemExit(130)
-
-
-def _dry_run(requests: list[ChatRequest], model: str, encoding: str | None, price, mode: str, out: Path) -> None:
-    enc = load_encoding(encoding, model)
-    cache = ResponseCache(out) if out.exists() else None
-    todo = [r for r in requests if cache is None or not cache.done(r.key)]
-    prompt_tokens = sum(chat_prompt_tokens(enc, r.body["messages"]) for r in todo)
-    output_tokens = sum(int(r.body.get("max_tokens") or 0) * int(r.body.get("n") or 1) for r in todo)
-    meter = CostMeter(price, discount=0.5 if mode == "batch" else 1.0)
-    summary = {
-        "requests": len(todo),
-        "already_cached": len(requests) - len(todo),
-        "prompt_tokens": prompt_tokens,
-        "max_output_tokens": output_tokens,
-        "model": model,
-        "mode": mode,
-        "price_per_1M": {"input": price[0], "output": price[1]} if price else None,
-        "estimated_cost_usd": round(meter.cost(prompt_tokens, output_tokens), 4) if price else None,
-    }
-    print(json.dumps(summary, indent=2))
-    if price is None:
-        print(f"no price known for {model!r}: pass --price_in and --price_out (USD per 1M tokens)")
+    requests = _requests(records, prompt, messages, system_prompt, model, teacher.params(n, stop))
+    query_teacher(requests, Path(out), teacher)

@@ -9,6 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 EXIT_USER_ERROR = 2
+EXIT_INCOMPLETE = 3
+"""The command ran without error but work is left undone (budget reached, batches still running, verdicts missing):
+rerun the same command to continue. Shell pipelines must not go on to the next stage."""
 
 
 class UserError(Exception):

@@ -50,10 +50,30 @@ def body_key(body: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z0-9]+", text.lower()) if len(w) > 2}
+
+
+def judge_verdict(prompt: str) -> str | None:
+    """For a judge prompt (``<task>...</task>`` and ``<answer>...</answer>``, as ``prompts/judge_score.md``): a JSON
+    verdict whose score is the share of the answer's words found in the task — grounded answers score high."""
+    task = re.search(r"<task>(.*?)</task>", prompt, flags=re.DOTALL)
+    answer = re.search(r"<answer>(.*?)</answer>", prompt, flags=re.DOTALL)
+    if not (task and answer):
+        return None
+    words = _words(answer.group(1))
+    grounded = len(words & _words(task.group(1))) / len(words) if words else 0.0
+    score = 1 + round(9 * grounded)
+    return json.dumps({"score": score, "reason": f"{grounded:.0%} of the answer's words appear in the task"})
+
+
 def teacher_answer(body: dict) -> str:
     """A deterministic, task-shaped stand-in for a teacher model's answer."""
     messages = body.get("messages") or []
     prompt = str(messages[-1].get("content", "")) if messages else ""
+    verdict = judge_verdict(prompt)
+    if verdict is not None:
+        return verdict
     fields = dict(re.findall(r"^(Title|URL|Question|Body|Article):\s*(.+)$", prompt, flags=re.MULTILINE))
     fmt = (body.get("response_format") or {}).get("type")
     words = [w.strip(".,;:!?()\"'") for w in (fields.get("Title", "") + " " + fields.get("Body", "")).split()]

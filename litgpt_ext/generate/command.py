@@ -20,7 +20,7 @@ from litgpt_ext.finetune.common import check_checkpoint_dir
 from litgpt_ext.generate.engine import Engine, Job, Settings
 from litgpt_ext.generate.inputs import PromptRecord, Shard, parse_shard, read_prompts
 from litgpt_ext.io import JsonlAppender, read_jsonl_repairing
-from litgpt_ext.prompts import resolve_prompt_style
+from litgpt_ext.prompts import apply_style, resolve_prompt_style
 
 DTYPES = {
     "bf16-true": torch.bfloat16,
@@ -92,7 +92,8 @@ def generate_batch(
         checkpoint_dir: litgpt checkpoint of the model that generates.
         input: JSONL prompts, one object per line (``id`` optional: the line number is the id).
         output: JSONL output; one line per input (appended as each completes; a rerun skips done ids).
-        field: The record field holding the prompt text.
+        field: The record field holding the prompt text (a record's `input` and `system` fields, when present, go
+            through the prompt style too, as in training).
         prompt_template: Instead of --field: a template file with ``{field}`` placeholders (see prompts/README.md).
         prompt_style: litgpt prompt style applied to the prompt text: ``auto`` (the checkpoint's, as litgpt
             generate does), a style name, or ``default`` for the raw text.
@@ -249,7 +250,14 @@ def _run(fabric: L.Fabric, a: GenerateArgs) -> None:
 def _make_job(
     item: PromptRecord, path: Path, style, tokenizer, config, max_new_tokens, num_samples, passthrough
 ) -> Job:
-    prompt_ids = tokenizer.encode(style.apply(item.text)).tolist()
+    extra_input, system = item.record.get("input"), item.record.get("system")
+    text = apply_style(
+        style,
+        item.text,
+        extra_input if isinstance(extra_input, str) else "",
+        system if isinstance(system, str) else None,
+    )
+    prompt_ids = tokenizer.encode(text).tolist()
     if len(prompt_ids) >= config.block_size:
         raise UserError(
             f"{len(prompt_ids)} tokens, but the model's context is {config.block_size}",
