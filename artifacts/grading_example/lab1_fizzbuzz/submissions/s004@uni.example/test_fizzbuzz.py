@@ -1,0 +1,3 @@
+from fizzbuzz import fizzbuzz
+
+assert fizzbuzz(15)[-1] == "FizzBuzz"
