@@ -158,6 +158,46 @@ def test_blockwise_head_gives_the_same_loss_and_gradients(tiny_checkpoint, monke
         torch.testing.assert_close(blocks[2][name], grad, msg=name)
 
 
+def test_frozen_head_shortcut_gives_autograds_gradients(tiny_checkpoint, monkeypatch):
+    """LoRA model, frozen head: the fused log-prob head (backward done in the forward) == plain autograd."""
+    from litgpt.lora import GPT, Config, mark_only_lora_as_trainable
+
+    from litgpt_ext.training.objectives import base
+
+    config = Config.from_file(
+        tiny_checkpoint / "model_config.yaml", lora_r=4, lora_alpha=8, lora_query=True, lora_value=True, lora_mlp=True
+    )
+    model = GPT(config)
+    model.load_state_dict(torch.load(tiny_checkpoint / "lit_model.pth", weights_only=True), strict=False)
+    mark_only_lora_as_trainable(model)
+    assert base.frozen_linear(model.lm_head) is not None
+    batch = pair_collate(_samples(), pad_id=0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.1)  # B = 0 at init would hide mistakes in the LoRA gradients
+
+    def grads_and_logps():
+        model.zero_grad()
+        out = pair_forward(model, batch)
+        (out.answer_logps * torch.tensor([1.0, -2.0, 0.5, 3.0])).sum().backward()
+        return (
+            out.token_logps.detach(),
+            out.mean_logits,
+            {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad},
+        )
+
+    fused = grads_and_logps()
+    monkeypatch.setattr(base, "FUSED_FROZEN_HEAD", False)
+    monkeypatch.setattr(base, "HEAD_CHUNK_ELEMENTS", 2**40)  # one block, no checkpointing: plain autograd
+    plain = grads_and_logps()
+    torch.testing.assert_close(fused[0], plain[0])
+    torch.testing.assert_close(fused[1], plain[1])
+    assert fused[2].keys() == plain[2].keys() and len(plain[2]) > 0
+    for name, grad in plain[2].items():
+        torch.testing.assert_close(fused[2][name], grad, msg=name)
+
+
 def test_lora_disabled_is_exactly_the_base_model(tiny_checkpoint):
     base, lora = _model(tiny_checkpoint), _model(tiny_checkpoint, lora=True)
     with torch.no_grad():

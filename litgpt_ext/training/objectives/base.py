@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -91,6 +92,8 @@ def flat_positions(mask: torch.Tensor) -> torch.Tensor:
 
 HEAD_CHUNK_ELEMENTS = 2**21
 """Largest ``rows x vocab`` logits block the LM head materialises at once (8 MiB in fp32)."""
+FUSED_FROZEN_HEAD = True
+"""Use :class:`_FrozenHeadLogProbs` when the head is frozen (tests switch it off to compare with plain autograd)."""
 
 
 @dataclass
@@ -105,14 +108,59 @@ class HeadOutput:
     """``(E,)`` the same for the ``extra_rows`` (detached), or None."""
 
 
+def frozen_linear(head: nn.Module) -> nn.Linear | None:
+    """The plain ``nn.Linear`` behind ``head`` when none of its parameters trains (litgpt's LoRA head with r=0
+    included), else None."""
+    linear = head
+    if not isinstance(linear, nn.Linear) and getattr(head, "r", None) == 0 and isinstance(head.linear, nn.Linear):
+        linear = head.linear
+    if type(linear) is not nn.Linear or any(p.requires_grad for p in head.parameters()):
+        return None
+    return linear
+
+
+class _FrozenHeadLogProbs(torch.autograd.Function):
+    """Target log-probs through a frozen linear head, block by block, with the backward done in the forward.
+
+    For a frozen head ``W`` the only gradient needed is the one for the hidden rows, and for a log-prob it is one
+    row vector per position: ``d log p(t|h) / dh = W^T (onehot(t) - softmax(W h))``. Computing it while the block's
+    logits exist keeps ``N x hidden`` numbers for the backward — nothing of size ``vocab`` — and needs no second
+    head matmul (which activation checkpointing would spend); the backward just scales each row by its upstream
+    gradient. The arithmetic is the one autograd does (logits in float32, the product with ``W`` in ``W``'s dtype).
+    """
+
+    @staticmethod
+    def forward(ctx, rows, weight, bias, targets, step):
+        logps, means, grads = [], [], []
+        with torch.no_grad():
+            for start in range(0, rows.size(0), step):
+                logits = F.linear(rows[start : start + step], weight, bias).float()
+                target = targets[start : start + step].unsqueeze(1)
+                lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+                logps.append((logits.gather(1, target) - lse).squeeze(1))
+                means.append(logits.mean(-1))
+                probs = logits.sub_(lse).exp_()  # softmax, in place of the logits
+                probs.scatter_add_(1, target, torch.full_like(target, -1, dtype=probs.dtype))  # softmax - onehot
+                grads.append(-(probs.to(weight.dtype) @ weight).to(rows.dtype))
+        ctx.save_for_backward(torch.cat(grads) if grads else rows.new_zeros(rows.shape))
+        ctx.mark_non_differentiable(mean := torch.cat(means) if means else rows.new_zeros(0))
+        return (torch.cat(logps) if logps else rows.new_zeros(0)), mean
+
+    @staticmethod
+    def backward(ctx, grad_logps, grad_means):
+        (grad_rows,) = ctx.saved_tensors
+        return grad_logps.unsqueeze(1).to(grad_rows.dtype) * grad_rows, None, None, None, None
+
+
 class _LogProbHead(nn.Module):
     """Stands in for ``lm_head`` during one forward: gathers the selected positions, then turns hidden states into
     target log-probs block by block, so at most :data:`HEAD_CHUNK_ELEMENTS` logits exist at a time.
 
-    In training each block runs under activation checkpointing: its ``(rows, vocab)`` logits are dropped after the
-    forward and recomputed in the backward — one more head matmul per block in exchange for never holding the
-    ``N x vocab`` logits, their log-softmax and its gradient, which dominate a small model's memory with a large
-    vocabulary (32k rows x 1,000s of answer positions).
+    A frozen head (LoRA runs without ``lora_head``, frozen ``--freeze_other``) goes through
+    :class:`_FrozenHeadLogProbs`: no logits kept, no recomputation. A trainable head runs each block under
+    activation checkpointing: its logits are dropped after the forward and recomputed in the backward — one more
+    head matmul per block in exchange for never holding the ``N x vocab`` logits, their log-softmax and its
+    gradient, which dominate a small model's memory with a large vocabulary (32k rows x 1,000s of positions).
     """
 
     def __init__(
@@ -132,21 +180,28 @@ class _LogProbHead(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         rows = hidden.reshape(-1, hidden.size(-1)).index_select(0, self.flat)
         step = max(1, HEAD_CHUNK_ELEMENTS // self.vocab)
-        recompute = torch.is_grad_enabled() and rows.requires_grad and rows.size(0) > step
-        logps, means = [], []
-        for start in range(0, rows.size(0), step):
-            block = (rows[start : start + step], self.targets[start : start + step])
-            if recompute:
-                lp, mean = checkpoint(self._block, *block, use_reentrant=False)
-            else:
-                lp, mean = self._block(*block)
-            logps.append(lp)
-            means.append(mean)
-        self.mean_logits = torch.cat(means) if means else rows.new_zeros(0)
+        training = torch.is_grad_enabled() and rows.requires_grad
+        linear = frozen_linear(self.head) if training and FUSED_FROZEN_HEAD else None
+        if linear is not None:
+            token_logps, self.mean_logits = _FrozenHeadLogProbs.apply(
+                rows, linear.weight, linear.bias, self.targets, step
+            )
+        else:
+            logps, means = [], []
+            for start in range(0, rows.size(0), step):
+                block = (rows[start : start + step], self.targets[start : start + step])
+                if training and rows.size(0) > step:
+                    lp, mean = checkpoint(self._block, *block, use_reentrant=False)
+                else:
+                    lp, mean = self._block(*block)
+                logps.append(lp)
+                means.append(mean)
+            self.mean_logits = torch.cat(means) if means else rows.new_zeros(0)
+            token_logps = torch.cat(logps) if logps else rows.new_zeros(0, requires_grad=rows.requires_grad)
         if self.extra_rows is not None:
             with torch.no_grad():
                 self.extra_mean_logits = self.head(self.extra_rows(hidden.detach())).float().mean(-1)
-        return torch.cat(logps) if logps else rows.new_zeros(0, requires_grad=rows.requires_grad)
+        return token_logps
 
 
 def answer_logps(
