@@ -17,6 +17,7 @@ from conftest import REPO
         ("bench_teacher", ["achieved requests/min", "records/s"]),
         ("bench_generate", ["generated tokens/s", "transformers generate"]),
         ("bench_dpo", ["ours tokens/s", "TRL tokens/s", "DPO", "ORPO"]),
+        ("bench_sql_label", ["statements/s (execution phase)", "cache-hit rerun"]),
     ],
 )
 def test_bench_smoke(module, expected):

@@ -1,4 +1,4 @@
-"""Upload an exported folder to the Hugging Face Hub (token from ``HF_TOKEN`` only; ``HF_ENDPOINT`` is honoured)."""
+"""Upload a folder (an exported model, a dataset) to the Hugging Face Hub (token from ``HF_TOKEN`` only; ``HF_ENDPOINT`` is honoured)."""
 
 from __future__ import annotations
 
@@ -14,14 +14,19 @@ def make_api(token: str):
     return HfApi(token=token, endpoint=os.environ.get("HF_ENDPOINT"))
 
 
-def push_folder(folder: Path, repo_id: str, private: bool, api=None) -> str:
+def push_folder(
+    folder: Path,
+    repo_id: str,
+    private: bool,
+    api=None,
+    repo_type: str = "model",
+    message: str = "Upload with litgpt-ext export_hf",
+) -> str:
     token = os.environ.get("HF_TOKEN")
     if api is None:
         if not token:
             raise UserError("set HF_TOKEN in the environment to push to the Hub", field="push_to_hub")
         api = make_api(token)
-    api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
-    info = api.upload_folder(
-        folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message="Upload with litgpt-ext export_hf"
-    )
+    api.create_repo(repo_id=repo_id, repo_type=repo_type, private=private, exist_ok=True)
+    info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type=repo_type, commit_message=message)
     return str(getattr(info, "commit_url", info))
