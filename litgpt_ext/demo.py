@@ -263,7 +263,198 @@ def _generate_stage(student: Path) -> list[tuple[str, Path]]:
     return [("generations (merged shards)", out)]
 
 
-STAGES = [_teacher_stage, _sft_stage, _export_stage, _generate_stage]
+def _preference_stage(student: Path) -> list[tuple[str, Path]]:
+    """Preference pairs from the distilled data — the teacher's answer chosen, the distilled student's sampled answer
+    rejected — then DPO with LoRA on them; the teacher also grades the samples as a judge (the local server)."""
+    import json
+    import os
+
+    from distill.teacher.fake_server import FakeOpenAI, ServerConfig
+
+    data, samples, pairs = RUN / "distilled", RUN / "student_samples.jsonl", RUN / "pairs.jsonl"
+    samples.unlink(missing_ok=True)  # the student was just retrained: earlier samples are stale
+    litgpt_ext(
+        "generate_batch",
+        rel(RUN / "sft-distilled" / "final"),
+        "--input",
+        rel(data / "prompts.jsonl"),
+        "--output",
+        rel(samples),
+        "--num_samples",
+        2,
+        "--temperature",
+        1.0,
+        "--max_new_tokens",
+        12,
+        "--precision",
+        "32-true",
+    )
+    litgpt_ext(
+        "distill_pairs",
+        "--mode",
+        "teacher_vs_student",
+        "--records",
+        rel(DEMO_DATA / "records.jsonl"),
+        "--responses",
+        rel(RUN / "responses.jsonl"),
+        "--generations",
+        rel(samples),
+        "--instruction",
+        "prompts/student_search_queries.md",
+        "--parser",
+        "lines",
+        "--pairs_per_record",
+        2,
+        "--out",
+        rel(pairs),
+    )
+    with FakeOpenAI(ServerConfig(latency_s=0.02, fault_rate=0.1, stall_s=1.0)) as server:
+        os.environ.setdefault("OPENAI_API_KEY", "sk-demo-offline")
+        litgpt_ext(
+            "distill_pairs",
+            "--mode",
+            "judge",
+            "--records",
+            rel(DEMO_DATA / "records.jsonl"),
+            "--generations",
+            rel(samples),
+            "--instruction",
+            "prompts/student_search_queries.md",
+            "--out",
+            rel(RUN / "judged_pairs.jsonl"),
+            "--teacher.base_url",
+            server.base_url,
+            "--teacher.concurrency",
+            8,
+            "--teacher.timeout",
+            0.5,
+        )
+    out = RUN / "dpo"
+    litgpt_ext(
+        "finetune_dpo",
+        rel(RUN / "sft-distilled" / "final"),
+        "--data",
+        "PreferenceData",
+        "--data.path",
+        rel(pairs),
+        "--data.val_split_fraction",
+        0.2,
+        "--out_dir",
+        rel(out),
+        "--beta",
+        0.1,
+        "--precision",
+        "32-true",
+        "--train.max_steps",
+        20,
+        "--train.epochs",
+        "null",
+        "--train.global_batch_size",
+        8,
+        "--train.micro_batch_size",
+        8,
+        "--train.lr_warmup_steps",
+        2,
+        "--optimizer.lr",
+        2e-3,
+        "--eval.interval",
+        10,
+        "--eval.initial_validation",
+        "true",
+        "--eval.max_iters",
+        8,
+    )
+    val = [
+        r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "val_rewards/accuracies" in r
+    ]
+    first, last = val[0], val[-1]
+    print(
+        f"  DPO val reward accuracy: {first['val_rewards/accuracies']:.2f} at step {first['step']} (policy = reference)"
+        f" -> {last['val_rewards/accuracies']:.2f} at step {last['step']}; "
+        f"margin {first['val_rewards/margins']:.3f} -> {last['val_rewards/margins']:.3f}"
+    )
+    return [
+        ("student samples", samples),
+        ("preference pairs (teacher vs student)", pairs),
+        ("preference pairs (teacher as judge)", RUN / "judged_pairs.jsonl"),
+        ("DPO (LoRA) checkpoint + plots", out),
+    ]
+
+
+def _sql_stage(student: Path) -> list[tuple[str, Path]]:
+    """Text-to-SQL reward data: build the fixture databases, write the student's prompts and rule-made candidates,
+    sample the (untrained) student too, and label everything by executing it in the read-only sandbox."""
+    import json
+
+    sql = RUN / "sql"
+    subprocess.run(
+        [sys.executable, "artifacts/sql_fixture/build_fixture.py", "--out_dir", rel(sql)], check=True, cwd=REPO
+    )
+    questions, db_dir = sql / "questions.jsonl", sql / "database"
+    litgpt_ext(
+        "distill_sql_candidates",
+        "--questions",
+        rel(questions),
+        "--db_dir",
+        rel(db_dir),
+        "--output",
+        rel(sql / "prompts.jsonl"),
+        "--template",  # the tiny student's 512-token context cannot hold a schema; real runs use the default
+        "SQLite query for: {question}",
+        "--mutate",
+        6,
+        "--mutations_output",
+        rel(sql / "mutations.jsonl"),
+    )
+    samples = sql / "samples.jsonl"
+    samples.unlink(missing_ok=True)
+    litgpt_ext(
+        "generate_batch",
+        rel(student),
+        "--input",
+        rel(sql / "prompts.jsonl"),
+        "--output",
+        rel(samples),
+        "--num_samples",
+        2,
+        "--temperature",
+        0.8,
+        "--top_k",
+        50,
+        "--top_p",
+        0.95,
+        "--max_new_tokens",
+        16,
+        "--precision",
+        "32-true",
+        "--prompt_style",
+        "default",
+    )
+    out = sql / "v1"
+    litgpt_ext(
+        "distill_sql_label",
+        "--questions",
+        rel(questions),
+        "--db_dir",
+        rel(db_dir),
+        "--candidates",
+        f"[{rel(sql / 'mutations.jsonl')}, {rel(samples)}]",
+        "--out_dir",
+        rel(out),
+        "--version",
+        "v1",
+        "--timeout_s",
+        5,
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    print(
+        f"  labelled: {summary['rows']} rows ({summary['positives']} positive / {summary['negatives']} negative) "
+        f"from {summary['questions_labelled']} of {summary['questions']} questions; dropped: {summary['dropped']}"
+    )
+    return [("text-to-SQL prompts + labelled candidates", out)]
+
+
+STAGES = [_teacher_stage, _preference_stage, _sft_stage, _export_stage, _generate_stage, _sql_stage]
 
 
 if __name__ == "__main__":

@@ -145,8 +145,17 @@ def _judge_setup(tmp_path: Path, n: int) -> tuple[Path, Path]:
     return records, _generations(tmp_path / "gen.jsonl", gens)
 
 
-def test_judge_mode_picks_best_and_worst_with_faults(tmp_path, api_key):
-    records, gens = _judge_setup(tmp_path, 24)
+def test_judge_mode_on_the_demo_records_picks_best_and_worst_with_faults(tmp_path, api_key):
+    """The demo's records; per record a grounded sample (words of its body), an ungrounded one and a mixed one."""
+    records = REPO / "artifacts" / "demo" / "records.jsonl"
+    rows = _jsonl(records)
+    gens = _generations(
+        tmp_path / "gen.jsonl",
+        {
+            r["id"]: [" ".join(r["body"].split()[:6]), "purple elephants dancing", r["title"].split()[0] + " elephants"]
+            for r in rows
+        },
+    )
     out = tmp_path / "pairs.jsonl"
     cfg = ServerConfig(api_key=KEY, fault_rate=0.2, stall_s=0.5, seed=1)
     with FakeOpenAI(cfg) as server:
@@ -155,13 +164,14 @@ def test_judge_mode_picks_best_and_worst_with_faults(tmp_path, api_key):
             mode="judge", records=records, generations=gens, out=out, instruction=str(STUDENT), teacher=teacher
         )
         sent = sum(server.state.answered.values())
-        assert sent >= 24 * 3
+        assert sent >= len(rows) * 3
         pairs = _jsonl(out)
-        assert len(pairs) == 24
-        for p in pairs:
-            assert p["chosen"].startswith("town") and p["rejected"] == "purple elephants dancing"
+        assert len(pairs) == len(rows)
+        for p, r in zip(pairs, rows, strict=True):
+            assert p["chosen"] == " ".join(r["body"].split()[:6]) and p["rejected"] == "purple elephants dancing"
             assert p["chosen_score"] > p["rejected_score"] and p["margin"] == p["chosen_score"] - p["rejected_score"]
             assert p["source"] == "judge" and p["judge_model"] == "gpt-4o-mini"
+            assert p["prompt"].startswith("Write search queries for this document.")
         # a rerun is answered from the judge cache: nothing is paid twice
         distill_pairs(
             mode="judge",
