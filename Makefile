@@ -28,7 +28,7 @@ demo: install
 
 test: install
 	$(BIN)/ruff check -q .
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 tests
 
 lint: install
 	$(BIN)/ruff check .

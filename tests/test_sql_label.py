@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -76,6 +77,34 @@ def _questions(path: Path, rows: list[dict]) -> Path:
 )
 def test_extract_sql(text, sql):
     assert extract_sql(text) == sql
+
+
+# -- mutations ----------------------------------------------------------------------------------------------------------
+def test_each_mutation_rule_applies_where_it_should():
+    import random
+
+    from distill.sql.mutate import RULES, mutate
+
+    columns = {"students": ["id", "name", "year", "major_id"], "majors": ["id", "name", "dept"]}
+    gold = (
+        "SELECT m.name, COUNT(s.id) FROM majors AS m JOIN students AS s ON s.major_id = m.id "
+        "WHERE s.year = 4 AND m.dept = 'Science' GROUP BY m.id ORDER BY COUNT(s.id) DESC LIMIT 3"
+    )
+    made = {name: rule(gold, columns, random.Random(0)) for name, rule in RULES.items()}
+    assert all(sql and sql != gold for sql in made.values()), made
+    assert "LIMIT 2" in made["limit_off_by_one"] or "LIMIT 4" in made["limit_off_by_one"]
+    assert "ORDER BY COUNT(s.id) ASC" in made["swap_order"]
+    assert "WHERE NOT (s.year = 4 AND m.dept = 'Science')" in made["negate_condition"]
+    assert made["drop_condition"].count("AND") == 0 and "WHERE" in made["drop_condition"]
+    aggregates = r"\b(COUNT|SUM|AVG|MIN|MAX)\("
+    assert re.findall(aggregates, made["wrong_aggregate"]) != re.findall(aggregates, gold)
+    assert "ON s.major_id = m." in made["wrong_join_key"] and "ON s.major_id = m.id" not in made["wrong_join_key"]
+    # subqueries and string literals are left alone; rules that do not apply return None
+    nested = "SELECT name FROM students WHERE id NOT IN (SELECT student_id FROM enrollments WHERE grade > 5)"
+    assert RULES["swap_order"](nested, columns, random.Random(0)) is None
+    assert RULES["negate_condition"](nested, columns, random.Random(0)).endswith("WHERE grade > 5))")
+    assert mutate(gold, columns, 4, "q1") == mutate(gold, columns, 4, "q1")  # reproducible per question id
+    assert len({sql for _, sql in mutate(gold, columns, 7, "q1")}) == 7
 
 
 # -- the sandbox ---------------------------------------------------------------------------------------------------------
@@ -198,6 +227,8 @@ def test_versions_v1_balance_and_eval_fingerprints(fixture, tmp_path):
     distill_sql_candidates(questions=questions, db_dir=db_dir, output=prompts, mutate=5, mutations_output=mutations)
     first = _jsonl(prompts)[0]
     assert "CREATE TABLE majors" in first["prompt"] and "How many students are there?" in first["prompt"]
+    evidence = [p for p in _jsonl(prompts) if p["id"] == "flights-19"][0]["prompt"]
+    assert "How many long-haul flights are there? long-haul refers to distance > 1500" in evidence
     assert all(m["generations"][0] == q["gold_sql"] for m, q in zip(_jsonl(mutations), _jsonl(questions)))
     cache = tmp_path / "exec_cache.jsonl"
     common = dict(questions=questions, db_dir=db_dir, candidates=[mutations], cache=cache, workers=2)

@@ -117,7 +117,7 @@ def drop_condition(sql: str, columns: dict[str, list[str]], rng: random.Random) 
     if len(parts) > 1:
         dropped = rng.randrange(len(parts))
         keep = [sql[start:end][a:b].strip() for i, (a, b) in enumerate(parts) if i != dropped]
-        return sql[:start] + " " + " AND ".join(keep) + " " + sql[end:].lstrip()
+        return (sql[:start] + " " + " AND ".join(keep) + " " + sql[end:].lstrip()).strip()
     where = top_level(sql, r"\bWHERE\b")[0]
     return (sql[: where.start()].rstrip() + " " + sql[end:].lstrip()).strip()
 
@@ -127,7 +127,7 @@ def negate_condition(sql: str, columns: dict[str, list[str]], rng: random.Random
     if clause is None:
         return None
     start, end = clause
-    return sql[:start] + f" NOT ({sql[start:end].strip()}) " + sql[end:].lstrip()
+    return (sql[:start] + f" NOT ({sql[start:end].strip()}) " + sql[end:].lstrip()).strip()
 
 
 def wrong_join_key(sql: str, columns: dict[str, list[str]], rng: random.Random) -> str | None:
