@@ -10,7 +10,7 @@ SHELL := /bin/bash
 # pip prints one warning per missing local index folder on some machines; keep its real output only.
 QUIET_PIP := 2>&1 | { grep -v "is ignored" || true; }
 
-.PHONY: install demo test lint format clean bench-sft bench-teacher bench-generate bench-dpo bench-sql-label
+.PHONY: install demo test lint format clean bench-sft bench-teacher bench-generate bench-dpo bench-sql-label bench-orm
 
 install: $(STAMP)
 
@@ -55,3 +55,6 @@ bench-dpo: install
 
 bench-sql-label: install
 	$(BIN)/python -m tests.bench.bench_sql_label
+
+bench-orm: install
+	$(BIN)/python -m tests.bench.bench_orm

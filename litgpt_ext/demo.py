@@ -454,7 +454,77 @@ def _sql_stage(student: Path) -> list[tuple[str, Path]]:
     return [("text-to-SQL prompts + labelled candidates", out)]
 
 
-STAGES = [_teacher_stage, _preference_stage, _sft_stage, _export_stage, _generate_stage, _sql_stage]
+def _orm_stage(student: Path) -> list[tuple[str, Path]]:
+    """Outcome reward model on the labelled SQL candidates: train a classifier head with LoRA, score every candidate
+    of every question (distill_sql_label --version eval keeps them all), and rerank best-of-N."""
+    sql = RUN / "sql"
+    questions, db_dir = sql / "questions.jsonl", sql / "database"
+    litgpt_ext(
+        "distill_sql_label",
+        "--questions",
+        rel(questions),
+        "--db_dir",
+        rel(db_dir),
+        "--candidates",
+        f"[{rel(sql / 'mutations.jsonl')}]",
+        "--out_dir",
+        rel(sql / "eval"),
+        "--version",
+        "eval",
+        "--split",
+        "test",
+        "--cache",
+        rel(sql / "v1" / "exec_cache.jsonl"),
+    )
+    out = sql / "orm"
+    litgpt_ext(
+        "finetune_orm",
+        rel(student),
+        "--data",
+        rel(sql / "v1" / "train.jsonl"),
+        "--head",
+        "classifier",
+        "--mode",
+        "lora",
+        "--out_dir",
+        rel(out),
+        "--precision",
+        "32-true",
+        "--train.max_steps",
+        30,
+        "--train.epochs",
+        "null",
+        "--train.global_batch_size",
+        16,
+        "--train.micro_batch_size",
+        16,
+        "--train.lr_warmup_steps",
+        3,
+        "--optimizer.lr",
+        2e-3,
+        "--eval.interval",
+        15,
+        "--eval.initial_validation",
+        "true",
+    )
+    scored = sql / "eval" / "scored.jsonl"
+    scored.unlink(missing_ok=True)
+    litgpt_ext("orm_score", rel(out / "final"), "--input", rel(sql / "eval" / "test.jsonl"), "--output", rel(scored))
+    litgpt_ext(
+        "orm_rerank",
+        "--scored",
+        rel(scored),
+        "--labels",
+        rel(sql / "eval" / "test.jsonl"),
+        "--output",
+        rel(sql / "rerank.json"),
+    )
+    print("  (the tiny student's ORM saw these questions' labelled candidates in training; val metrics above are on")
+    print("   held-out questions)")
+    return [("reward model (classifier head) + ROC plots", out), ("best-of-N rerank report", sql / "rerank.json")]
+
+
+STAGES = [_teacher_stage, _preference_stage, _sft_stage, _export_stage, _generate_stage, _sql_stage, _orm_stage]
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from conftest import REPO
         ("bench_generate", ["generated tokens/s", "transformers generate"]),
         ("bench_dpo", ["ours tokens/s", "TRL tokens/s", "DPO", "ORPO"]),
         ("bench_sql_label", ["statements/s (execution phase)", "cache-hit rerun"]),
+        ("bench_orm", ["scoring rows/s", "training tokens/s"]),
     ],
 )
 def test_bench_smoke(module, expected):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Literal
@@ -87,18 +88,21 @@ def export_hf(
     partial = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
+    reward = reward_head(checkpoint_dir) if format == "full" else None
     try:
         if format == "full":
-            target_dtype = _export_full(checkpoint_dir, partial, config, family, dtype, parse_size(max_shard_size))
+            target_dtype = _export_full(
+                checkpoint_dir, partial, config, family, dtype, parse_size(max_shard_size), reward
+            )
         else:
             target_dtype = _export_peft(checkpoint_dir, partial, config, family, dtype, hparams, base_model)
         write_model_card(partial, checkpoint_dir, family.name, format, hparams, base_model)
         if format == "full":
             ids = export_tokenizer(checkpoint_dir, partial, config.block_size)
-            atomic_write_json(
-                partial / "config.json",
-                hf_config(config, family, target_dtype, ids["bos_token_id"], ids["eos_token_id"]),
-            )
+            hf = hf_config(config, family, target_dtype, ids["bos_token_id"], ids["eos_token_id"])
+            if reward is not None:
+                hf = sequence_classification_config(hf, family, reward["num_labels"], ids["pad_token_id"])
+            atomic_write_json(partial / "config.json", hf)
             atomic_write_json(partial / "generation_config.json", {**ids, "_from_model_config": False})
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
@@ -126,7 +130,38 @@ def _merge_if_needed(checkpoint_dir: Path) -> None:
     merge_lora(checkpoint_dir)
 
 
-def _export_full(checkpoint_dir, out, config, family, dtype, max_bytes) -> torch.dtype:
+def reward_head(checkpoint_dir: Path) -> dict | None:
+    """A finetune_orm classifier/scalar head (``orm_config.json`` + ``orm_head.pth``) beside the weights, or None.
+    (A ``yes_token`` reward model is the causal LM itself and exports as one.)"""
+    config_file = checkpoint_dir / "orm_config.json"
+    if not config_file.is_file():
+        return None
+    cfg = json.loads(config_file.read_text())
+    if cfg.get("head") not in ("classifier", "scalar"):
+        return None
+    head_file = checkpoint_dir / "orm_head.pth"
+    if not head_file.is_file():
+        raise UserError("has orm_config.json but no orm_head.pth", path=checkpoint_dir, field="checkpoint_dir")
+    return {**cfg, "weight": torch.load(head_file, weights_only=True)["weight"]}
+
+
+def sequence_classification_config(hf: dict, family, num_labels: int, pad_token_id: int | None) -> dict:
+    """``config.json`` of ``AutoModelForSequenceClassification``: the family's ``*ForSequenceClassification``, the
+    label count, and the pad id transformers uses to find each row's last real token."""
+    if pad_token_id is None:
+        raise UserError("the tokenizer has no pad or eos token to mark padding", field="checkpoint_dir")
+    labels = {0: "incorrect", 1: "correct"} if num_labels == 2 else {0: "score"}
+    return {
+        **hf,
+        "architectures": [family.architecture.replace("ForCausalLM", "ForSequenceClassification")],
+        "num_labels": num_labels,
+        "id2label": {str(k): v for k, v in labels.items()},
+        "label2id": {v: k for k, v in labels.items()},
+        "pad_token_id": pad_token_id,
+    }
+
+
+def _export_full(checkpoint_dir, out, config, family, dtype, max_bytes, reward: dict | None = None) -> torch.dtype:
     _merge_if_needed(checkpoint_dir)
     state = _load_state(checkpoint_dir / "lit_model.pth")
     if any("lora_" in k for k in state):
@@ -139,7 +174,11 @@ def _export_full(checkpoint_dir, out, config, family, dtype, max_bytes) -> torch
     writer = ShardWriter(out, max_bytes)
     for name, tensor in state.items():
         for hf_name, value in convert_tensor(family, config, name, tensor).items():
+            if reward is not None and hf_name == "lm_head.weight":
+                continue  # a sequence classifier has a score head instead
             writer.add(hf_name, value.to(target))
+    if reward is not None:
+        writer.add("score.weight", reward["weight"].to(target))
     writer.close()
     return target
 

@@ -233,15 +233,18 @@ def run(
         log_interval=train.log_interval,
         resuming=resume_dir is not None,
     )
+    objective = make_objective(tokenizer, train)
     writer = CheckpointWriter(
         source_dir=spec.checkpoint_dir,
         hparams=hparams,
         prompt_style=getattr(data, "prompt_style", None),
         lora=spec.mode == "lora",
         precision=precision,
+        exclude_prefixes=objective.own_prefixes,
+        extras=objective.save_extras,
     )
     plan = LaunchPlan(
-        make_objective(tokenizer, train),
+        objective,
         train_data,
         val_data,
         tokenizer,
@@ -286,7 +289,9 @@ def _main(fabric: L.Fabric, plan: LaunchPlan) -> None:
     model = fabric.setup_module(build_model(fabric, plan.spec, plan.objective))
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = fabric.setup_optimizers(instantiate_torch_optimizer(optimizer_config(plan.optimizer), trainable))
-    load_checkpoint(fabric, model, plan.spec.checkpoint_dir / "lit_model.pth", strict=plan.spec.mode == "full")
+    # full mode loads strictly, except for modules the objective adds (a reward head starts fresh)
+    strict = plan.spec.mode == "full" and not plan.objective.own_prefixes
+    load_checkpoint(fabric, model, plan.spec.checkpoint_dir / "lit_model.pth", strict=strict)
     plan.objective.setup(fabric, model, plan.train_data, plan.val_data, plan.out_dir)
     fit(
         fabric,

@@ -80,6 +80,17 @@ class CheckpointWriter:
     prompt_style: PromptStyle | None
     lora: bool
     precision: str | None = None
+    exclude_prefixes: tuple[str, ...] = ()
+    """Keys of modules an objective added (a reward head): kept out of ``lit_model.pth``."""
+    extras: Any = None
+    """``extras(model, directory)`` writes the objective's own files (rank 0)."""
+
+    def _plain(self, state: dict) -> dict:
+        return (
+            {k: v for k, v in state.items() if not k.startswith(self.exclude_prefixes)}
+            if self.exclude_prefixes
+            else state
+        )
 
     def _save_model(self, fabric: L.Fabric, model: torch.nn.Module, directory: Path) -> None:
         """LoRA: only the LoRA tensors, as ``{"model": ...}`` (litgpt's ``.lora`` layout). Full: a *flat* state dict,
@@ -91,9 +102,9 @@ class CheckpointWriter:
             fabric.save(directory / "lit_model.pth", {"model": model})
             if fabric.global_rank == 0:
                 nested = torch.load(directory / "lit_model.pth", mmap=True, weights_only=True)
-                torch.save(nested["model"], directory / "lit_model.pth")
+                torch.save(self._plain(nested["model"]), directory / "lit_model.pth")
         elif fabric.global_rank == 0:
-            torch.save(unwrap(model).state_dict(), directory / "lit_model.pth")
+            torch.save(self._plain(unwrap(model).state_dict()), directory / "lit_model.pth")
 
     def _save_metadata(self, directory: Path) -> None:
         copy_config_files(self.source_dir, directory)
@@ -116,6 +127,8 @@ class CheckpointWriter:
             partial.mkdir(parents=True)
         fabric.barrier()
         self._save_model(fabric, model, partial)
+        if self.extras is not None and fabric.global_rank == 0:
+            self.extras(model, partial)
         if training_state is not None:
             fabric.save(partial / STATE_FILE, training_state)
             torch.save(rng_state(), partial / f"rng-rank{fabric.global_rank}.pth")
@@ -127,7 +140,7 @@ class CheckpointWriter:
 
                 litgpt_merge_lora(partial, pretrained_checkpoint_dir=self.source_dir, precision=self.precision)
             elif merge_lora and self.lora:
-                torch.save(merged_lora_state_dict(model), partial / "lit_model.pth")
+                torch.save(self._plain(merged_lora_state_dict(model)), partial / "lit_model.pth")
             shutil.rmtree(directory, ignore_errors=True)
             partial.rename(directory)
         fabric.barrier()

@@ -14,25 +14,49 @@ from litgpt_ext.training.objectives.base import Objective, strip_eos, unwrap
 
 
 @torch.no_grad()
-def validate(fabric: L.Fabric, model: nn.Module, objective: Objective, loader, max_iters: int) -> dict[str, float]:
+def validate(
+    fabric: L.Fabric, model: nn.Module, objective: Objective, loader, max_iters: int, step: int = 0
+) -> dict[str, float]:
     """The objective's loss and metrics over up to ``max_iters`` validation batches (all ranks), each batch weighted
-    by its number of samples, so a short last batch counts for what it holds."""
+    by its number of samples, so a short last batch counts for what it holds. Objectives whose metrics need every
+    row at once (AUROC) return per-row outputs instead; those are gathered from all ranks and summarized."""
     model.eval()
     sums: dict[str, torch.Tensor] = {}
+    rows: dict[str, list[torch.Tensor]] = {}
     weight = torch.zeros((), device=fabric.device)
     for k, batch in enumerate(loader):
         if k >= max_iters:
             break
+        outputs = objective.val_outputs(model, batch)
+        if outputs is not None:
+            for key, value in outputs.items():
+                rows.setdefault(key, []).append(value.detach())
+            continue
         loss, metrics = objective.compute(model, batch)
         n = objective.batch_size(batch)
         for key, value in {"loss": loss, **metrics}.items():
             sums[key] = sums.get(key, 0.0) + value.detach().float() * n
         weight += n
     model.train()
+    if rows:
+        gathered = {key: gather_rows(fabric, torch.cat(values)) for key, values in rows.items()}
+        return objective.summarize_val(gathered, step)
     total = fabric.all_reduce(weight, reduce_op="sum").clamp(min=1)
     means = {f"val_{key}": float(fabric.all_reduce(value, reduce_op="sum") / total) for key, value in sums.items()}
     means.update(objective.derived_val_metrics(means))
     return means
+
+
+def gather_rows(fabric: L.Fabric, values: torch.Tensor) -> torch.Tensor:
+    """Concatenate a 1-D tensor over ranks (ranks may hold different numbers of rows)."""
+    if fabric.world_size == 1:
+        return values.cpu()
+    count = fabric.all_gather(torch.tensor(len(values), device=fabric.device))
+    longest = int(count.max())
+    padded = torch.zeros(longest, dtype=values.dtype, device=fabric.device)
+    padded[: len(values)] = values
+    every = fabric.all_gather(padded)
+    return torch.cat([every[r, : int(count[r])] for r in range(fabric.world_size)]).cpu()
 
 
 @torch.no_grad()

@@ -103,13 +103,13 @@ def fit(
     mode = checkpoint.mode or objective.monitor_mode
 
     gpt = unwrap(model)
-    longest = max(_longest(train_dataset), _longest(val_dataset))
+    longest = max(_longest(train_dataset, objective), _longest(val_dataset, objective))
     gpt.max_seq_length = min(longest, train.max_seq_length or longest, gpt.config.block_size)
 
     progress = Progress()
     metrics_file = out_dir / "metrics.jsonl"
     if resume_dir is not None:
-        progress = _restore(fabric, model, optimizer, scheduler, resume_dir, writer.lora)
+        progress = _restore(fabric, model, optimizer, scheduler, resume_dir, writer.lora, objective)
         if fabric.global_rank == 0:
             _truncate_metrics(metrics_file, progress.step)
         fabric.print(f"Resumed from {resume_dir} at step {progress.step} (micro-batch {progress.iter})")
@@ -122,7 +122,7 @@ def fit(
     )
 
     def evaluate(step: int) -> dict[str, float]:
-        results = validate(fabric, model, objective, val_loader, eval.max_iters)
+        results = validate(fabric, model, objective, val_loader, eval.max_iters, step)
         can_generate = not (isinstance(fabric.strategy, FSDPStrategy) and fabric.world_size > 1)
         if eval.generate_samples and tokenizer is not None and can_generate:
             if fabric.global_rank == 0:
@@ -266,17 +266,18 @@ def fit(
     return report
 
 
-def _longest(dataset) -> int:
+def _longest(dataset, objective: Objective) -> int:
     if hasattr(dataset, "lengths"):  # packed data knows its lengths without touching a million samples
         return int(dataset.lengths().max()) if len(dataset) else 0
-    return max((len(sample["input_ids"]) for sample in dataset), default=0)
+    return max((objective.sample_length(sample) for sample in dataset), default=0)
 
 
-def _restore(fabric, model, optimizer, scheduler, resume_dir: Path, lora: bool) -> Progress:
+def _restore(fabric, model, optimizer, scheduler, resume_dir: Path, lora: bool, objective: Objective) -> Progress:
     if lora:
         fabric.load(resume_dir / "lit_model.pth.lora", {"model": model}, strict=False)
     else:
-        fabric.load_raw(resume_dir / "lit_model.pth", model)
+        fabric.load_raw(resume_dir / "lit_model.pth", model, strict=not objective.own_prefixes)
+    objective.load_extras(model, resume_dir)
     remainder = fabric.load(resume_dir / STATE_FILE, {"optimizer": optimizer, "scheduler": scheduler})
     progress = Progress(**remainder["progress"])
     rng_file = resume_dir / f"rng-rank{fabric.global_rank}.pth"

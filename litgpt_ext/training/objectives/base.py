@@ -48,9 +48,32 @@ class Objective:
         """Real (non-padding) tokens in a batch, for tokens/s (a tensor: no device sync per micro-batch)."""
         return batch["lengths"].sum()
 
+    def sample_length(self, sample: dict) -> int:
+        """Tokens of the longest row a sample becomes (sizes the model's context for the run)."""
+        return len(sample["input_ids"])
+
     def batch_size(self, batch: dict) -> int:
         """Samples in a batch (weights validation means)."""
         return len(batch["lengths"])
+
+    own_prefixes: tuple[str, ...] = ()
+    """State-dict key prefixes of modules the objective adds (a reward head): saved by :meth:`save_extras` beside the
+    weights, never in ``lit_model.pth``, so litgpt's tools keep reading it."""
+
+    def save_extras(self, model: nn.Module, directory) -> None:
+        """Write the objective's own files into a checkpoint directory (rank 0). Default: nothing."""
+
+    def load_extras(self, model: nn.Module, directory) -> None:
+        """Load them back when resuming. Default: nothing."""
+
+    def val_outputs(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor] | None:
+        """Per-row validation outputs (scores, labels, ...) for metrics that need the whole validation set (AUROC);
+        None (the default) means validation averages :meth:`compute`'s metrics instead."""
+        return None
+
+    def summarize_val(self, outputs: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+        """``val_*`` metrics from the concatenated :meth:`val_outputs` of every rank."""
+        return {}
 
     def derived_val_metrics(self, means: dict[str, float]) -> dict[str, float]:
         """Extra metrics computed from validation means (e.g. perplexity). Default: none."""
@@ -231,3 +254,30 @@ def answer_logps(
     finally:
         gpt.lm_head = original
     return HeadOutput(token_logps, head.mean_logits, head.extra_mean_logits)
+
+
+class _OnPositions(nn.Module):
+    """Stands in for ``lm_head`` during one forward: applies ``fn`` to the hidden rows at ``flat`` only."""
+
+    def __init__(self, flat: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.flat, self.fn = flat, fn
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.fn(hidden.reshape(-1, hidden.size(-1)).index_select(0, self.flat))
+
+
+def on_positions(
+    model: nn.Module, input_ids: torch.Tensor, flat: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """``fn(final hidden states at the row-major positions flat)`` from one forward of ``model`` (through its
+    Fabric/DDP wrapper); the LM head does not run unless ``fn`` calls it. Reward heads use it on the last token."""
+    gpt = unwrap(model)
+    if gpt.config.final_logit_softcapping:
+        raise NotImplementedError("models with final_logit_softcapping are not supported by this objective yet")
+    original = gpt.lm_head
+    gpt.lm_head = _OnPositions(flat, fn)
+    try:
+        return model(input_ids)
+    finally:
+        gpt.lm_head = original

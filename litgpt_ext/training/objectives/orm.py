@@ -1,0 +1,217 @@
+"""Outcome reward models: a score in [0, 1] for "is this candidate correct?", from the last token's hidden state.
+
+Heads (only the last non-padding position of each row reaches any of them):
+
+* ``yes_token`` — the model stays a causal LM; its LM head's logits for the answer tokens `` No`` / `` Yes`` at the
+  last prompt position are a 2-way classifier: ``loss = CE([l_no, l_yes], label)``,
+  ``score = P(Yes) / (P(Yes) + P(No)) = softmax([l_no, l_yes])[1]``.
+* ``classifier`` — a new bias-free ``Linear(hidden, 2)`` (HF's ``score`` layer), ``loss = CE``, ``score`` = P(class 1).
+* ``scalar`` — a new bias-free ``Linear(hidden, 1)``: ``--loss bce`` (pointwise, ``score = sigmoid(s)``) or
+  ``--loss pairwise`` (Bradley-Terry on (positive, negative) rows of the same question:
+  ``loss = -log sigmoid(s_pos - s_neg)``).
+
+``pos_weight`` weights the positive class (``auto``: negatives / positives of the training rows). The new heads start
+small (std 1e-3), so the first scores are ~0.5 and the pretrained features are not drowned. They live on the GPT
+module as ``orm_head`` (so optimizers, DDP and ``--resume`` see them) but are saved beside the weights
+(``orm_head.pth`` + ``orm_config.json``), keeping ``lit_model.pth`` a plain litgpt checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from litgpt_ext.training.objectives.base import Objective, on_positions, unwrap
+
+Head = Literal["yes_token", "classifier", "scalar"]
+Loss = Literal["bce", "pairwise"]
+HEAD_FILE, CONFIG_FILE = "orm_head.pth", "orm_config.json"
+
+
+def orm_collate(samples: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Rows (or pairs: positives then negatives, 2B rows), right-padded; ``last`` = flat index of each row's last
+    token (computed here, on the CPU)."""
+    if samples and samples[0].get("pair"):
+        rows = [s["pos"] for s in samples] + [s["neg"] for s in samples]
+    else:
+        rows = samples
+    ids = [r["input_ids"] for r in rows]
+    input_ids = nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=pad_id)
+    lengths = torch.tensor([len(i) for i in ids], dtype=torch.long)
+    return {
+        "input_ids": input_ids,
+        "lengths": lengths,
+        "last": torch.arange(len(rows)) * input_ids.size(1) + lengths - 1,
+        "labels": torch.tensor([r["label"] for r in rows], dtype=torch.long),
+        "groups": torch.tensor([zlib.crc32(r["group"].encode()) for r in rows], dtype=torch.long),
+        "pairs": torch.tensor(len(samples) if samples and samples[0].get("pair") else 0),
+    }
+
+
+def pairwise_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """Bradley-Terry: ``mean(-log sigmoid(s_pos - s_neg))``."""
+    return -F.logsigmoid(pos - neg).mean()
+
+
+def scores_from_logits(head: str, logits: torch.Tensor) -> torch.Tensor:
+    """The probability that a candidate is correct, from a head's output (``(B, 2)`` or ``(B, 1)``)."""
+    if logits.size(-1) == 2:
+        return torch.softmax(logits.float(), dim=-1)[:, 1]
+    return torch.sigmoid(logits.float()[:, 0])
+
+
+class ORMObjective(Objective):
+    name = "orm"
+    monitor = "val_auroc"
+    monitor_mode = "max"
+    plots = {
+        "loss.png": ("loss", ("loss", "val_loss")),
+        "auroc.png": ("AUROC / accuracy", ("val_auroc", "val_accuracy")),
+    }
+
+    def __init__(
+        self,
+        head: Head = "classifier",
+        loss: Loss = "bce",
+        pos_weight: float | str = 1.0,
+        yes_id: int | None = None,
+        no_id: int | None = None,
+        orm_prompt: str | None = None,
+        pad_id: int = 0,
+    ) -> None:
+        if head == "yes_token" and (yes_id is None or no_id is None):
+            raise ValueError("the yes_token head needs the token ids of ' Yes' and ' No'")
+        self.head, self.loss = head, loss
+        self.auto_weight = pos_weight == "auto"
+        self.pos_weight = 1.0 if self.auto_weight else float(pos_weight)
+        self.yes_id, self.no_id, self.orm_prompt, self.pad_id = yes_id, no_id, orm_prompt, pad_id
+        self.out_dir: Path | None = None
+
+    # -- model -------------------------------------------------------------------------------------------------------
+    def prepare_model(self, model: nn.Module) -> None:
+        if self.head == "yes_token":
+            return
+        gpt = unwrap(model)
+        outputs = 2 if self.head == "classifier" else 1
+        head = nn.Linear(gpt.config.n_embd, outputs, bias=False)
+        nn.init.normal_(head.weight, std=1e-3)
+        gpt.orm_head = head.to(next(gpt.parameters()).dtype)
+
+    def setup(self, fabric, model, train_data, val_data, out_dir) -> None:
+        self.out_dir = Path(out_dir)
+        if self.auto_weight:
+            labels = [s["label"] for s in train_data if "label" in s]
+            positives = sum(labels)
+            self.pos_weight = (len(labels) - positives) / positives if positives else 1.0
+            fabric.print(f"--pos_weight auto: positives weighted {self.pos_weight:.3f} (negatives / positives)")
+
+    def config(self) -> dict:
+        return {
+            "head": self.head,
+            "loss": self.loss if self.head == "scalar" else "cross_entropy",
+            "pos_weight": self.pos_weight,
+            "orm_prompt": self.orm_prompt,
+            "yes_id": self.yes_id,
+            "no_id": self.no_id,
+            "num_labels": {"yes_token": 2, "classifier": 2, "scalar": 1}[self.head],
+        }
+
+    # -- checkpoint files ----------------------------------------------------------------------------------------------
+    own_prefixes = ("orm_head.",)
+
+    def save_extras(self, model: nn.Module, directory: Path) -> None:
+        gpt = unwrap(model)
+        if hasattr(gpt, "orm_head"):
+            torch.save(gpt.orm_head.state_dict(), Path(directory) / HEAD_FILE)
+        (Path(directory) / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2))
+
+    def load_extras(self, model: nn.Module, directory: Path) -> None:
+        gpt = unwrap(model)
+        if hasattr(gpt, "orm_head"):
+            gpt.orm_head.load_state_dict(torch.load(Path(directory) / HEAD_FILE, weights_only=True))
+
+    # -- batches -----------------------------------------------------------------------------------------------------
+    def collate(self, samples: list[dict]) -> dict[str, torch.Tensor]:
+        return orm_collate(samples, self.pad_id)
+
+    def batch_size(self, batch: dict) -> int:
+        return len(batch["labels"])
+
+    def sample_length(self, sample: dict) -> int:
+        if sample.get("pair"):
+            return max(len(sample["pos"]["input_ids"]), len(sample["neg"]["input_ids"]))
+        return len(sample["input_ids"])
+
+    def prompt_and_reference(self, sample: dict, eos_id: int | None):
+        return None
+
+    def logits(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        """``(rows, 2)`` or ``(rows, 1)`` head outputs at each row's last token — one forward, no vocabulary-sized
+        logits except the yes/no columns' rows for ``yes_token``."""
+        gpt = unwrap(model)
+        if self.head == "yes_token":
+            lm_head, ids = gpt.lm_head, [self.no_id, self.yes_id]
+            return on_positions(model, batch["input_ids"], batch["last"], lambda rows: lm_head(rows)[:, ids])
+        return on_positions(model, batch["input_ids"], batch["last"], gpt.orm_head)
+
+    def row_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        weights = torch.where(labels == 1, self.pos_weight, 1.0).to(logits.device)
+        if logits.size(-1) == 2:
+            return F.cross_entropy(logits.float(), labels, reduction="none") * weights
+        return F.binary_cross_entropy_with_logits(logits.float()[:, 0], labels.float(), reduction="none") * weights
+
+    def compute(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits = self.logits(model, batch)
+        labels = batch["labels"]
+        pairs = int(batch["pairs"])
+        if pairs:
+            s = logits.float()[:, 0]
+            loss = pairwise_loss(s[:pairs], s[pairs:])
+            accuracy = (s[:pairs] > s[pairs:]).float().mean()
+            return loss, {"pair_accuracy": accuracy.detach()}
+        losses = self.row_losses(logits, labels)
+        weights = torch.where(labels == 1, self.pos_weight, 1.0).to(losses.device)
+        loss = losses.sum() / weights.sum()
+        scores = scores_from_logits(self.head, logits.detach())
+        return loss, {"accuracy": ((scores > 0.5).long() == labels).float().mean()}
+
+    # -- validation over the whole set ---------------------------------------------------------------------------------
+    def val_outputs(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        logits = self.logits(model, batch)
+        return {
+            "scores": scores_from_logits(self.head, logits),
+            "logits": logits.float()[:, -1] if logits.size(-1) == 1 else logits.float()[:, 1] - logits.float()[:, 0],
+            "labels": batch["labels"],
+            "groups": batch["groups"],
+            "losses": self.row_losses(logits, batch["labels"]),
+        }
+
+    def summarize_val(self, outputs: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+        from litgpt_ext.training.orm_metrics import orm_metrics, orm_plots
+
+        scores, labels = outputs["scores"], outputs["labels"]
+        if self.head == "scalar" and self.loss == "pairwise":
+            loss = group_pairwise_loss(outputs["logits"], labels, outputs["groups"])
+        else:
+            weights = torch.where(labels == 1, self.pos_weight, 1.0)
+            loss = float(outputs["losses"].sum() / weights.sum())
+        metrics = {"val_loss": loss, **orm_metrics(scores, labels)}
+        if self.out_dir is not None:
+            orm_plots(scores, labels, self.out_dir / "eval", step)
+        return metrics
+
+
+def group_pairwise_loss(logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> float:
+    """Bradley-Terry loss over every (positive, negative) pair of the same group."""
+    same = groups.unsqueeze(1) == groups.unsqueeze(0)
+    mask = same & (labels.unsqueeze(1) == 1) & (labels.unsqueeze(0) == 0)
+    if not mask.any():
+        return float("nan")
+    diff = logits.unsqueeze(1) - logits.unsqueeze(0)
+    return float(-F.logsigmoid(diff[mask]).mean())
