@@ -345,3 +345,18 @@ def test_export_sequence_classification_matches_our_logits(tiny_factory, tmp_pat
             attention_mask=(torch.arange(batch["input_ids"].size(1)) < batch["lengths"][:, None]).long(),
         ).logits
     torch.testing.assert_close(theirs, mine, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("model", ["llama", "gpt-neox", "phi", "mistral"])
+def test_scoring_fast_path_equals_the_plain_forward(tiny_factory, tmp_path, model):
+    """orm_score's forward (the last block's MLP on the last token only) == the training path's full forward."""
+    from litgpt_ext.reward.model import load_orm, score_rows
+    from litgpt_ext.training.objectives.orm import scores_from_logits
+
+    for head in ("classifier", "yes_token"):
+        ckpt = _orm_checkpoint(tiny_factory(model=model), tmp_path, head, model)
+        gpt, objective = load_orm(ckpt, torch.device("cpu"), torch.float32)
+        batch = _batch()
+        with torch.no_grad():
+            plain = scores_from_logits(objective.head, objective.logits(gpt, batch))
+        torch.testing.assert_close(score_rows(gpt, objective, batch), plain, rtol=1e-5, atol=1e-6)

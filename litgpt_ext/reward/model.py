@@ -40,3 +40,53 @@ def load_orm(checkpoint_dir: Path, device: torch.device, dtype: torch.dtype) -> 
         raise UserError(f"lit_model.pth lacks {len(missing)} weight(s), e.g. {missing[0]}", path=checkpoint_dir)
     model.reset_parameters()  # litgpt: recompute the RoPE cache on the real device
     return model.to(dtype=dtype).eval(), objective
+
+
+@torch.inference_mode()
+def last_token_hidden(gpt: GPT, input_ids: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    """Final hidden states (after ``ln_f``) at the row-major positions ``flat`` — litgpt's forward, except that the
+    last block's MLP (three quarters of a block's work) runs only at those positions, since nothing else reaches a
+    reward head. For scoring only: it calls the blocks directly, outside any training wrapper."""
+    config = gpt.config
+    T = input_ids.size(1)
+    cos, sin = gpt.cos[:T].unsqueeze(0), gpt.sin[:T].unsqueeze(0)
+    x = gpt.transformer.wte(input_ids)
+    if config.scale_embeddings:
+        x = x * torch.tensor(config.n_embd**0.5, dtype=x.dtype)
+
+    def rope(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if config.rope_indices is None:
+            return cos, sin
+        return cos[..., config.rope_indices[i]], sin[..., config.rope_indices[i]]
+
+    blocks = list(gpt.transformer.h)
+    for i, block in enumerate(blocks[:-1]):
+        x = block(x, *rope(i), None)
+    block = blocks[-1]
+    x_normed = block.norm_1(x)
+    attention = block.post_attention_norm(block.attn(x_normed, *rope(len(blocks) - 1), None))
+    if config.parallel_residual:
+        if not config.shared_attention_norm:
+            x_normed = block.norm_2(x)
+        x = attention + x
+        rows_normed = x_normed.reshape(-1, x.size(-1)).index_select(0, flat)
+        rows = x.reshape(-1, x.size(-1)).index_select(0, flat)
+    else:
+        x = attention + x
+        rows = x.reshape(-1, x.size(-1)).index_select(0, flat)
+        rows_normed = block.norm_2(rows)
+    rows = block.post_mlp_norm(block.mlp(rows_normed)) + rows
+    return gpt.transformer.ln_f(rows)
+
+
+@torch.inference_mode()
+def score_rows(gpt: GPT, objective: ORMObjective, batch: dict) -> torch.Tensor:
+    """Scores in [0, 1] of a collated batch (see :func:`last_token_hidden`)."""
+    from litgpt_ext.training.objectives.orm import scores_from_logits
+
+    hidden = last_token_hidden(gpt, batch["input_ids"], batch["last"])
+    if objective.head == "yes_token":
+        logits = gpt.lm_head(hidden)[:, [objective.no_id, objective.yes_id]]
+    else:
+        logits = gpt.orm_head(hidden)
+    return scores_from_logits(objective.head, logits)

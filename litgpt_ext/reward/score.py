@@ -22,8 +22,8 @@ from litgpt_ext.errors import UserError, require
 from litgpt_ext.generate.command import DTYPES, shard_output
 from litgpt_ext.generate.inputs import PromptRecord, parse_shard, read_prompts
 from litgpt_ext.io import JsonlAppender, read_jsonl_repairing
-from litgpt_ext.reward.model import load_orm
-from litgpt_ext.training.objectives.orm import orm_collate, scores_from_logits
+from litgpt_ext.reward.model import load_orm, score_rows
+from litgpt_ext.training.objectives.orm import orm_collate
 
 
 def _left_truncate(ids: list[int], limit: int, bos: int | None) -> list[int]:
@@ -33,11 +33,10 @@ def _left_truncate(ids: list[int], limit: int, bos: int | None) -> list[int]:
     return head + ids[len(ids) - (limit - len(head)) :]
 
 
-@torch.no_grad()
 def score_batch(model, objective, samples: list[dict], device) -> list[float]:
     batch = orm_collate(samples)
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    return scores_from_logits(objective.head, objective.logits(model, batch)).tolist()
+    return score_rows(model, objective, batch).float().tolist()
 
 
 def orm_score(

@@ -2,7 +2,7 @@
 reward-model training (finetune_orm --head classifier vs finetune_sft), in one run.
 
 Model: the ~35M-parameter llama-style checkpoint (32k vocabulary) with a classifier head; transformers loads its
-``export_hf`` copy. Scoring workload: length-mixed rows (10-400 tokens, uniform), the same batch size, fp32 CPU.
+``export_hf`` copy. Scoring workload: length-mixed rows (5-250 words, uniform; both sides cut rows to the 512-token context), the same batch size, fp32 CPU.
 Each side is timed from its first row to its last (model loading excluded): ours through ``orm_score`` (streamed
 JSONL, tokenization, length-sorted batches, last-token head, fsync'd output); transformers as a user would write it
 — rows in input order, HF tokenizer with padding to the batch's longest, ``model(**batch).logits``. Training: the same
@@ -29,7 +29,7 @@ import json, sys, time, torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 model_dir, rows_file, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
 tok = AutoTokenizer.from_pretrained(model_dir)
-tok.padding_side = "right"
+tok.padding_side, tok.truncation_side = "right", "left"  # as orm_score: keep the end of long rows
 model = AutoModelForSequenceClassification.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
 rows = [json.loads(l) for l in open(rows_file)]
 t0 = time.perf_counter()
@@ -37,7 +37,7 @@ scores = []
 with torch.no_grad():
     for i in range(0, len(rows), batch):
         texts = [f"Question: {r['question']}\nSQL: {r['sql']}\nIs the SQL correct?" for r in rows[i : i + batch]]
-        enc = tok(texts, return_tensors="pt", padding=True)
+        enc = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=model.config.max_position_embeddings)
         scores += torch.softmax(model(**enc).logits, -1)[:, 1].tolist()
 print(json.dumps({"rows": len(scores), "seconds": time.perf_counter() - t0}))
 """
@@ -48,7 +48,7 @@ def make_rows(path: Path, n: int, seed: int = 0) -> None:
     rng = random.Random(seed)
     rows = []
     for i in range(n):
-        length = rng.randint(5, 300)
+        length = rng.randint(5, 250)
         rows.append(
             {
                 "id": f"q{i // 4}#{i % 4}",
@@ -192,7 +192,7 @@ def main() -> None:
     score_ratio = [a / b for a, b in zip(results["orm_score"], results["transformers"])]
     train_ratio = [a / b for a, b in zip(results["finetune_orm"], results["finetune_sft"])]
     header = "bench-orm (smoke)" if args.smoke else (
-        f"bench-orm: ~35M-param llama-style model, 32k vocab, fp32 CPU; {n} length-mixed rows (5-300 words), "
+        f"bench-orm: ~35M-param llama-style model, 32k vocab, fp32 CPU; {n} length-mixed rows (5-250 words, cut to the 512-token context on both sides), "
         f"batch {args.batch}; {rounds} interleaved rounds: median (min-max)"
     )  # fmt: skip
     print("\n" + header)
