@@ -110,6 +110,17 @@ class _Builder:
         self.reasons[reason] += 1
         self.quarantine.append({"record_id": record_id, "reason": reason, **extra})
 
+    def samples_of(self, rec: Record, generations: dict[str, dict]) -> list[str] | None:
+        """The student's samples for a record, or None (quarantined: none generated, or an error record)."""
+        gen = generations.get(rec.id)
+        if gen is None:
+            self.drop(rec.id, "no_generations")
+        elif "error" in gen:
+            self.drop(rec.id, "generation_error", detail=gen["error"])
+        else:
+            return gen["texts"]
+        return None
+
     def pair(self, rec: Record, n: int, prompt: str, extra_input: str, chosen: str, rejected: str, **extra) -> None:
         row = {"id": f"{rec.id}#{n}", "record_id": rec.id, "prompt": prompt}
         if extra_input:
@@ -129,18 +140,15 @@ def teacher_vs_student(
     out = _Builder()
     for rec in records:
         prompt, extra_input = student.render(rec, records_path)
-        result, gen = teacher.get(rec.id), generations.get(rec.id)
+        result = teacher.get(rec.id)
         if result is None:
             out.drop(rec.id, "no_response")
             continue
         if result["status"] != "ok":
             out.drop(rec.id, f"teacher_{result.get('reason')}", detail=result.get("detail"))
             continue
-        if gen is None:
-            out.drop(rec.id, "no_generations")
-            continue
-        if "error" in gen:
-            out.drop(rec.id, "generation_error", detail=gen["error"])
+        texts = out.samples_of(rec, generations)
+        if texts is None:
             continue
         chosen_texts: list[str] = []
         for c_index, choice in enumerate(result["choices"]):
@@ -149,7 +157,7 @@ def teacher_vs_student(
             except (ValueError, AttributeError) as err:
                 out.drop(rec.id, "parse_error", choice=c_index, detail=str(err))
         chosen_texts = [t for _, t in distinct(chosen_texts)]
-        samples = list(distinct(gen["texts"]))
+        samples = list(distinct(texts))
         if not samples:
             out.drop(rec.id, "no_student_text")
             continue
@@ -198,17 +206,13 @@ def judge_requests(
     prompts: dict[str, tuple[str, str]] = {}
     for rec in records:
         prompt, extra_input = student.render(rec, records_path)
-        gen = generations.get(rec.id)
-        if gen is None:
-            out.drop(rec.id, "no_generations")
-            continue
-        if "error" in gen:
-            out.drop(rec.id, "generation_error", detail=gen["error"])
+        texts = out.samples_of(rec, generations)
+        if texts is None:
             continue
         prompts[rec.id] = (prompt, extra_input)
         graded[rec.id] = []
         shown = prompt + (f"\n\n{extra_input}" if extra_input else "")
-        for k, text in distinct(gen["texts"]):
+        for k, text in distinct(texts):
             fields = {**rec.fields, "student_prompt": shown, "student_answer": text}
             messages = [{"role": "system", "content": template.system}] if template.system else []
             messages.append({"role": "user", "content": template.render(fields, (records_path, rec.line))})

@@ -457,8 +457,19 @@ def _sql_stage(student: Path) -> list[tuple[str, Path]]:
 def _orm_stage(student: Path) -> list[tuple[str, Path]]:
     """Outcome reward model on the labelled SQL candidates: train a classifier head with LoRA, score every candidate
     of every question (distill_sql_label --version eval keeps them all), and rerank best-of-N."""
+    import json
+    import random
+
     sql = RUN / "sql"
     questions, db_dir = sql / "questions.jsonl", sql / "database"
+    # best-of-N needs N candidates in sampling order: the gold + mutations, shuffled (seeded) per question
+    rng = random.Random(0)
+    shuffled = []
+    for line in (sql / "mutations.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        rng.shuffle(row["generations"])
+        shuffled.append(json.dumps({"id": row["id"], "generations": row["generations"]}) + "\n")
+    (sql / "candidates_shuffled.jsonl").write_text("".join(shuffled))
     litgpt_ext(
         "distill_sql_label",
         "--questions",
@@ -466,7 +477,7 @@ def _orm_stage(student: Path) -> list[tuple[str, Path]]:
         "--db_dir",
         rel(db_dir),
         "--candidates",
-        f"[{rel(sql / 'mutations.jsonl')}]",
+        f"[{rel(sql / 'candidates_shuffled.jsonl')}]",
         "--out_dir",
         rel(sql / "eval"),
         "--version",
@@ -481,17 +492,25 @@ def _orm_stage(student: Path) -> list[tuple[str, Path]]:
         "finetune_orm",
         rel(student),
         "--data",
+        "OrmData",
+        "--data.path",
         rel(sql / "v1" / "train.jsonl"),
+        "--data.val_split_fraction",
+        0.25,
         "--head",
         "classifier",
         "--mode",
         "lora",
+        "--lora_r",
+        16,
+        "--lora_mlp",
+        "true",
         "--out_dir",
         rel(out),
         "--precision",
         "32-true",
         "--train.max_steps",
-        30,
+        80,
         "--train.epochs",
         "null",
         "--train.global_batch_size",
@@ -499,11 +518,11 @@ def _orm_stage(student: Path) -> list[tuple[str, Path]]:
         "--train.micro_batch_size",
         16,
         "--train.lr_warmup_steps",
-        3,
+        5,
         "--optimizer.lr",
-        2e-3,
+        3e-3,
         "--eval.interval",
-        15,
+        40,
         "--eval.initial_validation",
         "true",
     )
