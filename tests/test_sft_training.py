@@ -270,3 +270,37 @@ def test_fsdp_without_gpu_is_a_clear_error(tiny_checkpoint, tmp_path):
         "2",
     )
     assert result.returncode == 2 and "strategy: fsdp needs CUDA GPUs" in result.stderr.strip().splitlines()[-1]
+
+
+def _json_rows(n: int = 24) -> list[dict]:
+    towns = ["Ivel", "Orra", "Bask", "Tume"]
+    return [
+        {"instruction": f"What does {towns[i % 4]} sell?", "input": "", "output": f" item {i % 4}"} for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize("layout", ["dir", "file"])
+def test_litgpts_own_json_datamodule_trains(tiny_checkpoint, tmp_path, layout):
+    """litgpt's JSON DataModule fills test_dataset (its validation split) and leaves val_dataset None: both the
+    tutorial's directory layout (train.json + val.json) and a single file with val_split_fraction must train."""
+    from litgpt.data import JSON
+
+    if layout == "dir":
+        (tmp_path / "data").mkdir()
+        (tmp_path / "data" / "train.json").write_text(json.dumps(_json_rows(24)))
+        (tmp_path / "data" / "val.json").write_text(json.dumps(_json_rows(6)))
+        data = JSON(json_path=tmp_path / "data")
+    else:
+        (tmp_path / "data.json").write_text(json.dumps(_json_rows(30)))
+        data = JSON(json_path=tmp_path / "data.json", val_split_fraction=0.2)
+    setup(
+        tiny_checkpoint,
+        data=data,
+        out_dir=tmp_path / "out",
+        mode="lora",
+        precision="32-true",
+        train=TrainArgs(max_steps=2, epochs=None, global_batch_size=4, micro_batch_size=4, lr_warmup_steps=0),
+        eval=EvalArgs(interval=1, max_iters=2),
+    )
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert any("val_loss" in r for r in rows) and (tmp_path / "out" / "final" / "lit_model.pth").is_file()

@@ -74,10 +74,21 @@ def resolve_data(data: DataModule | Path | str | None, default: type[DataModule]
 
 
 def datasets_of(data: DataModule) -> tuple[Sequence, Sequence]:
-    """Our DataModules expose datasets (sequences of samples); for litgpt's own, take them from their dataloaders."""
-    if hasattr(data, "train_dataset") and hasattr(data, "val_dataset"):
-        return data.train_dataset, data.val_dataset
-    return data.train_dataloader().dataset, data.val_dataloader().dataset
+    """The (train, validation) datasets of a DataModule. Ours expose both; litgpt's ``JSON`` (and others) declare a
+    ``val_dataset`` field but fill ``test_dataset`` (their validation split), so that is taken when it is the one
+    set; DataModules exposing neither give them through their dataloaders."""
+    train = getattr(data, "train_dataset", None)
+    val = getattr(data, "val_dataset", None)
+    if val is None:
+        val = getattr(data, "test_dataset", None)
+    if train is None or val is None:
+        train = train if train is not None else data.train_dataloader().dataset
+        val = val if val is not None else data.val_dataloader().dataset
+    if not len(train):
+        raise UserError("the data has no training samples", field="data")
+    if not len(val):
+        raise UserError("the data has no validation samples (set a val split)", field="data")
+    return train, val
 
 
 def preference_data(checkpoint_dir: Path, prompt_style: str | None, max_prompt_length: int | None) -> dict:
