@@ -153,6 +153,9 @@ def distill_convert(
                 seen[triple] = rec.id
                 split.append({"id": rec.id, "instruction": prompt, "input": extra_input, "output": output})
 
+    if not train and not val:
+        counts = ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items())) or "no records"
+        raise UserError(f"no examples: every record was dropped ({counts})", path=responses, field="responses")
     out_dir = Path(out_dir)
     atomic_write_json(out_dir / "train.json", train)
     atomic_write_json(out_dir / "val.json", val)

@@ -112,7 +112,12 @@ def read_jsonl_repairing(path: str | Path) -> Iterator[dict]:
     if not path.exists():
         return
     repair_torn_tail(path)
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
+    with open(path, encoding="utf-8", errors="strict") as fh:
+        for n, line in enumerate(fh, start=1):
             if line.strip():
-                yield json.loads(line)
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as err:  # not a torn tail (that was repaired): the file is damaged
+                    from litgpt_ext.errors import UserError
+
+                    raise UserError(f"invalid JSON ({err.msg}); not written by this tool?", path=path, line=n) from None

@@ -14,6 +14,7 @@ from distill.convert import distill_convert, parse_output
 from distill.tokenize import distill_tokenize
 from litgpt_ext.data.encode import batch_encode
 from litgpt_ext.data.pretokenized import load_pretokenized
+from litgpt_ext.errors import UserError
 
 
 def _cache_line(key, ids, contents, status="ok", reason=None):
@@ -202,3 +203,19 @@ def test_tokenize_truncates_reports_and_trains(tiny_checkpoint, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Alpaca" in (tmp_path / "out" / "final" / "prompt_style.yaml").read_text()
+
+
+def test_convert_refuses_damaged_responses_and_zero_examples(tmp_path):
+    records = tmp_path / "records.jsonl"
+    records.write_text('{"id": "1", "title": "t", "body": "b"}\n{"id": "2", "title": "t", "body": "b"}\n')
+    good = '{"key": "a", "ids": ["1"], "status": "ok", "choices": [{"content": "query one"}]}\n'
+    responses = tmp_path / "responses.jsonl"
+    responses.write_text(good + "not json at all\n" + good.replace('"a"', '"b"').replace('"1"', '"2"'))
+    args = dict(records=records, responses=responses, out_dir=tmp_path / "out", instruction="{title}")
+    with pytest.raises(UserError, match=r"responses.jsonl:2: invalid JSON"):
+        distill_convert(**args)
+    failed = '{"key": "a", "ids": ["1", "2"], "status": "failed", "reason": "length", "choices": []}\n'
+    responses.write_text(failed)
+    with pytest.raises(UserError, match=r"no examples: every record was dropped \(teacher_length 2\)"):
+        distill_convert(**args)
+    assert not (tmp_path / "out").exists()
