@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/python -m litgpt_ext.demo
+	$(BIN)/python -m distill.demo
 
 test: install
 	$(BIN)/ruff check -q .

@@ -13,12 +13,12 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from distill.prompts import template_or_text
 from distill.records import read_records
 from distill.teacher.cache import ResponseCache
 from litgpt_ext.data.split import in_val
 from litgpt_ext.errors import UserError, require
 from litgpt_ext.io import atomic_write_json, atomic_write_text
+from litgpt_ext.templates import template_or_text
 
 _LIST_MARK = re.compile(r"^\s*(?:[-*•]|\d+[.)]|\(\d+\))\s+")
 

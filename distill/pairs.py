@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Literal
 
 from distill.convert import StudentPrompt, TeacherResponses, check_parser, normalize, parse_output
-from distill.prompts import template_or_text
 from distill.records import Record, read_records
 from distill.teacher.requests import ChatRequest, make_body, request_key
 from distill.teacher.run import TeacherArgs, query_teacher
 from litgpt_ext.data.records import iter_jsonl
 from litgpt_ext.errors import EXIT_INCOMPLETE, UserError, require
 from litgpt_ext.io import atomic_write_json, atomic_write_text
+from litgpt_ext.templates import template_or_text
 
 
 def sibling(out: Path, suffix: str) -> Path:

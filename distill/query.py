@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from distill.prompts import template_or_text
 from distill.records import read_records
 from distill.teacher.requests import ChatRequest, build_requests, read_message_requests
 from distill.teacher.run import TeacherArgs, query_teacher
 from litgpt_ext.errors import UserError
+from litgpt_ext.templates import template_or_text
 
 
 def _requests(records, prompt, messages, system_prompt, model, params) -> list[ChatRequest]:

@@ -7,12 +7,12 @@ import json
 import sqlite3
 from pathlib import Path
 
-from distill.prompts import template_or_text
 from distill.sql.mutate import mutate as make_mutations
 from distill.sql.questions import read_questions
 from distill.sql.schema import connect_ro, db_path, schema_text
 from litgpt_ext.errors import UserError, require
 from litgpt_ext.io import atomic_write_text
+from litgpt_ext.templates import template_or_text
 
 
 def table_columns(path: Path) -> dict[str, list[str]]:

@@ -7,9 +7,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distill.prompts import Template
 from distill.records import Record, read_records
 from litgpt_ext.errors import UserError
+from litgpt_ext.templates import Template
 
 
 @dataclass

@@ -21,6 +21,7 @@ from litgpt_ext.generate.engine import Engine, Job, Settings
 from litgpt_ext.generate.inputs import PromptRecord, Shard, parse_shard, read_prompts
 from litgpt_ext.io import JsonlAppender, read_jsonl_repairing
 from litgpt_ext.prompts import apply_style, resolve_prompt_style
+from litgpt_ext.templates import load_template
 
 DTYPES = {
     "bf16-true": torch.bfloat16,
@@ -158,8 +159,6 @@ def _run(fabric: L.Fabric, a: GenerateArgs) -> None:
     style = resolve_prompt_style(a.prompt_style, a.checkpoint_dir, config)
     template = None
     if a.prompt_template is not None:
-        from distill.prompts import load_template
-
         template = load_template(Path(a.prompt_template))
 
     def render(record: dict, line: int) -> str:
