@@ -332,6 +332,8 @@ def distill_pairs(
     if min_margin < 0:
         raise UserError(f"must be >= 0, got {min_margin}", field="min_margin")
     check_parser(parser)
+    if mode == "judge":
+        teacher.validate("teacher.")
     record_list = read_records(records_path)
     student = StudentPrompt(instruction, input)
     samples = read_generations(Path(require(generations, "generations")))

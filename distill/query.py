@@ -128,5 +128,8 @@ def distill_query(
         poll_interval=poll_interval,
         wait=wait,
     )
+    teacher.validate()
+    if n < 1:
+        raise UserError(f"must be >= 1, got {n}", field="n")
     requests = _requests(records, prompt, messages, system_prompt, model, teacher.params(n, stop))
     query_teacher(requests, Path(out), teacher)

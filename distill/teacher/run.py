@@ -76,6 +76,26 @@ class TeacherArgs:
     wait: bool = True
     """In batch mode, wait until every batch is finished (false: submit/poll once and exit; rerun later)."""
 
+    def validate(self, prefix: str = "") -> None:
+        """Numbers that make no sense stop the command before anything is read or sent."""
+        from litgpt_ext.checks import above, at_least, within
+
+        within(prefix + "temperature", self.temperature, 0.0, 2.0)
+        within(prefix + "top_p", self.top_p, 0.0, 1.0, low_open=True)
+        at_least(prefix + "max_tokens", self.max_tokens, 1)
+        at_least(prefix + "concurrency", self.concurrency, 1)
+        at_least(prefix + "rpm", self.rpm, 1)
+        at_least(prefix + "tpm", self.tpm, 1)
+        above(prefix + "timeout", self.timeout, 0)
+        at_least(prefix + "max_attempts", self.max_attempts, 1)
+        at_least(prefix + "retry_invalid", self.retry_invalid, 0)
+        above(prefix + "price_in", self.price_in, -1e-12)
+        above(prefix + "price_out", self.price_out, -1e-12)
+        above(prefix + "max_cost_usd", self.max_cost_usd, 0)
+        at_least(prefix + "batch_max_requests", self.batch_max_requests, 1)
+        at_least(prefix + "batch_max_bytes", self.batch_max_bytes, 1)
+        above(prefix + "poll_interval", self.poll_interval, 0)
+
     def params(self, n: int = 1, stop: list[str] | None = None) -> dict:
         """The sampling part of a request body (part of each request's cache key)."""
         return {

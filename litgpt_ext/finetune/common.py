@@ -106,6 +106,29 @@ def with_max_length(train: TrainArgs, max_length: int | None) -> TrainArgs:
     return train if max_length is None else dataclasses.replace(train, max_seq_length=max_length)
 
 
+def check_numbers(train: TrainArgs, eval: EvalArgs, spec: ModelSpec) -> None:
+    """Every finetune command's numeric flags, checked before any data is read."""
+    from litgpt_ext.checks import above, at_least, within
+
+    at_least("train.micro_batch_size", train.micro_batch_size, 1)
+    at_least("train.global_batch_size", train.global_batch_size, train.micro_batch_size)
+    at_least("train.max_steps", train.max_steps, 1)
+    at_least("train.epochs", train.epochs, 1)
+    at_least("train.lr_warmup_steps", train.lr_warmup_steps, 0)
+    within("train.lr_warmup_fraction", train.lr_warmup_fraction, 0.0, 1.0)
+    at_least("train.max_seq_length", train.max_seq_length, 1)
+    at_least("train.save_interval", train.save_interval, 1)
+    at_least("train.log_interval", train.log_interval, 1)
+    above("train.max_norm", train.max_norm, 0)
+    at_least("train.min_lr", train.min_lr, 0.0)
+    at_least("eval.interval", eval.interval, 1)
+    at_least("eval.max_iters", eval.max_iters, 1)
+    if spec.mode == "lora":
+        at_least("lora_r", spec.lora.get("lora_r"), 1)
+        above("lora_alpha", spec.lora.get("lora_alpha"), 0)
+        within("lora_dropout", spec.lora.get("lora_dropout"), 0.0, 1.0)
+
+
 def optimizer_config(optimizer: str | dict) -> str | dict:
     """litgpt's optimizer forms, plus a shorthand: ``--optimizer.lr 3e-4`` alone means AdamW with those args."""
     if isinstance(optimizer, dict) and "class_path" not in optimizer:
@@ -216,6 +239,7 @@ def run(
     ``data_class`` is the DataModule a bare ``--data PATH`` means; ``connect`` adds method-specific arguments to its
     ``connect`` call (the prompt style and prompt length limit of preference data)."""
     train, eval, checkpoint = train or TrainArgs(), eval or EvalArgs(), checkpoint or CheckpointArgs()
+    check_numbers(train, eval, spec)
     check_checkpoint_dir(spec.checkpoint_dir)
     data = resolve_data(data, data_class)
     out_dir = Path(out_dir)

@@ -8,6 +8,7 @@ from typing import Literal
 from litgpt.data import DataModule
 from litgpt.types import LoggerChoice
 
+from litgpt_ext.checks import above, at_least, within
 from litgpt_ext.errors import UserError
 from litgpt_ext.finetune.common import (
     Strategy,
@@ -139,6 +140,11 @@ def setup(
     """
     hparams = hyperparameters(setup, locals())
     spec = model_spec(checkpoint_dir, mode, locals())
+    above("beta", beta, 0)
+    within("label_smoothing", label_smoothing, 0.0, 0.5)
+    at_least("rpo_alpha", rpo_alpha, 0.0)
+    at_least("max_prompt_length", max_prompt_length, 1)
+    at_least("max_length", max_length, 2)
     check_checkpoint_dir(spec.checkpoint_dir)
     if ref_checkpoint_dir is not None:
         check_checkpoint_dir(Path(ref_checkpoint_dir))

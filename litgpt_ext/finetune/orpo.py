@@ -8,6 +8,7 @@ from typing import Literal
 from litgpt.data import DataModule
 from litgpt.types import LoggerChoice
 
+from litgpt_ext.checks import above, at_least
 from litgpt_ext.finetune.common import (
     Strategy,
     check_checkpoint_dir,
@@ -116,6 +117,9 @@ def setup(
     """
     hparams = hyperparameters(setup, locals())
     spec = model_spec(checkpoint_dir, mode, locals())
+    above("beta", beta, 0)
+    at_least("max_prompt_length", max_prompt_length, 1)
+    at_least("max_length", max_length, 2)
     check_checkpoint_dir(spec.checkpoint_dir)
 
     def make_objective(tokenizer, train_args: TrainArgs) -> ORPOObjective:

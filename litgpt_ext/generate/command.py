@@ -15,6 +15,7 @@ from litgpt.model import GPT
 from litgpt.tokenizer import Tokenizer
 from tqdm import tqdm
 
+from litgpt_ext.checks import at_least, within
 from litgpt_ext.errors import UserError, require
 from litgpt_ext.finetune.common import check_checkpoint_dir
 from litgpt_ext.generate.engine import Engine, Job, Settings
@@ -116,6 +117,14 @@ def generate_batch(
     """
     checkpoint_dir = Path(checkpoint_dir)
     input, output = Path(require(input, "input")), Path(require(output, "output"))
+    at_least("max_new_tokens", max_new_tokens, 1)
+    at_least("temperature", temperature, 0.0)
+    at_least("top_k", top_k, 1)
+    within("top_p", top_p, 0.0, 1.0, low_open=True)
+    at_least("num_samples", num_samples, 1)
+    at_least("max_batch_size", max_batch_size, 1)
+    at_least("window", window, 1)
+    at_least("devices", devices, 1)
     check_checkpoint_dir(checkpoint_dir)
     if not input.is_file():
         raise UserError("file not found", path=input, field="input")
