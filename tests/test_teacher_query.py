@@ -304,3 +304,34 @@ def test_ready_chat_messages_file(tmp_path, api_key):
     msgs.write_text(json.dumps({"id": "c", "messages": [{"role": "user"}]}) + "\n")
     with pytest.raises(UserError, match=r"messages.jsonl:1: messages: message 0 needs a role and string content"):
         distill_query(messages=msgs, out=out, dry_run=True)
+
+
+@pytest.mark.parametrize("fault", ["cut_body", "not_completion"])
+def test_a_200_with_a_bad_body_is_retried_then_quarantined_never_a_traceback(tmp_path, api_key, fault):
+    records = write_records(tmp_path / "records.jsonl", 30)
+    out = tmp_path / "responses.jsonl"
+    with FakeOpenAI(ServerConfig(api_key=KEY, fault_rate=0.3, faults=(fault,), seed=5)) as server:
+        distill_query(records=records, prompt=PROMPT, out=out, base_url=server.base_url, concurrency=4, max_attempts=6)
+        assert server.state.faults_injected > 0
+    results = _results(out)
+    assert len(results) == 30 and all(r["status"] == "ok" for r in results.values())  # retried like a 5xx
+    with FakeOpenAI(ServerConfig(api_key=KEY, fault_rate=1.0, faults=(fault,))) as server:
+        out2 = tmp_path / "all-bad.jsonl"
+        distill_query(records=records, prompt=PROMPT, out=out2, base_url=server.base_url, concurrency=4, max_attempts=2)
+    reasons = {r["reason"] for r in _results(out2).values()}
+    assert reasons == {"invalid_response_body"}
+
+
+def test_an_unreachable_endpoint_stops_at_once_and_caches_nothing(tmp_path, api_key):
+    import socket
+
+    records = write_records(tmp_path / "records.jsonl", 20)
+    out = tmp_path / "responses.jsonl"
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.monotonic()
+    with pytest.raises(UserError, match=rf"base_url: cannot reach http://127.0.0.1:{port}/v1/"):
+        distill_query(records=records, prompt=PROMPT, out=out, base_url=f"http://127.0.0.1:{port}/v1", concurrency=4)
+    assert time.monotonic() - t0 < 15
+    assert _results(out) == {} if out.exists() else True  # nothing cached: a rerun sends every request

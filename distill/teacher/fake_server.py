@@ -31,6 +31,7 @@ class ServerConfig:
     fault_rate: float = 0.0
     """Fraction of chat requests answered with an injected transport/server fault."""
     faults: tuple[str, ...] = ("500", "503", "429", "drop", "stall")
+    """Fault kinds drawn from; also available: ``cut_body`` (a 200 with truncated JSON), ``not_completion``."""
     stall_s: float = 3.0
     bad_answer_rate: float = 0.0
     """Fraction of requests whose answer is cut (length), filtered, or invalid JSON when JSON was requested."""
@@ -247,6 +248,11 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._error(504, "stalled")
             if fault == "429":
                 return self._error(429, "Injected rate limit.", "rate_limit_exceeded", {"retry-after-ms": "50"})
+            if fault == "cut_body":  # a 200 whose JSON a proxy cut short
+                whole = json.dumps(self._completion(body, prompt_tokens, False)).encode()
+                return self._send(200, whole[: len(whole) // 2], headers)
+            if fault == "not_completion":  # a 200 with valid JSON that is not a chat completion
+                return self._send(200, {"status": "ok"}, headers)
             return self._error(int(fault), "Injected server error.", "server_error")
         self._send(200, self._completion(body, prompt_tokens, bad_roll < cfg.bad_answer_rate), headers)
         with state.lock:

@@ -12,6 +12,7 @@ Retry policy (the client's own retries are off so there is one policy, visible h
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import signal
 from dataclasses import dataclass
@@ -30,7 +31,12 @@ RETRY_STATUS = {408, 409, 429}
 
 
 class FatalAPIError(UserError):
-    """The server refused our credentials or permissions: stop everything."""
+    """The server refused our credentials or permissions, or cannot be reached at all: stop everything."""
+
+
+UNREACHABLE_AFTER = 6
+"""Consecutive connection failures, with no response ever received, after which the endpoint counts as unreachable:
+the run stops with one line and caches nothing, so a rerun sends every request."""
 
 
 @dataclass
@@ -77,6 +83,8 @@ class LiveRunner:
         self.stats = RunStats()
         self._reserved = 0.0
         self._stop = asyncio.Event()
+        self._reached = False  # any HTTP response at all (an error status counts) proves the endpoint is there
+        self._refused_in_a_row = 0
 
     # -- budget --------------------------------------------------------------------------------------------------
     def _estimate(self, req: ChatRequest) -> tuple[int, float]:
@@ -103,8 +111,11 @@ class LiveRunner:
             self.stats.sent += 1
             try:
                 raw = await self.client.chat.completions.with_raw_response.create(**req.body, timeout=self.timeout)
+                self._reached, self._refused_in_a_row = True, 0
                 self.limiter.observe(raw.headers)
                 completion = raw.parse().model_dump()
+                if not isinstance(completion.get("choices"), list):
+                    raise ValueError("the body has no choices")
             except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
                 raise FatalAPIError(
                     f"the API refused the request ({err.status_code}): {_message(err)}; check the "
@@ -124,8 +135,24 @@ class LiveRunner:
                     continue
                 return failure_row(req, f"http_{err.status_code}", _message(err), attempt, "live")
             except (openai.APITimeoutError, openai.APIConnectionError) as err:
+                if not isinstance(err, openai.APITimeoutError) and not self._reached:
+                    self._refused_in_a_row += 1
+                    if self._refused_in_a_row >= UNREACHABLE_AFTER:
+                        raise FatalAPIError(
+                            f"cannot reach {self.client.base_url} ({type(err).__name__}: {err}); nothing was cached, "
+                            "rerun when the endpoint is up",
+                            field="base_url",
+                        ) from None
                 if attempt >= self.policy.max_attempts:
                     return failure_row(req, type(err).__name__, str(err), attempt, "live")
+                self.stats.retries += 1
+                await asyncio.sleep(self.policy.backoff(attempt, None))
+                continue
+            except (json.JSONDecodeError, ValueError, TypeError, openai.APIResponseValidationError) as err:
+                # a 200 whose body is cut short or not a completion (a proxy, a load balancer): like a 5xx
+                self._reached = True
+                if attempt >= self.policy.max_attempts:
+                    return failure_row(req, "invalid_response_body", f"{type(err).__name__}: {err}", attempt, "live")
                 self.stats.retries += 1
                 await asyncio.sleep(self.policy.backoff(attempt, None))
                 continue
