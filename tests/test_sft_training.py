@@ -304,3 +304,28 @@ def test_litgpts_own_json_datamodule_trains(tiny_checkpoint, tmp_path, layout):
     )
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert any("val_loss" in r for r in rows) and (tmp_path / "out" / "final" / "lit_model.pth").is_file()
+
+
+def test_optional_logger_missing_is_one_line_and_tensorboard_writes_events(tiny_checkpoint, tmp_path, monkeypatch):
+    import importlib.util
+
+    from litgpt_ext.errors import UserError
+
+    args = dict(
+        data=DEMO / "qa.json",
+        mode="lora",
+        precision="32-true",
+        train=TrainArgs(max_steps=2, epochs=None, global_batch_size=4, micro_batch_size=4, lr_warmup_steps=0),
+        eval=EvalArgs(interval=1, max_iters=1),
+        logger_name="tensorboard",
+    )
+    real = importlib.util.find_spec
+    with monkeypatch.context() as m:  # a fresh install without the extra
+        m.setattr(importlib.util, "find_spec", lambda name, *a: None if "tensorboard" in name else real(name, *a))
+        with pytest.raises(
+            UserError, match=r"logger_name: tensorboard needs .*pip install 'litgpt-distill\[tensorboard\]'"
+        ):
+            setup(tiny_checkpoint, out_dir=tmp_path / "missing", **args)
+    assert not (tmp_path / "missing").exists()
+    setup(tiny_checkpoint, out_dir=tmp_path / "tb", **args)  # the test extra installs it
+    assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))

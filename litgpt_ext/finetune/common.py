@@ -151,6 +151,31 @@ def _number(value):
     return [_number(v) for v in parsed] if isinstance(parsed, list) else parsed
 
 
+LOGGER_EXTRAS = {
+    "tensorboard": (("tensorboard", "tensorboardX"), "tensorboard"),
+    "wandb": (("wandb",), "wandb"),
+    "mlflow": (("mlflow",), "mlflow"),
+    "litlogger": (("litlogger",), "litlogger"),
+}
+"""--logger_name -> (modules any of which makes it work, the extra of this package that installs one)."""
+
+
+def check_logger(logger_name: str) -> None:
+    """An optional logger whose package is missing stops the command at start with the extra to install, before
+    any data is read (not an 11-frame traceback after the model is built)."""
+    import importlib.util
+
+    if logger_name not in LOGGER_EXTRAS:
+        return
+    modules, extra = LOGGER_EXTRAS[logger_name]
+    if not any(importlib.util.find_spec(m) for m in modules):
+        raise UserError(
+            f"{logger_name} needs {' or '.join(modules)}: pip install 'litgpt-distill[{extra}]' "
+            f"(or use --logger_name csv)",
+            field="logger_name",
+        )
+
+
 def make_fabric(
     devices: int | str,
     num_nodes: int,
@@ -240,6 +265,7 @@ def run(
     ``connect`` call (the prompt style and prompt length limit of preference data)."""
     train, eval, checkpoint = train or TrainArgs(), eval or EvalArgs(), checkpoint or CheckpointArgs()
     check_numbers(train, eval, spec)
+    check_logger(logger_name)
     check_checkpoint_dir(spec.checkpoint_dir)
     data = resolve_data(data, data_class)
     out_dir = Path(out_dir)
