@@ -8,7 +8,7 @@ from typing import Literal
 from distill.records import read_records
 from distill.teacher.requests import ChatRequest, build_requests, read_message_requests
 from distill.teacher.run import TeacherArgs, query_teacher
-from litgpt_ext.errors import UserError
+from litgpt_ext.errors import EXIT_INCOMPLETE, UserError
 from litgpt_ext.templates import template_or_text
 
 
@@ -132,4 +132,10 @@ def distill_query(
     if n < 1:
         raise UserError(f"must be >= 1, got {n}", field="n")
     requests = _requests(records, prompt, messages, system_prompt, model, teacher.params(n, stop))
-    query_teacher(requests, Path(out), teacher)
+    cache = query_teacher(requests, Path(out), teacher)
+    if cache is not None and cache.unfinished:
+        print(
+            f"{cache.unfinished:,} request(s) failed or unanswered: rerun to continue "
+            f"(--retry_failed true re-sends failures); exit code {EXIT_INCOMPLETE}"
+        )
+        raise SystemExit(EXIT_INCOMPLETE)

@@ -26,23 +26,28 @@ def _results(path):
     return {r["key"]: r for r in map(json.loads, path.read_text().splitlines()) if "status" in r}
 
 
-def _query(records, out, server, **kw):
-    distill_query(
-        records=records, prompt=PROMPT, out=out, base_url=server.base_url, mode="batch", poll_interval=0.05, **kw
-    )
+def _query(records, out, server, **kw) -> int:
+    """The exit code: 0 when every request is answered, 3 while batches run or requests remain (rerun to collect)."""
+    try:
+        distill_query(
+            records=records, prompt=PROMPT, out=out, base_url=server.base_url, mode="batch", poll_interval=0.05, **kw
+        )
+    except SystemExit as stop:
+        return stop.code
+    return 0
 
 
 def test_batch_rerun_polls_instead_of_resubmitting(tmp_path):
     records = write_records(tmp_path / "records.jsonl", 25)
     out = tmp_path / "responses.jsonl"
     with FakeOpenAI(ServerConfig(api_key=KEY, batch_delay_s=0.5)) as server:
-        _query(records, out, server, wait=False, batch_max_requests=10)
+        assert _query(records, out, server, wait=False, batch_max_requests=10) == 3  # work left: non-zero
         assert server.state.batches_created == 3  # 25 requests, at most 10 per file
         state = json.loads((tmp_path / "responses.jsonl.batches.json").read_text())
         assert [len(e["keys"]) for e in state["entries"]] == [10, 10, 5] and all(
             e["batch_id"] for e in state["entries"]
         )
-        _query(records, out, server, wait=True, batch_max_requests=10)
+        assert _query(records, out, server, wait=True, batch_max_requests=10) == 0
         assert server.state.batches_created == 3  # polled, not submitted again
         assert server.state.duplicates() == 0
     results = _results(out)
@@ -59,7 +64,7 @@ def test_expired_batch_keeps_completed_and_resubmits_only_the_rest(tmp_path):
     with FakeOpenAI(cfg) as server:
         _query(records, out, server, wait=False)
         cfg.batch_complete_fraction = 1.0  # the next batch completes
-        _query(records, out, server, wait=True)
+        assert _query(records, out, server, wait=True) == 0
         assert server.state.batches_created == 2
         second = sorted(server.state.batches.values(), key=lambda b: b["created_at"])[-1]
         assert second["request_counts"]["total"] == 10  # only the 10 that expired were sent again
@@ -76,7 +81,7 @@ def test_crash_between_create_and_record_adopts_the_existing_batch(tmp_path):
         state = json.loads(state_file.read_text())
         state["entries"][0]["batch_id"] = None  # as if killed right after batches.create returned
         state_file.write_text(json.dumps(state))
-        _query(records, out, server, wait=True)
+        assert _query(records, out, server, wait=True) == 0
         assert server.state.batches_created == 1
     assert len(_results(out)) == 6
 

@@ -28,6 +28,15 @@ def api_key(monkeypatch):
     return KEY
 
 
+def _run(**kw) -> int:
+    """distill_query's exit code: 0 when everything was answered, 3 when requests remain failed or unanswered."""
+    try:
+        distill_query(**kw)
+    except SystemExit as stop:
+        return stop.code
+    return 0
+
+
 def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -57,7 +66,7 @@ def test_twenty_percent_faults_end_answered_or_quarantined(tmp_path, api_key):
     out = tmp_path / "responses.jsonl"
     cfg = ServerConfig(api_key=KEY, fault_rate=0.2, stall_s=0.6, bad_answer_rate=0.1, latency_s=0.01, seed=3)
     with FakeOpenAI(cfg) as server:
-        distill_query(
+        code = _run(
             records=records,
             prompt=PROMPT,
             out=out,
@@ -68,6 +77,7 @@ def test_twenty_percent_faults_end_answered_or_quarantined(tmp_path, api_key):
             retry_invalid=0,
             response_format="json_object",
         )
+        assert code == 3  # failures remain: a pipeline must not go on
         assert server.state.faults_injected > 5
     results = _results(out)
     assert len(results) == 60
@@ -88,19 +98,20 @@ def test_client_errors_fail_the_request_and_auth_errors_stop_the_run(tmp_path, a
     )
     out = tmp_path / "responses.jsonl"
     with FakeOpenAI(ServerConfig(api_key=KEY)) as server:
-        distill_query(records=records, prompt="Title: {title}", out=out, base_url=server.base_url)
+        assert _run(records=records, prompt="Title: {title}", out=out, base_url=server.base_url) == 3
         by_id = {r["ids"][0]: r for r in _results(out).values()}
         assert by_id["ok"]["status"] == "ok"
         assert by_id["bad"]["reason"] == "http_400" and "prompt was rejected" in by_id["bad"]["detail"]
         assert by_id["bad"]["attempts"] == 1
 
-        distill_query(
+        code = _run(
             records=records,
             prompt="Title: {title}",
             out=tmp_path / "r404.jsonl",
             model="missing-model",
             base_url=server.base_url,
         )
+        assert code == 3
         assert {r["reason"] for r in _results(tmp_path / "r404.jsonl").values()} == {"http_404"}
 
         result = run_cli(
@@ -205,7 +216,7 @@ def test_max_cost_stops_before_the_budget(tmp_path, api_key):
     out = tmp_path / "responses.jsonl"
     with FakeOpenAI(ServerConfig(api_key=KEY)) as server:
         # $1 per 1k tokens: each request reserves ~(60 prompt + 50 output) tokens = ~$0.11
-        distill_query(
+        code = _run(
             records=records,
             prompt=PROMPT,
             out=out,
@@ -216,6 +227,7 @@ def test_max_cost_stops_before_the_budget(tmp_path, api_key):
             price_out=1000.0,
             max_cost_usd=1.0,
         )
+        assert code == 3  # requests left unanswered
     results = _results(out)
     spent = sum((r["usage"]["prompt_tokens"] + r["usage"]["completion_tokens"]) * 1e-3 for r in results.values())
     assert 0 < len(results) < 40 and spent <= 1.0
@@ -311,13 +323,17 @@ def test_a_200_with_a_bad_body_is_retried_then_quarantined_never_a_traceback(tmp
     records = write_records(tmp_path / "records.jsonl", 30)
     out = tmp_path / "responses.jsonl"
     with FakeOpenAI(ServerConfig(api_key=KEY, fault_rate=0.3, faults=(fault,), seed=5)) as server:
-        distill_query(records=records, prompt=PROMPT, out=out, base_url=server.base_url, concurrency=4, max_attempts=6)
+        assert (
+            _run(records=records, prompt=PROMPT, out=out, base_url=server.base_url, concurrency=4, max_attempts=6) == 0
+        )
         assert server.state.faults_injected > 0
     results = _results(out)
     assert len(results) == 30 and all(r["status"] == "ok" for r in results.values())  # retried like a 5xx
     with FakeOpenAI(ServerConfig(api_key=KEY, fault_rate=1.0, faults=(fault,))) as server:
         out2 = tmp_path / "all-bad.jsonl"
-        distill_query(records=records, prompt=PROMPT, out=out2, base_url=server.base_url, concurrency=4, max_attempts=2)
+        assert (
+            _run(records=records, prompt=PROMPT, out=out2, base_url=server.base_url, concurrency=4, max_attempts=2) == 3
+        )
     reasons = {r["reason"] for r in _results(out2).values()}
     assert reasons == {"invalid_response_body"}
 

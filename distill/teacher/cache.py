@@ -26,6 +26,8 @@ class ResponseCache:
             if "status" in row:
                 self.results[row["key"]] = row
         self._appender: JsonlAppender | None = None
+        self.unfinished = 0
+        """Requests of the last run left failed or unanswered (set by ``query_teacher``)."""
 
     def _append(self, row: dict) -> None:
         if self._appender is None:
