@@ -105,6 +105,8 @@ class _State:
         self.batches: dict[str, dict] = {}
         self.batches_created = 0
         self.first_admitted: float | None = None
+        self.admitted = 0
+        """Requests the rate limit let through (answered or hit by an injected fault)."""
         self.last_answered: float | None = None
 
     def duplicates(self) -> int:
@@ -216,6 +218,7 @@ class _Handler(BaseHTTPRequestHandler):
                 wait = (state.window[0][0] + 60 - now) if state.window else 1.0
                 return False, self._rate_headers(now), max(wait, 0.05)
             state.window.append((now, tokens))
+            state.admitted += 1
             state.first_admitted = state.first_admitted or now
             return True, self._rate_headers(now), 0.0
 

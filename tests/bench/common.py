@@ -20,7 +20,9 @@ class ChildRun:
     stderr: str
 
 
-def run_measured(args: list[str], cwd: Path | None = None, env: dict | None = None) -> ChildRun:
+def run_measured(
+    args: list[str], cwd: Path | None = None, env: dict | None = None, ok_codes: tuple[int, ...] = (0,)
+) -> ChildRun:
     """Run ``python -m litgpt_ext ARGS``-style commands; peak RSS comes from the child's own rusage (wait4)."""
     out_f = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-{os.getpid()}-{time.time_ns()}.out", "w+")
     err_f = open(out_f.name + ".err", "w+")
@@ -34,7 +36,7 @@ def run_measured(args: list[str], cwd: Path | None = None, env: dict | None = No
     for f in (out_f, err_f):
         f.close()
         os.unlink(f.name)
-    if proc.returncode != 0:
+    if proc.returncode not in ok_codes:
         sys.stderr.write(result.stderr[-4000:])
         raise SystemExit(f"benchmark command failed ({proc.returncode}): {' '.join(map(str, args))}")
     return result
