@@ -15,6 +15,7 @@ from pathlib import Path
 
 from distill.records import read_records
 from distill.teacher.cache import ResponseCache
+from litgpt_ext.checks import at_least, within
 from litgpt_ext.data.split import in_val
 from litgpt_ext.errors import UserError, require
 from litgpt_ext.io import atomic_write_json, atomic_write_text
@@ -114,6 +115,8 @@ def distill_convert(
         require(out_dir, "out_dir"),
     )
     check_parser(parser)
+    within("val_fraction", val_fraction, 0.0, 1.0)
+    at_least("min_chars", min_chars, 0)
     records_list = read_records(Path(records))
     teacher = TeacherResponses(Path(responses))
     student = StudentPrompt(instruction, input)

@@ -15,6 +15,7 @@ import torch
 from litgpt.prompts import PromptStyle, has_prompt_style, load_prompt_style, save_prompt_style
 from litgpt.tokenizer import Tokenizer
 
+from litgpt_ext.checks import at_least
 from litgpt_ext.data.fast_encode import encode_packed
 from litgpt_ext.data.records import load_columns
 from litgpt_ext.errors import UserError, require
@@ -91,6 +92,7 @@ def distill_tokenize(
     """
     data_dir, checkpoint_dir = Path(require(data_dir, "data_dir")), Path(require(checkpoint_dir, "checkpoint_dir"))
     out_dir = Path(out_dir) if out_dir else data_dir
+    at_least("max_seq_length", max_seq_length, 2)
     check_checkpoint_dir(checkpoint_dir)
     if not (data_dir / "train.json").is_file():
         raise UserError("no train.json here", path=data_dir, field="data_dir")

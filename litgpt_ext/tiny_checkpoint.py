@@ -15,6 +15,7 @@ from typing import Literal
 
 import torch
 
+from litgpt_ext.checks import at_least
 from litgpt_ext.errors import UserError
 from litgpt_ext.io import atomic_write_json
 
@@ -180,6 +181,12 @@ def make_tiny_checkpoint(
         raise UserError("corpus file not found", path=corpus)
     if model not in FAMILIES:
         raise UserError(f"unknown model family {model!r}; choose one of {sorted(FAMILIES)}", field="model")
+    for flag, value in (("n_layer", n_layer), ("n_embd", n_embd), ("n_head", n_head), ("block_size", block_size)):
+        at_least(flag, value, 1)
+    at_least("n_query_groups", n_query_groups, 1)
+    at_least("intermediate_size", intermediate_size, 1)
+    at_least("vocab_size", vocab_size, 64)
+    at_least("padded_vocab_size", padded_vocab_size, 1)
     if n_embd % n_head:
         raise UserError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})", field="n_embd")
     family = dict(FAMILIES[model])

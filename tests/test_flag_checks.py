@@ -78,3 +78,18 @@ def test_finetune_numbers(tiny_checkpoint, tmp_path, command, kwargs, message):
         setup(tiny_checkpoint, data=DEMO / "qa.json", out_dir=tmp_path / "out", **kwargs)
     assert str(err.value) == message
     assert not (tmp_path / "out").exists()
+
+
+def test_data_commands_numbers(tmp_path, tiny_checkpoint):
+    from distill.convert import distill_convert
+    from distill.tokenize import distill_tokenize
+    from litgpt_ext.tiny_checkpoint import make_tiny_checkpoint
+
+    with pytest.raises(UserError, match=r"^val_fraction: must be in \[0.0, 1.0\], got 1.5$"):
+        distill_convert(
+            records=DEMO / "records.jsonl", responses=tmp_path / "r.jsonl", out_dir=tmp_path, val_fraction=1.5
+        )
+    with pytest.raises(UserError, match=r"^max_seq_length: must be >= 2, got 0$"):
+        distill_tokenize(data_dir=tmp_path, checkpoint_dir=tiny_checkpoint, max_seq_length=0)
+    with pytest.raises(UserError, match=r"^n_layer: must be >= 1, got 0$"):
+        make_tiny_checkpoint(out_dir=tmp_path / "ck", n_layer=0)
