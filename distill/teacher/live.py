@@ -42,7 +42,7 @@ the run stops with one line and caches nothing, so a rerun sends every request."
 @dataclass
 class RetryPolicy:
     max_attempts: int = 8
-    base_delay: float = 0.5
+    base_delay: float = 0.25
     max_delay: float = 60.0
     retry_invalid: int = 1
 
