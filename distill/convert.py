@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 from pathlib import Path
 
+from distill.quarantine import Quarantine
 from distill.records import read_records
 from distill.teacher.cache import ResponseCache
 from litgpt_ext.checks import at_least, within
 from litgpt_ext.data.split import in_val
 from litgpt_ext.errors import UserError, require
-from litgpt_ext.io import atomic_write_json, atomic_write_text
+from litgpt_ext.io import atomic_write_json, atomic_write_jsonl
 from litgpt_ext.templates import template_or_text
 
 _LIST_MARK = re.compile(r"^\s*(?:[-*•]|\d+[.)]|\(\d+\))\s+")
@@ -121,12 +121,11 @@ def distill_convert(
     teacher = TeacherResponses(Path(responses))
     student = StudentPrompt(instruction, input)
 
-    train, val, quarantine, seen, prompts = [], [], [], {}, []
-    reasons: Counter[str] = Counter()
+    train, val, seen, prompts = [], [], {}, []
+    dropped = Quarantine()
 
     def drop(rid: str, reason: str, **extra) -> None:
-        reasons[reason] += 1
-        quarantine.append({"id": rid, "reason": reason, **extra})
+        dropped.add(reason, id=rid, **extra)
 
     for rec in records_list:
         prompt, extra_input = student.render(rec, Path(records))
@@ -157,23 +156,20 @@ def distill_convert(
                 split.append({"id": rec.id, "instruction": prompt, "input": extra_input, "output": output})
 
     if not train and not val:
-        counts = ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items())) or "no records"
+        counts = ", ".join(f"{reason} {count}" for reason, count in dropped.counts().items()) or "no records"
         raise UserError(f"no examples: every record was dropped ({counts})", path=responses, field="responses")
     out_dir = Path(out_dir)
     atomic_write_json(out_dir / "train.json", train)
     atomic_write_json(out_dir / "val.json", val)
-    atomic_write_text(out_dir / "prompts.jsonl", "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in prompts))
-    atomic_write_text(
-        out_dir / "quarantine.jsonl", "".join(json.dumps(q, ensure_ascii=False) + "\n" for q in quarantine)
-    )
+    atomic_write_jsonl(out_dir / "prompts.jsonl", prompts)
+    dropped.write(out_dir / "quarantine.jsonl")
     summary = {
         "records": len(records_list),
         "train_examples": len(train),
         "val_examples": len(val),
-        "dropped": dict(reasons),
+        "dropped": dropped.counts(),
         "parser": parser,
     }
     atomic_write_json(out_dir / "summary.json", summary)
     print(f"{len(records_list):,} records -> {len(train):,} train / {len(val):,} val examples in {out_dir}")
-    for reason, count in sorted(reasons.items()):
-        print(f"  dropped {count:,} ({reason}) -> {out_dir / 'quarantine.jsonl'}")
+    dropped.report(out_dir / "quarantine.jsonl")

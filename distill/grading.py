@@ -31,14 +31,14 @@ import csv
 import io
 import json
 import math
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from distill.pairs import sibling
+from distill.quarantine import Quarantine
 from litgpt_ext.data.records import read_text
 from litgpt_ext.errors import UserError, require
-from litgpt_ext.io import atomic_write_json, atomic_write_text
+from litgpt_ext.io import atomic_write_json, atomic_write_jsonl
 
 STATEMENT_FILES = ("ps.txt", "modified_ps.txt", "problemStatement.txt")
 TITLE_ROW, RATINGS_ROW, FIRST_STUDENT_ROW = 1, 3, 7
@@ -202,42 +202,32 @@ def answer(k: int, title: str) -> str:
     return json.dumps({"answer": option_label(k, title)}, ensure_ascii=False)
 
 
-class _Collector:
-    def __init__(self) -> None:
-        self.quarantine: list[dict] = []
-        self.reasons: Counter[str] = Counter()
-
-    def drop(self, reason: str, where: str, **extra) -> None:
-        self.reasons[reason] += 1
-        self.quarantine.append({"reason": reason, "where": where, **extra})
-
-
-def lab_pairs(lab: Lab, verbose: int, system: str | None, out: _Collector) -> dict[str, list[list[dict]]]:
+def lab_pairs(lab: Lab, verbose: int, system: str | None, out: Quarantine) -> dict[str, list[list[dict]]]:
     """Pairs of one lab, grouped per criterion title and per student (sorted by student id) for the split."""
     sheet = f"{lab.name}/rubric_ratings.csv"
     if verbose and lab.statement is None:
-        out.drop("missing_statement", f"{lab.name}/", expected=list(STATEMENT_FILES))
+        out.add("missing_statement", where=f"{lab.name}/", expected=list(STATEMENT_FILES))
         return {}
     code_of: dict[str, str | None] = {}
     for row_no, student, _ in lab.students:
         where = f"{sheet}:{row_no}"
         folders = lab.submissions.get(student, [])
         if not student:
-            out.drop("no_student_id", where)
+            out.add("no_student_id", where=where)
         elif not folders:
-            out.drop("no_submission", where, student=student)
+            out.add("no_submission", where=where, student=student)
         elif len(folders) > 1:
-            out.drop("two_submissions", where, student=student, folders=[f.name for f in folders])
+            out.add("two_submissions", where=where, student=student, folders=[f.name for f in folders])
         else:
             try:
                 code_of[student] = read_code(folders[0])
             except UnicodeDecodeError as err:
-                out.drop("code_not_utf8", where, student=student, file=f"{folders[0].name}/{err.reason}")
+                out.add("code_not_utf8", where=where, student=student, file=f"{folders[0].name}/{err.reason}")
     groups: dict[str, list[list[dict]]] = {}
     for block in lab.blocks:
         criterion = lab.criteria.get(_norm(block.title))
         if criterion is None:
-            out.drop("criterion_not_in_rubrics", f"{sheet}:{TITLE_ROW}", criterion=block.title)
+            out.add("criterion_not_in_rubrics", where=f"{sheet}:{TITLE_ROW}", criterion=block.title)
             continue
         per_student = []
         for row_no, student, row in sorted(lab.students, key=lambda s: s[1]):
@@ -247,7 +237,7 @@ def lab_pairs(lab: Lab, verbose: int, system: str | None, out: _Collector) -> di
             where = f"{sheet}:{row_no}"
             if len(marked) != 1:
                 reason = "no_rating_marked" if not marked else "several_ratings_marked"
-                out.drop(reason, where, student=student, criterion=criterion.title)
+                out.add(reason, where=where, student=student, criterion=criterion.title)
                 continue
             given = marked[0] + 1
             prompt = build_prompt(lab.statement if verbose else None, criterion, code_of[student])
@@ -315,7 +305,7 @@ def distill_grading_pairs(
         raise UserError(f"no such lab(s): {', '.join(sorted(unknown))}", path=parent, field="eval_lab_names")
 
     labs = [read_lab(p) for p in lab_dirs]  # every structural error surfaces before anything is written
-    out = _Collector()
+    out = Quarantine()
     train, test = [], []
     for lab in labs:
         for students in lab_pairs(lab, verbose, system, out).values():
@@ -327,9 +317,9 @@ def distill_grading_pairs(
 
     train_path, test_path = Path(train_dataset_path), Path(test_dataset_path)
     for path, rows in ((train_path, train), (test_path, test)):
-        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        atomic_write_jsonl(path, rows)
     quarantine = sibling(train_path, ".quarantine.jsonl")
-    atomic_write_text(quarantine, "".join(json.dumps(q, ensure_ascii=False) + "\n" for q in out.quarantine))
+    out.write(quarantine)
     summary = {
         "labs": len(labs),
         "held_out_labs": sorted(held_out),
@@ -337,9 +327,8 @@ def distill_grading_pairs(
         "test_pairs": len(test),
         "train_split": train_split,
         "verbose": verbose,
-        "quarantined": dict(sorted(out.reasons.items())),
+        "quarantined": out.counts(),
     }
     atomic_write_json(sibling(train_path, ".summary.json"), summary)
     print(f"{len(labs)} lab(s) -> {len(train):,} train / {len(test):,} test pairs ({train_path}, {test_path})")
-    for reason, count in sorted(out.reasons.items()):
-        print(f"  quarantined {count:,} ({reason}) -> {quarantine}")
+    out.report(quarantine, "quarantined")

@@ -20,44 +20,24 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from distill.convert import StudentPrompt, TeacherResponses, check_parser, normalize, parse_output
+from distill.quarantine import Quarantine
 from distill.records import Record, read_records
 from distill.teacher.requests import ChatRequest, make_body, request_key
 from distill.teacher.run import TeacherArgs, query_teacher
-from litgpt_ext.data.records import iter_jsonl
 from litgpt_ext.errors import EXIT_INCOMPLETE, UserError, require
-from litgpt_ext.io import atomic_write_json, atomic_write_text
+from litgpt_ext.generate.outputs import read_generations
+from litgpt_ext.io import atomic_write_json, atomic_write_jsonl
 from litgpt_ext.templates import template_or_text
 
 
 def sibling(out: Path, suffix: str) -> Path:
     """``pairs.jsonl`` -> ``pairs<suffix>`` (e.g. ``pairs.summary.json``)."""
     return out.with_name(out.stem + suffix)
-
-
-def read_generations(path: Path) -> dict[str, dict]:
-    """``generate_batch`` output by id: ``{"texts": [...]}`` or ``{"error": ...}`` for its error records."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError("file not found", path=path, field="generations")
-    found: dict[str, dict] = {}
-    for n, row in iter_jsonl(path):
-        if not isinstance(row, dict) or row.get("id") is None:
-            raise UserError("expected a JSON object with an id", path=path, line=n, field="id")
-        if "error" in row:
-            found[str(row["id"])] = {"error": str(row["error"])}
-            continue
-        texts = row.get("generations")
-        if not isinstance(texts, list) or not all(isinstance(t, str) or t is None for t in texts):
-            raise UserError("expected a list of generated texts", path=path, line=n, field="generations")
-        found[str(row["id"])] = {"texts": [t for t in texts if t is not None]}
-    return found
 
 
 def word_overlap(a: str, b: str) -> float:
@@ -91,24 +71,15 @@ def parse_verdict(content: str | None) -> tuple[float, str]:
     return float(score), str(data.get("reason", ""))
 
 
-@dataclass
-class Outcome:
-    """What the builders produce: pairs, quarantined rows, and whether work is still pending."""
-
-    pairs: list[dict]
-    quarantine: list[dict]
-    pending: int = 0
-
-
 class _Builder:
+    """Pairs, and the records or samples that gave none."""
+
     def __init__(self) -> None:
         self.pairs: list[dict] = []
-        self.quarantine: list[dict] = []
-        self.reasons: Counter[str] = Counter()
+        self.dropped = Quarantine()
 
     def drop(self, record_id: str, reason: str, **extra) -> None:
-        self.reasons[reason] += 1
-        self.quarantine.append({"record_id": record_id, "reason": reason, **extra})
+        self.dropped.add(reason, record_id=record_id, **extra)
 
     def samples_of(self, rec: Record, generations: dict[str, dict]) -> list[str] | None:
         """The student's samples for a record, or None (quarantined: none generated, or an error record)."""
@@ -360,15 +331,15 @@ def distill_pairs(
     else:
         raise UserError(f"unknown mode {mode!r}: use teacher_vs_student or judge", field="mode")
 
-    atomic_write_text(out, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in built.pairs))
+    atomic_write_jsonl(out, built.pairs)
     quarantine = sibling(out, ".quarantine.jsonl")
-    atomic_write_text(quarantine, "".join(json.dumps(q, ensure_ascii=False) + "\n" for q in built.quarantine))
+    built.dropped.write(quarantine)
     summary = {
         "mode": mode,
         "records": len(record_list),
         "pairs": len(built.pairs),
         "records_with_pairs": len({p["record_id"] for p in built.pairs}),
-        "dropped": dict(sorted(built.reasons.items())),
+        "dropped": built.dropped.counts(),
         "pending_records": pending,
     }
     if mode == "judge":
@@ -377,8 +348,7 @@ def distill_pairs(
         summary["mean_margin"] = round(sum(scores) / len(scores), 4) if scores else None
     atomic_write_json(sibling(out, ".summary.json"), summary)
     print(f"{len(record_list):,} records -> {len(built.pairs):,} pairs in {out}")
-    for reason, count in sorted(built.reasons.items()):
-        print(f"  dropped {count:,} ({reason}) -> {quarantine}")
+    built.dropped.report(quarantine)
     if pending:
         print(f"{pending:,} record(s) still wait for verdicts: rerun the same command to finish")
         raise SystemExit(EXIT_INCOMPLETE)

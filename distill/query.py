@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Literal
 
 from distill.records import read_records
 from distill.teacher.requests import ChatRequest, build_requests, read_message_requests
 from distill.teacher.run import TeacherArgs, query_teacher
+from litgpt_ext.checks import at_least
 from litgpt_ext.errors import EXIT_INCOMPLETE, UserError
 from litgpt_ext.templates import template_or_text
 
@@ -101,41 +103,16 @@ def distill_query(
         poll_interval: Seconds between Batch API polls.
         wait: In batch mode, wait until every batch is finished (false: submit/poll once and exit; rerun later).
     """
-    teacher = TeacherArgs(
-        model=model,
-        base_url=base_url,
-        api_key_env=api_key_env,
-        temperature=temperature,
-        top_p=top_p,
-        max_tokens=max_tokens,
-        seed=seed,
-        response_format=response_format,
-        mode=mode,
-        concurrency=concurrency,
-        rpm=rpm,
-        tpm=tpm,
-        timeout=timeout,
-        max_attempts=max_attempts,
-        retry_invalid=retry_invalid,
-        retry_failed=retry_failed,
-        dry_run=dry_run,
-        encoding=encoding,
-        price_in=price_in,
-        price_out=price_out,
-        max_cost_usd=max_cost_usd,
-        batch_max_requests=batch_max_requests,
-        batch_max_bytes=batch_max_bytes,
-        poll_interval=poll_interval,
-        wait=wait,
-    )
+    flags = locals()
+    teacher = TeacherArgs(**{f.name: flags[f.name] for f in dataclasses.fields(TeacherArgs)})
     teacher.validate()
-    if n < 1:
-        raise UserError(f"must be >= 1, got {n}", field="n")
+    at_least("n", n, 1)
     requests = _requests(records, prompt, messages, system_prompt, model, teacher.params(n, stop))
     cache = query_teacher(requests, Path(out), teacher)
-    if cache is not None and cache.unfinished:
+    unfinished = cache.unfinished([r.key for r in requests]) if cache is not None else 0
+    if unfinished:
         print(
-            f"{cache.unfinished:,} request(s) failed or unanswered: rerun to continue "
+            f"{unfinished:,} request(s) failed or unanswered: rerun to continue "
             f"(--retry_failed true re-sends failures); exit code {EXIT_INCOMPLETE}"
         )
         raise SystemExit(EXIT_INCOMPLETE)

@@ -53,6 +53,11 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Non
     atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
 
 
+def atomic_write_jsonl(path: str | Path, rows) -> None:
+    """One JSON object per line, written to a temporary name and renamed on success (derived files, not caches)."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
 class JsonlAppender:
     """Append-only JSONL writer: every record is one line, written whole and fsync'd before ``write`` returns."""
 

@@ -16,8 +16,6 @@ from litgpt_ext.export.command import export_hf
 from litgpt_ext.finetune import dpo, orpo
 from litgpt_ext.training.args import EvalArgs, TrainArgs
 
-pytest.importorskip("trl")
-
 TOL = 1e-5
 DPO_KEYS = [
     "rewards/chosen",

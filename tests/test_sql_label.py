@@ -239,7 +239,6 @@ def test_versions_v1_balance_and_eval_fingerprints(fixture, tmp_path):
         per_q.setdefault(r["question_id"], []).append(r["label"])
     assert len(per_q) >= 30
     assert all(labels.count(1) == labels.count(0) >= 1 for labels in per_q.values())  # balanced, both labels
-    assert v1 == _jsonl(tmp_path / "v1" / "train.jsonl")
     distill_sql_label(out_dir=tmp_path / "v1b", version="v1", **common)  # seeded: the same rows again
     assert _jsonl(tmp_path / "v1b" / "train.jsonl") == v1
     assert json.loads((tmp_path / "v1b" / "summary.json").read_text())["executions"]["executed"] == 0
@@ -337,7 +336,8 @@ def test_hub_round_trip_without_network(fixture, tmp_path, monkeypatch):
     meta = yaml.safe_load(card.split("---")[1])
     assert meta["configs"][0]["data_files"] == [{"split": "train", "path": "data/train.jsonl"}]
     # the real datasets loader reads the card's config from the uploaded folder
-    datasets = pytest.importorskip("datasets")
+    import datasets  # a test extra, installed torch-safely
+
     loaded = datasets.load_dataset(str(remote / repo))
     assert loaded["train"].num_rows == len(_jsonl(tmp_path / "out" / "train.jsonl"))
     distill_sql_label(from_hub=repo, out_dir=tmp_path / "pulled")

@@ -3,7 +3,6 @@ optionally rule-made candidates from the gold queries (``--mutate K``)."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from distill.sql.mutate import mutate as make_mutations
 from distill.sql.questions import read_questions
 from distill.sql.schema import connect_ro, db_path, schema_text
 from litgpt_ext.errors import UserError, require
-from litgpt_ext.io import atomic_write_text
+from litgpt_ext.io import atomic_write_jsonl
 from litgpt_ext.templates import template_or_text
 
 
@@ -81,9 +80,9 @@ def distill_sql_candidates(
                     "rules": ["gold"] + [r for r, _ in made],
                 }
             )
-    atomic_write_text(Path(output), "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in prompts))
+    atomic_write_jsonl(Path(output), prompts)
     print(f"{len(prompts):,} prompts -> {output}")
     if mutate:
-        atomic_write_text(Path(mutations_output), "".join(json.dumps(m, ensure_ascii=False) + "\n" for m in mutations))
+        atomic_write_jsonl(Path(mutations_output), mutations)
         total = sum(len(m["generations"]) for m in mutations)
         print(f"{total:,} rule-made candidates (gold included) -> {mutations_output}")

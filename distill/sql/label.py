@@ -15,25 +15,24 @@ so a rerun — after ``kill -9`` too — executes only what is missing.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Literal
 
 from tqdm import tqdm
 
+from distill.quarantine import Quarantine
 from distill.sql.extract import extract_sql, normalize_sql
 from distill.sql.mutate import top_level
 from distill.sql.questions import Question, read_questions
 from distill.sql.results import ExecCache, exec_key, summarize
 from distill.sql.sandbox import Sandbox
 from distill.sql.schema import db_path, schema_text
-from litgpt_ext.data.records import iter_jsonl
 from litgpt_ext.errors import UserError, require
-from litgpt_ext.io import atomic_write_json, atomic_write_text
+from litgpt_ext.generate.outputs import read_generations
+from litgpt_ext.io import atomic_write_json, atomic_write_jsonl
 
 Version = Literal["v1", "v2", "eval"]
 Compare = Literal["auto", "set", "multiset", "ordered"]
@@ -45,20 +44,11 @@ def read_candidates(paths: list[Path]) -> tuple[dict[str, list[str]], dict[str, 
     merged: dict[str, list[str]] = {}
     errors: dict[str, str] = {}
     for path in paths:
-        path = Path(path)
-        if not path.is_file():
-            raise UserError("file not found", path=path, field="candidates")
-        for n, row in iter_jsonl(path):
-            if not isinstance(row, dict) or row.get("id") is None:
-                raise UserError("expected a JSON object with an id", path=path, line=n, field="id")
-            rid = str(row["id"])
-            if "error" in row:
-                errors[rid] = str(row["error"])
-                continue
-            texts = row.get("generations")
-            if not isinstance(texts, list):
-                raise UserError("expected a list of generated texts", path=path, line=n, field="generations")
-            merged.setdefault(rid, []).extend(t for t in texts if isinstance(t, str))
+        for rid, found in read_generations(path, "candidates").items():
+            if "error" in found:
+                errors[rid] = found["error"]
+            else:
+                merged.setdefault(rid, []).extend(found["texts"])
     return merged, errors
 
 
@@ -206,12 +196,8 @@ def distill_sql_label(
     items = read_questions(questions_path, db_dir)
     generations, gen_errors = read_candidates(paths)
     out_dir = Path(out_dir)
-    reasons: Counter[str] = Counter()
-    quarantine: list[dict] = []
-
-    def drop(reason: str, **info) -> None:
-        reasons[reason] += 1
-        quarantine.append({"reason": reason, **info})
+    dropped = Quarantine()
+    drop = dropped.add
 
     per_question: dict[str, list[str]] = {}
     tasks = []
@@ -280,10 +266,8 @@ def distill_sql_label(
             out_rows.append(row)
 
     split_path = out_dir / f"{split}.jsonl"
-    atomic_write_text(split_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out_rows))
-    atomic_write_text(
-        out_dir / "quarantine.jsonl", "".join(json.dumps(q, ensure_ascii=False) + "\n" for q in quarantine)
-    )
+    atomic_write_jsonl(split_path, out_rows)
+    dropped.write(out_dir / "quarantine.jsonl")
     summary = {
         "version": version,
         "split": split,
@@ -293,7 +277,7 @@ def distill_sql_label(
         "rows": len(out_rows),
         "positives": sum(r["label"] == 1 for r in out_rows),
         "negatives": sum(r["label"] == 0 for r in out_rows),
-        "dropped": dict(sorted(reasons.items())),
+        "dropped": dropped.counts(),
         "executions": stats,
         "compare": compare,
         "include_errors": include_errors,
@@ -305,8 +289,7 @@ def distill_sql_label(
         f"{summary['negatives']:,} negative) in {split_path}; executed {stats['executed']:,}, "
         f"{stats['cached']:,} from the cache{rate}"
     )
-    for reason, count in sorted(reasons.items()):
-        print(f"  dropped {count:,} ({reason}) -> {out_dir / 'quarantine.jsonl'}")
+    dropped.report(out_dir / "quarantine.jsonl")
     if push_to_hub:
         from distill.sql.hub import push_dataset
 

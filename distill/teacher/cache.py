@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from litgpt_ext.io import JsonlAppender, atomic_write_text, read_jsonl_repairing
+from litgpt_ext.io import JsonlAppender, atomic_write_jsonl, read_jsonl_repairing
 
 
 class ResponseCache:
@@ -26,8 +26,6 @@ class ResponseCache:
             if "status" in row:
                 self.results[row["key"]] = row
         self._appender: JsonlAppender | None = None
-        self.unfinished = 0
-        """Requests of the last run left failed or unanswered (set by ``query_teacher``)."""
 
     def _append(self, row: dict) -> None:
         if self._appender is None:
@@ -50,12 +48,15 @@ class ResponseCache:
             self._append({"key": key, "alias_ids": new})
             self.ids.setdefault(key, set()).update(new)
 
+    def unfinished(self, keys: list[str]) -> int:
+        """How many of these requests have no answer, or a failed one."""
+        return sum(1 for k in keys if (self.results.get(k) or {}).get("status") != "ok")
+
     def failures(self) -> list[dict]:
         return [r for r in self.results.values() if r["status"] == "failed"]
 
     def write_quarantine(self) -> Path:
         """Rewrite ``<out>.quarantine.jsonl`` (derived, atomic): every request whose latest result failed."""
-        import json
 
         path = self.path.with_name(self.path.stem + ".quarantine.jsonl")
         rows = [
@@ -67,7 +68,7 @@ class ResponseCache:
             }
             for r in self.failures()
         ]
-        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        atomic_write_jsonl(path, rows)
         return path
 
     def close(self) -> None:

@@ -166,7 +166,6 @@ def query_teacher(requests: list[ChatRequest], out: Path, args: TeacherArgs) -> 
         f"done: {done - failed:,} answered, {failed:,} failed (see {quarantine}), "
         f"{len(requests) - done:,} not yet answered -> {out}"
     )
-    cache.unfinished = (len(requests) - done) + failed
     return cache
 
 

@@ -46,9 +46,7 @@ def encode_prompt_response(
         keep_prompt = max(min(len(prompt), min_prompt_tokens), max_seq_length - len(response))
         keep_prompt = min(keep_prompt, len(prompt), max_seq_length - 1)
         if keep_prompt < len(prompt):
-            head = prompt[:1] if bos_id is not None and prompt[:1] == [bos_id] else []
-            tail = prompt[len(prompt) - (keep_prompt - len(head)) :] if keep_prompt > len(head) else []
-            prompt, prompt_truncated = head + tail, True
+            prompt, prompt_truncated = keep_end(prompt, keep_prompt, bos_id), True
         if len(prompt) + len(response) > max_seq_length:
             response, response_truncated = response[: max_seq_length - len(prompt)], True
     input_ids = torch.tensor(prompt + response, dtype=torch.long)
@@ -56,6 +54,15 @@ def encode_prompt_response(
     if mask_prompt:
         labels[: len(prompt)] = ignore_index
     return Encoded(input_ids, labels, prompt_truncated, response_truncated)
+
+
+def keep_end(ids: list[int], limit: int, bos_id: int | None) -> list[int]:
+    """At most ``limit`` tokens: a leading BOS and the *end* of ``ids`` (the part that cues the answer, or that a
+    reward head reads), the middle dropped."""
+    if len(ids) <= limit:
+        return ids
+    head = ids[:1] if bos_id is not None and ids[:1] == [bos_id] else []
+    return head + ids[len(ids) - (limit - len(head)) :] if limit > len(head) else head
 
 
 def _litgpt_specials(tokens: list[int], bos: bool | None, use_bos: bool, bos_id, eos_id) -> list[int]:

@@ -20,10 +20,10 @@ import torch
 from litgpt.data import DataModule
 from torch.utils.data import DataLoader
 
-from litgpt_ext.data.encode import batch_encode
+from litgpt_ext.data.encode import batch_encode, keep_end
 from litgpt_ext.data.preference import table_files
 from litgpt_ext.data.records import iter_rows
-from litgpt_ext.data.split import in_val
+from litgpt_ext.data.split import split_by_key
 from litgpt_ext.errors import UserError
 
 SQL_PROMPT = "Question: {question}\nSQL: {sql}\nIs the SQL correct?"
@@ -126,8 +126,7 @@ class OrmData(DataModule):
         if val_file is not None:
             val = self.read(val_file)
         else:
-            val = [r for r in train if in_val(r["group"], self.seed, self.val_split_fraction)]
-            train = [r for r in train if not in_val(r["group"], self.seed, self.val_split_fraction)]
+            train, val = split_by_key(train, lambda r: r["group"], self.seed, self.val_split_fraction)
         if not train or not val:
             raise UserError(f"no {'training' if not train else 'validation'} rows", path=self.path)
         train_samples, val_samples = self._encode(train), self._encode(val)
@@ -148,11 +147,9 @@ class OrmData(DataModule):
         ids = batch_encode(self.tokenizer, [r["text"] for r in rows], bos=None)
         limit = self.max_seq_length
         samples, cut = [], 0
-        bos = self.tokenizer.bos_id
         for row, tokens in zip(rows, ids, strict=True):
             if limit and len(tokens) > limit:
-                head = tokens[:1] if bos is not None and tokens[:1] == [bos] else []
-                tokens = head + tokens[len(tokens) - (limit - len(head)) :]
+                tokens = keep_end(tokens, limit, self.tokenizer.bos_id)
                 cut += 1
             samples.append(
                 {

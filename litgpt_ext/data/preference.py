@@ -24,9 +24,9 @@ from litgpt.data import DataModule
 from litgpt.prompts import PromptStyle
 from torch.utils.data import DataLoader
 
-from litgpt_ext.data.encode import batch_encode
+from litgpt_ext.data.encode import batch_encode, keep_end
 from litgpt_ext.data.records import iter_rows, text_field
-from litgpt_ext.data.split import in_val
+from litgpt_ext.data.split import split_by_key
 from litgpt_ext.errors import UserError
 from litgpt_ext.prompts import apply_style
 
@@ -189,8 +189,7 @@ class PreferenceData(DataModule):
         if val_file is not None:
             val = self._drop_equal(self.read_pairs(val_file), "val")
         else:
-            val = [p for p in train if in_val(p.key, self.seed, self.val_split_fraction)]
-            train = [p for p in train if not in_val(p.key, self.seed, self.val_split_fraction)]
+            train, val = split_by_key(train, lambda p: p.key, self.seed, self.val_split_fraction)
             if not val and len(train) > 1:  # tiny data: at least one validation pair
                 val, train = train[-1:], train[:-1]
         self.train_dataset = self._encode(train, "train")
@@ -246,9 +245,7 @@ class PreferenceData(DataModule):
         if not limit or len(ids) <= limit:
             return ids
         counts["prompt_truncated"] += 1
-        bos = self.tokenizer.bos_id
-        head = ids[:1] if bos is not None and ids[:1] == [bos] else []
-        return head + ids[len(ids) - (limit - len(head)) :]
+        return keep_end(ids, limit, self.tokenizer.bos_id)
 
     def _cut_response(self, ids: list[int], prompt_len: int, counts: dict) -> torch.Tensor:
         eos = self.tokenizer.eos_id

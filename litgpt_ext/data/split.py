@@ -15,6 +15,14 @@ def in_val(key: str, seed: int, fraction: float) -> bool:
     return random.Random(f"{seed}:{key}").random() < fraction
 
 
+def split_by_key(items: list, key, seed: int, fraction: float) -> tuple[list, list]:
+    """(train, val) by :func:`in_val` of ``key(item)``: stable when items are added, order kept within each split."""
+    train, val = [], []
+    for item in items:
+        (val if in_val(key(item), seed, fraction) else train).append(item)
+    return train, val
+
+
 def split_order(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded (train, val) index split with at least one val item."""
     if n < 2:

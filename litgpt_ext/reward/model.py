@@ -85,8 +85,4 @@ def score_rows(gpt: GPT, objective: ORMObjective, batch: dict) -> torch.Tensor:
     from litgpt_ext.training.objectives.orm import scores_from_logits
 
     hidden = last_token_hidden(gpt, batch["input_ids"], batch["last"])
-    if objective.head == "yes_token":
-        logits = gpt.lm_head(hidden)[:, [objective.no_id, objective.yes_id]]
-    else:
-        logits = gpt.orm_head(hidden)
-    return scores_from_logits(objective.head, logits)
+    return scores_from_logits(objective.head, objective.head_logits(gpt, hidden))

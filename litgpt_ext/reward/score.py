@@ -16,7 +16,7 @@ import torch
 from litgpt.tokenizer import Tokenizer
 from tqdm import tqdm
 
-from litgpt_ext.data.encode import batch_encode
+from litgpt_ext.data.encode import batch_encode, keep_end
 from litgpt_ext.data.orm import render_orm_prompt
 from litgpt_ext.errors import UserError, require
 from litgpt_ext.generate.command import DTYPES, shard_output
@@ -24,13 +24,6 @@ from litgpt_ext.generate.inputs import PromptRecord, parse_shard, read_prompts
 from litgpt_ext.io import JsonlAppender, read_jsonl_repairing
 from litgpt_ext.reward.model import load_orm, score_rows
 from litgpt_ext.training.objectives.orm import orm_collate
-
-
-def _left_truncate(ids: list[int], limit: int, bos: int | None) -> list[int]:
-    if len(ids) <= limit:
-        return ids
-    head = ids[:1] if bos is not None and ids[:1] == [bos] else []
-    return head + ids[len(ids) - (limit - len(head)) :]
 
 
 def score_batch(model, objective, samples: list[dict], device) -> list[float]:
@@ -79,7 +72,8 @@ def orm_score(
     model, objective = load_orm(checkpoint_dir, dev, DTYPES[precision])
     tokenizer = Tokenizer(checkpoint_dir)
     limit = min(max_seq_length or model.config.block_size, model.config.block_size)
-    out_path = shard_output(output, parse_shard(shard))
+    this_shard = parse_shard(shard)
+    out_path = shard_output(output, this_shard)
     done = {str(r["id"]) for r in read_jsonl_repairing(out_path)}
 
     def render(record: dict, line: int) -> str:
@@ -92,7 +86,7 @@ def orm_score(
 
     def flush(items: list[PromptRecord]) -> None:
         ids = batch_encode(tokenizer, [item.text for item in items], bos=None)
-        ids = [_left_truncate(i, limit, tokenizer.bos_id) for i in ids]
+        ids = [keep_end(i, limit, tokenizer.bos_id) for i in ids]
         order = sorted(range(len(items)), key=lambda k: len(ids[k]))
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
@@ -106,7 +100,7 @@ def orm_score(
 
     pending: list[PromptRecord] = []
     try:
-        for item in read_prompts(input, render, parse_shard(shard), done, on_error):
+        for item in read_prompts(input, render, this_shard, done, on_error):
             if isinstance(item, dict):  # a bad line: an error record, as generate_batch writes
                 writer.write(item)
                 stats["errors"] += 1

@@ -58,12 +58,9 @@ def merged_lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     merged = {}
     with torch.no_grad():
         for name, module in gpt.named_modules():
-            active = (
-                module.r > 0 and any(getattr(module, "enable_lora", [True]))
-                if isinstance(module, LoRALinear)
-                else False
-            )
-            if active and not module.merged:
+            if not isinstance(module, LoRALinear) or module.r == 0 or module.merged:
+                continue
+            if any(getattr(module, "enable_lora", [True])):  # litgpt's qkv layer may have LoRA on none of q, k, v
                 weight = module.linear.weight
                 merged[f"{name}.linear.weight"] = weight + module.get_lora_AB().to(weight.device, weight.dtype)
     return {k.replace("linear.", ""): merged.get(k, v) for k, v in gpt.state_dict().items() if not lora_filter(k, v)}
@@ -86,11 +83,7 @@ class CheckpointWriter:
     """``extras(model, directory)`` writes the objective's own files (rank 0)."""
 
     def _plain(self, state: dict) -> dict:
-        return (
-            {k: v for k, v in state.items() if not k.startswith(self.exclude_prefixes)}
-            if self.exclude_prefixes
-            else state
-        )
+        return {k: v for k, v in state.items() if not k.startswith(self.exclude_prefixes)}
 
     def _save_model(self, fabric: L.Fabric, model: torch.nn.Module, directory: Path) -> None:
         """LoRA: only the LoRA tensors, as ``{"model": ...}`` (litgpt's ``.lora`` layout). Full: a *flat* state dict,

@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.bench.common import REPO, run_measured, table
+from tests.bench.common import REPO, run_measured, spread, table
 
 
 def make_pairs(path: Path, n: int, seed: int = 0) -> None:
@@ -123,11 +123,6 @@ def trl(method: str, hf: Path, data: Path, out: Path, steps: int, micro: int, ac
     )
     result = json.loads(run.stdout.strip().splitlines()[-1])
     return {"tps": result["tokens"] / result["seconds"], "rss": run.peak_rss_mb, "wall": run.seconds}
-
-
-def spread(values: list[float], fmt: str = "{:,.0f}") -> str:
-    med = statistics.median(values)
-    return fmt.format(med) + (f" ({fmt.format(min(values))}-{fmt.format(max(values))})" if len(values) > 1 else "")
 
 
 def main() -> None:

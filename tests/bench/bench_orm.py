@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.bench.common import REPO, run_measured, table
+from tests.bench.common import REPO, run_measured, spread, table
 
 HF_SCORER = r"""
 import json, sys, time, torch
@@ -131,11 +131,6 @@ def train(command: str, ckpt: Path, data: Path, out: Path, steps: int) -> float:
         ]  # fmt: skip
     )
     return json.loads((out / "performance.json").read_text())["tokens_per_second"]
-
-
-def spread(values: list[float], fmt: str = "{:,.0f}") -> str:
-    med = statistics.median(values)
-    return fmt.format(med) + (f" ({fmt.format(min(values))}-{fmt.format(max(values))})" if len(values) > 1 else "")
 
 
 def main() -> None:

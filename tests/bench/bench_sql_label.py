@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.bench.common import REPO, run_measured, table
+from tests.bench.common import REPO, run_measured, spread, table
 
 sys.path.insert(0, str(REPO / "artifacts" / "sql_fixture"))
 from build_fixture import build  # noqa: E402
@@ -97,10 +97,6 @@ def main() -> None:
 
     def rate(results: list[dict], key: str) -> list[float]:
         return [r["executed"] / r[key] for r in results]
-
-    def spread(values: list[float]) -> str:
-        med = statistics.median(values)
-        return f"{med:,.0f}" + (f" ({min(values):,.0f}-{max(values):,.0f})" if len(values) > 1 else "")
 
     executed = runs[1][0]["executed"]
     print(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -40,6 +41,12 @@ def run_measured(
         sys.stderr.write(result.stderr[-4000:])
         raise SystemExit(f"benchmark command failed ({proc.returncode}): {' '.join(map(str, args))}")
     return result
+
+
+def spread(values: list[float], fmt: str = "{:,.0f}") -> str:
+    """Median, then (min-max) when there is more than one round."""
+    med = statistics.median(values)
+    return fmt.format(med) + (f" ({fmt.format(min(values))}-{fmt.format(max(values))})" if len(values) > 1 else "")
 
 
 def table(rows: list[tuple[str, ...]]) -> str:

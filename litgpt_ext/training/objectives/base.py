@@ -113,6 +113,25 @@ def flat_positions(mask: torch.Tensor) -> torch.Tensor:
     return mask.reshape(-1).nonzero().squeeze(1)
 
 
+def rows_at(hidden: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    """The ``(N, C)`` hidden rows of a ``(B, T, C)`` tensor at the row-major positions ``flat``."""
+    return hidden.reshape(-1, hidden.size(-1)).index_select(0, flat)
+
+
+def forward_with_head(model: nn.Module, head: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """``model(input_ids)`` (through its Fabric/DDP wrapper, so hooks and gradient sync behave as usual) with ``head``
+    standing in for the LM head during the call: the objectives' way to run a head on selected positions only."""
+    gpt = unwrap(model)
+    if gpt.config.final_logit_softcapping:
+        raise NotImplementedError("models with final_logit_softcapping are not supported by this objective yet")
+    original = gpt.lm_head
+    gpt.lm_head = head
+    try:
+        return model(input_ids)
+    finally:
+        gpt.lm_head = original
+
+
 HEAD_CHUNK_ELEMENTS = 2**21
 """Largest ``rows x vocab`` logits block the LM head materialises at once (8 MiB in fp32)."""
 FUSED_FROZEN_HEAD = True
@@ -201,7 +220,7 @@ class _LogProbHead(nn.Module):
         return picked - torch.logsumexp(logits, dim=-1), logits.detach().mean(-1)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        rows = hidden.reshape(-1, hidden.size(-1)).index_select(0, self.flat)
+        rows = rows_at(hidden, self.flat)
         step = max(1, HEAD_CHUNK_ELEMENTS // self.vocab)
         training = torch.is_grad_enabled() and rows.requires_grad
         linear = frozen_linear(self.head) if training and FUSED_FROZEN_HEAD else None
@@ -244,15 +263,8 @@ def answer_logps(
     the mean hidden state of each row, for a metric).
     """
     gpt = unwrap(model)
-    if gpt.config.final_logit_softcapping:
-        raise NotImplementedError("models with final_logit_softcapping are not supported by this objective yet")
-    original = gpt.lm_head
-    head = _LogProbHead(original, gpt.config.padded_vocab_size, flat, targets, extra_rows)
-    gpt.lm_head = head
-    try:
-        token_logps = model(input_ids)
-    finally:
-        gpt.lm_head = original
+    head = _LogProbHead(gpt.lm_head, gpt.config.padded_vocab_size, flat, targets, extra_rows)
+    token_logps = forward_with_head(model, head, input_ids)
     return HeadOutput(token_logps, head.mean_logits, head.extra_mean_logits)
 
 
@@ -264,7 +276,7 @@ class _OnPositions(nn.Module):
         self.flat, self.fn = flat, fn
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.fn(hidden.reshape(-1, hidden.size(-1)).index_select(0, self.flat))
+        return self.fn(rows_at(hidden, self.flat))
 
 
 def on_positions(
@@ -272,12 +284,4 @@ def on_positions(
 ) -> torch.Tensor:
     """``fn(final hidden states at the row-major positions flat)`` from one forward of ``model`` (through its
     Fabric/DDP wrapper); the LM head does not run unless ``fn`` calls it. Reward heads use it on the last token."""
-    gpt = unwrap(model)
-    if gpt.config.final_logit_softcapping:
-        raise NotImplementedError("models with final_logit_softcapping are not supported by this objective yet")
-    original = gpt.lm_head
-    gpt.lm_head = _OnPositions(flat, fn)
-    try:
-        return model(input_ids)
-    finally:
-        gpt.lm_head = original
+    return forward_with_head(model, _OnPositions(flat, fn), input_ids)

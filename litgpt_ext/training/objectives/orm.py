@@ -151,20 +151,29 @@ class ORMObjective(Objective):
     def prompt_and_reference(self, sample: dict, eos_id: int | None):
         return None
 
-    def logits(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        """``(rows, 2)`` or ``(rows, 1)`` head outputs at each row's last token — one forward, no vocabulary-sized
-        logits except the yes/no columns' rows for ``yes_token``."""
-        gpt = unwrap(model)
+    def head_logits(self, gpt: nn.Module, rows: torch.Tensor, lm_head: nn.Module | None = None) -> torch.Tensor:
+        """``(rows, 2)`` or ``(rows, 1)`` head outputs from final hidden rows (the LM head's [No, Yes] columns for
+        ``yes_token``; pass ``lm_head`` while the model's own is swapped out)."""
         if self.head == "yes_token":
-            lm_head, ids = gpt.lm_head, [self.no_id, self.yes_id]
-            return on_positions(model, batch["input_ids"], batch["last"], lambda rows: lm_head(rows)[:, ids])
-        return on_positions(model, batch["input_ids"], batch["last"], gpt.orm_head)
+            return (lm_head or gpt.lm_head)(rows)[:, [self.no_id, self.yes_id]]
+        return gpt.orm_head(rows)
+
+    def logits(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        """:meth:`head_logits` at each row's last token — one forward; only those rows reach any head."""
+        gpt = unwrap(model)
+        lm_head = gpt.lm_head
+        return on_positions(model, batch["input_ids"], batch["last"], lambda rows: self.head_logits(gpt, rows, lm_head))
+
+    def class_weights(self, labels: torch.Tensor) -> torch.Tensor:
+        return torch.where(labels == 1, self.pos_weight, 1.0).to(labels.device)
 
     def row_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        weights = torch.where(labels == 1, self.pos_weight, 1.0).to(logits.device)
+        """Per-row losses, weighted by class (divide their sum by the weights' sum for the mean)."""
         if logits.size(-1) == 2:
-            return F.cross_entropy(logits.float(), labels, reduction="none") * weights
-        return F.binary_cross_entropy_with_logits(logits.float()[:, 0], labels.float(), reduction="none") * weights
+            losses = F.cross_entropy(logits.float(), labels, reduction="none")
+        else:
+            losses = F.binary_cross_entropy_with_logits(logits.float()[:, 0], labels.float(), reduction="none")
+        return losses * self.class_weights(labels)
 
     def compute(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = self.logits(model, batch)
@@ -175,9 +184,7 @@ class ORMObjective(Objective):
             loss = pairwise_loss(s[:pairs], s[pairs:])
             accuracy = (s[:pairs] > s[pairs:]).float().mean()
             return loss, {"pair_accuracy": accuracy.detach()}
-        losses = self.row_losses(logits, labels)
-        weights = torch.where(labels == 1, self.pos_weight, 1.0).to(losses.device)
-        loss = losses.sum() / weights.sum()
+        loss = self.row_losses(logits, labels).sum() / self.class_weights(labels).sum()
         scores = scores_from_logits(self.head, logits.detach())
         return loss, {"accuracy": ((scores > 0.5).long() == labels).float().mean()}
 
@@ -186,7 +193,7 @@ class ORMObjective(Objective):
         logits = self.logits(model, batch)
         return {
             "scores": scores_from_logits(self.head, logits),
-            "logits": logits.float()[:, -1] if logits.size(-1) == 1 else logits.float()[:, 1] - logits.float()[:, 0],
+            "logits": logits.float()[:, 0],  # the scalar head's score, for the pairwise validation loss
             "labels": batch["labels"],
             "groups": batch["groups"],
             "losses": self.row_losses(logits, batch["labels"]),
@@ -199,8 +206,7 @@ class ORMObjective(Objective):
         if self.head == "scalar" and self.loss == "pairwise":
             loss = group_pairwise_loss(outputs["logits"], labels, outputs["groups"])
         else:
-            weights = torch.where(labels == 1, self.pos_weight, 1.0)
-            loss = float(outputs["losses"].sum() / weights.sum())
+            loss = float(outputs["losses"].sum() / self.class_weights(labels).sum())
         metrics = {"val_loss": loss, **orm_metrics(scores, labels)}
         if self.out_dir is not None:
             orm_plots(scores, labels, self.out_dir / "eval", step)

@@ -46,6 +46,7 @@ def pair_collate(samples: list[dict], pad_id: int = 0, chosen_prompt: bool = Fal
         "targets": input_ids[:, 1:].reshape(-1).index_select(0, flat),
         "row": torch.div(flat, width, rounding_mode="floor"),
         "is_answer": answer.reshape(-1).index_select(0, flat),
+        "answer_tokens": torch.tensor([len(a) for a in answers], dtype=torch.float32),
         "context": context,
     }
     if "ref_logps" in samples[0]:
@@ -74,10 +75,8 @@ def pair_forward(model: nn.Module, batch: dict, extra_rows=None) -> PairForward:
     head = answer_logps(model, batch["input_ids"][:, :-1], batch["flat"], batch["targets"], extra_rows)
     token_logps = head.token_logps
     rows = batch["input_ids"].size(0)
-    answer = batch["is_answer"]
-    summed = token_logps.new_zeros(rows).index_add(0, batch["row"], token_logps * answer)
-    answer_tokens = torch.zeros(rows, device=answer.device).index_add(0, batch["row"], answer.float())
-    return PairForward(token_logps, head.mean_logits, summed, answer_tokens, head.extra_mean_logits)
+    summed = token_logps.new_zeros(rows).index_add(0, batch["row"], token_logps * batch["is_answer"])
+    return PairForward(token_logps, head.mean_logits, summed, batch["answer_tokens"], head.extra_mean_logits)
 
 
 def row_means(hidden: torch.Tensor, mask: torch.Tensor, halves: int = 2) -> torch.Tensor:
