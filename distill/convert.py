@@ -71,7 +71,7 @@ class TeacherResponses:
             raise UserError("file not found", path=path, field="responses")
         cache = ResponseCache(Path(path))
         self.results = cache.results
-        self.key_of = {rid: key for key, ids in cache.ids.items() for rid in ids}
+        self.key_of = cache.key_of
 
     def get(self, record_id: str) -> dict | None:
         return self.results.get(self.key_of.get(record_id, ""))

@@ -351,3 +351,30 @@ def test_an_unreachable_endpoint_stops_at_once_and_caches_nothing(tmp_path, api_
         distill_query(records=records, prompt=PROMPT, out=out, base_url=f"http://127.0.0.1:{port}/v1", concurrency=4)
     assert time.monotonic() - t0 < 15
     assert not out.exists() or _results(out) == {}  # nothing cached: a rerun sends every request
+
+
+def test_a_changed_prompt_is_answered_and_changing_it_back_reuses_the_first_answers(tmp_path, api_key):
+    """The pipeline's teacher stage reruns when its prompt changes; convert must then read the answers to the prompt
+    of the latest run, also when the prompt goes back to one whose answers are cached (no request sent)."""
+    from distill.convert import distill_convert
+
+    records = write_records(tmp_path / "records.jsonl", 6)
+    out, data = tmp_path / "responses.jsonl", tmp_path / "data"
+    queries = "Title: {title}\nBody: {body}\nWrite search queries, one per line."
+    categories = "Title: {title}\nBody: {body}\nList its categories, one per line."
+
+    def outputs() -> set[str]:
+        distill_convert(records=records, responses=out, out_dir=data, parser="lines", val_fraction=0.0)
+        return {row["output"] for row in json.loads((data / "train.json").read_text())}
+
+    with FakeOpenAI(ServerConfig(api_key=KEY)) as server:
+        distill_query(records=records, prompt=queries, out=out, base_url=server.base_url)
+        first = outputs()
+        assert first and all(o == o.lower() for o in first)  # queries are lower case
+        distill_query(records=records, prompt=categories, out=out, base_url=server.base_url)
+        second = outputs()
+        assert second and all(o[0].isupper() for o in second) and not second & first
+        sent = sum(server.state.answered.values())
+        distill_query(records=records, prompt=queries, out=out, base_url=server.base_url)
+        assert sum(server.state.answered.values()) == sent  # cached: nothing sent
+        assert outputs() == first

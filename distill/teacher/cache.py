@@ -5,6 +5,9 @@ Line kinds:
   "usage", "attempts", "source"}``; the latest line for a key wins (a later success replaces an earlier failure);
 * an alias — ``{"key", "alias_ids": [...]}``: more record ids whose request is already cached (no request sent).
 
+The latest line naming a record id decides which request is that record's: when a task's prompt changes and changes
+back, the rerun finds the first answers cached and re-points the records to them with an alias line (no request).
+
 A crash can tear only the last line; it is detected and cut on open. Nothing is ever rewritten in place.
 """
 
@@ -21,8 +24,9 @@ class ResponseCache:
         self.path = Path(path)
         self.results: dict[str, dict] = {}
         self.ids: dict[str, set[str]] = {}
+        self.key_of: dict[str, str] = {}  # record id -> the key of the latest line naming it
         for row in read_jsonl_repairing(self.path):
-            self.ids.setdefault(row["key"], set()).update(row.get("ids") or row.get("alias_ids") or [])
+            self._name(row["key"], row.get("ids") or row.get("alias_ids") or [])
             if "status" in row:
                 self.results[row["key"]] = row
         self._appender: JsonlAppender | None = None
@@ -32,6 +36,10 @@ class ResponseCache:
             self._appender = JsonlAppender(self.path)
         self._appender.write(row)
 
+    def _name(self, key: str, ids: list[str]) -> None:
+        self.ids.setdefault(key, set()).update(ids)
+        self.key_of.update((rid, key) for rid in ids)
+
     def done(self, key: str, retry_failed: bool = False) -> bool:
         row = self.results.get(key)
         return row is not None and (row["status"] == "ok" or not retry_failed)
@@ -40,13 +48,13 @@ class ResponseCache:
         row = {**row, "time": round(time.time(), 3)}
         self._append(row)
         self.results[row["key"]] = row
-        self.ids.setdefault(row["key"], set()).update(row.get("ids") or [])
+        self._name(row["key"], row.get("ids") or [])
 
     def add_aliases(self, key: str, ids: list[str]) -> None:
-        new = [i for i in ids if i not in self.ids.get(key, set())]
+        new = [i for i in ids if self.key_of.get(i) != key]
         if new:
             self._append({"key": key, "alias_ids": new})
-            self.ids.setdefault(key, set()).update(new)
+            self._name(key, new)
 
     def unfinished(self, keys: list[str]) -> int:
         """How many of these requests have no answer, or a failed one."""
