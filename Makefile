@@ -10,7 +10,9 @@ SHELL := /bin/bash
 # pip prints one warning per missing local index folder on some machines; keep its real output only.
 QUIET_PIP := 2>&1 | { grep -v "is ignored" || true; }
 
-.PHONY: install demo test lint format clean bench-sft bench-teacher bench-generate bench-dpo bench-sql-label bench-orm
+.PHONY: help install demo test lint format clean bench-sft bench-teacher bench-generate bench-dpo bench-sql-label bench-orm
+.PHONY: teacher convert tokenize student export generate task-env FORCE
+.DEFAULT_GOAL := help
 
 install: $(STAMP)
 
@@ -23,7 +25,10 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(BIN)/python -c "import torch, litgpt, litgpt_ext, distill; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 
+# The demo task's pipeline through the same targets a user's task uses, then the stages outside a task pipeline
+# (Q/A SFT, preference pairs + DPO, text-to-SQL labels + reward model).
 demo: install
+	$(MAKE) --no-print-directory generate TASK=demo
 	$(BIN)/python -m distill.demo
 
 test: install
@@ -33,6 +38,7 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/shellcheck jobs/*.sbatch jobs/*.sh .ci/run
 
 format: install
 	$(BIN)/ruff check --fix .
@@ -58,3 +64,117 @@ bench-sql-label: install
 
 bench-orm: install
 	$(BIN)/python -m tests.bench.bench_orm
+
+# ---------------------------------------------------------------------------------------------------------------
+# The pipeline of one task. A task is one file, artifacts/tasks/$(TASK).mk (or TASK=path/to/file.mk), that sets the
+# variables `make help` lists. Each stage is a file target that depends on the previous stage's output, on its own
+# input files and on its own settings (a stamp rewritten only when they change), so a rerun with nothing changed
+# does nothing and `make -n generate` shows what would run.
+TASK ?= demo
+TASK_FILE := $(if $(filter %.mk,$(TASK)),$(TASK),artifacts/tasks/$(TASK).mk)
+LITGPT_EXT := $(BIN)/python -m litgpt_ext
+ifeq ($(wildcard $(TASK_FILE)),)
+$(error TASK=$(TASK): no task file $(TASK_FILE) (see artifacts/tasks/example.mk))
+endif
+include $(TASK_FILE)
+
+RESPONSES      ?= $(RUN)/responses.jsonl
+DATA_DIR       ?= $(RUN)/data
+FINETUNE_DIR   ?= $(RUN)/finetune
+HF_DIR         ?= $(RUN)/hf
+GENERATE_INPUT ?= $(DATA_DIR)/prompts.jsonl
+GENERATIONS    ?= $(RUN)/generations.jsonl
+FINETUNE       ?= finetune_sft
+PARSER         ?= raw
+STAMPS         := $(RUN)/.make
+STUDENT_CKPT   := $(STUDENT)/lit_model.pth
+FINAL_CKPT     := $(FINETUNE_DIR)/final/lit_model.pth
+
+teacher:  $(STAMPS)/teacher.done
+convert:  $(DATA_DIR)/train.json
+tokenize: $(DATA_DIR)/train.pt
+student:  $(FINAL_CKPT)
+export:   $(HF_DIR)/config.json
+generate: $(STAMPS)/generate.done
+
+# $(call keep_or_move_aside,OUTPUT): a stage that resumes (finetune, generate) keeps an OUTPUT newer than all its
+# prerequisites (an interrupted run) and moves an older one to OUTPUT.previous (its inputs changed: start over).
+keep_or_move_aside = for dep in $^; do if [ -e $(1) ] && [ ! $(1) -nt "$$dep" ]; then \
+	echo "$(1) predates $$dep: moved to $(1).previous"; rm -rf $(1).previous; mv $(1) $(1).previous; fi; done
+
+# The teacher's answers land in the append-only cache $(RESPONSES) (never moved or deleted: a changed prompt sends
+# only the new requests, and changing it back costs nothing); the stamp marks a run that ended with every answer.
+$(STAMPS)/teacher.done: $(RECORDS) $(TEACHER_PROMPT) $(STAMPS)/teacher.settings | $(STAMP)
+	$(TEACHER_WRAP) $(LITGPT_EXT) distill_query --records $(RECORDS) --prompt $(TEACHER_PROMPT) \
+	    --model $(TEACHER_MODEL) --out $(RESPONSES) $(TEACHER_FLAGS)
+	touch $@
+
+$(DATA_DIR)/train.json: $(STAMPS)/teacher.done $(STUDENT_PROMPT) $(STAMPS)/convert.settings | $(STAMP)
+	$(LITGPT_EXT) distill_convert --records $(RECORDS) --responses $(RESPONSES) --out_dir $(DATA_DIR) \
+	    --instruction $(STUDENT_PROMPT) --parser $(PARSER) $(CONVERT_FLAGS)
+
+$(DATA_DIR)/val.json $(DATA_DIR)/prompts.jsonl: $(DATA_DIR)/train.json ;  # written by distill_convert too
+
+$(DATA_DIR)/train.pt: $(DATA_DIR)/train.json $(STUDENT_CKPT) $(STAMPS)/tokenize.settings | $(STAMP)
+	$(LITGPT_EXT) distill_tokenize --data_dir $(DATA_DIR) --checkpoint_dir $(STUDENT) $(TOKENIZE_FLAGS)
+
+$(FINAL_CKPT): $(DATA_DIR)/train.pt $(FINETUNE_CONFIG) $(STAMPS)/student.settings | $(STAMP)
+	@$(call keep_or_move_aside,$(FINETUNE_DIR))
+	$(LITGPT_EXT) $(FINETUNE) $(STUDENT) --config $(FINETUNE_CONFIG) --data $(DATA_DIR) --out_dir $(FINETUNE_DIR) \
+	    --resume auto $(FINETUNE_FLAGS)
+
+$(HF_DIR)/config.json: $(FINAL_CKPT) $(STAMPS)/export.settings | $(STAMP)
+	$(LITGPT_EXT) export_hf $(FINETUNE_DIR)/final --out_dir $(HF_DIR) --overwrite true $(EXPORT_FLAGS)
+
+# Generation follows the export, so `make generate` leaves the shippable model too.
+$(STAMPS)/generate.done: $(HF_DIR)/config.json $(GENERATE_INPUT) $(STAMPS)/generate.settings | $(STAMP)
+	@$(call keep_or_move_aside,$(GENERATIONS))
+	$(LITGPT_EXT) generate_batch $(FINETUNE_DIR)/final --input $(GENERATE_INPUT) --output $(GENERATIONS) \
+	    $(GENERATE_FLAGS)
+	touch $@
+
+# Each stage's settings (the paths and flags that are not files) are kept in a stamp file that is rewritten only when
+# they differ from the last run's (compared while the Makefile is read), so `make -n` and `make -q` see exactly what
+# changed.
+settings.teacher  = $(TEACHER_WRAP) $(TEACHER_MODEL) $(RESPONSES) $(TEACHER_FLAGS)
+settings.convert  = $(RECORDS) $(DATA_DIR) $(PARSER) $(CONVERT_FLAGS)
+settings.tokenize = $(STUDENT) $(TOKENIZE_FLAGS)
+settings.student  = $(FINETUNE) $(STUDENT) $(FINETUNE_DIR) $(FINETUNE_FLAGS)
+settings.export   = $(HF_DIR) $(EXPORT_FLAGS)
+settings.generate = $(GENERATIONS) $(GENERATE_FLAGS)
+same = $(and $(findstring x$(1)x,x$(2)x),$(findstring x$(2)x,x$(1)x))
+$(foreach s,teacher convert tokenize student export generate,$(eval \
+	$(STAMPS)/$(s).settings: $(if $(call same,$(file < $(STAMPS)/$(s).settings),$(settings.$(s))),,FORCE)))
+$(STAMPS)/%.settings: export STAGE_SETTINGS = $(settings.$*)
+$(STAMPS)/%.settings:
+	@mkdir -p $(@D)
+	@printf '%s\n' "$$STAGE_SETTINGS" > $@
+
+FORCE:
+
+# Shell assignments of the task's resolved settings, for jobs/submit_pipeline.sh.
+TASK_ENV := TASK RUN RECORDS TEACHER_PROMPT STUDENT_PROMPT STUDENT RESPONSES DATA_DIR FINETUNE FINETUNE_CONFIG \
+	FINETUNE_FLAGS FINETUNE_DIR HF_DIR EXPORT_FLAGS GENERATE_INPUT GENERATIONS GENERATE_FLAGS GENERATE_SHARDS
+GENERATE_SHARDS ?= 8
+task-env:
+	@$(foreach v,$(TASK_ENV),printf '%s=%q\n' $(v) '$(subst ','\'',$($(v)))';)
+
+help:
+	@echo "Set-up:    make demo | make test          (both install into .venv when needed)"
+	@echo "Checks:    make lint | make format | make bench-{sft,teacher,generate,dpo,sql-label,orm}"
+	@echo "Pipeline:  make teacher | convert | tokenize | student | export | generate   TASK=name (default: demo)"
+	@echo "           each stage makes the ones before it when they are out of date; make -n generate shows the chain"
+	@echo "           a task is artifacts/tasks/<name>.mk (or TASK=path.mk); the variables it sets:"
+	@echo "  RUN             output folder of the task (every stage writes under it)"
+	@echo "  RECORDS         records JSONL sent to the teacher           TEACHER_PROMPT  teacher prompt template"
+	@echo "  TEACHER_MODEL   teacher model                               TEACHER_FLAGS   more distill_query flags"
+	@echo "  TEACHER_WRAP    command put before distill_query (the demo: the offline stand-in server)"
+	@echo "  STUDENT_PROMPT  student prompt template                     PARSER          raw | lines | json:FIELD"
+	@echo "  CONVERT_FLAGS   more distill_convert flags                  TOKENIZE_FLAGS  more distill_tokenize flags"
+	@echo "  STUDENT         student litgpt checkpoint dir (the task file has the rule that makes or downloads it)"
+	@echo "  FINETUNE        finetune_sft | finetune_dpo | ...           FINETUNE_CONFIG its --config YAML"
+	@echo "  FINETUNE_FLAGS  more finetune flags                         EXPORT_FLAGS    more export_hf flags"
+	@echo "  GENERATE_INPUT  prompts JSONL for generate_batch (default: every record's student prompt)"
+	@echo "  GENERATE_FLAGS  more generate_batch flags"
+	@echo "  outputs: RESPONSES DATA_DIR FINETUNE_DIR HF_DIR GENERATIONS (defaults under RUN)"
+	@echo "Cluster:   jobs/submit_pipeline.sh TASK   (SLURM: teacher -> data -> finetune+export -> generate array -> merge)"

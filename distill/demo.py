@@ -1,4 +1,6 @@
-"""``make demo``: the pipeline end to end, offline, on the embedded default data and tiny student.
+"""``make demo``, after the demo task's pipeline (``make generate TASK=demo``, see ``artifacts/tasks/demo.mk``): the
+stages outside a task pipeline — Q/A SFT, exports, batch generation in shards, preference pairs + DPO, text-to-SQL
+labels and an outcome reward model — offline, on the embedded data and the tiny student the pipeline made.
 
 Each stage is the real ``litgpt-ext`` command a user would type (run as a subprocess), so the demo doubles as a
 copy-paste guide. Outputs go to ``artifacts/runs/demo/`` (git-ignored); a summary is printed at the end.
@@ -31,110 +33,25 @@ def rel(path: Path) -> str:
 
 
 def main() -> None:
-    RUN.mkdir(parents=True, exist_ok=True)
-    summary: list[tuple[str, Path]] = []
-
-    student = RUN / "student"
-    litgpt_ext(
-        "make_tiny_checkpoint",
-        "--out_dir",
-        rel(student),
-        "--corpus",
-        rel(DEMO_DATA / "corpus.txt"),
-        "--n_layer",
-        2,
-        "--n_embd",
-        128,
-        "--n_head",
-        4,
-    )
-    summary.append(("tiny student checkpoint", student))
-
+    """The stages outside a task pipeline, after the demo task's pipeline (``make generate TASK=demo``: teacher,
+    convert, tokenize, student, export, generate), which ``make demo`` runs first."""
+    student, distilled = RUN / "student", RUN / "sft-distilled" / "final"
+    if not (distilled / "lit_model.pth").is_file():
+        raise SystemExit(f"{rel(distilled)} is missing: run `make demo` (it runs the demo task's pipeline first)")
+    summary = [
+        ("tiny student checkpoint", student),
+        ("teacher responses (cache)", RUN / "responses.jsonl"),
+        ("distilled litgpt JSON + train.pt", RUN / "distilled"),
+        ("student trained on distilled data", distilled),
+        ("distilled student for Hugging Face", RUN / "hf-distilled"),
+        ("distilled student's generations", RUN / "distilled_generations.jsonl"),
+    ]
     for stage in STAGES:
         summary.extend(stage(student))
 
     print("\n== demo finished ==")
     for what, path in summary:
-        print(f"  {what:<32} {rel(path)}")
-
-
-def _teacher_stage(student: Path) -> list[tuple[str, Path]]:
-    """Ask the teacher for search queries (offline: the local OpenAI-compatible server plays the teacher), convert
-    the answers to litgpt JSON and tokenize them with the student's tokenizer."""
-    import os
-
-    from distill.teacher.fake_server import FakeOpenAI, ServerConfig
-
-    responses, data = RUN / "responses.jsonl", RUN / "distilled"
-    with FakeOpenAI(ServerConfig(latency_s=0.05, rpm=600, fault_rate=0.1, stall_s=1.0)) as server:
-        os.environ.setdefault("OPENAI_API_KEY", "sk-demo-offline")
-        litgpt_ext(
-            "distill_query",
-            "--records",
-            rel(DEMO_DATA / "records.jsonl"),
-            "--prompt",
-            "prompts/search_queries.md",
-            "--out",
-            rel(responses),
-            "--model",
-            "gpt-4o-mini",
-            "--base_url",
-            server.base_url,
-            "--rpm",
-            600,
-            "--concurrency",
-            8,
-            "--timeout",
-            0.5,
-        )
-    litgpt_ext(
-        "distill_convert",
-        "--records",
-        rel(DEMO_DATA / "records.jsonl"),
-        "--responses",
-        rel(responses),
-        "--out_dir",
-        rel(data),
-        "--instruction",
-        "prompts/student_search_queries.md",
-        "--parser",
-        "lines",
-        "--val_fraction",
-        0.2,
-    )
-    litgpt_ext("distill_tokenize", "--data_dir", rel(data), "--checkpoint_dir", rel(student), "--max_seq_length", 256)
-    out = RUN / "sft-distilled"
-    litgpt_ext(
-        "finetune_sft",
-        rel(student),
-        "--data",
-        rel(data),
-        "--out_dir",
-        rel(out),
-        "--mode",
-        "lora",
-        "--precision",
-        "32-true",
-        "--train.max_steps",
-        10,
-        "--train.epochs",
-        "null",
-        "--train.global_batch_size",
-        8,
-        "--train.micro_batch_size",
-        8,
-        "--train.lr_warmup_steps",
-        2,
-        "--eval.interval",
-        1000,
-        "--eval.max_iters",
-        2,
-    )
-    return [
-        ("teacher responses (cache)", responses),
-        ("distilled litgpt JSON + train.pt", data),
-        ("student trained on distilled data", out / "final"),
-    ]
+        print(f"  {what:<42} {rel(path)}")
 
 
 def _sft_stage(student: Path) -> list[tuple[str, Path]]:
@@ -543,7 +460,7 @@ def _orm_stage(student: Path) -> list[tuple[str, Path]]:
     return [("reward model (classifier head) + ROC plots", out), ("best-of-N rerank report", sql / "rerank.json")]
 
 
-STAGES = [_teacher_stage, _preference_stage, _sft_stage, _export_stage, _generate_stage, _sql_stage, _orm_stage]
+STAGES = [_preference_stage, _sft_stage, _export_stage, _generate_stage, _sql_stage, _orm_stage]
 
 
 if __name__ == "__main__":

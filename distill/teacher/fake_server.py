@@ -5,7 +5,8 @@ Knobs: per-request latency, a server-side rate limit (requests and tokens per mi
 ``retry-after-ms``, plus ``x-ratelimit-*`` headers on every answer), injected faults (500/503/429, dropped
 connections, stalls past the client's timeout), bad answers (``finish_reason`` ``length`` / ``content_filter``,
 invalid JSON under ``response_format``), and Batch API expiry. It counts what it answered per request body so tests
-can prove that nothing was sent twice. Run it standalone: ``python -m distill.teacher.fake_server --port 8000``.
+can prove that nothing was sent twice. Run it standalone: ``python -m distill.teacher.fake_server --port 8000``, or around one command:
+``python -m distill.teacher.fake_server -- litgpt-ext distill_query ...``.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import random
 import re
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -474,28 +478,39 @@ class FakeOpenAI:
         self.stop()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Serve forever, or — given a command after ``--`` — serve while that command runs, with ``OPENAI_BASE_URL``
+    pointing at the server (and a placeholder ``OPENAI_API_KEY`` if none is set), and exit with its exit code.
+    The second form is how the demo task's ``make teacher`` runs ``distill_query`` offline."""
+    argv = sys.argv[1:] if argv is None else argv
+    command = argv[argv.index("--") + 1 :] if "--" in argv else []
     parser = argparse.ArgumentParser(description="Local OpenAI-compatible server for tests and offline demos.")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--latency_s", type=float, default=0.0)
-    parser.add_argument("--rpm", type=int, default=None)
-    parser.add_argument("--fault_rate", type=float, default=0.0)
+    parser.add_argument("--port", type=int, default=8000, help="port (0: any free one; the default with a command)")
+    parser.add_argument("--latency_s", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument("--rpm", type=int, default=None, help="requests per minute before 429s")
+    parser.add_argument("--fault_rate", type=float, default=0.0, help="fraction of requests answered with a fault")
+    parser.add_argument("--stall_s", type=float, default=3.0, help="how long a 'stall' fault holds the answer")
     parser.add_argument("--port_file", default=None, help="write the chosen port here once listening")
-    args = parser.parse_args()
-    server = FakeOpenAI(
-        ServerConfig(latency_s=args.latency_s, rpm=args.rpm, fault_rate=args.fault_rate), port=args.port
-    )
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    config = ServerConfig(latency_s=args.latency_s, rpm=args.rpm, fault_rate=args.fault_rate, stall_s=args.stall_s)
+    server = FakeOpenAI(config, port=0 if command and args.port == 8000 else args.port)
     server.start()
     if args.port_file:
         with open(args.port_file, "w") as fh:
             fh.write(str(server._server.server_address[1]))
     print(f"fake OpenAI API at {server.base_url}", flush=True)
     try:
+        if command:
+            env = {**os.environ, "OPENAI_BASE_URL": server.base_url}
+            env.setdefault("OPENAI_API_KEY", "sk-offline-placeholder")
+            return subprocess.run(command, env=env).returncode
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
+        return 130
+    finally:
         server.stop()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
