@@ -331,3 +331,51 @@ def test_sliding_window_models_match_litgpt_ring_buffer(tiny_factory, tmp_path):
         model.clear_kv_cache()
         expected = tok.decode(out[len(ids) :][out[len(ids) :] != tok.eos_id])
         assert ours[str(i)]["generations"][0] == expected, (prompt, ours[str(i)]["generations"][0], expected)
+
+
+def test_greedy_equals_litgpt_generate_and_min_new_tokens_equals_transformers(student, tmp_path):
+    """The engine's own prefill (LM head on the last prompt token only) and grouped-query decode step (no KV
+    copies) give litgpt's greedy tokens; --min_new_tokens gives transformers' (EOS masked until N tokens)."""
+    import torch
+    from litgpt.config import Config
+    from litgpt.generate.base import generate
+    from litgpt.model import GPT
+    from litgpt.tokenizer import Tokenizer
+    from transformers import AutoModelForCausalLM
+
+    from litgpt_ext.export.command import export_hf
+    from litgpt_ext.generate.attention import grouped_decode_applies
+
+    config = Config.from_file(student / "model_config.yaml")
+    assert grouped_decode_applies(config)  # the tiny llama has 4 heads in 2 groups
+    inp = _prompts(tmp_path / "p.jsonl", 6, seed=5)
+    _gen(student, inp, tmp_path / "ours.jsonl", prompt_style="default", max_batch_size=4)
+    _gen(student, inp, tmp_path / "min.jsonl", prompt_style="default", max_batch_size=4, min_new_tokens=20)
+    by_id, min_by_id = _by_id(tmp_path / "ours.jsonl"), _by_id(tmp_path / "min.jsonl")  # rows land as they finish
+    prompts = [r["prompt"] for r in _rows(inp)]
+    ours, at_least = [by_id[r["id"]] for r in _rows(inp)], [min_by_id[r["id"]] for r in _rows(inp)]
+    tok = Tokenizer(student)
+    model = GPT(config)
+    model.load_state_dict(torch.load(student / "lit_model.pth", weights_only=True))
+    model.eval()
+    for prompt, row in zip(prompts, ours):
+        ids = tok.encode(prompt)
+        model.set_kv_cache(batch_size=1, max_seq_length=len(ids) + 24)
+        out = generate(model, ids, max_returned_tokens=len(ids) + 24, temperature=0.0, eos_id=tok.eos_id)
+        new = out[len(ids) :].tolist()
+        assert row["generations"][0] == tok.decode(torch.tensor([t for t in new if t != tok.eos_id])), prompt
+        model.clear_kv_cache()
+    assert any(r["finish_reasons"][0] == "stop" for r in ours)  # so that min_new_tokens changes something
+
+    export_hf(student, out_dir=tmp_path / "hf")
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    for prompt, row in zip(prompts, at_least):
+        ids = tok.encode(prompt)
+        with torch.inference_mode():
+            out = hf.generate(
+                ids.unsqueeze(0), max_new_tokens=24, min_new_tokens=20, do_sample=False, eos_token_id=tok.eos_id
+            )
+        new = out[0, len(ids) :].tolist()
+        new = new[: new.index(tok.eos_id)] if tok.eos_id in new else new
+        assert row["generated_tokens"][0] == len(new) >= 20, prompt
+        assert row["generations"][0] == tok.decode(torch.tensor(new)), prompt

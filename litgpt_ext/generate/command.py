@@ -51,6 +51,7 @@ class GenerateArgs:
     prompt_style: str
     passthrough: list[str]
     max_new_tokens: int
+    min_new_tokens: int
     temperature: float
     top_k: int | None
     top_p: float
@@ -74,6 +75,7 @@ def generate_batch(
     prompt_style: str = "auto",
     passthrough: list[str] | None = None,
     max_new_tokens: int = 128,
+    min_new_tokens: int = 0,
     temperature: float = 0.8,
     top_k: int | None = 50,
     top_p: float = 1.0,
@@ -101,6 +103,8 @@ def generate_batch(
             generate does), a style name, or ``default`` for the raw text.
         passthrough: Record fields copied into each output line.
         max_new_tokens: Tokens generated at most per sample.
+        min_new_tokens: EOS cannot end a sample before this many tokens (transformers' ``min_new_tokens``: the
+            EOS logit is masked until then; stop strings still apply).
         temperature: Sampling temperature; 0 is greedy.
         top_k: Keep the k most likely tokens (None: all).
         top_p: Nucleus sampling threshold.
@@ -118,6 +122,7 @@ def generate_batch(
     checkpoint_dir = Path(checkpoint_dir)
     input, output = Path(require(input, "input")), Path(require(output, "output"))
     at_least("max_new_tokens", max_new_tokens, 1)
+    at_least("min_new_tokens", min_new_tokens, 0)
     at_least("temperature", temperature, 0.0)
     at_least("top_k", top_k, 1)
     within("top_p", top_p, 0.0, 1.0, low_open=True)
@@ -144,6 +149,7 @@ def generate_batch(
         prompt_style,
         passthrough or [],
         max_new_tokens,
+        min_new_tokens,
         temperature,
         top_k,
         top_p,
@@ -193,6 +199,7 @@ def _run(fabric: L.Fabric, a: GenerateArgs) -> None:
         max_batch_size=a.max_batch_size,
         max_seq_length=config.block_size,
         temperature=a.temperature,
+        min_new_tokens=a.min_new_tokens,
         top_k=a.top_k,
         top_p=a.top_p,
         seed=a.seed,

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from litgpt_ext.generate.attention import install_grouped_decode
 from litgpt_ext.generate.kv_cache import install_slot_cache
 from litgpt_ext.generate.sampling import row_key, sample, uniforms
+from litgpt_ext.heads import LastPositionHead
 
 
 @dataclass
@@ -53,6 +55,8 @@ class Settings:
     max_batch_size: int = 32
     max_seq_length: int = 1024
     temperature: float = 0.0
+    min_new_tokens: int = 0
+    """EOS is masked for a row until it has this many tokens (transformers' ``min_new_tokens``)."""
     top_k: int | None = None
     top_p: float = 1.0
     seed: int = 42
@@ -68,6 +72,9 @@ class Engine:
         self.model, self.tokenizer, self.s = model, tokenizer, settings
         self.device = device
         self.caches = install_slot_cache(model, settings.max_batch_size, settings.max_seq_length, device, dtype)
+        gpt = getattr(model, "_orig_mod", model)  # under torch.compile
+        self.head = gpt.lm_head = LastPositionHead(gpt.lm_head)
+        install_grouped_decode(gpt)
         self.slots: list[Row | None] = [None] * settings.max_batch_size
         self.eos = tokenizer.eos_id
         self.stop_tail = max((len(s) for s in settings.stop), default=0) + 8
@@ -80,18 +87,21 @@ class Engine:
 
     @torch.inference_mode()
     def _prefill(self, admitted: list[tuple[int, Row]]) -> torch.Tensor:
-        """Right-padded prefill of new rows into their slots; logits at each prompt's last token."""
+        """Right-padded prefill of new rows into their slots, from position 0 (one position vector and one causal
+        mask for the whole group); the LM head runs on each prompt's last token only."""
         lengths = [len(r.job.prompt_ids) for _, r in admitted]
         width = max(lengths)
         idx = torch.zeros((len(admitted), width), dtype=torch.long)
         for i, (_, r) in enumerate(admitted):
             idx[i, : lengths[i]] = torch.tensor(r.job.prompt_ids)
-        pos = torch.arange(width).expand(len(admitted), width)
         self._set_rows(torch.tensor([slot for slot, _ in admitted], device=self.device))
-        logits = self.model(idx.to(self.device), input_pos=pos.to(self.device), input_pos_maxp1=width)
-        self._set_rows(None)
-        last = torch.tensor(lengths, device=self.device) - 1
-        return logits[torch.arange(len(admitted), device=self.device), last]
+        self.head.positions = torch.tensor(lengths, device=self.device) - 1
+        try:
+            pos = torch.arange(width, device=self.device)
+            return self.model(idx.to(self.device), input_pos=pos, input_pos_maxp1=width)[:, 0]
+        finally:
+            self._set_rows(None)
+            self.head.positions = None
 
     @torch.inference_mode()
     def _decode(self) -> torch.Tensor:
@@ -102,6 +112,12 @@ class Engine:
         return self.model(idx, input_pos=pos, input_pos_maxp1=max(positions) + 1)[:, -1]
 
     def _sample(self, logits: torch.Tensor, rows: list[Row]) -> list[int]:
+        if self.s.min_new_tokens and self.eos is not None:
+            young = [i for i, r in enumerate(rows) if len(r.tokens) < self.s.min_new_tokens]
+            if young:
+                eos = torch.full((len(young),), self.eos, device=logits.device)
+                young = torch.tensor(young, device=logits.device)
+                logits = logits.index_put((young, eos), torch.tensor(float("-inf"), device=logits.device))
         keys = torch.tensor([r.key for r in rows], device=logits.device)
         steps = torch.tensor([len(r.tokens) for r in rows], device=logits.device)
         u = uniforms(keys, steps) if self.s.temperature > 0 else None

@@ -2,9 +2,11 @@
 given to the next prompt. Preallocated once, ``(slots, n_query_groups, max_seq_length, head_size)`` per layer.
 
 It plugs into litgpt's attention unchanged (a ``litgpt.model.KVCache`` subclass): the engine sets ``rows`` before a
-forward — ``None`` for a step over every slot, or the slot indices of the rows being prefilled. Stale entries left by
-a slot's previous owner are never read: a row at position p attends to positions <= p only, and positions 0..p were
-all written by the current owner (prefill writes the prompt, every decode step writes its own position first).
+forward — ``None`` for a step over every slot, or the slot indices of the rows being prefilled. A prefill starts at
+position 0, so its attention needs only the keys and values it just computed: they are stored into the slots and
+returned as they are, without reading the cache back. Stale entries left by a slot's previous owner are never read: a
+row at position p attends to positions <= p only, and positions 0..p were all written by the current owner (prefill
+writes the prompt, every decode step writes its own position first).
 """
 
 from __future__ import annotations
@@ -22,11 +24,10 @@ class SlotKVCache(KVCache):
     def forward(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.rows is None:  # every slot, in order
             return batched_index_copy_(self.k, -2, input_pos, k), batched_index_copy_(self.v, -2, input_pos, v)
-        kk, vv = self.k[self.rows], self.v[self.rows]  # gathered copies for the rows being prefilled
-        batched_index_copy_(kk, -2, input_pos, k)
-        batched_index_copy_(vv, -2, input_pos, v)
-        self.k[self.rows], self.v[self.rows] = kk, vv
-        return kk, vv
+        width = k.size(-2)  # a prefill: positions 0..width-1 of the rows being admitted
+        self.k[self.rows, :, :width] = k
+        self.v[self.rows, :, :width] = v
+        return k, v
 
 
 def sliding_window_mask(max_seq_length: int, window: int, device) -> torch.Tensor:

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from litgpt_ext.heads import swapped_head
+
 
 class Objective:
     """Base class; subclasses override :meth:`collate` and :meth:`compute`."""
@@ -124,12 +126,8 @@ def forward_with_head(model: nn.Module, head: nn.Module, input_ids: torch.Tensor
     gpt = unwrap(model)
     if gpt.config.final_logit_softcapping:
         raise NotImplementedError("models with final_logit_softcapping are not supported by this objective yet")
-    original = gpt.lm_head
-    gpt.lm_head = head
-    try:
+    with swapped_head(gpt, head):
         return model(input_ids)
-    finally:
-        gpt.lm_head = original
 
 
 HEAD_CHUNK_ELEMENTS = 2**21

@@ -1,0 +1,68 @@
+"""A decode step for grouped-query attention that does not copy the KV cache.
+
+litgpt's attention expands keys and values to one head per query head (``repeat_interleave``) before attending; in a
+decode step that copies the whole cached span of every slot, in every layer, at every step — most of the step's
+time at a few hundred cached positions. With one query position per row, the query heads that share a key/value
+head can instead be laid out as that group's "query positions": ``(B, heads, 1, hs) -> (B, groups, heads/groups,
+hs)`` attends over the group's own keys, with no copy, and gives the same result. Prefill (many positions) and
+everything else keep litgpt's own forward.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+
+import torch
+import torch.nn.functional as F
+from litgpt.model import CausalSelfAttention, apply_rope
+
+
+def grouped_decode_applies(config) -> bool:
+    """True for models whose decode step this module takes over: grouped (not multi-query: litgpt already
+    broadcasts a single key/value head) query attention without q/k norms, logit softcapping or interleaved rope."""
+    return (
+        1 < config.n_query_groups < config.n_head
+        and not config.norm_qk
+        and config.attention_logit_softcapping is None
+        and not getattr(config, "rope_interleave", False)
+    )
+
+
+def install_grouped_decode(model) -> bool:
+    """Route every attention block's one-position calls through :func:`_grouped_forward`; False if not applicable."""
+    if not grouped_decode_applies(model.config):
+        return False
+    for block in model.transformer.h:
+        block.attn.forward = types.MethodType(_grouped_forward, block.attn)
+    return True
+
+
+def _grouped_forward(
+    self: CausalSelfAttention,
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    input_pos: torch.Tensor | None = None,
+    input_pos_maxp1: int | None = None,
+) -> torch.Tensor:
+    B, T, _ = x.shape
+    if T != 1 or input_pos is None or mask is None:
+        return CausalSelfAttention.forward(self, x, cos, sin, mask, input_pos, input_pos_maxp1)
+    cfg = self.config
+    hs, heads, groups, n_rope = cfg.head_size, cfg.n_head, cfg.n_query_groups, cfg.rope_n_elem
+    q, k, v = self.qkv(x).split((heads * hs, groups * hs, groups * hs), dim=-1)
+    q = q.view(B, 1, heads, hs).transpose(1, 2)
+    k = k.view(B, 1, groups, hs).transpose(1, 2)
+    v = v.view(B, 1, groups, hs).transpose(1, 2)
+    q = torch.cat((apply_rope(q[..., :n_rope], cos, sin), q[..., n_rope:]), dim=-1)
+    k = torch.cat((apply_rope(k[..., :n_rope], cos, sin), k[..., n_rope:]), dim=-1)
+    k, v = self.kv_cache(input_pos, k, v)
+    if input_pos_maxp1 is not None:
+        k, v = k[..., :input_pos_maxp1, :], v[..., :input_pos_maxp1, :]
+    mask = mask[..., : k.size(-2)]
+    q = q.reshape(B, groups, heads // groups, hs)  # a group's query heads as its query positions
+    scale = 1.0 / math.sqrt(cfg.attention_scores_scalar or hs) * self.mscale * self.mscale
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)  # (B, groups, heads/groups, hs)
+    return self.proj(y.reshape(B, 1, heads * hs))

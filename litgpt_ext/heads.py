@@ -1,0 +1,42 @@
+"""Running a litgpt ``GPT`` with another module in place of its LM head, for one call.
+
+litgpt's forward always ends in ``lm_head`` over every position; the training objectives and the generator need it on
+a few positions only (the answer tokens, the last prompt token), and computing the rest is most of a prefill's cost at
+a large vocabulary. Swapping the head keeps litgpt's forward — rope, masks, KV cache, softcapping — as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+@contextmanager
+def swapped_head(gpt: nn.Module, head: nn.Module) -> Iterator[None]:
+    """``gpt.lm_head`` is ``head`` inside the block, the original again after it (also when the call fails)."""
+    original = gpt.lm_head
+    gpt.lm_head = head
+    try:
+        yield
+    finally:
+        gpt.lm_head = original
+
+
+class LastPositionHead(nn.Module):
+    """The LM head on every position, or — while ``positions`` is set — on one position per row:
+    ``(B, T, C)`` hidden states -> ``(B, 1, vocab)`` logits at ``positions[b]``. The generator installs it once (a
+    head swapped per call would make ``torch.compile`` recompile) and sets ``positions`` around a prefill."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+        self.positions: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.positions is None:
+            return self.head(x)
+        rows = torch.arange(x.size(0), device=x.device)
+        return self.head(x[rows, self.positions]).unsqueeze(1)
