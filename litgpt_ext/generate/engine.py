@@ -1,8 +1,8 @@
 """The continuous-batching decode loop, on a litgpt ``GPT``.
 
-Every step runs all ``max_batch_size`` slots at once (static shapes, one sync per step). A row that finishes — EOS,
-a stop string, ``max_new_tokens`` or a full context — frees its slot, and a waiting prompt is prefilled into it
-before the next step. Waiting prompts come from a bounded look-ahead window over the input stream, longest first,
+Every step runs all running rows at once (one sync per step). A row that finishes — EOS, a stop string,
+``max_new_tokens`` or a full context — frees its slot, and a waiting prompt is prefilled into it before the next step;
+rows are kept packed in the lowest slots, so a step never computes for an empty slot. Waiting prompts come from a bounded look-ahead window over the input stream, longest first,
 so long prompts do not straggle at the end and memory does not grow with the input.
 """
 
@@ -104,12 +104,30 @@ class Engine:
             self.head.positions = None
 
     @torch.inference_mode()
-    def _decode(self) -> torch.Tensor:
-        tokens = [r.tokens[-1] if r else 0 for r in self.slots]
-        positions = [r.position if r else 0 for r in self.slots]
-        idx = torch.tensor(tokens, device=self.device).unsqueeze(1)
+    def _decode(self, rows: list[Row]) -> torch.Tensor:
+        """One step for the running rows, which :meth:`_pack` put in slots ``0..len(rows)-1``."""
+        idx = torch.tensor([r.tokens[-1] for r in rows], device=self.device).unsqueeze(1)
+        positions = [r.position for r in rows]
         pos = torch.tensor(positions, device=self.device).unsqueeze(1)
         return self.model(idx, input_pos=pos, input_pos_maxp1=max(positions) + 1)[:, -1]
+
+    @torch.inference_mode()
+    def _pack(self) -> list[Row]:
+        """Move rows down into the slots that finished rows left, so the running rows are slots ``0..n-1`` and a
+        decode step costs what the n rows need, not ``max_batch_size`` (the tail of a run, a short input). A move
+        copies the row's cached positions once; positions 0..position-1 are all it has written."""
+        rows = [r for r in self.slots if r is not None]
+        top = len(self.slots) - 1
+        for hole in range(len(rows)):
+            if self.slots[hole] is not None:
+                continue
+            while self.slots[top] is None:
+                top -= 1
+            row = self.slots[top]
+            for cache in self.caches:
+                cache.move(top, hole, row.position)
+            self.slots[hole], self.slots[top] = row, None
+        return self.slots[: len(rows)]
 
     def _sample(self, logits: torch.Tensor, rows: list[Row]) -> list[int]:
         if self.s.min_new_tokens and self.eos is not None:
@@ -179,14 +197,12 @@ class Engine:
             free = [i for i, r in enumerate(self.slots) if r is None]
             if free and window:
                 self._admit(free, window, emit)
-            if not any(self.slots):
+            rows = self._pack()
+            if not rows:
                 if exhausted and not window:
                     return
                 continue
-            active = [(i, r) for i, r in enumerate(self.slots) if r is not None]
-            logits = self._decode()
-            index = torch.tensor([i for i, _ in active], device=logits.device)
-            self._advance(active, self._sample(logits.index_select(0, index), [r for _, r in active]), emit)
+            self._advance(list(enumerate(rows)), self._sample(self._decode(rows), rows), emit)
 
     def _admit(self, free: list[int], window: list, emit: Callable[[Job], None]) -> None:
         admitted = []

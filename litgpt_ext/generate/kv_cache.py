@@ -2,7 +2,8 @@
 given to the next prompt. Preallocated once, ``(slots, n_query_groups, max_seq_length, head_size)`` per layer.
 
 It plugs into litgpt's attention unchanged (a ``litgpt.model.KVCache`` subclass): the engine sets ``rows`` before a
-forward — ``None`` for a step over every slot, or the slot indices of the rows being prefilled. A prefill starts at
+forward — ``None`` for a decode step over the first B slots (B = the step's batch: the engine keeps its running rows
+packed at the bottom), or the slot indices of the rows being prefilled. A prefill starts at
 position 0, so its attention needs only the keys and values it just computed: they are stored into the slots and
 returned as they are, without reading the cache back. Stale entries left by a slot's previous owner are never read: a
 row at position p attends to positions <= p only, and positions 0..p were all written by the current owner (prefill
@@ -22,12 +23,19 @@ class SlotKVCache(KVCache):
         self.rows: torch.Tensor | None = None
 
     def forward(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.rows is None:  # every slot, in order
-            return batched_index_copy_(self.k, -2, input_pos, k), batched_index_copy_(self.v, -2, input_pos, v)
+        if self.rows is None:  # a decode step over the first k.size(0) slots (the engine packs running rows there)
+            n = k.size(0)
+            return batched_index_copy_(self.k[:n], -2, input_pos, k), batched_index_copy_(self.v[:n], -2, input_pos, v)
         width = k.size(-2)  # a prefill: positions 0..width-1 of the rows being admitted
         self.k[self.rows, :, :width] = k
         self.v[self.rows, :, :width] = v
         return k, v
+
+
+    def move(self, src: int, dst: int, length: int) -> None:
+        """Copy slot ``src``'s first ``length`` positions into slot ``dst`` (the engine packing its rows)."""
+        self.k[dst, :, :length] = self.k[src, :, :length]
+        self.v[dst, :, :length] = self.v[src, :, :length]
 
 
 def sliding_window_mask(max_seq_length: int, window: int, device) -> torch.Tensor:
