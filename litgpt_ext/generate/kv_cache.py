@@ -31,7 +31,6 @@ class SlotKVCache(KVCache):
         self.v[self.rows, :, :width] = v
         return k, v
 
-
     def move(self, src: int, dst: int, length: int) -> None:
         """Copy slot ``src``'s first ``length`` positions into slot ``dst`` (the engine packing its rows)."""
         self.k[dst, :, :length] = self.k[src, :, :length]
