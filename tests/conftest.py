@@ -32,6 +32,19 @@ def run_cli(
     )
 
 
+def run_make(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run this repository's ``make ARGS`` as a user would, free of the outer ``make test``'s make variables."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    return subprocess.run(
+        ["make", "--no-print-directory", *args],
+        cwd=REPO,
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 @pytest.fixture(scope="session")
 def corpus() -> Path:
     return DEMO / "corpus.txt"

@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from conftest import REPO
+from conftest import REPO, run_make
 
 RECORDER = """#!/usr/bin/env bash
 # stand-in: record the arguments (NUL-separated) and the environment, answer like the real tool would
@@ -176,13 +176,7 @@ def test_the_job_scripts_declare_requeue_where_a_rerun_resumes():
 def test_every_shipped_task_file_resolves_its_settings():
     """make task-env reads a task file without running anything: the template and the demo both parse."""
     for task in ("demo", "example"):
-        done = subprocess.run(
-            ["make", "-s", "--no-print-directory", "task-env", f"TASK={task}"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            env={k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")},
-        )
+        done = run_make("-s", "task-env", f"TASK={task}")
         assert done.returncode == 0, done.stderr
         settings = dict(line.split("=", 1) for line in done.stdout.splitlines())
         assert settings["TASK"] == task and settings["STUDENT"] and settings["FINETUNE_CONFIG"].endswith(".yaml")

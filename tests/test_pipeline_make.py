@@ -5,23 +5,9 @@ teacher stage, stale outputs moved aside, and a failed teacher stage that stops 
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
 
-from conftest import REPO
-
-
-def _make(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
-    return subprocess.run(
-        ["make", "--no-print-directory", *args],
-        cwd=REPO,
-        env={**clean, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+from conftest import REPO, run_make
 
 
 def _commands(output: str) -> list[str]:
@@ -36,31 +22,31 @@ def test_pipeline_targets_run_the_chain_once_and_rerun_from_what_changed(tmp_pat
     task = ["TASK=demo", f"RUN={run}", f"TEACHER_PROMPT={prompt}", "FINETUNE_FLAGS=--train.max_steps 2"]
     chain = ["distill_query", "distill_convert", "distill_tokenize", "finetune_sft", "export_hf", "generate_batch"]
 
-    assert _commands(_make("-n", "generate", *task).stdout) == chain  # make -n shows the chain
-    first = _make("generate", *task)
+    assert _commands(run_make("-n", "generate", *task).stdout) == chain  # make -n shows the chain
+    first = run_make("generate", *task)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert _commands(first.stdout) == chain
     generations = [json.loads(line) for line in (run / "distilled_generations.jsonl").read_text().splitlines()]
     assert len(generations) == 20 and (run / "hf-distilled" / "config.json").is_file()
     queries = {r["output"] for r in json.loads((run / "distilled" / "train.json").read_text())}
 
-    again = _make("generate", *task)  # nothing changed: nothing runs
+    again = run_make("generate", *task)  # nothing changed: nothing runs
     assert again.returncode == 0 and _commands(again.stdout) == []
-    assert _make("-q", "generate", *task).returncode == 0
+    assert run_make("-q", "generate", *task).returncode == 0
     # a changed flag re-runs its stage and what follows it, nothing before
-    assert _commands(_make("-n", "generate", *task[:-1], "FINETUNE_FLAGS=--train.max_steps 3").stdout) == chain[3:]
+    assert _commands(run_make("-n", "generate", *task[:-1], "FINETUNE_FLAGS=--train.max_steps 3").stdout) == chain[3:]
 
     # a changed teacher prompt re-runs from the teacher stage (the stand-in teacher answers categories now)
     prompt.write_text(prompt.read_text() + "\nThen list the document's categories instead.\n")
-    assert _commands(_make("-n", "generate", *task).stdout) == chain
-    converted = _make("convert", *task)
+    assert _commands(run_make("-n", "generate", *task).stdout) == chain
+    converted = run_make("convert", *task)
     assert converted.returncode == 0 and _commands(converted.stdout) == chain[:2]
     assert "20 to send" in converted.stdout
     categories = {r["output"] for r in json.loads((run / "distilled" / "train.json").read_text())}
     assert categories and not categories & queries and all(c[0].isupper() for c in categories)
-    assert _commands(_make("-n", "generate", *task).stdout) == chain[2:]
+    assert _commands(run_make("-n", "generate", *task).stdout) == chain[2:]
 
-    rest = _make("generate", *task)
+    rest = run_make("generate", *task)
     assert rest.returncode == 0 and _commands(rest.stdout) == chain[2:]
     assert f"{run}/sft-distilled predates" in rest.stdout and (run / "sft-distilled.previous" / "final").is_dir()
     assert (run / "distilled_generations.jsonl.previous").is_file()
@@ -72,7 +58,7 @@ def test_a_teacher_stage_that_cannot_finish_stops_the_chain(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     run = tmp_path / "run"
-    done = _make(
+    done = run_make(
         "generate",
         "TASK=demo",
         f"RUN={run}",
