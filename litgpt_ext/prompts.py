@@ -36,11 +36,14 @@ def style_from_name(name: str) -> PromptStyle:
     return PromptStyle.from_name(name)
 
 
-def resolve_prompt_style(name: str | PromptStyle | None, checkpoint_dir: Path, config=None) -> PromptStyle:
+def resolve_prompt_style(
+    name: str | PromptStyle | None, checkpoint_dir: Path, config=None, fallback=None
+) -> PromptStyle:
     """The style a command applies to prompts, decided the way ``litgpt generate`` decides it.
 
-    ``None`` or ``auto``: the checkpoint's ``prompt_style.yaml`` (what it was finetuned with), else litgpt's style for
-    the model's name (the raw text for unknown models); ``default``: the raw text; else a litgpt style name.
+    ``None`` or ``auto``: the checkpoint's ``prompt_style.yaml`` (what it was finetuned with), else ``fallback()``
+    when given (the style the input's data format is trained with), else litgpt's style for the model's name (the
+    raw text for unknown models); ``default``: the raw text; else a litgpt style name.
     """
     if isinstance(name, PromptStyle):
         return name
@@ -48,6 +51,8 @@ def resolve_prompt_style(name: str | PromptStyle | None, checkpoint_dir: Path, c
         return style_from_name(name)
     if has_prompt_style(checkpoint_dir):
         return load_prompt_style(checkpoint_dir)
+    if fallback is not None:
+        return fallback()
     if config is None:
         from litgpt.config import Config
 

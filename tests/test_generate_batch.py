@@ -379,3 +379,128 @@ def test_greedy_equals_litgpt_generate_and_min_new_tokens_equals_transformers(st
         new = new[: new.index(tok.eos_id)] if tok.eos_id in new else new
         assert row["generated_tokens"][0] == len(new) >= 20, prompt
         assert row["generations"][0] == tok.decode(torch.tensor(new)), prompt
+
+
+@pytest.mark.parametrize("penalty,n", [(1.3, 0), (0.7, 0), (1.0, 1), (1.0, 2), (1.5, 3)])
+def test_repetition_controls_equal_transformers_logits_processors(penalty, n):
+    """Row by row, on the same logits and histories (prompt + generated), the two controls give exactly what
+    transformers' RepetitionPenaltyLogitsProcessor / NoRepeatNGramLogitsProcessor give."""
+    import torch
+    from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
+
+    from litgpt_ext.generate.repetition import RepetitionControls
+
+    g = torch.Generator().manual_seed(n + int(penalty * 10))
+    vocab, length = 50, 30
+    histories = torch.randint(0, 12, (4, length), generator=g)  # a small alphabet, so n-grams repeat
+    logits = torch.randn(4, vocab, generator=g) * 3
+    controls = RepetitionControls(penalty, n)
+    rows = []
+    for h in histories.tolist():
+        state = controls.history(h[:10])  # 10 prompt tokens, then 20 generated one at a time
+        for t in h[10:]:
+            state.add(t)
+        rows.append(state)
+    ours = controls.apply(logits, rows)
+    expected = logits.clone()
+    if penalty != 1.0:
+        expected = RepetitionPenaltyLogitsProcessor(penalty)(histories, expected)
+    if n:
+        expected = NoRepeatNGramLogitsProcessor(n)(histories, expected)
+    assert torch.equal(ours, expected)
+    assert not torch.equal(ours, logits)
+
+
+def test_repetition_controls_equal_transformers_generate_and_do_not_depend_on_the_batch(student, tmp_path):
+    """--no_repeat_ngram_size and --repetition_penalty through the engine: greedy tokens equal transformers'
+    generate with the same settings, and sampled rows are the same at batch size 1 and 8."""
+    import torch
+    from litgpt.tokenizer import Tokenizer
+    from transformers import AutoModelForCausalLM
+
+    from litgpt_ext.export.command import export_hf
+
+    inp = _prompts(tmp_path / "p.jsonl", 8, seed=11)
+    controls = dict(no_repeat_ngram_size=2, repetition_penalty=1.3, prompt_style="default")
+    _gen(student, inp, tmp_path / "ours.jsonl", **controls)
+    _gen(student, inp, tmp_path / "plain.jsonl", prompt_style="default")
+    ours, plain = _by_id(tmp_path / "ours.jsonl"), _by_id(tmp_path / "plain.jsonl")
+    assert any(ours[i]["generations"] != plain[i]["generations"] for i in ours)  # the controls change outputs
+    export_hf(student, out_dir=tmp_path / "hf")
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    tok = Tokenizer(student)
+    for row in _rows(inp):
+        ids = tok.encode(row["prompt"])
+        with torch.inference_mode():
+            out = hf.generate(
+                ids.unsqueeze(0),
+                max_new_tokens=24,
+                do_sample=False,
+                eos_token_id=tok.eos_id,
+                no_repeat_ngram_size=2,
+                repetition_penalty=1.3,
+            )
+        new = out[0, len(ids) :].tolist()
+        new = new[: new.index(tok.eos_id)] if tok.eos_id in new else new
+        assert ours[row["id"]]["generations"][0] == tok.decode(torch.tensor(new)), row["prompt"]
+
+    sampled = dict(controls, temperature=0.9, top_k=20, num_samples=2)
+    _gen(student, inp, tmp_path / "b1.jsonl", max_batch_size=1, **sampled)
+    _gen(student, inp, tmp_path / "b8.jsonl", max_batch_size=8, **sampled)
+    b1, b8 = _by_id(tmp_path / "b1.jsonl"), _by_id(tmp_path / "b8.jsonl")
+    assert {i: r["generations"] for i, r in b1.items()} == {i: r["generations"] for i, r in b8.items()}
+
+
+def test_qa_split_and_litgpt_files_are_inputs_with_references_kept(student, tmp_path):
+    """--input qa.json --split test: the question through the checkpoint's prompt style (QA), the answer kept,
+    ids test[N]; litgpt JSON and JSONL: instruction + input through the style, output kept; shards and resume
+    work by row."""
+    from litgpt.tokenizer import Tokenizer
+
+    from litgpt_ext.errors import UserError
+    from litgpt_ext.prompts import QA
+
+    qa = json.loads((DEMO / "qa.json").read_text())
+    out = tmp_path / "test.jsonl"
+    _gen(student, DEMO / "qa.json", out, split="test")
+    rows = _by_id(out)
+    assert set(rows) == {f"test[{i}]" for i in range(1, len(qa["test"]) + 1)}
+    for i, item in enumerate(qa["test"], start=1):
+        row = rows[f"test[{i}]"]
+        assert row["Answer"] == item["Answer"] and row["Question"] == item["Question"]
+        ids = Tokenizer(student).encode(QA().apply(item["Question"]))
+        assert row["prompt_tokens"] == len(ids)  # the QA style the student was trained with
+    # answer-shaped: the student names the question's town (test facts are unseen, so not necessarily right)
+    town = {r["id"]: r["Question"].rstrip("?").split()[-1] for r in rows.values()}
+    assert sum(town[i] in r["generations"][0] for i, r in rows.items()) >= len(rows) // 2
+
+    # litgpt JSON (a list) and JSONL: a row's id when it has one, else <file stem>[N]
+    records = [
+        {"instruction": qa["test"][0]["Question"], "output": qa["test"][0]["Answer"]},
+        {"id": "mine", "instruction": "Name a town.", "input": "Ivel", "output": "Ivel"},
+        {"instruction": "", "output": "x"},
+    ]
+    (tmp_path / "heldout.json").write_text(json.dumps(records))
+    (tmp_path / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    for name, where in (("heldout.json", "record 3"), ("heldout.jsonl", "3")):
+        out = tmp_path / f"{name}.out.jsonl"
+        _gen(student, tmp_path / name, out, max_batch_size=2)
+        rows = _by_id(out)
+        assert rows["heldout[1]"]["output"] == records[0]["output"]
+        assert rows["mine"]["input"] == "Ivel" and rows["mine"]["instruction"] == "Name a town."
+        assert rows["heldout[3]"]["error"] == f"{tmp_path / name}:{where}: instruction: empty prompt"
+
+    # shards by row of the split, and a rerun of a finished output does nothing
+    for k in range(2):
+        _gen(student, DEMO / "qa.json", tmp_path / "s.jsonl", split="val", shard=f"{k}/2")
+    shards = sorted(tmp_path.glob("s.shard-*.jsonl"))
+    generate_merge(inputs=shards, output=tmp_path / "merged.jsonl")
+    assert [r["id"] for r in _rows(tmp_path / "merged.jsonl")] == [f"val[{i}]" for i in range(1, len(qa["val"]) + 1)]
+    before = (tmp_path / "test.jsonl").read_bytes()
+    _gen(student, DEMO / "qa.json", tmp_path / "test.jsonl", split="test")
+    assert (tmp_path / "test.jsonl").read_bytes() == before
+
+    with pytest.raises(UserError, match=r"qa.json: split: a Q/A file with splits train, val, test: pass --split"):
+        _gen(student, DEMO / "qa.json", tmp_path / "x.jsonl")
+    with pytest.raises(UserError, match=r"--split 'dev' is not in it"):
+        _gen(student, DEMO / "qa.json", tmp_path / "x.jsonl", split="dev")

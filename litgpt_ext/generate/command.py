@@ -15,13 +15,14 @@ from litgpt.model import GPT
 from litgpt.tokenizer import Tokenizer
 from tqdm import tqdm
 
-from litgpt_ext.checks import at_least, within
+from litgpt_ext.checks import above, at_least, within
 from litgpt_ext.errors import UserError, require
 from litgpt_ext.finetune.common import check_checkpoint_dir
 from litgpt_ext.generate.engine import Engine, Job, Settings
-from litgpt_ext.generate.inputs import PromptRecord, Shard, parse_shard, read_prompts
-from litgpt_ext.io import JsonlAppender, read_jsonl_repairing
-from litgpt_ext.prompts import apply_style, resolve_prompt_style
+from litgpt_ext.generate.inputs import InputFormat, PromptRecord, Shard, detect_format, parse_shard, read_prompts
+from litgpt_ext.generate.repetition import RepetitionControls
+from litgpt_ext.io import JsonlAppender, atomic_write_json, read_jsonl_repairing
+from litgpt_ext.prompts import QA, apply_style, resolve_prompt_style, style_from_name
 from litgpt_ext.templates import load_template
 
 DTYPES = {
@@ -46,30 +47,34 @@ class GenerateArgs:
     checkpoint_dir: Path
     input: Path
     output: Path
-    field: str
-    prompt_template: Path | None
-    prompt_style: str
-    passthrough: list[str]
-    max_new_tokens: int
-    min_new_tokens: int
-    temperature: float
-    top_k: int | None
-    top_p: float
-    num_samples: int
-    stop: tuple[str, ...]
-    seed: int
-    max_batch_size: int
-    window: int | None
+    fmt: InputFormat
     dtype: torch.dtype
-    base_shard: Shard
-    on_error: str
-    compile: bool
+    prompt_template: Path | None = None
+    prompt_style: str = "auto"
+    passthrough: tuple[str, ...] = ()
+    max_new_tokens: int = 128
+    min_new_tokens: int = 0
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float = 1.0
+    repetition: RepetitionControls = RepetitionControls()
+    num_samples: int = 1
+    stop: tuple[str, ...] = ()
+    seed: int = 42
+    max_batch_size: int = 32
+    window: int | None = None
+    base_shard: Shard = Shard()
+    on_error: str = "record"
+    compile: bool = False
+    quiet: bool = False
 
 
 def generate_batch(
     checkpoint_dir: Path,
     input: Path | None = None,
     output: Path | None = None,
+    split: str | None = None,
+    input_format: Literal["auto", "prompts", "litgpt", "qa"] = "auto",
     field: str = "prompt",
     prompt_template: Path | None = None,
     prompt_style: str = "auto",
@@ -79,6 +84,8 @@ def generate_batch(
     temperature: float = 0.8,
     top_k: int | None = 50,
     top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0,
     num_samples: int = 1,
     stop: list[str] | None = None,
     seed: int = 42,
@@ -90,24 +97,34 @@ def generate_batch(
     on_error: Literal["record", "stop"] = "record",
     compile: bool = False,
 ) -> None:
-    """Generate for every prompt of a JSONL file with continuous batching; resumable and shardable.
+    """Generate for every prompt of a file with continuous batching; resumable and shardable.
 
     Args:
         checkpoint_dir: litgpt checkpoint of the model that generates.
-        input: JSONL prompts, one object per line (``id`` optional: the line number is the id).
+        input: JSONL prompts, one object per line (``id`` optional: the line number is the id); or a training file:
+            litgpt JSON/JSONL (``instruction`` + ``input`` are the prompt, ``output`` the kept reference) or a Q/A
+            file with ``--split`` (``Question`` is the prompt, ``Answer`` the kept reference).
         output: JSONL output; one line per input (appended as each completes; a rerun skips done ids).
-        field: The record field holding the prompt text (a record's `input` and `system` fields, when present, go
-            through the prompt style too, as in training).
+        split: Which split of a Q/A file to generate for (train, val or test); for litgpt files, the prefix of the
+            ids of rows without one (default: the file name, e.g. ``test[3]`` for the third row of test.json).
+        input_format: ``auto`` (by the file's shape), ``prompts``, ``litgpt`` or ``qa``.
+        field: The record field holding the prompt text of a JSONL of prompts (a record's `input` and `system`
+            fields, when present, go through the prompt style too, as in training).
         prompt_template: Instead of --field: a template file with ``{field}`` placeholders (see prompts/README.md).
         prompt_style: litgpt prompt style applied to the prompt text: ``auto`` (the checkpoint's, as litgpt
-            generate does), a style name, or ``default`` for the raw text.
-        passthrough: Record fields copied into each output line.
+            generate does; for a training file and a checkpoint without one, the style finetune_sft trains that
+            format with: QA for Q/A, alpaca for litgpt JSON), a style name, or ``default`` for the raw text.
+        passthrough: Record fields copied into each output line (a training file's rows are kept whole).
         max_new_tokens: Tokens generated at most per sample.
         min_new_tokens: EOS cannot end a sample before this many tokens (transformers' ``min_new_tokens``: the
             EOS logit is masked until then; stop strings still apply).
         temperature: Sampling temperature; 0 is greedy.
         top_k: Keep the k most likely tokens (None: all).
         top_p: Nucleus sampling threshold.
+        repetition_penalty: transformers' repetition penalty: the logits of tokens already in the row (prompt
+            included) are divided by it when positive, multiplied when negative; 1.0 is off.
+        no_repeat_ngram_size: Forbid any n-gram of this size from occurring twice in a row (prompt included), as
+            transformers' ``no_repeat_ngram_size``; 0 is off.
         num_samples: Generations per prompt.
         stop: Stop strings (the text is cut before them).
         seed: Seed; each row's randomness derives from (seed, id, sample), independent of batching.
@@ -126,6 +143,8 @@ def generate_batch(
     at_least("temperature", temperature, 0.0)
     at_least("top_k", top_k, 1)
     within("top_p", top_p, 0.0, 1.0, low_open=True)
+    above("repetition_penalty", repetition_penalty, 0.0)
+    at_least("no_repeat_ngram_size", no_repeat_ngram_size, 0)
     at_least("num_samples", num_samples, 1)
     at_least("max_batch_size", max_batch_size, 1)
     at_least("window", window, 1)
@@ -133,6 +152,7 @@ def generate_batch(
     check_checkpoint_dir(checkpoint_dir)
     if not input.is_file():
         raise UserError("file not found", path=input, field="input")
+    fmt = detect_format(input, input_format, field, split)
     base_shard = parse_shard(shard)
     from litgpt.utils import get_default_supported_precision
 
@@ -144,48 +164,52 @@ def generate_batch(
         checkpoint_dir,
         input,
         output,
-        field,
-        prompt_template,
-        prompt_style,
-        passthrough or [],
-        max_new_tokens,
-        min_new_tokens,
-        temperature,
-        top_k,
-        top_p,
-        num_samples,
-        tuple(stop or ()),
-        seed,
-        max_batch_size,
-        window,
+        fmt,
         DTYPES[precision],
-        base_shard,
-        on_error,
-        compile,
+        prompt_template=prompt_template,
+        prompt_style=prompt_style,
+        passthrough=tuple(passthrough or ()),
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition=RepetitionControls(repetition_penalty, no_repeat_ngram_size),
+        num_samples=num_samples,
+        stop=tuple(stop or ()),
+        seed=seed,
+        max_batch_size=max_batch_size,
+        window=window,
+        base_shard=base_shard,
+        on_error=on_error,
+        compile=compile,
     )
     fabric.launch(_run, args)
 
 
-def _run(fabric: L.Fabric, a: GenerateArgs) -> None:
+def _run(fabric: L.Fabric, a: GenerateArgs) -> dict:
+    """Generate this process's share of the input; returns its stats (also written next to the output)."""
     shard = a.base_shard.split(fabric.global_rank, fabric.world_size)
     out_path = shard_output(a.output, shard)
     config = Config.from_file(a.checkpoint_dir / "model_config.yaml")
     tokenizer = Tokenizer(a.checkpoint_dir)
-    style = resolve_prompt_style(a.prompt_style, a.checkpoint_dir, config)
+    fallback = {"qa": QA, "litgpt": lambda: style_from_name("alpaca")}.get(a.fmt.kind)
+    style = resolve_prompt_style(a.prompt_style, a.checkpoint_dir, config, fallback=fallback)
     template = None
     if a.prompt_template is not None:
         template = load_template(Path(a.prompt_template))
+    field = a.fmt.field
 
-    def render(record: dict, line: int) -> str:
+    def render(record: dict, where: int | str) -> str:
         if template is not None:
-            return template.render(record, (a.input, line))
-        if a.field not in record or record[a.field] is None:
-            raise UserError("missing", path=a.input, line=line, field=a.field)
-        if not isinstance(record[a.field], str):
+            return template.render(record, (a.input, where))
+        if field not in record or record[field] is None:
+            raise UserError("missing", path=a.input, line=where, field=field)
+        if not isinstance(record[field], str):
             raise UserError(
-                f"expected a string, got {type(record[a.field]).__name__}", path=a.input, line=line, field=a.field
+                f"expected a string, got {type(record[field]).__name__}", path=a.input, line=where, field=field
             )
-        return record[a.field]
+        return record[field]
 
     done = {str(r["id"]) for r in read_jsonl_repairing(out_path)}
     with fabric.init_module(empty_init=True):
@@ -202,6 +226,7 @@ def _run(fabric: L.Fabric, a: GenerateArgs) -> None:
         min_new_tokens=a.min_new_tokens,
         top_k=a.top_k,
         top_p=a.top_p,
+        repetition=a.repetition,
         seed=a.seed,
         stop=a.stop,
         window=a.window or 8 * a.max_batch_size,
@@ -214,19 +239,20 @@ def _run(fabric: L.Fabric, a: GenerateArgs) -> None:
         unit="prompt",
         dynamic_ncols=True,
         position=fabric.global_rank,
+        disable=a.quiet,
     )
     t0 = time.perf_counter()
 
     def jobs():
-        for item in read_prompts(a.input, render, shard, done, a.on_error):
+        for item in read_prompts(a.input, render, shard, done, a.on_error, a.fmt):
             if isinstance(item, dict):  # an error record
                 writer.write(item)
                 stats["errors"] += 1
                 continue
             try:
-                yield _make_job(item, a.input, style, tokenizer, config, a.max_new_tokens, a.num_samples, a.passthrough)
+                yield _make_job(item, a, style, tokenizer, config)
             except UserError as err:
-                if a.on_error == "a.stop":
+                if a.on_error == "stop":
                     raise
                 writer.write({"id": item.id, "_line": item.line, "error": str(err)})
                 stats["errors"] += 1
@@ -260,11 +286,29 @@ def _run(fabric: L.Fabric, a: GenerateArgs) -> None:
         f"({stats['tokens'] / max(elapsed, 1e-9):,.0f} tokens/s), {stats['errors']} error records "
         f"-> {out_path}"
     )
+    run_stats = {
+        "prompts": stats["prompts"],
+        "generated_tokens": stats["tokens"],
+        "error_records": stats["errors"],
+        "already_done": len(done),
+        "seconds": round(elapsed, 3),
+        "prompts_per_s": round(stats["prompts"] / max(elapsed, 1e-9), 3),
+        "tokens_per_s": round(stats["tokens"] / max(elapsed, 1e-9), 1),
+        "device": str(fabric.device),
+        "dtype": str(a.dtype).removeprefix("torch."),
+        "max_batch_size": a.max_batch_size,
+        "threads": torch.get_num_threads(),
+    }
+    atomic_write_json(stats_path(out_path), run_stats)
+    return run_stats
 
 
-def _make_job(
-    item: PromptRecord, path: Path, style, tokenizer, config, max_new_tokens, num_samples, passthrough
-) -> Job:
+def stats_path(output: Path) -> Path:
+    """Where a run's throughput is written: ``generations.jsonl`` -> ``generations.stats.json`` (the last run's)."""
+    return output.with_name(f"{output.stem}.stats.json")
+
+
+def _make_job(item: PromptRecord, a: GenerateArgs, style, tokenizer, config) -> Job:
     extra_input, system = item.record.get("input"), item.record.get("system")
     text = apply_style(
         style,
@@ -276,12 +320,13 @@ def _make_job(
     if len(prompt_ids) >= config.block_size:
         raise UserError(
             f"{len(prompt_ids)} tokens, but the model's context is {config.block_size}",
-            path=path,
+            path=a.input,
             line=item.line,
             field="prompt",
         )
-    extra = {k: item.record.get(k) for k in passthrough}
-    return Job(item.id, item.line, prompt_ids, num_samples, max_new_tokens, extra)
+    kept = [k for k in item.record if k != "id"] if a.fmt.keeps_fields else []
+    extra = {k: item.record.get(k) for k in dict.fromkeys([*kept, *a.passthrough])}
+    return Job(item.id, item.line, prompt_ids, a.num_samples, a.max_new_tokens, extra)
 
 
 def generate_merge(inputs: list[Path] | None = None, output: Path | None = None) -> None:

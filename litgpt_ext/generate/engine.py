@@ -17,6 +17,7 @@ import torch
 
 from litgpt_ext.generate.attention import install_grouped_decode
 from litgpt_ext.generate.kv_cache import install_slot_cache
+from litgpt_ext.generate.repetition import History, RepetitionControls
 from litgpt_ext.generate.sampling import row_key, sample, uniforms
 from litgpt_ext.heads import LastPositionHead
 
@@ -43,6 +44,8 @@ class Row:
     sample: int
     key: int
     tokens: list[int] = field(default_factory=list)
+    history: History | None = None
+    """Prompt + generated tokens as the repetition controls need them (None when they are off)."""
 
     @property
     def position(self) -> int:
@@ -59,6 +62,8 @@ class Settings:
     """EOS is masked for a row until it has this many tokens (transformers' ``min_new_tokens``)."""
     top_k: int | None = None
     top_p: float = 1.0
+    repetition: RepetitionControls = RepetitionControls()
+    """repetition_penalty / no_repeat_ngram_size, per row (transformers' definitions)."""
     seed: int = 42
     stop: tuple[str, ...] = ()
     window: int = 256
@@ -130,6 +135,8 @@ class Engine:
         return self.slots[: len(rows)]
 
     def _sample(self, logits: torch.Tensor, rows: list[Row]) -> list[int]:
+        if self.s.repetition.active:
+            logits = self.s.repetition.apply(logits, [r.history for r in rows])
         if self.s.min_new_tokens and self.eos is not None:
             young = [i for i, r in enumerate(rows) if len(r.tokens) < self.s.min_new_tokens]
             if young:
@@ -146,6 +153,8 @@ class Engine:
         if token == self.eos:
             return "stop"
         row.tokens.append(token)
+        if row.history is not None:
+            row.history.add(token)
         self.generated += 1
         if self.s.stop:
             tail = self.tokenizer.decode(torch.tensor(row.tokens[-self.stop_tail :]))
@@ -193,6 +202,8 @@ class Engine:
                 job.generated_tokens, job.pending = [0] * job.samples, job.samples
                 for k in range(job.samples):
                     row = Row(job, k, row_key(self.s.seed, job.id, k))
+                    if self.s.repetition.active:
+                        row.history = self.s.repetition.history(job.prompt_ids)
                     heapq.heappush(window, (-len(job.prompt_ids), next(arrival), row))
             free = [i for i, r in enumerate(self.slots) if r is None]
             if free and window:

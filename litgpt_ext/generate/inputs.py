@@ -1,6 +1,7 @@
-"""Streaming the prompts file: one JSON object per line, read lazily, filtered by shard and by what is done.
+"""Reading generate_batch's input — a JSONL of prompts (streamed), litgpt JSON/JSONL or a Q/A file's split (see
+:class:`InputFormat`) — filtered by shard and by what is done.
 
-Bad lines never disappear silently: with ``on_error=record`` (default) each becomes an error record in the output
+Bad rows never disappear silently: with ``on_error=record`` (default) each becomes an error record in the output
 (``{"id", "_line", "error": "path:line: field: problem"}``) and is counted; with ``on_error=stop`` the first one
 stops the run with that one-line message.
 """
@@ -12,7 +13,9 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+from litgpt_ext.data.records import is_qa_file, load_json
 from litgpt_ext.errors import UserError
 
 
@@ -57,33 +60,140 @@ class PromptRecord:
     record: dict
 
 
-def read_prompts(
-    path: Path, render: Callable[[dict, int], str], shard: Shard, done: set[str], on_error: str
-) -> Iterator[PromptRecord | dict]:
-    """Yield prompts to generate for, or error records for bad lines (see the module docstring)."""
+@dataclass(frozen=True)
+class InputFormat:
+    """How an input file is read: which field is the prompt, and how rows are numbered and named.
+
+    * ``prompts`` — JSONL, one object per line; the prompt is ``--field``; a row's id is its ``id`` or line number.
+    * ``litgpt`` — litgpt's training format (a JSON list or JSONL of ``instruction``/``input``/``output``): the
+      instruction and input go through the prompt style as in training, ``output`` is the reference.
+    * ``qa`` — a Q/A file's split (``{"train"|"val"|"test": [{"Question", "Answer"}]}``): ``Question`` is the prompt,
+      ``Answer`` the reference.
+
+    In the two training formats every field of a row is kept in the output (so the reference travels with the
+    generation), and a row without an ``id`` is ``<split>[<n>]`` — 1-based, as in error messages — where the split
+    is ``--split`` (for litgpt files: the file's name without suffix, e.g. ``test`` for test.json).
+    """
+
+    kind: Literal["prompts", "litgpt", "qa"]
+    field: str
+    split: str = ""
+
+    @property
+    def keeps_fields(self) -> bool:
+        return self.kind != "prompts"
+
+    @property
+    def training_style(self) -> str | None:
+        """The prompt style finetune_sft trains this format with when none is given (None: the checkpoint's)."""
+        return {"qa": "QA", "litgpt": "alpaca"}.get(self.kind)
+
+
+FORMATS = ("auto", "prompts", "litgpt", "qa")
+
+
+def detect_format(path: Path, input_format: str, field: str, split: str | None) -> InputFormat:
+    """The :class:`InputFormat` of ``path`` (``auto``: a ``.json`` file is Q/A when it is an object of splits and
+    litgpt when it is a list; a JSONL file is litgpt when its first row has ``instruction`` but no ``--field``)."""
+    if input_format not in FORMATS:
+        raise UserError(f"use one of {', '.join(FORMATS)}", field="input_format")
+    kind = input_format
+    if kind == "auto":
+        if path.suffix.lower() == ".json":
+            data = load_json(path)
+            kind = "qa" if is_qa_file(data) or _split_object(data) else "litgpt"
+        else:
+            first = _first_row(path)
+            kind = "litgpt" if isinstance(first, dict) and "instruction" in first and field not in first else "prompts"
+    if kind == "prompts":
+        if split:
+            raise UserError("applies to Q/A and litgpt inputs, not a JSONL of prompts", field="split")
+        return InputFormat("prompts", field)
+    if kind == "litgpt":
+        return InputFormat("litgpt", "instruction", split or path.stem)
+    data = load_json(path)
+    splits = [k for k in ("train", "val", "test") if isinstance(data, dict) and k in data]
+    if not splits:
+        raise UserError("not a Q/A file: expected an object with train/val/test lists", path=path, line="top level")
+    if split not in splits:
+        given = f"--split {split!r} is not in it" if split else "pass --split"
+        raise UserError(f"a Q/A file with splits {', '.join(splits)}: {given}", path=path, field="split")
+    return InputFormat("qa", "Question", split)
+
+
+def _split_object(data) -> bool:
+    return (
+        isinstance(data, dict)
+        and any(k in data for k in ("val", "test"))
+        and all(isinstance(v, list) for v in data.values())
+    )
+
+
+def _first_row(path: Path):
+    with open(path, "rb") as fh:
+        for raw in fh:
+            if raw.strip():
+                try:
+                    return json.loads(raw)
+                except ValueError:
+                    return None
+    return None
+
+
+def _rows(path: Path, fmt: InputFormat) -> Iterator[tuple[int, int | str, object]]:
+    """``(position, where, value)`` per row: the position decides shards and output order, ``where`` locates the
+    row in error messages; a JSONL line that is not JSON gives a :class:`UserError` as its value."""
+    if fmt.kind == "qa" or (fmt.kind == "litgpt" and path.suffix.lower() == ".json"):
+        data = load_json(path)
+        rows = data.get(fmt.split) if fmt.kind == "qa" else data
+        if not isinstance(rows, list):
+            line = fmt.split if fmt.kind == "qa" else "top level"
+            raise UserError(f"expected a list, got {type(rows).__name__}", path=path, line=line)
+        label = fmt.split if fmt.kind == "qa" else "record"
+        for n, obj in enumerate(rows, start=1):
+            yield n, f"{label} {n}" if label == "record" else f"{label}[{n}]", obj
+        return
     with open(path, "rb") as fh:
         for line_no, raw in enumerate(fh, start=1):
-            if not shard.owns(line_no) or not raw.strip():
+            if not raw.strip():
                 continue
-            rid = str(line_no)  # until the record says otherwise
             try:
-                try:
-                    obj = json.loads(raw.decode("utf-8"))
-                except UnicodeDecodeError:
-                    raise UserError("not valid UTF-8", path=path, line=line_no) from None
-                except json.JSONDecodeError as err:
-                    raise UserError(f"invalid JSON: {err.msg}", path=path, line=line_no) from None
-                if not isinstance(obj, dict):
-                    raise UserError(f"expected a JSON object, got {type(obj).__name__}", path=path, line=line_no)
-                rid = str(obj["id"]) if obj.get("id") is not None else str(line_no)
-                if rid in done:
-                    continue
-                text = render(obj, line_no)
-                if not text.strip():
-                    raise UserError("empty prompt", path=path, line=line_no, field="prompt")
-                yield PromptRecord(rid, line_no, text, obj)
-            except UserError as err:
-                if on_error == "stop":
-                    raise
-                if rid not in done:
-                    yield {"id": rid, "_line": line_no, "error": str(err)}
+                value = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                value = UserError("not valid UTF-8", path=path, line=line_no)
+            except json.JSONDecodeError as err:
+                value = UserError(f"invalid JSON: {err.msg}", path=path, line=line_no)
+            yield line_no, line_no, value
+
+
+def read_prompts(
+    path: Path,
+    render: Callable[[dict, int | str], str],
+    shard: Shard,
+    done: set[str],
+    on_error: str,
+    fmt: InputFormat | None = None,
+) -> Iterator[PromptRecord | dict]:
+    """Yield prompts to generate for, or error records for bad rows (see the module docstring)."""
+    fmt = fmt or InputFormat("prompts", "prompt")
+    for position, where, obj in _rows(path, fmt):
+        if not shard.owns(position):
+            continue
+        rid = str(position) if fmt.kind == "prompts" else f"{fmt.split}[{position}]"  # until the row says otherwise
+        try:
+            if isinstance(obj, UserError):
+                raise obj
+            if not isinstance(obj, dict):
+                raise UserError(f"expected a JSON object, got {type(obj).__name__}", path=path, line=where)
+            rid = str(obj["id"]) if obj.get("id") is not None else rid
+            if rid in done:
+                continue
+            text = render(obj, where)
+            if not text.strip():
+                raise UserError("empty prompt", path=path, line=where, field=fmt.field)
+            yield PromptRecord(rid, position, text, obj)
+        except UserError as err:
+            if on_error == "stop":
+                raise
+            if rid not in done:
+                yield {"id": rid, "_line": position, "error": str(err)}
