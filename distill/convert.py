@@ -9,7 +9,6 @@ record land in the same split, so validation never sees a training document). Ev
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from distill.quarantine import Quarantine
@@ -18,10 +17,9 @@ from distill.teacher.cache import ResponseCache
 from litgpt_ext.checks import at_least, within
 from litgpt_ext.data.split import in_val
 from litgpt_ext.errors import UserError, require
+from litgpt_ext.evaluate.metrics import split_items
 from litgpt_ext.io import atomic_write_json, atomic_write_jsonl
 from litgpt_ext.templates import template_or_text
-
-_LIST_MARK = re.compile(r"^\s*(?:[-*•]|\d+[.)]|\(\d+\))\s+")
 
 
 def parse_output(content: str, parser: str) -> list[str]:
@@ -30,7 +28,7 @@ def parse_output(content: str, parser: str) -> list[str]:
     if parser == "raw":
         return [content.strip()]
     if parser == "lines":
-        return [_LIST_MARK.sub("", line).strip() for line in content.splitlines() if line.strip()]
+        return split_items(content)
     if parser.startswith("json:"):
         data = json.loads(content)
         value = data.get(parser[5:]) if isinstance(data, dict) else None

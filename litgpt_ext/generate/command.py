@@ -254,7 +254,8 @@ def _run(fabric: L.Fabric, a: GenerateArgs) -> dict:
             except UserError as err:
                 if a.on_error == "stop":
                     raise
-                writer.write({"id": item.id, "_line": item.line, "error": str(err)})
+                kept = {k: v for k, v in item.record.items() if k != "id"} if a.fmt.keeps_fields else {}
+                writer.write({"id": item.id, "_line": item.line, **kept, "error": str(err)})
                 stats["errors"] += 1
 
     def emit(job: Job) -> None:

@@ -196,4 +196,5 @@ def read_prompts(
             if on_error == "stop":
                 raise
             if rid not in done:
-                yield {"id": rid, "_line": position, "error": str(err)}
+                kept = {k: v for k, v in obj.items() if k != "id"} if fmt.keeps_fields and isinstance(obj, dict) else {}
+                yield {"id": rid, "_line": position, **kept, "error": str(err)}

@@ -1,0 +1,1 @@
+"""Scoring generations against references: ``evaluate_generations``."""
