@@ -133,3 +133,54 @@ def test_bad_input_is_one_located_line(tmp_path):
             "g.jsonl:line 1: Question: missing (the row has: id, output); pass --reference_field or --reference FILE"
         )
     )
+
+
+def test_finetune_eval_test_answers_the_test_split_like_the_two_commands(tiny_factory, tmp_path):
+    """finetune_sft --eval.test true on the demo Q/A data writes out_dir/test/ (generations of every test question,
+    rows.csv, metrics.json) with the numbers generate_batch + evaluate_generations give by hand on the final model;
+    data without a test split is refused before training."""
+    from conftest import DEMO
+    from litgpt_ext.finetune.sft import setup as finetune_sft
+    from litgpt_ext.generate.command import generate_batch
+    from litgpt_ext.training.args import EvalArgs, TrainArgs
+
+    out = tmp_path / "sft"
+    train = TrainArgs(
+        save_interval=None, global_batch_size=16, micro_batch_size=16, max_steps=40, epochs=None, lr_warmup_steps=5
+    )
+    finetune_sft(
+        tiny_factory(n_embd=128),
+        data=DEMO / "qa.json",
+        out_dir=out,
+        mode="full",
+        precision="32-true",
+        train=train,
+        eval=EvalArgs(interval=1000, max_iters=1, test=True, max_new_tokens=16),
+        optimizer={"lr": 3e-3},
+    )
+    test = json.loads((DEMO / "qa.json").read_text())["test"]
+    rows = [json.loads(line) for line in (out / "test" / "generations.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in rows) == sorted(f"test[{i}]" for i in range(1, len(test) + 1))
+    assert all(r["generations"][0] for r in rows)
+    summary = json.loads((out / "test" / "metrics.json").read_text())
+    assert summary["scored"] == len(test) and (out / "test" / "rows.csv").is_file()
+
+    generate_batch(
+        out / "final",
+        input=DEMO / "qa.json",
+        split="test",
+        output=tmp_path / "by_hand.jsonl",
+        max_new_tokens=16,
+        temperature=0,
+        precision="32-true",
+    )
+    by_hand = evaluate_generations(input=tmp_path / "by_hand.jsonl", output_dir=tmp_path / "by_hand")
+    assert {k: by_hand[k] for k in ("bleu", "rougeL", "exact_match")} == {
+        k: summary[k] for k in ("bleu", "rougeL", "exact_match")
+    }
+
+    litgpt_json = tmp_path / "train.json"
+    litgpt_json.write_text(json.dumps([{"instruction": "q", "output": "a"}] * 4))
+    with pytest.raises(UserError, match=r"eval.test: needs a test split"):
+        finetune_sft(tiny_factory(n_embd=128), data=litgpt_json, out_dir=tmp_path / "x", eval=EvalArgs(test=True))
+    assert not (tmp_path / "x").exists()

@@ -85,6 +85,17 @@ class SFTData(DataModule):
         if not self.train_dataset:
             raise UserError("no training samples", path=self.path)
 
+    def test_input(self) -> tuple[Path, str] | None:
+        """(file, split) of the test split, for ``--eval.test``: a Q/A file's ``test`` list or a directory's
+        test.json (litgpt JSON); None when the data has none."""
+        if self.path.is_dir():
+            return (self.path / "test.json", "test") if (self.path / "test.json").is_file() else None
+        if self.path.suffix == ".json" and self.path.is_file():
+            data = load_json(self.path)
+            if is_qa_file(data) and "test" in data:
+                return self.path, "test"
+        return None
+
     def _setup_pretokenized(self) -> None:
         train = load_pretokenized(self.path / "train.pt", self.ignore_index)
         if (self.path / "val.pt").is_file():

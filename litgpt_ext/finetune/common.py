@@ -279,6 +279,11 @@ def run(
     data.prepare_data()
     data.setup()
     train_data, val_data = datasets_of(data)
+    test_input = None
+    if eval.test:
+        from litgpt_ext.finetune.test_split import test_source  # generate_batch's module imports this one
+
+        test_input = test_source(data)
     if getattr(data, "stats", None):
         print("Data: " + ", ".join(f"{k}={v}" for k, v in data.stats.items()))
     precision = precision or get_default_supported_precision(training=True)
@@ -318,6 +323,7 @@ def run(
         optimizer,
         seed,
         resume_dir,
+        test_input,
     )
     fabric.launch(_main, plan)
 
@@ -339,6 +345,8 @@ class LaunchPlan:
     optimizer: str | dict
     seed: int
     resume_dir: Path | None
+    test_input: tuple[Path, str] | None = None
+    """The test split ``--eval.test`` answers after training."""
 
 
 def _main(fabric: L.Fabric, plan: LaunchPlan) -> None:
@@ -370,3 +378,10 @@ def _main(fabric: L.Fabric, plan: LaunchPlan) -> None:
         resume_dir=plan.resume_dir,
         tokenizer=plan.tokenizer,
     )
+    if plan.test_input is not None:
+        from litgpt_ext.finetune.test_split import evaluate_test_split
+
+        del model, opt  # the test split is answered by the final checkpoint, loaded fresh
+        evaluate_test_split(
+            fabric, plan.test_input, plan.out_dir, plan.writer.precision, plan.eval.max_new_tokens or 50
+        )

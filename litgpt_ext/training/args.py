@@ -22,6 +22,9 @@ class EvalArgs(LitEvalArgs):
     """Generate answers (greedy) for this many validation samples at each evaluation; written to out_dir/eval/."""
     text_metrics: bool = False
     """Score those generations against the references with BLEU and ROUGE (torchmetrics), per sample in a CSV."""
+    test: bool = False
+    """After training, answer the data's test split with the final checkpoint (greedy, batched through
+    generate_batch's engine, up to max_new_tokens) and score it as evaluate_generations does, into out_dir/test/."""
 
 
 @dataclass
