@@ -11,7 +11,7 @@ SHELL := /bin/bash
 QUIET_PIP := 2>&1 | { grep -v "is ignored" || true; }
 
 .PHONY: help install demo test lint format clean bench-sft bench-teacher bench-generate bench-dpo bench-sql-label bench-orm
-.PHONY: teacher convert tokenize student export generate task-env FORCE
+.PHONY: teacher convert tokenize student export generate heldout fidelity report task-env FORCE
 .DEFAULT_GOAL := help
 
 install: $(STAMP)
@@ -25,10 +25,11 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(BIN)/python -c "import torch, litgpt, litgpt_ext, distill; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 
-# The demo task's pipeline through the same targets a user's task uses, then the stages outside a task pipeline
+# The demo task's pipeline through the same targets a user's task uses (up to the fidelity + cost report), then the
+# stages outside a task pipeline
 # (Q/A SFT, preference pairs + DPO, text-to-SQL labels + reward model).
 demo: install
-	$(MAKE) --no-print-directory generate TASK=demo
+	$(MAKE) --no-print-directory report TASK=demo
 	$(BIN)/python -m distill.demo
 
 test: install
@@ -86,6 +87,11 @@ GENERATE_INPUT ?= $(DATA_DIR)/prompts.jsonl
 GENERATIONS    ?= $(RUN)/generations.jsonl
 FINETUNE       ?= finetune_sft
 PARSER         ?= raw
+HELDOUT_DIR    ?= $(RUN)/heldout
+HELDOUT_GENERATIONS ?= $(RUN)/heldout_generations.jsonl
+FIDELITY_DIR   ?= $(RUN)/fidelity
+REPORT         ?= $(RUN)/report.json
+ITEMS          ?= none
 STAMPS         := $(RUN)/.make
 STUDENT_CKPT   := $(STUDENT)/lit_model.pth
 FINAL_CKPT     := $(FINETUNE_DIR)/final/lit_model.pth
@@ -96,6 +102,9 @@ tokenize: $(DATA_DIR)/train.pt
 student:  $(FINAL_CKPT)
 export:   $(HF_DIR)/config.json
 generate: $(STAMPS)/generate.done
+heldout:  $(HELDOUT_DIR)/train.json
+fidelity: $(FIDELITY_DIR)/metrics.json
+report:   $(REPORT)
 
 # $(call keep_or_move_aside,OUTPUT): a stage that resumes (finetune, generate) keeps an OUTPUT newer than all its
 # prerequisites (an interrupted run) and moves an older one to OUTPUT.previous (its inputs changed: start over).
@@ -133,6 +142,39 @@ $(STAMPS)/generate.done: $(HF_DIR)/config.json $(GENERATE_INPUT) $(STAMPS)/gener
 	    $(GENERATE_FLAGS)
 	touch $@
 
+# Fidelity: the teacher answers the held-out records too (same cache, same settings), the student before and after
+# finetuning generates for them, evaluate_generations scores both against the teacher, and distill_report puts
+# that next to the teacher's cost and the student's throughput (from the generate stage's stats file).
+$(STAMPS)/heldout-teacher.done: $(HELDOUT) $(TEACHER_PROMPT) $(STAMPS)/teacher.settings | $(STAMP)
+	$(if $(HELDOUT),,$(error TASK=$(TASK): set HELDOUT, records the student never trains on))
+	$(TEACHER_WRAP) $(LITGPT_EXT) distill_query --records $(HELDOUT) --prompt $(TEACHER_PROMPT) \
+	    --model $(TEACHER_MODEL) --out $(RESPONSES) $(TEACHER_FLAGS)
+	touch $@
+
+$(HELDOUT_DIR)/train.json: $(STAMPS)/heldout-teacher.done $(STUDENT_PROMPT) $(STAMPS)/convert.settings | $(STAMP)
+	$(LITGPT_EXT) distill_convert --records $(HELDOUT) --responses $(RESPONSES) --out_dir $(HELDOUT_DIR) \
+	    --instruction $(STUDENT_PROMPT) --parser $(PARSER) $(CONVERT_FLAGS) --val_fraction 0
+
+# $(call evaluate_student,CHECKPOINT,NAME): generate for the held-out prompts with CHECKPOINT and score the outputs
+# against the teacher's answers into $(RUN)/NAME/ (a fresh output each time: the model or the prompts changed).
+evaluate_student = rm -f $(RUN)/$(2).jsonl && \
+	$(LITGPT_EXT) generate_batch $(1) --input $(HELDOUT_DIR)/prompts.jsonl --output $(RUN)/$(2).jsonl \
+	    $(GENERATE_FLAGS) $(if $(filter $(STUDENT),$(1)),$(BASELINE_FLAGS)) && \
+	$(LITGPT_EXT) evaluate_generations --input $(RUN)/$(2).jsonl --reference $(HELDOUT_DIR)/train.json \
+	    --reference_field output --items $(ITEMS) --output_dir $(RUN)/$(2)
+
+$(FIDELITY_DIR)/metrics.json: $(FINAL_CKPT) $(HELDOUT_DIR)/train.json $(STAMPS)/fidelity.settings | $(STAMP)
+	$(call evaluate_student,$(FINETUNE_DIR)/final,$(notdir $(FIDELITY_DIR)))
+
+$(RUN)/untrained/metrics.json: $(STUDENT_CKPT) $(HELDOUT_DIR)/train.json $(STAMPS)/fidelity.settings | $(STAMP)
+	$(call evaluate_student,$(STUDENT),untrained)
+
+$(REPORT): $(FIDELITY_DIR)/metrics.json $(RUN)/untrained/metrics.json $(STAMPS)/generate.done \
+		$(STAMPS)/report.settings | $(STAMP)
+	$(LITGPT_EXT) distill_report --responses $(RESPONSES) --records "[$(RECORDS), $(HELDOUT)]" \
+	    --generation_stats $(basename $(GENERATIONS)).stats.json --fidelity $(FIDELITY_DIR)/metrics.json \
+	    --baseline $(RUN)/untrained/metrics.json --out $@ $(REPORT_FLAGS)
+
 # Each stage's settings (the paths and flags that are not files) are kept in a stamp file that is rewritten only when
 # they differ from the last run's (compared while the Makefile is read), so `make -n` and `make -q` see exactly what
 # changed.
@@ -142,8 +184,10 @@ settings.tokenize = $(STUDENT) $(TOKENIZE_FLAGS)
 settings.student  = $(FINETUNE) $(STUDENT) $(FINETUNE_DIR) $(FINETUNE_FLAGS)
 settings.export   = $(HF_DIR) $(EXPORT_FLAGS)
 settings.generate = $(GENERATIONS) $(GENERATE_FLAGS)
+settings.fidelity = $(HELDOUT_DIR) $(FIDELITY_DIR) $(ITEMS) $(GENERATE_FLAGS) $(BASELINE_FLAGS)
+settings.report   = $(REPORT_FLAGS)
 same = $(and $(findstring x$(1)x,x$(2)x),$(findstring x$(2)x,x$(1)x))
-$(foreach s,teacher convert tokenize student export generate,$(eval \
+$(foreach s,teacher convert tokenize student export generate fidelity report,$(eval \
 	$(STAMPS)/$(s).settings: $(if $(call same,$(file < $(STAMPS)/$(s).settings),$(settings.$(s))),,FORCE)))
 $(STAMPS)/%.settings: export STAGE_SETTINGS = $(settings.$*)
 $(STAMPS)/%.settings:
@@ -163,6 +207,7 @@ help:
 	@echo "Set-up:    make demo | make test          (both install into .venv when needed)"
 	@echo "Checks:    make lint | make format | make bench-{sft,teacher,generate,dpo,sql-label,orm}"
 	@echo "Pipeline:  make teacher | convert | tokenize | student | export | generate   TASK=name (default: demo)"
+	@echo "           make heldout | fidelity | report: the student vs the teacher on HELDOUT, cost and speed"
 	@echo "           each stage makes the ones before it when they are out of date; make -n generate shows the chain"
 	@echo "           a task is artifacts/tasks/<name>.mk (or TASK=path.mk); the variables it sets:"
 	@echo "  RUN             output folder of the task (every stage writes under it)"
@@ -176,5 +221,7 @@ help:
 	@echo "  FINETUNE_FLAGS  more finetune flags                         EXPORT_FLAGS    more export_hf flags"
 	@echo "  GENERATE_INPUT  prompts JSONL for generate_batch (default: every record's student prompt)"
 	@echo "  GENERATE_FLAGS  more generate_batch flags                   GENERATE_SHARDS SLURM array size (8)"
-	@echo "  outputs: RESPONSES DATA_DIR FINETUNE_DIR HF_DIR GENERATIONS (defaults under RUN)"
+	@echo "  HELDOUT         records JSONL the student never trains on   ITEMS           none | lines (list answers)"
+	@echo "  BASELINE_FLAGS  generate_batch flags of the untrained student REPORT_FLAGS   more distill_report flags"
+	@echo "  outputs: RESPONSES DATA_DIR FINETUNE_DIR HF_DIR GENERATIONS HELDOUT_DIR FIDELITY_DIR REPORT (under RUN)"
 	@echo "Cluster:   jobs/submit_pipeline.sh TASK   (SLURM: teacher -> data -> finetune+export -> generate array -> merge)"

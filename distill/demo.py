@@ -1,6 +1,9 @@
-"""``make demo``, after the demo task's pipeline (``make generate TASK=demo``, see ``artifacts/tasks/demo.mk``): the
-stages outside a task pipeline — Q/A SFT, exports, batch generation in shards, preference pairs + DPO, text-to-SQL
-labels and an outcome reward model — offline, on the embedded data and the tiny student the pipeline made.
+"""``make demo``, after the demo task's pipeline (``make report TASK=demo``, see ``artifacts/tasks/demo.mk``: teacher,
+distilled student, its fidelity on held-out records and the cost/speed report): the stages outside a task pipeline —
+Q/A SFT with test-split evaluation, exports, batch generation in shards scored by hand, preference pairs + DPO,
+text-to-SQL labels and an outcome reward model — offline, on the embedded data and the tiny student the pipeline
+made. It ends with the three tables users decide by: the Q/A student on its test split, the distilled student's
+fidelity to the teacher, and teacher cost vs student speed.
 
 Each stage is the real ``litgpt-ext`` command a user would type (run as a subprocess), so the demo doubles as a
 copy-paste guide. Outputs go to ``artifacts/runs/demo/`` (git-ignored); a summary is printed at the end.
@@ -33,18 +36,20 @@ def rel(path: Path) -> str:
 
 
 def main() -> None:
-    """The stages outside a task pipeline, after the demo task's pipeline (``make generate TASK=demo``: teacher,
-    convert, tokenize, student, export, generate), which ``make demo`` runs first."""
-    student, distilled = RUN / "student", RUN / "sft-distilled" / "final"
-    if not (distilled / "lit_model.pth").is_file():
-        raise SystemExit(f"{rel(distilled)} is missing: run `make demo` (it runs the demo task's pipeline first)")
+    """The stages outside a task pipeline, after the demo task's pipeline (``make report TASK=demo``: teacher,
+    convert, tokenize, student, export, generate, fidelity, report), which ``make demo`` runs first."""
+    student, report = RUN / "student", RUN / "report.json"
+    if not report.is_file():
+        raise SystemExit(f"{rel(report)} is missing: run `make demo` (it runs the demo task's pipeline first)")
     summary = [
         ("tiny student checkpoint", student),
         ("teacher responses (cache)", RUN / "responses.jsonl"),
         ("distilled litgpt JSON + train.pt", RUN / "distilled"),
-        ("student trained on distilled data", distilled),
+        ("student trained on distilled data", RUN / "sft-distilled" / "final"),
         ("distilled student for Hugging Face", RUN / "hf-distilled"),
         ("distilled student's generations", RUN / "distilled_generations.jsonl"),
+        ("fidelity on held-out records (per row)", RUN / "fidelity" / "rows.csv"),
+        ("fidelity + cost/speed report", report),
     ]
     for stage in STAGES:
         summary.extend(stage(student))
@@ -52,6 +57,20 @@ def main() -> None:
     print("\n== demo finished ==")
     for what, path in summary:
         print(f"  {what:<42} {rel(path)}")
+    _print_results()
+
+
+def _print_results() -> None:
+    """The numbers users decide by, from the files the stages wrote."""
+    import json
+
+    from distill.report import format_report
+    from litgpt_ext.evaluate.command import format_table
+
+    test = json.loads((RUN / "sft" / "test" / "metrics.json").read_text())
+    print()
+    print(format_table(test, "Q/A student on the test split (finetune_sft --eval.test)"))
+    print(format_report(json.loads((RUN / "report.json").read_text())))
 
 
 def _sft_stage(student: Path) -> list[tuple[str, Path]]:
@@ -94,6 +113,8 @@ def _sft_stage(student: Path) -> list[tuple[str, Path]]:
         16,
         "--eval.text_metrics",
         "true",
+        "--eval.test",
+        "true",
     )
     litgpt_ext(
         "generate",
@@ -113,71 +134,66 @@ def _sft_stage(student: Path) -> list[tuple[str, Path]]:
         ("loss curve", out / "loss.png"),
         ("metrics", out / "metrics.jsonl"),
         ("generated validation answers", out / "eval"),
+        ("test-split answers + scores", out / "test"),
     ]
 
 
 def _export_stage(student: Path) -> list[tuple[str, Path]]:
-    """Export for Hugging Face: the fully finetuned student as a model, the distilled LoRA run as a PEFT adapter on
-    the exported base."""
-    hf, base, adapter = RUN / "hf", RUN / "hf-student-base", RUN / "hf-adapter"
+    """Export for Hugging Face: the fully finetuned Q/A student as a model, and the DPO LoRA run as a PEFT adapter
+    on its base, the distilled student the pipeline exported."""
+    hf, adapter = RUN / "hf", RUN / "hf-adapter"
     litgpt_ext("export_hf", rel(RUN / "sft" / "final"), "--out_dir", rel(hf), "--overwrite", "true")
-    litgpt_ext("export_hf", rel(student), "--out_dir", rel(base), "--overwrite", "true")
     litgpt_ext(
         "export_hf",
-        rel(RUN / "sft-distilled" / "final"),
+        rel(RUN / "dpo" / "final"),
         "--out_dir",
         rel(adapter),
         "--format",
         "peft",
         "--base_model",
-        rel(base),
+        rel(RUN / "hf-distilled"),
         "--overwrite",
         "true",
     )
-    return [("Hugging Face model", hf), ("PEFT adapter + its base", adapter)]
+    return [("Hugging Face model", hf), ("PEFT adapter (DPO) on the distilled student", adapter)]
 
 
 def _generate_stage(student: Path) -> list[tuple[str, Path]]:
-    """Batch-generate answers for every question (continuous batching), in two shards, then merge them."""
+    """The evaluation recipe by hand: answer the Q/A test split in two shards (continuous batching), merge them and
+    score the answers — the numbers finetune_sft --eval.test wrote, from the commands a user runs on any model."""
     import json
 
-    qa = json.loads((DEMO_DATA / "qa.json").read_text())
-    prompts = RUN / "questions.jsonl"
-    rows = [
-        {"id": f"q{i:03d}", "prompt": r["Question"], "reference": r["Answer"]}
-        for i, r in enumerate(qa["train"] + qa["val"] + qa["test"])
-    ]
-    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = RUN / "generations.jsonl"
-    for old in RUN.glob("generations*.jsonl"):  # the student was just retrained: earlier outputs are stale
+    out = RUN / "test_generations.jsonl"
+    for old in RUN.glob("test_generations*.jsonl"):  # the student was just retrained: earlier outputs are stale
         old.unlink()
     for shard in ("0/2", "1/2"):
         litgpt_ext(
             "generate_batch",
             rel(RUN / "sft" / "final"),
             "--input",
-            rel(prompts),
+            rel(DEMO_DATA / "qa.json"),
+            "--split",
+            "test",
             "--output",
             rel(out),
             "--max_new_tokens",
-            24,
+            16,
             "--temperature",
             0,
             "--precision",
             "32-true",
-            "--max_batch_size",
-            16,
-            "--passthrough",
-            "[reference]",
             "--shard",
             shard,
         )
-    shards = sorted(RUN.glob("generations.shard-*-of-00002.jsonl"))
+    shards = sorted(RUN.glob("test_generations.shard-*-of-00002.jsonl"))
     litgpt_ext("generate_merge", "--inputs", "[" + ", ".join(rel(p) for p in shards) + "]", "--output", rel(out))
-    done = [json.loads(line) for line in out.read_text().splitlines()]
-    exact = sum(r["generations"][0].strip() == r["reference"].strip() for r in done)
-    print(f"  {exact}/{len(done)} generated answers equal the reference exactly")
-    return [("generations (merged shards)", out)]
+    scored = RUN / "test_generations.eval"
+    litgpt_ext("evaluate_generations", "--input", rel(out), "--reference_field", "Answer", "--output_dir", rel(scored))
+    by_hand = json.loads((scored / "metrics.json").read_text())
+    in_training = json.loads((RUN / "sft" / "test" / "metrics.json").read_text())
+    same = all(by_hand[k] == in_training[k] for k in ("bleu", "rougeL", "exact_match"))
+    print(f"  the same scores as finetune_sft --eval.test: {'yes' if same else 'NO'}")
+    return [("test-split generations (merged shards)", out), ("their scores", scored)]
 
 
 def _preference_stage(student: Path) -> list[tuple[str, Path]]:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import torch
-from litgpt.prompts import PromptStyle, has_prompt_style, load_prompt_style, save_prompt_style
+from litgpt.prompts import PromptStyle, save_prompt_style
 from litgpt.tokenizer import Tokenizer
 
 from litgpt_ext.checks import at_least
@@ -21,15 +21,7 @@ from litgpt_ext.data.records import load_columns
 from litgpt_ext.errors import UserError, require
 from litgpt_ext.finetune.common import check_checkpoint_dir
 from litgpt_ext.io import atomic_path, atomic_write_json
-
-
-def resolve_prompt_style(prompt_style: str | None, checkpoint_dir: Path) -> PromptStyle:
-    """Explicit name -> the checkpoint's prompt_style.yaml -> alpaca (SFTData's default for litgpt JSON)."""
-    if prompt_style:
-        return PromptStyle.from_name(prompt_style)
-    if has_prompt_style(checkpoint_dir):
-        return load_prompt_style(checkpoint_dir)
-    return PromptStyle.from_name("alpaca")
+from litgpt_ext.prompts import resolve_prompt_style, style_from_name
 
 
 def _percentiles(lengths: torch.Tensor) -> dict[str, int]:
@@ -97,7 +89,8 @@ def distill_tokenize(
     if not (data_dir / "train.json").is_file():
         raise UserError("no train.json here", path=data_dir, field="data_dir")
     tokenizer = Tokenizer(checkpoint_dir)
-    style = resolve_prompt_style(prompt_style, checkpoint_dir)
+    # explicit name -> the checkpoint's prompt_style.yaml -> alpaca (SFTData's default for litgpt JSON)
+    style = resolve_prompt_style(prompt_style, checkpoint_dir, fallback=lambda: style_from_name("alpaca"))
     report = {"prompt_style": type(style).__name__, "max_seq_length": max_seq_length}
     t0 = time.perf_counter()
     for split in ("train", "val"):

@@ -12,6 +12,7 @@ than silently overriding: users must be able to trust that ``litgpt-ext generate
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -51,6 +52,27 @@ def litgpt_commands() -> dict[str, Callable]:
     return dict(PARSER_DATA)
 
 
+def litgpt_command_names() -> set[str]:
+    """The names in litgpt's command table, read from the source of ``litgpt.__main__`` without importing it
+    (importing litgpt costs seconds: it imports Lightning); imported when the source does not have the table."""
+    import ast
+    from importlib.util import find_spec
+
+    try:
+        package = find_spec("litgpt")  # a top-level spec: found without importing the package
+        source = os.path.join(os.path.dirname(package.origin), "__main__.py")
+        with open(source, encoding="utf-8") as fh:
+            tree = ast.parse(fh.read())
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PARSER_DATA" for t in node.targets):
+                names = {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
+                if names and len(names) == len(node.value.keys):
+                    return names
+    except (OSError, SyntaxError, AttributeError, TypeError):
+        pass
+    return set(litgpt_commands())
+
+
 def _describe(ep: EntryPoint) -> str:
     dist = getattr(ep, "dist", None)
     source = f" (from {dist.name})" if dist is not None else ""
@@ -86,9 +108,22 @@ def command_table() -> dict[str, Callable]:
     return table
 
 
+def requested_table(argv: Sequence[str]) -> dict[str, Callable]:
+    """The command table ``argv`` needs. A registered extension named first on the command line, that neither
+    shadows a litgpt command nor is registered twice, is loaded alone: the command then starts without importing
+    litgpt's and every other extension's modules. Anything else (a litgpt command, ``--help``) gets the full table.
+    Both parse the command's arguments the same way: one subcommand of the same ``CLI``."""
+    name = argv[0] if argv and not argv[0].startswith("-") else None
+    if name is not None:
+        matches = [ep for ep in extension_entry_points() if ep.name == name]
+        if len(matches) == 1 and name not in litgpt_command_names():
+            return {name: matches[0].load()}
+    return command_table()
+
+
 def _configure_like_litgpt() -> None:
-    """Apply the same global settings as ``litgpt.__main__.main`` so commands behave identically."""
-    import torch
+    """Apply the same global settings as ``litgpt.__main__.main`` so commands behave identically (torch's only when
+    the command imported torch: a command that does not compute with it need not pay a second to import it)."""
     from jsonargparse import set_config_read_mode, set_docstring_parse_options
 
     set_docstring_parse_options(attribute_docstrings=True)
@@ -99,7 +134,8 @@ def _configure_like_litgpt() -> None:
         category=UserWarning,
         module=r".*torch\.optim\.lr_scheduler.*",
     )
-    torch.set_float32_matmul_precision("high")
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_float32_matmul_precision("high")
 
 
 def _record_invocation(table: dict[str, Callable], argv: Sequence[str]) -> None:
@@ -118,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        table = command_table()
+        table = requested_table(argv)
         _configure_like_litgpt()
         _record_invocation(table, argv)
         CLI(table, args=argv)

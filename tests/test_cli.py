@@ -119,3 +119,37 @@ def test_python_dash_m_and_litgpt_command_runs(tiny_checkpoint):
     )
     assert result.returncode == 0, result.stderr
     assert "What does Ivel sell?" in result.stdout
+
+
+def test_an_extension_command_starts_without_importing_litgpt_unless_it_needs_it():
+    """`litgpt-ext evaluate_generations ...` loads only that command's module: no litgpt, no Lightning (seconds of
+    imports); litgpt's names are read from its source, and match its command table."""
+    import subprocess
+    import sys
+
+    from litgpt_ext.cli import litgpt_command_names, litgpt_commands
+
+    assert litgpt_command_names() == set(litgpt_commands())
+    code = (
+        "import sys\nfrom litgpt_ext.cli import main\n"
+        "try:\n    main(['evaluate_generations', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('litgpt', 'lightning', 'torch') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "--reference_field" in out and out.strip().splitlines()[-1] == "[]"
+
+
+def test_a_plugin_shadowing_or_registered_twice_is_refused_when_run_by_name(tmp_path):
+    """The fast path never runs a command whose name is contested: by a litgpt command or by a second plugin."""
+    shadow = _write_plugin(tmp_path / "shadow", "generate")
+    result = run_cli("generate", "--help", env={"PYTHONPATH": str(shadow)})
+    assert result.returncode == 2 and "clashes with a litgpt command" in result.stderr
+
+    one, two = _write_plugin(tmp_path / "one", "say_hello"), _write_plugin(tmp_path / "two", "say_hello")
+    (two / "myplugin").rename(two / "otherplugin")  # a second package registering the same command name
+    dist = two / "otherplugin-0.1.dist-info"
+    (two / "myplugin-0.1.dist-info").rename(dist)
+    (dist / "METADATA").write_text((dist / "METADATA").read_text().replace("myplugin", "otherplugin"))
+    (dist / "entry_points.txt").write_text("[litgpt_ext.commands]\nsay_hello = otherplugin:hello\n")
+    result = run_cli("say_hello", "--help", env={"PYTHONPATH": f"{one}:{two}"})
+    assert result.returncode == 2 and "already registered by" in result.stderr

@@ -3,7 +3,11 @@
 * ``corpus.txt``  — plain text the tiny student's tokenizer is trained on.
 * ``qa.json``     — the Q/A format (``{"train": [{"Question", "Answer"}], "val": [...], "test": [...]}``), a learnable
   mapping (facts about invented towns) so a few hundred steps visibly lower the loss.
-* ``records.jsonl`` — web documents (id, url, title, body, queries) for the teacher stage's query-generation prompt.
+* ``records.jsonl`` — web documents (id, url, title, body, queries) for the teacher stage's query-generation prompt:
+  each a random town / river / product / roof colour / size in one of several wordings, so the teacher's answers
+  depend on the document and a student has something to learn.
+* ``heldout.jsonl`` — more documents of the same kind that the student never sees in training: none shares its
+  (town, river, product) with a training document. The fidelity report scores the student on these.
 """
 
 import json
@@ -81,19 +85,46 @@ def main() -> None:
             f"for {x['good']}. About {x['people']} people live there."
         )
     rng.shuffle(lines)
-    (HERE / "corpus.txt").write_text("\n".join(lines[:1500]) + "\n")
+    lines = lines[:1500]
 
-    with open(HERE / "records.jsonl", "w") as fh:
-        for i, (town, x) in enumerate(f.items()):
-            rec = {
-                "id": f"doc-{i:03d}",
-                "url": f"https://towns.example/{town.lower()}",
-                "title": f"{town} — a town on the {x['river']}",
-                "body": f"{town} lies on the river {x['river']}. Visitors remember the {x['color']} roofs and the "
-                f"market for {x['good']}. Around {x['people']} people live in {town}.",
-                "queries": [f"{town} {x['good']}", f"river {x['river']} towns"],
+    train, heldout = documents(random.Random(1))
+    lines += [f"{r['title']}\n{r['body']}\n{r['title'].lower()}" for r in train[:300]]
+    (HERE / "corpus.txt").write_text("\n".join(lines) + "\n")
+    for name, rows in (("records.jsonl", train), ("heldout.jsonl", heldout)):
+        (HERE / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+TITLES = ["{town} — a town on the {river}", "Visiting {town} on the {river}", "{town}, a market town by the {river}"]
+SENTENCES = [
+    "{town} lies on the river {river}.",
+    "Visitors remember the {color} roofs.",
+    "The market of {town} is known for {good}.",
+    "Around {people} people live in {town}.",
+]
+
+
+def documents(rng: random.Random, n_train: int = 320, n_heldout: int = 80) -> tuple[list[dict], list[dict]]:
+    """Training and held-out documents; a held-out one never shares (town, river, product) with a training one."""
+    combos = [(t, r, g) for t in TOWNS for r in RIVERS for g in GOODS]
+    rng.shuffle(combos)
+    rows = []
+    for i, (town, river, good) in enumerate(combos[: n_train + n_heldout]):
+        x = {"town": town, "river": river, "good": good, "color": rng.choice(COLORS)}
+        x["people"] = str(rng.randrange(2, 99) * 100)
+        middle = SENTENCES[1:3]
+        rng.shuffle(middle)
+        body = " ".join(s.format(**x) for s in [SENTENCES[0], *middle, SENTENCES[3]])
+        split, n = ("doc", i) if i < n_train else ("new", i - n_train)
+        rows.append(
+            {
+                "id": f"{split}-{n:03d}",
+                "url": f"https://towns.example/{town.lower()}/{i}",
+                "title": rng.choice(TITLES).format(**x),
+                "body": body,
+                "queries": [f"{town.lower()} {good}", f"river {river.lower()}"],
             }
-            fh.write(json.dumps(rec) + "\n")
+        )
+    return rows[:n_train], rows[n_train:]
 
 
 if __name__ == "__main__":

@@ -72,6 +72,43 @@ def judge_verdict(prompt: str) -> str | None:
     return json.dumps({"score": score, "reason": f"{grounded:.0%} of the answer's words appear in the task"})
 
 
+# The stand-in teacher's "knowledge": what a product is, for the category query of the search-query task.
+CATEGORIES = {
+    "apples": "fruit",
+    "wool": "textiles",
+    "silk": "textiles",
+    "copper": "metal",
+    "salt": "minerals",
+    "honey": "sweets",
+    "glass": "glassware",
+    "timber": "wood",
+    "cheese": "dairy",
+    "pottery": "ceramics",
+}
+
+
+def search_queries(title: str, body: str) -> list[str]:
+    """The search-query task's teacher: three lower-case queries by a fixed rule over the document, so the answer
+    depends on the input the way a real teacher's does — a keyword query (the title's subject and the product the
+    body names), a category query (the product's category, from :data:`CATEGORIES`) and a place query (the last
+    capitalised word of the title: "towns on the aire"). Documents without a known product or a second name in the
+    title get the body's longest word and "where is <subject>" instead."""
+    title_words = [w.strip(".,;:!?()\"'") for w in title.split()]
+    title_words = [w for w in title_words if w[:1].isalpha()]
+    subject = title_words[0].lower() if title_words else "this"
+    body_words = [w.strip(".,;:!?()\"'").lower() for w in body.split()]
+    product = next((w for w in body_words if w in CATEGORIES), None)
+    names = [w for w in title_words[1:] if w[0].isupper()]
+    if product is None:
+        long_words = [w for w in body_words if len(w) > 3 and w != subject]
+        keyword = max(long_words, key=len) if long_words else "guide"
+        queries = [f"{subject} {keyword}", f"visiting {subject}"]
+    else:
+        queries = [f"{subject} {product}", f"{CATEGORIES[product]} shops in {subject}"]
+    queries.append(f"towns on the {names[-1].lower()}" if names else f"where is {subject}")
+    return queries
+
+
 def teacher_answer(body: dict) -> str:
     """A deterministic, task-shaped stand-in for a teacher model's answer."""
     messages = body.get("messages") or []
@@ -86,7 +123,7 @@ def teacher_answer(body: dict) -> str:
     if "Title" in fields and "categor" in prompt.lower():
         items = sorted({w.capitalize() for w in words[:12]})[:4] or ["General"]
     elif "Title" in fields:
-        items = [" ".join(words[i : i + 3]).lower() for i in range(0, min(len(words), 12), 3)] or ["general query"]
+        items = search_queries(fields["Title"], fields.get("Body", ""))
     else:
         question = fields.get("Question", prompt.strip().splitlines()[-1] if prompt.strip() else "")
         items = [f"A short answer about {question.rstrip('?')[:80]}."]

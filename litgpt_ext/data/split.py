@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import random
 
-import torch
-
 from litgpt_ext.errors import UserError
 
 
@@ -23,8 +21,10 @@ def split_by_key(items: list, key, seed: int, fraction: float) -> tuple[list, li
     return train, val
 
 
-def split_order(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded (train, val) index split with at least one val item."""
+def split_order(n: int, fraction: float, seed: int):
+    """Seeded (train, val) index tensors, at least one val item."""
+    import torch  # here, so that reading records does not import torch
+
     if n < 2:
         raise UserError(f"need at least 2 records to split off validation data, got {n}")
     n_val = max(1, round(n * fraction))

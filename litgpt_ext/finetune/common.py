@@ -14,6 +14,8 @@ from litgpt.data import DataModule
 from litgpt.tokenizer import Tokenizer
 from litgpt.utils import get_default_supported_precision, instantiate_torch_optimizer, load_checkpoint
 
+from litgpt_ext.data.orm import OrmData  # noqa: F401 (imported so that --data OrmData resolves by name)
+from litgpt_ext.data.preference import PreferenceData  # noqa: F401 (likewise)
 from litgpt_ext.data.sft import SFTData
 from litgpt_ext.errors import UserError
 from litgpt_ext.training.args import CheckpointArgs, EvalArgs, TrainArgs
@@ -94,7 +96,6 @@ def datasets_of(data: DataModule) -> tuple[Sequence, Sequence]:
 def preference_data(checkpoint_dir: Path, prompt_style: str | None, max_prompt_length: int | None) -> dict:
     """:func:`run` options of the preference methods: ``--data PATH`` means :class:`PreferenceData`, whose prompts
     go through the student's prompt style (``--prompt_style``, else the checkpoint's, as litgpt generate uses)."""
-    from litgpt_ext.data.preference import PreferenceData
     from litgpt_ext.prompts import resolve_prompt_style
 
     style = resolve_prompt_style(prompt_style, checkpoint_dir)
