@@ -147,7 +147,8 @@ def _judge_setup(tmp_path: Path, n: int) -> tuple[Path, Path]:
 
 def test_judge_mode_on_the_demo_records_picks_best_and_worst_with_faults(tmp_path, api_key):
     """The demo's records; per record a grounded sample (words of its body), an ungrounded one and a mixed one."""
-    records = REPO / "artifacts" / "demo" / "records.jsonl"
+    records = tmp_path / "records.jsonl"  # the first 20 of them
+    records.write_text("".join((REPO / "artifacts" / "demo" / "records.jsonl").read_text().splitlines(True)[:20]))
     rows = _jsonl(records)
     gens = _generations(
         tmp_path / "gen.jsonl",

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import socket
 
+import pytest
+
 from conftest import REPO, run_make
 
 
@@ -16,10 +18,17 @@ def _commands(output: str) -> list[str]:
     return [name for line in output.splitlines() if "-m litgpt_ext" in line for name in names if f" {name} " in line]
 
 
+def _first_records(tmp_path, n: int = 20):
+    records = tmp_path / "records.jsonl"
+    records.write_text("".join((REPO / "artifacts" / "demo" / "records.jsonl").read_text().splitlines(True)[:n]))
+    return records
+
+
 def test_pipeline_targets_run_the_chain_once_and_rerun_from_what_changed(tmp_path):
     run, prompt = tmp_path / "run", tmp_path / "teacher_prompt.md"
     prompt.write_text((REPO / "prompts" / "search_queries.md").read_text())
-    task = ["TASK=demo", f"RUN={run}", f"TEACHER_PROMPT={prompt}", "FINETUNE_FLAGS=--train.max_steps 2"]
+    task = ["TASK=demo", f"RUN={run}", f"RECORDS={_first_records(tmp_path)}", f"TEACHER_PROMPT={prompt}"]
+    task.append("FINETUNE_FLAGS=--train.max_steps 2")
     chain = ["distill_query", "distill_convert", "distill_tokenize", "finetune_sft", "export_hf", "generate_batch"]
 
     assert _commands(run_make("-n", "generate", *task).stdout) == chain  # make -n shows the chain
@@ -62,6 +71,7 @@ def test_a_teacher_stage_that_cannot_finish_stops_the_chain(tmp_path):
         "generate",
         "TASK=demo",
         f"RUN={run}",
+        f"RECORDS={_first_records(tmp_path)}",
         "TEACHER_WRAP=",
         f"TEACHER_FLAGS=--base_url http://127.0.0.1:{port}/v1 --timeout 1",
         env={"OPENAI_API_KEY": "sk-test"},
@@ -71,3 +81,30 @@ def test_a_teacher_stage_that_cannot_finish_stops_the_chain(tmp_path):
     assert _commands(done.stdout) == ["distill_query"]  # nothing after the failed stage ran
     assert not (run / ".make" / "teacher.done").exists() and not (run / "distilled").exists()
     assert not (run / "responses.jsonl").exists() or (run / "responses.jsonl").read_text() == ""
+
+
+def test_the_distilled_student_reproduces_the_teacher_on_held_out_records(tmp_path):
+    """`make report` on the demo task with a shorter finetune (220 steps instead of 300): the student's items on
+    the 80 held-out records reach F1 >= 0.6 against the teacher's (a broken pipeline — wrong references, prompts or
+    parser, no learning — stays near the untrained student's 0), and the report prices the teacher's 400 answers
+    next to the student's measured throughput."""
+    run = tmp_path / "run"
+    task = [
+        "TASK=demo",
+        f"RUN={run}",
+        "FINETUNE_FLAGS=--train.max_steps 220",
+        "TEACHER_FLAGS=--rpm 20000 --concurrency 16 --timeout 0.5",
+        "TEACHER_WRAP=.venv/bin/python -m distill.teacher.fake_server --rpm 20000 --fault_rate 0.1 --stall_s 1 --",
+    ]
+    done = run_make("report", *task)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((run / "report.json").read_text())
+    fidelity, untrained = report["fidelity"], report["untrained_student"]
+    assert fidelity["scored"] == 80 and fidelity["item_f1"] >= 0.6, fidelity
+    assert untrained["item_f1"] <= 0.1 and fidelity["item_f1"] - untrained["item_f1"] >= 0.5
+    teacher, student = report["teacher"], report["student"]
+    assert teacher["records_answered"] == 400 and teacher["usd"] > 0 and teacher["model"] == "gpt-4o-mini"
+    assert teacher["usd_per_1m_records"] == pytest.approx(teacher["usd"] / 400 * 1e6, rel=0.01)
+    assert student["records"] == 320 and student["records_per_s"] > 0 and student["tokens_per_s"] > 0
+    assert "== fidelity: student vs teacher on 80 held-out records ==" in done.stdout
+    assert run_make("-q", "report", *task).returncode == 0  # up to date: nothing to rerun
