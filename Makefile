@@ -159,7 +159,7 @@ $(HELDOUT_DIR)/train.json: $(STAMPS)/heldout-teacher.done $(STUDENT_PROMPT) $(ST
 # against the teacher's answers into $(RUN)/NAME/ (a fresh output each time: the model or the prompts changed).
 evaluate_student = rm -f $(RUN)/$(2).jsonl && \
 	$(LITGPT_EXT) generate_batch $(1) --input $(HELDOUT_DIR)/prompts.jsonl --output $(RUN)/$(2).jsonl \
-	    $(GENERATE_FLAGS) $(if $(filter $(STUDENT),$(1)),$(BASELINE_FLAGS)) && \
+	    $(GENERATE_FLAGS) $(FIDELITY_FLAGS) $(if $(filter $(STUDENT),$(1)),$(BASELINE_FLAGS)) && \
 	$(LITGPT_EXT) evaluate_generations --input $(RUN)/$(2).jsonl --reference $(HELDOUT_DIR)/train.json \
 	    --reference_field output --items $(ITEMS) --output_dir $(RUN)/$(2)
 
@@ -184,11 +184,13 @@ settings.tokenize = $(STUDENT) $(TOKENIZE_FLAGS)
 settings.student  = $(FINETUNE) $(STUDENT) $(FINETUNE_DIR) $(FINETUNE_FLAGS)
 settings.export   = $(HF_DIR) $(EXPORT_FLAGS)
 settings.generate = $(GENERATIONS) $(GENERATE_FLAGS)
-settings.fidelity = $(HELDOUT_DIR) $(FIDELITY_DIR) $(ITEMS) $(GENERATE_FLAGS) $(BASELINE_FLAGS)
+settings.fidelity = $(HELDOUT_DIR) $(FIDELITY_DIR) $(ITEMS) $(GENERATE_FLAGS) $(FIDELITY_FLAGS) $(BASELINE_FLAGS)
 settings.report   = $(REPORT_FLAGS)
 same = $(and $(findstring x$(1)x,x$(2)x),$(findstring x$(2)x,x$(1)x))
+# (The stamps are read with $(shell cat): GNU make 4.3's $(file <) returns a corrupted value inside this loop once a
+# stamp passes ~200 bytes — long RUN paths — which made every such stage rerun.)
 $(foreach s,teacher convert tokenize student export generate fidelity report,$(eval \
-	$(STAMPS)/$(s).settings: $(if $(call same,$(file < $(STAMPS)/$(s).settings),$(settings.$(s))),,FORCE)))
+	$(STAMPS)/$(s).settings: $(if $(call same,$(shell cat $(STAMPS)/$(s).settings 2>/dev/null),$(settings.$(s))),,FORCE)))
 $(STAMPS)/%.settings: export STAGE_SETTINGS = $(settings.$*)
 $(STAMPS)/%.settings:
 	@mkdir -p $(@D)
@@ -222,6 +224,7 @@ help:
 	@echo "  GENERATE_INPUT  prompts JSONL for generate_batch (default: every record's student prompt)"
 	@echo "  GENERATE_FLAGS  more generate_batch flags                   GENERATE_SHARDS SLURM array size (8)"
 	@echo "  HELDOUT         records JSONL the student never trains on   ITEMS           none | lines (list answers)"
-	@echo "  BASELINE_FLAGS  generate_batch flags of the untrained student REPORT_FLAGS   more distill_report flags"
+	@echo "  FIDELITY_FLAGS  generate_batch flags added for the held-out   BASELINE_FLAGS  ... and for the untrained student"
+	@echo "  REPORT_FLAGS    more distill_report flags (--student_usd_per_hour)"
 	@echo "  outputs: RESPONSES DATA_DIR FINETUNE_DIR HF_DIR GENERATIONS HELDOUT_DIR FIDELITY_DIR REPORT (under RUN)"
 	@echo "Cluster:   jobs/submit_pipeline.sh TASK   (SLURM: teacher -> data -> finetune+export -> generate array -> merge)"

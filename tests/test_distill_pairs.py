@@ -66,7 +66,7 @@ def test_teacher_vs_student_pairs_prompts_and_quarantine(tmp_path, api_key):
     gens = _generations(
         tmp_path / "gen.jsonl",
         {
-            "doc-0000": [teacher_text[0].upper() + "  ", "town salt", "something else entirely", ""],
+            "doc-0000": [teacher_text[0].upper() + "  ", "salt town market", "something else entirely", ""],
             "doc-0001": ["town number river"],
             "doc-0002": "prompts.jsonl:3: prompt: empty prompt",
             # doc-0003: never generated; doc-0004 below has no teacher response
@@ -94,7 +94,7 @@ def test_teacher_vs_student_pairs_prompts_and_quarantine(tmp_path, api_key):
     overlaps = [p["overlap"] for p in by_record["doc-0000"]]
     assert overlaps == sorted(overlaps, reverse=True)
     every_overlap = [
-        word_overlap(c, r) for c in teacher_text for r in ("town salt", "something else entirely") if c.strip()
+        word_overlap(c, r) for c in teacher_text for r in ("salt town market", "something else entirely") if c.strip()
     ]
     assert overlaps[0] == pytest.approx(max(every_overlap), abs=1e-4)
     # the prompt is exactly distill_convert's student prompt

@@ -86,7 +86,7 @@ def test_submit_pipeline_chains_every_stage_with_afterok_and_exports_the_task(tm
     assert generate_env["CHECKPOINT"] == "artifacts/runs/demo/sft-distilled/final"
     assert generate_env["INPUT"] == "artifacts/runs/demo/distilled/prompts.jsonl"
     assert generate_env["OUTPUT"] == "artifacts/runs/demo/distilled_generations.jsonl"
-    assert generate_env["EXTRA_ARGS"] == "--max_new_tokens 24 --temperature 0 --precision 32-true"
+    assert generate_env["EXTRA_ARGS"] == "--max_new_tokens 32 --temperature 0 --precision 32-true"
     assert calls[4][1]["OUTPUT"] == "artifacts/runs/demo/distilled_generations.jsonl"
     assert f"merge {ids[4]}" in done.stdout
 

@@ -25,7 +25,8 @@ def _first_records(tmp_path, n: int = 20):
 
 
 def test_pipeline_targets_run_the_chain_once_and_rerun_from_what_changed(tmp_path):
-    run, prompt = tmp_path / "run", tmp_path / "teacher_prompt.md"
+    # a long RUN path: settings stamps over 200 bytes once hit a GNU make 4.3 $(file <) bug (every stage reran)
+    run, prompt = tmp_path / ("long-folder-name-" * 8) / "run", tmp_path / "teacher_prompt.md"
     prompt.write_text((REPO / "prompts" / "search_queries.md").read_text())
     task = ["TASK=demo", f"RUN={run}", f"RECORDS={_first_records(tmp_path)}", f"TEACHER_PROMPT={prompt}"]
     task.append("FINETUNE_FLAGS=--train.max_steps 2")
@@ -40,7 +41,7 @@ def test_pipeline_targets_run_the_chain_once_and_rerun_from_what_changed(tmp_pat
     queries = {r["output"] for r in json.loads((run / "distilled" / "train.json").read_text())}
 
     again = run_make("generate", *task)  # nothing changed: nothing runs
-    assert again.returncode == 0 and _commands(again.stdout) == []
+    assert again.returncode == 0 and _commands(again.stdout) == [], again.stdout[-2000:]
     assert run_make("-q", "generate", *task).returncode == 0
     # a changed flag re-runs its stage and what follows it, nothing before
     assert _commands(run_make("-n", "generate", *task[:-1], "FINETUNE_FLAGS=--train.max_steps 3").stdout) == chain[3:]
@@ -108,3 +109,18 @@ def test_the_distilled_student_reproduces_the_teacher_on_held_out_records(tmp_pa
     assert student["records"] == 320 and student["records_per_s"] > 0 and student["tokens_per_s"] > 0
     assert "== fidelity: student vs teacher on 80 held-out records ==" in done.stdout
     assert run_make("-q", "report", *task).returncode == 0  # up to date: nothing to rerun
+
+
+def test_settings_stamps_of_any_length_are_up_to_date_once_written(tmp_path):
+    """A stage's settings stamp, once written, is up to date (`make -q` exits 0) whatever the length of the paths in
+    it: GNU make 4.3's $(file <) corrupted stamps of some lengths (over ~200 bytes) and every such stage reran."""
+    stale = []
+    for n in range(0, 240, 8):
+        folder = tmp_path / ("x" * (n + 1))
+        task = ["TASK=demo", f"RUN={folder}/run", f"RECORDS={folder}/records.jsonl"]
+        for stage in ("teacher", "convert", "student", "generate"):
+            stamp = f"{folder}/run/.make/{stage}.settings"
+            assert run_make(stamp, *task).returncode == 0
+            if run_make("-q", stamp, *task).returncode != 0:
+                stale.append((n, stage))
+    assert stale == []
