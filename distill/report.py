@@ -58,13 +58,15 @@ def distill_report(
         raise UserError(f"must be >= 0, got {student_usd_per_hour}", field="student_usd_per_hour")
     if not responses.is_file():
         raise UserError("file not found", path=responses, field="responses")
+    stats, quality = _json(generation_stats, "generation_stats"), _json(fidelity, "fidelity")
+    untrained = _json(Path(baseline), "baseline") if baseline is not None else None
     report = {
         "teacher": _teacher(ResponseCache(responses), [Path(p) for p in records], price_in, price_out),
-        "student": _student(_json(generation_stats, "generation_stats"), student_usd_per_hour),
-        "fidelity": _fidelity(_json(fidelity, "fidelity")),
+        "student": _student(stats, student_usd_per_hour),
+        "fidelity": _fidelity(quality),
     }
-    if baseline is not None:
-        report["untrained_student"] = _fidelity(_json(Path(baseline), "baseline"))
+    if untrained is not None:
+        report["untrained_student"] = _fidelity(untrained)
     atomic_write_json(out, report)
     print(format_report(report))
     print(f"report: {out}")

@@ -103,15 +103,12 @@ def generation_eval(
         )
     means: dict[str, float] = {}
     if text_metrics and rows:
-        from torchmetrics.text import BLEUScore
-        from torchmetrics.text.rouge import ROUGEScore
+        from litgpt_ext.evaluate.metrics import rouge, sentence_bleu  # evaluate_generations' definitions
 
-        bleu, rouge = BLEUScore(smooth=True), ROUGEScore(rouge_keys=("rouge1", "rougeL"))
         for row in rows:
-            row["bleu"] = float(bleu([row["generated"]], [[row["reference"]]]))
-            scores = rouge(row["generated"], row["reference"])
-            row["rouge1"] = float(scores["rouge1_fmeasure"])
-            row["rougeL"] = float(scores["rougeL_fmeasure"])
+            row["bleu"] = sentence_bleu(row["generated"], [row["reference"]])
+            scores = rouge(row["generated"], [row["reference"]])
+            row["rouge1"], row["rougeL"] = scores["rouge1"], scores["rougeL"]
         for key in ("bleu", "rouge1", "rougeL"):
             means[f"val_{key}"] = sum(r[key] for r in rows) / len(rows)
     with atomic_path(out_file) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
