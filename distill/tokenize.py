@@ -21,7 +21,7 @@ from litgpt_ext.data.records import load_columns
 from litgpt_ext.errors import UserError, require
 from litgpt_ext.finetune.common import check_checkpoint_dir
 from litgpt_ext.io import atomic_path, atomic_write_json
-from litgpt_ext.prompts import resolve_prompt_style, style_from_name
+from litgpt_ext.prompts import data_style, resolve_prompt_style
 
 
 def _percentiles(lengths: torch.Tensor) -> dict[str, int]:
@@ -90,7 +90,7 @@ def distill_tokenize(
         raise UserError("no train.json here", path=data_dir, field="data_dir")
     tokenizer = Tokenizer(checkpoint_dir)
     # explicit name -> the checkpoint's prompt_style.yaml -> alpaca (SFTData's default for litgpt JSON)
-    style = resolve_prompt_style(prompt_style, checkpoint_dir, fallback=lambda: style_from_name("alpaca"))
+    style = resolve_prompt_style(prompt_style, checkpoint_dir, fallback=lambda: data_style("litgpt"))
     report = {"prompt_style": type(style).__name__, "max_seq_length": max_seq_length}
     t0 = time.perf_counter()
     for split in ("train", "val"):

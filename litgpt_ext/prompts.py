@@ -36,13 +36,19 @@ def style_from_name(name: str) -> PromptStyle:
     return PromptStyle.from_name(name)
 
 
+def data_style(kind: str) -> PromptStyle:
+    """The style finetune_sft trains a data format with when none is given: QA for Q/A files (``qa``), alpaca for
+    litgpt JSON (``litgpt``). Every command that reads those formats without a style falls back to it."""
+    return QA() if kind == "qa" else style_from_name("alpaca")
+
+
 def resolve_prompt_style(
     name: str | PromptStyle | None, checkpoint_dir: Path, config=None, fallback=None
 ) -> PromptStyle:
     """The style a command applies to prompts, decided the way ``litgpt generate`` decides it.
 
     ``None`` or ``auto``: the checkpoint's ``prompt_style.yaml`` (what it was finetuned with), else ``fallback()``
-    when given (the style the input's data format is trained with), else litgpt's style for the model's name (the
+    when given (e.g. :func:`data_style` of the input's format), else litgpt's style for the model's name (the
     raw text for unknown models); ``default``: the raw text; else a litgpt style name.
     """
     if isinstance(name, PromptStyle):

@@ -87,16 +87,19 @@ CATEGORIES = {
 }
 
 
+def _bare_words(text: str) -> list[str]:
+    return [w.strip(".,;:!?()\"'") for w in text.split()]
+
+
 def search_queries(title: str, body: str) -> list[str]:
     """The search-query task's teacher: three lower-case queries by a fixed rule over the document, so the answer
     depends on the input the way a real teacher's does — a keyword query (the title's subject and the product the
     body names), a category query (the product's category, from :data:`CATEGORIES`) and a place query (the last
     capitalised word of the title: "towns on the aire"). Documents without a known product or a second name in the
     title get the body's longest word and "where is <subject>" instead."""
-    title_words = [w.strip(".,;:!?()\"'") for w in title.split()]
-    title_words = [w for w in title_words if w[:1].isalpha()]
+    title_words = [w for w in _bare_words(title) if w[:1].isalpha()]
     subject = title_words[0].lower() if title_words else "this"
-    body_words = [w.strip(".,;:!?()\"'").lower() for w in body.split()]
+    body_words = [w.lower() for w in _bare_words(body)]
     product = next((w for w in body_words if w in CATEGORIES), None)
     names = [w for w in title_words[1:] if w[0].isupper()]
     if product is None:
@@ -118,9 +121,10 @@ def teacher_answer(body: dict) -> str:
         return verdict
     fields = dict(re.findall(r"^(Title|URL|Question|Body|Article):\s*(.+)$", prompt, flags=re.MULTILINE))
     fmt = (body.get("response_format") or {}).get("type")
-    words = [w.strip(".,;:!?()\"'") for w in (fields.get("Title", "") + " " + fields.get("Body", "")).split()]
-    words = [w for w in words if len(w) > 3 and w[0].isalpha()]
     if "Title" in fields and "categor" in prompt.lower():
+        words = [
+            w for w in _bare_words(fields["Title"] + " " + fields.get("Body", "")) if len(w) > 3 and w[0].isalpha()
+        ]
         items = sorted({w.capitalize() for w in words[:12]})[:4] or ["General"]
     elif "Title" in fields:
         items = search_queries(fields["Title"], fields.get("Body", ""))

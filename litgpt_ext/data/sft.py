@@ -26,7 +26,7 @@ from litgpt_ext.data.pretokenized import PackedSamples, load_pretokenized
 from litgpt_ext.data.records import Example, columns_of, is_qa_file, load_examples, load_json
 from litgpt_ext.data.split import split_off, split_order
 from litgpt_ext.errors import UserError
-from litgpt_ext.prompts import QA, style_from_name
+from litgpt_ext.prompts import data_style, style_from_name
 
 Sample = dict[str, torch.Tensor]
 
@@ -122,7 +122,7 @@ class SFTData(DataModule):
             splits = load_examples(self.path)
             qa = self.path.suffix == ".json" and is_qa_file(load_json(self.path))
         if self.prompt_style is None:
-            self.prompt_style = QA() if qa else "alpaca"
+            self.prompt_style = data_style("qa" if qa else "litgpt")
         if isinstance(self.prompt_style, str):
             self.prompt_style = style_from_name(self.prompt_style)
         if "val" not in splits:

@@ -146,8 +146,8 @@ def _row(rid: str, obj: dict | None, references: list[str] | None, sample: int) 
 
 def _score(rows: list[dict], with_items: bool) -> dict:
     scored = [r for r in rows if r["references"] is not None]
-    totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0, "exact": 0, "bleu_row": 0.0}
-    counts = m.ItemCounts(0, 0, 0)
+    totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0, "exact": 0}
+    totals_items = [0, 0, 0]  # predicted, reference, matched: summed over rows for the micro scores
     item_sums = {"precision": 0.0, "recall": 0.0, "f1": 0.0}
     for r in tqdm(rows, desc="score", unit="row", disable=len(rows) < 2000):
         r.update(rouge1=0.0, rouge2=0.0, rougeL=0.0, exact=0, bleu=0.0)
@@ -160,9 +160,7 @@ def _score(rows: list[dict], with_items: bool) -> dict:
         if with_items:
             c = m.item_counts(text, references)
             r.update(item_precision=c.precision, item_recall=c.recall, item_f1=c.f1)
-            counts = m.ItemCounts(
-                counts.predicted + c.predicted, counts.reference + c.reference, counts.matched + c.matched
-            )
+            totals_items = [t + x for t, x in zip(totals_items, (c.predicted, c.reference, c.matched))]
             for key in item_sums:
                 item_sums[key] += r[f"item_{key}"]
         for key in ("rouge1", "rouge2", "rougeL", "exact"):
@@ -180,6 +178,7 @@ def _score(rows: list[dict], with_items: bool) -> dict:
         "exact_match": round(totals["exact"] / n, 4),
     }
     if with_items:
+        counts = m.ItemCounts(*totals_items)
         summary["items"] = {
             **{key: round(value / n, 4) for key, value in item_sums.items()},
             "micro_precision": round(counts.precision, 4),

@@ -11,7 +11,7 @@ import lightning as L
 import torch
 
 from litgpt_ext.errors import UserError
-from litgpt_ext.generate.command import DTYPES, GenerateArgs, _run, generate_merge, shard_output
+from litgpt_ext.generate.command import DTYPES, GenerateArgs, generate_merge, generate_on, shard_output
 from litgpt_ext.generate.inputs import Shard, detect_format
 
 
@@ -50,7 +50,7 @@ def evaluate_test_split(
         temperature=0.0,
         quiet=fabric.global_rank != 0,
     )
-    _run(fabric, args)
+    generate_on(fabric, args)
     fabric.barrier()
     if fabric.global_rank != 0:
         return None

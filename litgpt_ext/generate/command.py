@@ -22,7 +22,7 @@ from litgpt_ext.generate.engine import Engine, Job, Settings
 from litgpt_ext.generate.inputs import InputFormat, PromptRecord, Shard, detect_format, parse_shard, read_prompts
 from litgpt_ext.generate.repetition import RepetitionControls
 from litgpt_ext.io import JsonlAppender, atomic_write_json, read_jsonl_repairing
-from litgpt_ext.prompts import QA, apply_style, resolve_prompt_style, style_from_name
+from litgpt_ext.prompts import apply_style, data_style, resolve_prompt_style
 from litgpt_ext.templates import load_template
 
 DTYPES = {
@@ -184,16 +184,16 @@ def generate_batch(
         on_error=on_error,
         compile=compile,
     )
-    fabric.launch(_run, args)
+    fabric.launch(generate_on, args)
 
 
-def _run(fabric: L.Fabric, a: GenerateArgs) -> dict:
+def generate_on(fabric: L.Fabric, a: GenerateArgs) -> dict:
     """Generate this process's share of the input; returns its stats (also written next to the output)."""
     shard = a.base_shard.split(fabric.global_rank, fabric.world_size)
     out_path = shard_output(a.output, shard)
     config = Config.from_file(a.checkpoint_dir / "model_config.yaml")
     tokenizer = Tokenizer(a.checkpoint_dir)
-    fallback = {"qa": QA, "litgpt": lambda: style_from_name("alpaca")}.get(a.fmt.kind)
+    fallback = (lambda: data_style(a.fmt.kind)) if a.fmt.keeps_fields else None
     style = resolve_prompt_style(a.prompt_style, a.checkpoint_dir, config, fallback=fallback)
     template = None
     if a.prompt_template is not None:
@@ -254,8 +254,7 @@ def _run(fabric: L.Fabric, a: GenerateArgs) -> dict:
             except UserError as err:
                 if a.on_error == "stop":
                     raise
-                kept = {k: v for k, v in item.record.items() if k != "id"} if a.fmt.keeps_fields else {}
-                writer.write({"id": item.id, "_line": item.line, **kept, "error": str(err)})
+                writer.write({"id": item.id, "_line": item.line, **a.fmt.kept(item.record), "error": str(err)})
                 stats["errors"] += 1
 
     def emit(job: Job) -> None:
@@ -325,8 +324,7 @@ def _make_job(item: PromptRecord, a: GenerateArgs, style, tokenizer, config) -> 
             line=item.line,
             field="prompt",
         )
-    kept = [k for k in item.record if k != "id"] if a.fmt.keeps_fields else []
-    extra = {k: item.record.get(k) for k in dict.fromkeys([*kept, *a.passthrough])}
+    extra = {**a.fmt.kept(item.record), **{k: item.record.get(k) for k in a.passthrough}}
     return Job(item.id, item.line, prompt_ids, a.num_samples, a.max_new_tokens, extra)
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from litgpt_ext.data.records import is_qa_file, load_json
+from litgpt_ext.data.records import load_json
 from litgpt_ext.errors import UserError
 
 
@@ -83,25 +83,24 @@ class InputFormat:
     def keeps_fields(self) -> bool:
         return self.kind != "prompts"
 
-    @property
-    def training_style(self) -> str | None:
-        """The prompt style finetune_sft trains this format with when none is given (None: the checkpoint's)."""
-        return {"qa": "QA", "litgpt": "alpaca"}.get(self.kind)
+    def kept(self, record) -> dict:
+        """The fields of a row that its output line (or error line) keeps: all but ``id`` in a training format."""
+        return {k: v for k, v in record.items() if k != "id"} if self.keeps_fields and isinstance(record, dict) else {}
 
 
 FORMATS = ("auto", "prompts", "litgpt", "qa")
 
 
 def detect_format(path: Path, input_format: str, field: str, split: str | None) -> InputFormat:
-    """The :class:`InputFormat` of ``path`` (``auto``: a ``.json`` file is Q/A when it is an object of splits and
+    """The :class:`InputFormat` of ``path`` (``auto``: a ``.json`` file is Q/A when it is an object (of splits) and
     litgpt when it is a list; a JSONL file is litgpt when its first row has ``instruction`` but no ``--field``)."""
     if input_format not in FORMATS:
         raise UserError(f"use one of {', '.join(FORMATS)}", field="input_format")
     kind = input_format
+    data = load_json(path) if path.suffix.lower() == ".json" and kind in ("auto", "qa") else None
     if kind == "auto":
-        if path.suffix.lower() == ".json":
-            data = load_json(path)
-            kind = "qa" if is_qa_file(data) or _split_object(data) else "litgpt"
+        if data is not None:
+            kind = "qa" if isinstance(data, dict) else "litgpt"  # an object of splits, or a list of records
         else:
             first = _first_row(path)
             kind = "litgpt" if isinstance(first, dict) and "instruction" in first and field not in first else "prompts"
@@ -111,7 +110,7 @@ def detect_format(path: Path, input_format: str, field: str, split: str | None) 
         return InputFormat("prompts", field)
     if kind == "litgpt":
         return InputFormat("litgpt", "instruction", split or path.stem)
-    data = load_json(path)
+    data = load_json(path) if data is None else data
     splits = [k for k in ("train", "val", "test") if isinstance(data, dict) and k in data]
     if not splits:
         raise UserError("not a Q/A file: expected an object with train/val/test lists", path=path, line="top level")
@@ -119,14 +118,6 @@ def detect_format(path: Path, input_format: str, field: str, split: str | None) 
         given = f"--split {split!r} is not in it" if split else "pass --split"
         raise UserError(f"a Q/A file with splits {', '.join(splits)}: {given}", path=path, field="split")
     return InputFormat("qa", "Question", split)
-
-
-def _split_object(data) -> bool:
-    return (
-        isinstance(data, dict)
-        and any(k in data for k in ("val", "test"))
-        and all(isinstance(v, list) for v in data.values())
-    )
 
 
 def _first_row(path: Path):
@@ -196,5 +187,4 @@ def read_prompts(
             if on_error == "stop":
                 raise
             if rid not in done:
-                kept = {k: v for k, v in obj.items() if k != "id"} if fmt.keeps_fields and isinstance(obj, dict) else {}
-                yield {"id": rid, "_line": position, **kept, "error": str(err)}
+                yield {"id": rid, "_line": position, **fmt.kept(obj), "error": str(err)}
