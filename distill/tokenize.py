@@ -15,11 +15,10 @@ import torch
 from litgpt.prompts import PromptStyle, save_prompt_style
 from litgpt.tokenizer import Tokenizer
 
-from litgpt_ext.checks import at_least
+from litgpt_ext.checks import at_least, check_checkpoint_dir
 from litgpt_ext.data.fast_encode import encode_packed
 from litgpt_ext.data.records import load_columns
 from litgpt_ext.errors import UserError, require
-from litgpt_ext.finetune.common import check_checkpoint_dir
 from litgpt_ext.io import atomic_path, atomic_write_json
 from litgpt_ext.prompts import data_style, resolve_prompt_style
 

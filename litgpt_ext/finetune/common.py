@@ -14,6 +14,7 @@ from litgpt.data import DataModule
 from litgpt.tokenizer import Tokenizer
 from litgpt.utils import get_default_supported_precision, instantiate_torch_optimizer, load_checkpoint
 
+from litgpt_ext.checks import check_checkpoint_dir
 from litgpt_ext.data.orm import OrmData  # noqa: F401 (imported so that --data OrmData resolves by name)
 from litgpt_ext.data.preference import PreferenceData  # noqa: F401 (likewise)
 from litgpt_ext.data.sft import SFTData
@@ -39,17 +40,6 @@ class ModelSpec:
     """lora_r, lora_alpha, lora_dropout, lora_query, ... (litgpt's names)."""
     frozen_groups: set[str] = dataclasses.field(default_factory=set)
     layers_not_to_freeze: list[int] | None = None
-
-
-def check_checkpoint_dir(checkpoint_dir: Path) -> None:
-    """One-line error instead of litgpt's multi-line message + exit 1."""
-    if not checkpoint_dir.is_dir():
-        raise UserError("not a checkpoint directory", path=checkpoint_dir, field="checkpoint_dir")
-    missing = [f for f in ("lit_model.pth", "model_config.yaml") if not (checkpoint_dir / f).is_file()]
-    if not any((checkpoint_dir / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
-        missing.append("tokenizer.json or tokenizer.model")
-    if missing:
-        raise UserError(f"missing {', '.join(missing)}", path=checkpoint_dir, field="checkpoint_dir")
 
 
 def model_spec(checkpoint_dir: Path, mode: Mode, flags: dict) -> ModelSpec:
@@ -282,7 +272,7 @@ def run(
     train_data, val_data = datasets_of(data)
     test_input = None
     if eval.test:
-        from litgpt_ext.finetune.test_split import test_source  # generate_batch's module imports this one
+        from litgpt_ext.finetune.test_split import test_source  # loads the generator only when asked
 
         test_input = test_source(data)
     if getattr(data, "stats", None):

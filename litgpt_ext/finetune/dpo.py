@@ -8,11 +8,10 @@ from typing import Literal
 from litgpt.data import DataModule
 from litgpt.types import LoggerChoice
 
-from litgpt_ext.checks import above, at_least, within
+from litgpt_ext.checks import above, at_least, check_checkpoint_dir, within
 from litgpt_ext.errors import UserError
 from litgpt_ext.finetune.common import (
     Strategy,
-    check_checkpoint_dir,
     model_spec,
     preference_data,
     run,

@@ -8,8 +8,9 @@ from typing import Literal
 from litgpt.data import DataModule
 from litgpt.types import LoggerChoice
 
+from litgpt_ext.checks import check_checkpoint_dir
 from litgpt_ext.errors import UserError
-from litgpt_ext.finetune.common import Strategy, check_checkpoint_dir, model_spec, run
+from litgpt_ext.finetune.common import Strategy, model_spec, run
 from litgpt_ext.hparams import hyperparameters
 from litgpt_ext.training.args import CheckpointArgs, EvalArgs, TrainArgs
 from litgpt_ext.training.objectives.orm import Head, Loss, ORMObjective

@@ -8,10 +8,9 @@ from typing import Literal
 from litgpt.data import DataModule
 from litgpt.types import LoggerChoice
 
-from litgpt_ext.checks import above, at_least
+from litgpt_ext.checks import above, at_least, check_checkpoint_dir
 from litgpt_ext.finetune.common import (
     Strategy,
-    check_checkpoint_dir,
     model_spec,
     preference_data,
     run,

@@ -15,9 +15,8 @@ from litgpt.model import GPT
 from litgpt.tokenizer import Tokenizer
 from tqdm import tqdm
 
-from litgpt_ext.checks import above, at_least, within
+from litgpt_ext.checks import above, at_least, check_checkpoint_dir, within
 from litgpt_ext.errors import UserError, require
-from litgpt_ext.finetune.common import check_checkpoint_dir
 from litgpt_ext.generate.engine import Engine, Job, Settings
 from litgpt_ext.generate.inputs import InputFormat, PromptRecord, Shard, detect_format, parse_shard, read_prompts
 from litgpt_ext.generate.repetition import RepetitionControls
