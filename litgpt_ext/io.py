@@ -26,12 +26,42 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux exposes it (``os.umask`` can only be read by setting
+    it, which races with other threads creating files)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: 0666 minus the umask."""
+    return 0o666 & ~current_umask()
+
+
+def save_safetensors(tensors: dict, path: str | Path, metadata: dict | None = None) -> None:
+    """``safetensors.torch.save_file`` with the umask's file mode (the library creates its files 0600)."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    os.chmod(path, default_file_mode())
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is fsync'd and renamed onto ``path``, else removed."""
+    """Yield a temporary path beside ``path``; on success it is fsync'd and renamed onto ``path``, else removed.
+
+    The file gets the mode a plain ``open(path, "w")`` would give it (0666 minus the umask): ``mkstemp`` creates
+    0600, and a rename keeps the mode, which would leave every atomically written file (a dataset, an exported
+    model) unreadable to the other users and service accounts of a shared machine."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, default_file_mode())
     os.close(fd)
     tmp_path = Path(tmp)
     try:

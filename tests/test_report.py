@@ -24,6 +24,7 @@ def _files(tmp_path, prompts: int = 50):
             "usage": usage,
             "source": "live",
             "time": 0,
+            "run": -1.0,
         },
         {"key": "k1", "ids": ["r1", "r2"], "model": "gpt-4o-mini", "status": "ok", "usage": usage, "source": "batch"},
         {"key": "k3", "ids": ["r3"], "model": "gpt-4o-mini", "status": "failed", "reason": "http_500", "time": 5},
@@ -63,7 +64,8 @@ def test_cost_per_record_and_throughput(tmp_path, capsys):
     assert t["usd"] == pytest.approx(live * 1.5, rel=1e-6)  # the batch answer at half price
     assert (t["records"], t["records_answered"], t["requests_answered"]) == (4, 3, 2)
     assert t["usd_per_1m_records"] == pytest.approx(live * 1.5 / 3 * 1e6, abs=0.01)
-    assert t["observed_records_per_s"] == pytest.approx(2 / 2.0)  # answers at t=0 and t=2
+    # one live answer, 1 s after its run started (the batch answer arrived when collected: not a rate)
+    assert t["observed_records_per_s"] == pytest.approx(1.0)
     assert s["records_per_s"] == 20.0 and s["tokens_per_record"] == 30.0
     assert s["hours_per_1m_records"] == pytest.approx(1e6 / 20 / 3600, abs=0.01)
     assert s["usd_per_1m_records"] == pytest.approx(1e6 / 20 / 3600 * 3.6, abs=0.01)
@@ -85,3 +87,32 @@ def test_unusable_inputs_are_one_line_errors(tmp_path):
     with pytest.raises(UserError, match="responses: no answered request for these records"):
         distill_report(**{**args, "records": [other]})
     assert not (tmp_path / "r").exists()
+
+
+def _answer(key: str, when: float, run: float | None) -> dict:
+    row = {"key": key, "ids": [key], "model": "gpt-4o-mini", "status": "ok", "source": "live", "time": when}
+    return row if run is None else {**row, "run": run}
+
+
+@pytest.mark.parametrize("named_runs", [True, False])
+def test_teacher_rate_counts_only_the_time_spent_sending(tmp_path, named_runs, capsys):
+    """150 records in 17.8 s, then (while the student trained for 3 minutes) 40 more in 4.7 s: 190 / 22.5 s, not
+    190 over the 3 minutes between the first and the last answer. Caches written before rows named their run are
+    split at idle gaps instead."""
+    records, responses, stats, metrics = _files(tmp_path)
+    rows = [_answer(f"a{i}", 100 + 17.8 * (i + 1) / 150, 100.0 if named_runs else None) for i in range(150)]
+    rows += [_answer(f"b{i}", 300 + 4.7 * (i + 1) / 40, 300.0 if named_runs else None) for i in range(40)]
+    responses.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    records.write_text("".join(json.dumps({"id": r["key"]}) + "\n" for r in rows))
+    report = distill_report(
+        responses=responses, records=[records], generation_stats=stats, fidelity=metrics, out=tmp_path / "r.json"
+    )
+    t = report["teacher"]
+    if named_runs:
+        assert [(r["answered"], r["seconds"]) for r in t["rate_runs"]] == [(150, 17.8), (40, 4.7)]
+        assert t["observed_records_per_s"] == pytest.approx(190 / 22.5, abs=0.01)
+    else:  # each run measured from its first answer
+        assert [r["answered"] for r in t["rate_runs"]] == [150, 40]
+        assert t["observed_records_per_s"] == pytest.approx(190 / (17.8 * 149 / 150 + 4.7 * 39 / 40), abs=0.01)
+    assert t["hours_per_1m_records"] < 40  # not 265 h
+    assert "teacher rate over 2 live runs: 150 answers in" in capsys.readouterr().out

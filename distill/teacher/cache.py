@@ -2,7 +2,9 @@
 
 Line kinds:
 * a result — ``{"key", "ids", "model", "status": "ok"|"failed", "reason", "choices": [{"content", "finish_reason"}],
-  "usage", "attempts", "source"}``; the latest line for a key wins (a later success replaces an earlier failure);
+  "usage", "attempts", "source", "time", "run"}``; the latest line for a key wins (a later success replaces an
+  earlier failure). ``time`` is when the answer arrived and ``run`` when the command that sent it opened the cache,
+  so a teacher's rate can be measured over the time spent sending, run by run (``distill_report``);
 * an alias — ``{"key", "alias_ids": [...]}``: more record ids whose request is already cached (no request sent).
 
 The latest line naming a record id decides which request is that record's: when a task's prompt changes and changes
@@ -30,6 +32,8 @@ class ResponseCache:
             if "status" in row:
                 self.results[row["key"]] = row
         self._appender: JsonlAppender | None = None
+        self.run = round(time.time(), 3)
+        """This process's run: when it opened the cache (the rows it adds carry it)."""
 
     def _append(self, row: dict) -> None:
         if self._appender is None:
@@ -45,7 +49,7 @@ class ResponseCache:
         return row is not None and (row["status"] == "ok" or not retry_failed)
 
     def add_result(self, row: dict) -> None:
-        row = {**row, "time": round(time.time(), 3)}
+        row = {**row, "time": round(time.time(), 3), "run": self.run}
         self._append(row)
         self.results[row["key"]] = row
         self._name(row["key"], row.get("ids") or [])

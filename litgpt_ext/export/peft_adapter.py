@@ -16,7 +16,7 @@ from litgpt.config import Config
 
 from litgpt_ext.errors import UserError
 from litgpt_ext.export.families import Family, convert_tensor
-from litgpt_ext.io import atomic_write_json
+from litgpt_ext.io import atomic_write_json, save_safetensors
 
 
 def _hf_modules(family: Family, config: Config, module: str, rows: int) -> list[str]:
@@ -78,11 +78,9 @@ def adapter_config(lora_params: dict, targets: set[str], base_model: str | None)
 
 
 def write_adapter(out_dir: Path, tensors: dict, config: dict, dtype: torch.dtype) -> None:
-    from safetensors.torch import save_file
-
-    save_file(
+    save_safetensors(
         {k: v.to(dtype).contiguous().clone() for k, v in tensors.items()},
-        str(out_dir / "adapter_model.safetensors"),
+        out_dir / "adapter_model.safetensors",
         metadata={"format": "pt"},
     )
     atomic_write_json(out_dir / "adapter_config.json", config)

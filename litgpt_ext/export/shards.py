@@ -7,10 +7,9 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from litgpt_ext.errors import UserError
-from litgpt_ext.io import atomic_write_json
+from litgpt_ext.io import atomic_write_json, save_safetensors
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
@@ -45,7 +44,7 @@ class ShardWriter:
 
     def _flush(self) -> None:
         path = self.out_dir / f".shard-{len(self.shards):05d}.tmp"
-        save_file(self.current, str(path), metadata=self.metadata)
+        save_safetensors(self.current, path, metadata=self.metadata)
         self.shards.append((path, list(self.current)))
         self.current, self.current_bytes = {}, 0
 
