@@ -44,3 +44,69 @@ def test_export_is_readable_as_the_umask_says(tiny_checkpoint, tmp_path):
     modes = _modes(tmp_path / "hf")
     assert "model.safetensors" in modes and "tokenizer_config.json" in modes and "README.md" in modes
     assert {name: mode for name, mode in modes.items() if mode != 0o644} == {}
+
+
+def _prompts(path, rows):
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_generate_batch_exits_3_when_no_row_produced_a_generation(tiny_checkpoint, tmp_path):
+    from conftest import run_cli
+
+    inp = _prompts(tmp_path / "p.jsonl", [{"id": f"r{i}", "title": "no prompt field"} for i in range(5)])
+    result = run_cli(
+        "generate_batch", tiny_checkpoint, "--input", inp, "--output", tmp_path / "o.jsonl", "--precision", "32-true"
+    )
+    assert result.returncode == 3, result.stderr
+    assert "5 of 5 rows failed" in result.stdout and "no row produced a generation" in result.stdout
+
+
+def test_generate_stats_survive_a_rerun_and_add_up_over_resumed_runs(tiny_checkpoint, tmp_path):
+    import json
+
+    from litgpt_ext.generate.command import generate_batch
+
+    inp = _prompts(tmp_path / "p.jsonl", [{"id": f"r{i}", "prompt": f"What does town {i} sell?"} for i in range(6)])
+    out, stats = tmp_path / "g.jsonl", tmp_path / "g.stats.json"
+    settings = dict(input=inp, output=out, max_new_tokens=3, temperature=0.0, precision="32-true")
+    lines = inp.read_text().splitlines()
+    inp.write_text("\n".join(lines[:4]) + "\n")  # the first run sees 4 prompts, the resumed one 2 more
+    generate_batch(tiny_checkpoint, **settings)
+    first = json.loads(stats.read_text())
+    inp.write_text("\n".join(lines) + "\n")
+    generate_batch(tiny_checkpoint, **settings)
+    both = json.loads(stats.read_text())
+    assert (first["prompts"], both["prompts"], both["runs"]) == (4, 6, 2)
+    assert both["seconds"] > first["seconds"] and both["generated_tokens"] == 18
+    generate_batch(tiny_checkpoint, **settings)  # nothing left: the measured figures stay
+    assert json.loads(stats.read_text()) == both
+
+
+def test_max_prompt_length_keeps_bos_and_the_prompts_end(tiny_checkpoint, tmp_path, capsys):
+    import json
+
+    from litgpt.tokenizer import Tokenizer
+
+    from litgpt_ext.generate.command import generate_batch
+
+    long = "word " * 2000 + "What does Ivel sell?"
+    inp = _prompts(tmp_path / "p.jsonl", [{"id": "long", "prompt": long}, {"id": "short", "prompt": "Hi"}])
+    out = tmp_path / "g.jsonl"
+    generate_batch(
+        tiny_checkpoint,
+        input=inp,
+        output=out,
+        max_new_tokens=2,
+        temperature=0.0,
+        precision="32-true",
+        prompt_style="default",
+        max_prompt_length=64,
+    )
+    rows = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert rows["long"]["prompt_tokens"] == 64 and "error" not in rows["long"]
+    assert rows["short"]["prompt_tokens"] == len(Tokenizer(tiny_checkpoint).encode("Hi"))
+    assert "1 prompts cut to --max_prompt_length" in capsys.readouterr().out
+    assert json.loads((tmp_path / "g.stats.json").read_text())["truncated_prompts"] == 1

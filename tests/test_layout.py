@@ -51,7 +51,9 @@ def test_no_import_circles():
         state[node] = "open"
         for nxt in sorted(graph[node]):
             if state.get(nxt) == "open":
-                circles.append(" -> ".join(stack[stack.index(nxt) :] + [node, nxt]) if nxt in stack else f"{node}->{nxt}")
+                circles.append(
+                    " -> ".join(stack[stack.index(nxt) :] + [node, nxt]) if nxt in stack else f"{node}->{nxt}"
+                )
             elif nxt not in state:
                 visit(nxt, stack + [node])
         state[node] = "done"

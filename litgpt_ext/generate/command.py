@@ -16,7 +16,8 @@ from litgpt.tokenizer import Tokenizer
 from tqdm import tqdm
 
 from litgpt_ext.checks import above, at_least, check_checkpoint_dir, within
-from litgpt_ext.errors import UserError, require
+from litgpt_ext.data.encode import keep_end
+from litgpt_ext.errors import EXIT_INCOMPLETE, UserError, require
 from litgpt_ext.generate.engine import Engine, Job, Settings
 from litgpt_ext.generate.inputs import InputFormat, PromptRecord, Shard, detect_format, parse_shard, read_prompts
 from litgpt_ext.generate.repetition import RepetitionControls
@@ -66,6 +67,7 @@ class GenerateArgs:
     on_error: str = "record"
     compile: bool = False
     quiet: bool = False
+    max_prompt_length: int | None = None
 
 
 def generate_batch(
@@ -88,6 +90,7 @@ def generate_batch(
     num_samples: int = 1,
     stop: list[str] | None = None,
     seed: int = 42,
+    max_prompt_length: int | None = None,
     max_batch_size: int = 32,
     window: int | None = None,
     precision: str | None = None,
@@ -127,6 +130,9 @@ def generate_batch(
         num_samples: Generations per prompt.
         stop: Stop strings (the text is cut before them).
         seed: Seed; each row's randomness derives from (seed, id, sample), independent of batching.
+        max_prompt_length: Cut longer prompts (after the prompt style) to this many tokens, keeping BOS and the
+            prompt's end as training does (the part that cues the answer); counted in the summary. Default: a prompt
+            that leaves no room in the context is an error record.
         max_batch_size: Rows decoded together (KV-cache slots).
         window: Prompts looked ahead in the input for scheduling (default: 8 x max_batch_size).
         precision: bf16-true, 16-true or 32-true (default: litgpt's choice for the hardware).
@@ -145,6 +151,7 @@ def generate_batch(
     above("repetition_penalty", repetition_penalty, 0.0)
     at_least("no_repeat_ngram_size", no_repeat_ngram_size, 0)
     at_least("num_samples", num_samples, 1)
+    at_least("max_prompt_length", max_prompt_length, 1)
     at_least("max_batch_size", max_batch_size, 1)
     at_least("window", window, 1)
     at_least("devices", devices, 1)
@@ -182,8 +189,12 @@ def generate_batch(
         base_shard=base_shard,
         on_error=on_error,
         compile=compile,
+        max_prompt_length=max_prompt_length,
     )
-    fabric.launch(generate_on, args)
+    stats = fabric.launch(generate_on, args)
+    if stats and not stats["prompts"] and stats["error_records"]:
+        print(f"no row produced a generation ({stats['error_records']:,} failed); exit code {EXIT_INCOMPLETE}")
+        raise SystemExit(EXIT_INCOMPLETE)
 
 
 def generate_on(fabric: L.Fabric, a: GenerateArgs) -> dict:
@@ -232,7 +243,7 @@ def generate_on(fabric: L.Fabric, a: GenerateArgs) -> dict:
     )
     engine = Engine(model, tokenizer, settings, fabric.device, a.dtype)
     writer = JsonlAppender(out_path)
-    stats = {"prompts": 0, "errors": 0, "tokens": 0}
+    stats = {"prompts": 0, "errors": 0, "tokens": 0, "truncated": 0}
     bar = tqdm(
         desc=f"generate{'' if shard.count == 1 else f' {shard.index}/{shard.count}'}",
         unit="prompt",
@@ -249,7 +260,9 @@ def generate_on(fabric: L.Fabric, a: GenerateArgs) -> dict:
                 stats["errors"] += 1
                 continue
             try:
-                yield _make_job(item, a, style, tokenizer, config)
+                job = _make_job(item, a, style, tokenizer, config)
+                stats["truncated"] += job.prompt_truncated
+                yield job
             except UserError as err:
                 if a.on_error == "stop":
                     raise
@@ -280,26 +293,48 @@ def generate_on(fabric: L.Fabric, a: GenerateArgs) -> dict:
         writer.close()
         bar.close()
     elapsed = time.perf_counter() - t0
+    rows = stats["prompts"] + stats["errors"]
+    failed = f"{stats['errors']:,} of {rows:,} rows failed (error records in the output)" if stats["errors"] else ""
+    cut = f", {stats['truncated']:,} prompts cut to --max_prompt_length" if stats["truncated"] else ""
     fabric.print(
         f"{stats['prompts']:,} prompts, {stats['tokens']:,} generated tokens in {elapsed:.1f}s "
-        f"({stats['tokens'] / max(elapsed, 1e-9):,.0f} tokens/s), {stats['errors']} error records "
-        f"-> {out_path}"
+        f"({stats['tokens'] / max(elapsed, 1e-9):,.0f} tokens/s){cut}{'; ' + failed if failed else ''} "
+        f"-> {out_path}" + (f" ({len(done):,} done by earlier runs)" if done else "")
     )
     run_stats = {
         "prompts": stats["prompts"],
         "generated_tokens": stats["tokens"],
         "error_records": stats["errors"],
+        "truncated_prompts": stats["truncated"],
         "already_done": len(done),
         "seconds": round(elapsed, 3),
-        "prompts_per_s": round(stats["prompts"] / max(elapsed, 1e-9), 3),
-        "tokens_per_s": round(stats["tokens"] / max(elapsed, 1e-9), 1),
         "device": str(fabric.device),
         "dtype": str(a.dtype).removeprefix("torch."),
         "max_batch_size": a.max_batch_size,
         "threads": torch.get_num_threads(),
     }
-    atomic_write_json(stats_path(out_path), run_stats)
+    if stats["prompts"]:  # a run that generated nothing (all done already) leaves the measured runs' figures alone
+        atomic_write_json(stats_path(out_path), accumulate_stats(stats_path(out_path), run_stats))
     return run_stats
+
+
+def accumulate_stats(path: Path, run: dict) -> dict:
+    """The stats file's content after ``run``: a run that continued an output (``already_done``) adds its prompts,
+    tokens and seconds to those of the runs that wrote the rest of it, so rates cover the whole file's generation
+    time; a fresh output starts the count again."""
+    totals = {**run, "runs": 1}
+    if run["already_done"] and path.is_file():
+        try:
+            before = json.loads(path.read_text())
+        except ValueError:
+            before = {}
+        if isinstance(before, dict) and before.get("prompts"):
+            for key in ("prompts", "generated_tokens", "error_records", "truncated_prompts", "seconds", "runs"):
+                totals[key] = round(before.get(key, 0 if key != "runs" else 1) + totals[key], 3)
+    seconds = max(totals["seconds"], 1e-9)
+    totals["prompts_per_s"] = round(totals["prompts"] / seconds, 3)
+    totals["tokens_per_s"] = round(totals["generated_tokens"] / seconds, 1)
+    return totals
 
 
 def stats_path(output: Path) -> Path:
@@ -316,15 +351,19 @@ def _make_job(item: PromptRecord, a: GenerateArgs, style, tokenizer, config) -> 
         system if isinstance(system, str) else None,
     )
     prompt_ids = tokenizer.encode(text).tolist()
+    truncated = a.max_prompt_length is not None and len(prompt_ids) > a.max_prompt_length
+    if truncated:
+        prompt_ids = keep_end(prompt_ids, a.max_prompt_length, tokenizer.bos_id)
     if len(prompt_ids) >= config.block_size:
         raise UserError(
-            f"{len(prompt_ids)} tokens, but the model's context is {config.block_size}",
+            f"{len(prompt_ids)} tokens, but the model's context is {config.block_size} (--max_prompt_length N cuts "
+            f"long prompts)",
             path=a.input,
             line=item.line,
             field="prompt",
         )
     extra = {**a.fmt.kept(item.record), **{k: item.record.get(k) for k in a.passthrough}}
-    return Job(item.id, item.line, prompt_ids, a.num_samples, a.max_new_tokens, extra)
+    return Job(item.id, item.line, prompt_ids, a.num_samples, a.max_new_tokens, extra, prompt_truncated=truncated)
 
 
 def generate_merge(inputs: list[Path] | None = None, output: Path | None = None) -> None:

@@ -32,6 +32,8 @@ class Job:
     samples: int
     max_new_tokens: int
     extra: dict = field(default_factory=dict)
+    prompt_truncated: bool = False
+    """The prompt was cut to ``--max_prompt_length`` (BOS and its end kept)."""
     texts: list[str | None] = field(default_factory=list)
     finish_reasons: list[str | None] = field(default_factory=list)
     generated_tokens: list[int] = field(default_factory=list)
