@@ -15,7 +15,7 @@ import torch
 from litgpt.prompts import PromptStyle, save_prompt_style
 from litgpt.tokenizer import Tokenizer
 
-from litgpt_ext.checks import at_least, check_checkpoint_dir
+from litgpt_ext.checks import at_least, check_checkpoint_dir, fit_to_context
 from litgpt_ext.data.fast_encode import encode_packed
 from litgpt_ext.data.records import load_columns
 from litgpt_ext.errors import UserError, require
@@ -78,6 +78,8 @@ def distill_tokenize(
         out_dir: Where train.pt / val.pt / prompt_style.yaml / tokenize_stats.json go (default: data_dir).
         prompt_style: litgpt prompt style name (default: the checkpoint's, else alpaca).
         max_seq_length: Truncate longer samples (prompt first, answer kept); also the length used in training.
+            Default and upper bound: the student's context (``block_size``); a larger value is lowered with a
+            warning.
         mask_prompt: Answer-only labels (prompt tokens ignored in the loss).
         ignore_index: Label value of ignored positions.
     """
@@ -85,6 +87,7 @@ def distill_tokenize(
     out_dir = Path(out_dir) if out_dir else data_dir
     at_least("max_seq_length", max_seq_length, 2)
     check_checkpoint_dir(checkpoint_dir)
+    max_seq_length = fit_to_context("max_seq_length", max_seq_length, checkpoint_dir)
     if not (data_dir / "train.json").is_file():
         raise UserError("no train.json here", path=data_dir, field="data_dir")
     tokenizer = Tokenizer(checkpoint_dir)

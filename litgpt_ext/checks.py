@@ -41,3 +41,35 @@ def check_checkpoint_dir(checkpoint_dir: Path) -> None:
         missing.append("tokenizer.json or tokenizer.model")
     if missing:
         raise UserError(f"missing {', '.join(missing)}", path=checkpoint_dir, field="checkpoint_dir")
+
+
+def model_context(checkpoint_dir: Path) -> int | None:
+    """The checkpoint's ``block_size`` (its context length), read from ``model_config.yaml``."""
+    import yaml
+
+    path = Path(checkpoint_dir) / "model_config.yaml"
+    try:
+        value = (yaml.safe_load(path.read_text()) or {}).get("block_size")
+    except (OSError, yaml.YAMLError):
+        return None
+    return int(value) if isinstance(value, int) else None
+
+
+def fit_to_context(flag: str, value: int | None, checkpoint_dir: Path) -> int | None:
+    """A length flag capped at the model's context: a longer sample cannot be trained on (litgpt refuses to forward
+    it), so a value above ``block_size`` is lowered to it with one warning line, and an unset one means the context."""
+    import sys
+
+    context = model_context(checkpoint_dir)
+    if context is None:
+        return value
+    if value is None:
+        return context
+    if value > context:
+        print(
+            f"warning: --{flag} {value} exceeds the model's context ({context}, block_size in "
+            f"{Path(checkpoint_dir) / 'model_config.yaml'}): using {context}",
+            file=sys.stderr,
+        )
+        return context
+    return value

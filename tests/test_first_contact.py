@@ -110,3 +110,43 @@ def test_max_prompt_length_keeps_bos_and_the_prompts_end(tiny_checkpoint, tmp_pa
     assert rows["short"]["prompt_tokens"] == len(Tokenizer(tiny_checkpoint).encode("Hi"))
     assert "1 prompts cut to --max_prompt_length" in capsys.readouterr().out
     assert json.loads((tmp_path / "g.stats.json").read_text())["truncated_prompts"] == 1
+
+
+def test_the_step_plan_says_what_ends_the_run_and_caps_warm_up():
+    from litgpt_ext.training.args import TrainArgs
+    from litgpt_ext.training.loop import plan_steps
+
+    # the template's sft-lora settings on 130 examples: 4 steps per epoch x 3 epochs, warm-up 50 -> 2
+    plan = plan_steps(TrainArgs(global_batch_size=32, micro_batch_size=4, epochs=3, lr_warmup_steps=50), 130, 33, 8)
+    assert (plan.total, plan.warmup) == (12, 2)
+    assert plan.describe() == (
+        "12 steps: --train.epochs 3 x 4 per epoch: 130 samples, 32 per step; "
+        "warm-up 50 (--train.lr_warmup_steps) capped to 2, 10% of the run"
+    )
+    # DPO's --train.max_steps 10 with epochs 1 on 150 pairs of 16 per step
+    plan = plan_steps(
+        TrainArgs(global_batch_size=16, micro_batch_size=2, epochs=1, max_steps=10, lr_warmup_steps=10), 150, 75, 8
+    )
+    assert plan.describe().startswith("9 steps: --train.epochs 1 ends before --train.max_steps 10 (9 per epoch")
+    plan = plan_steps(
+        TrainArgs(global_batch_size=16, micro_batch_size=16, max_steps=300, lr_warmup_steps=10), 400, 25, 1
+    )
+    assert (plan.total, plan.warmup) == (300, 10) and plan.describe().startswith("300 steps: --train.max_steps 300")
+
+
+def test_a_length_flag_above_the_models_context_is_lowered_with_a_warning(tiny_checkpoint, tmp_path, capsys):
+    import json
+
+    import torch
+
+    from distill.tokenize import distill_tokenize
+    from litgpt_ext.checks import model_context
+
+    context = model_context(tiny_checkpoint)
+    rows = [{"instruction": "word " * 3000, "output": "yes"}, {"instruction": "short", "output": "no"}]
+    (tmp_path / "train.json").write_text(json.dumps(rows))
+    distill_tokenize(data_dir=tmp_path, checkpoint_dir=tiny_checkpoint, max_seq_length=4 * context)
+    err = capsys.readouterr().err
+    assert f"warning: --max_seq_length {4 * context} exceeds the model's context ({context}" in err
+    packed = torch.load(tmp_path / "train.pt")
+    assert int((packed["offsets"][1:] - packed["offsets"][:-1]).max()) == context

@@ -14,7 +14,7 @@ from litgpt.data import DataModule
 from litgpt.tokenizer import Tokenizer
 from litgpt.utils import get_default_supported_precision, instantiate_torch_optimizer, load_checkpoint
 
-from litgpt_ext.checks import check_checkpoint_dir
+from litgpt_ext.checks import check_checkpoint_dir, fit_to_context
 from litgpt_ext.data.orm import OrmData  # noqa: F401 (imported so that --data OrmData resolves by name)
 from litgpt_ext.data.preference import PreferenceData  # noqa: F401 (likewise)
 from litgpt_ext.data.sft import SFTData
@@ -258,6 +258,9 @@ def run(
     check_numbers(train, eval, spec)
     check_logger(logger_name)
     check_checkpoint_dir(spec.checkpoint_dir)
+    train = dataclasses.replace(
+        train, max_seq_length=fit_to_context("train.max_seq_length", train.max_seq_length, spec.checkpoint_dir)
+    )
     data = resolve_data(data, data_class)
     out_dir = Path(out_dir)
     resume_dir = find_resume_dir(resume, out_dir)

@@ -41,18 +41,56 @@ class Progress:
     best_step: int | None = None
 
 
-def plan_steps(train: TrainArgs, batches_per_epoch: int, accum: int) -> tuple[int, int]:
-    """(total optimizer steps, warmup steps) from epochs / max_steps and the warmup setting."""
+MAX_WARMUP_FRACTION = 0.1
+"""Warm-up is capped at this fraction of the run: a warm-up set for a larger dataset (50 steps on a 12-step run)
+would otherwise never let the learning rate reach its peak, and the run would train next to nothing."""
+
+
+@dataclass
+class StepPlan:
+    """How many optimizer steps a run takes and why (printed at start: runs that end early must say so)."""
+
+    total: int
+    warmup: int
+    why: str
+
+    def describe(self) -> str:
+        return f"{self.total} steps: {self.why}"
+
+
+def plan_steps(train: TrainArgs, samples: int, batches_per_epoch: int, accum: int, world: int = 1) -> StepPlan:
+    """Total optimizer steps from ``--train.epochs`` / ``--train.max_steps`` (the first to end decides), and the
+    warm-up from ``lr_warmup_steps`` / ``lr_warmup_fraction`` (of an epoch, as litgpt), capped at
+    :data:`MAX_WARMUP_FRACTION` of the run."""
     steps_per_epoch = max(1, batches_per_epoch // accum)
-    candidates = [s for s in (train.max_steps, (train.epochs or 0) * steps_per_epoch or None) if s]
-    if not candidates:
+    per_step = train.micro_batch_size * accum * world
+    epoch_note = f"{steps_per_epoch} per epoch: {samples:,} samples, {per_step} per step"
+    by_epochs = (train.epochs or 0) * steps_per_epoch or None
+    if not train.max_steps and not by_epochs:
         raise ValueError("set --train.epochs or --train.max_steps")
-    total = min(candidates)
-    if train.lr_warmup_fraction:
-        warmup = math.ceil(train.lr_warmup_fraction * steps_per_epoch)
+    if by_epochs and (not train.max_steps or by_epochs < train.max_steps):
+        total = by_epochs
+        why = f"--train.epochs {train.epochs} x {epoch_note}"
+        if train.max_steps:
+            why = f"--train.epochs {train.epochs} ends before --train.max_steps {train.max_steps} ({epoch_note})"
     else:
-        warmup = train.lr_warmup_steps or 0
-    return total, min(warmup, total)
+        total = train.max_steps
+        why = f"--train.max_steps {train.max_steps} ({epoch_note})"
+        if by_epochs:
+            why = f"--train.max_steps {train.max_steps} ends before --train.epochs {train.epochs} ({epoch_note})"
+    if train.lr_warmup_fraction:
+        asked, flag = math.ceil(train.lr_warmup_fraction * steps_per_epoch), "--train.lr_warmup_fraction"
+    else:
+        asked, flag = train.lr_warmup_steps or 0, "--train.lr_warmup_steps"
+    cap = math.ceil(MAX_WARMUP_FRACTION * total)
+    warmup = min(asked, cap)
+    if warmup < asked:
+        why += f"; warm-up {asked} ({flag}) capped to {warmup}, {MAX_WARMUP_FRACTION:.0%} of the run"
+    else:
+        why += f"; {warmup} warm-up"
+    if train.max_time:
+        why += f"; stops early after --train.max_time {train.max_time:g} s"
+    return StepPlan(total, warmup, why)
 
 
 def _loader(dataset: list, sampler: ResumableBatchSampler, objective: Objective) -> DataLoader:
@@ -97,7 +135,8 @@ def fit(
         use_distributed_sampler=False,
     )
     batches_per_epoch = len(train_sampler)
-    total_steps, warmup_steps = plan_steps(train, batches_per_epoch, accum)
+    plan = plan_steps(train, len(train_dataset), batches_per_epoch, accum, fabric.world_size)
+    total_steps, warmup_steps = plan.total, plan.warmup
     scheduler = warmup_cosine(optimizer, warmup_steps, total_steps, train.min_lr)
     monitor = checkpoint.monitor or objective.monitor
     mode = checkpoint.mode or objective.monitor_mode
@@ -118,8 +157,9 @@ def fit(
     fabric.print(
         f"Training {objective.name}: {len(train_dataset):,} train / {len(val_dataset):,} val samples, "
         f"{batches_per_epoch} micro-batches of {train.micro_batch_size} per epoch and rank, {accum} per step, "
-        f"{total_steps} steps ({warmup_steps} warmup), max length {gpt.max_seq_length}"
+        f"max length {gpt.max_seq_length}"
     )
+    fabric.print(plan.describe())
 
     def evaluate(step: int) -> dict[str, float]:
         results = validate(fabric, model, objective, val_loader, eval.max_iters, step)
