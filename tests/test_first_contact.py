@@ -150,3 +150,69 @@ def test_a_length_flag_above_the_models_context_is_lowered_with_a_warning(tiny_c
     assert f"warning: --max_seq_length {4 * context} exceeds the model's context ({context}" in err
     packed = torch.load(tmp_path / "train.pt")
     assert int((packed["offsets"][1:] - packed["offsets"][:-1]).max()) == context
+
+
+def test_preference_methods_default_to_a_learning_rate_of_their_own():
+    import inspect
+
+    from litgpt_ext.finetune import dpo, orpo, sft
+    from litgpt_ext.finetune.common import optimizer_config
+
+    def default(module):
+        return inspect.signature(module.setup).parameters["optimizer"].default
+
+    assert optimizer_config(default(dpo)) == {
+        "class_path": "torch.optim.AdamW",
+        "init_args": {"lr": 1e-6, "weight_decay": 0.0},
+    }
+    assert optimizer_config(default(orpo))["init_args"]["lr"] == 1e-5
+    assert default(sft) == "AdamW"  # litgpt's own default for SFT
+    # --optimizer.lr on top of the default (what jsonargparse hands over) overrides that argument only
+    assert optimizer_config({**default(dpo), "lr": "5e-6"})["init_args"] == {"lr": 5e-6, "weight_decay": 0.0}
+    assert optimizer_config({"lr": "3e-4"}) == {"class_path": "torch.optim.AdamW", "init_args": {"lr": 3e-4}}
+
+
+def _tiny_sft(ckpt, out, **kw):
+    from conftest import DEMO
+    from litgpt_ext.finetune.sft import setup as finetune_sft
+    from litgpt_ext.training.args import EvalArgs, TrainArgs
+
+    train = TrainArgs(global_batch_size=4, micro_batch_size=4, max_steps=2, epochs=None, save_interval=None)
+    finetune_sft(
+        ckpt,
+        data=DEMO / "qa.json",
+        out_dir=out,
+        precision="32-true",
+        train=train,
+        eval=EvalArgs(interval=1000, max_iters=1),
+        **kw,
+    )
+
+
+def test_wandb_offline_and_mlflow_file_store_receive_the_metrics(tiny_checkpoint, tmp_path, monkeypatch):
+    from litgpt.args import LogArgs
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    _tiny_sft(tiny_checkpoint, tmp_path / "w", logger_name="wandb", log=LogArgs(project="kd-tests", run="first"))
+    (run_file,) = (tmp_path / "w" / "logs" / "wandb").glob("offline-run-*/run-*.wandb")
+    records = run_file.read_bytes()  # wandb's protobuf log: metric names are stored as length-prefixed strings
+    assert b"\x04loss" in records and b"\x08val_loss" in records and b"kd-tests" in records
+    _tiny_sft(tiny_checkpoint, tmp_path / "m", logger_name="mlflow", log=LogArgs(project="kd-tests", run="first"))
+    losses = list((tmp_path / "m" / "logs" / "mlruns").rglob("metrics/loss"))
+    assert len(losses) == 1 and len(losses[0].read_text().splitlines()) == 2  # one line per step
+    assert (losses[0].parent.parent / "tags" / "mlflow.runName").read_text() == "first"
+
+
+def test_quantize_is_refused_in_one_line_where_bitsandbytes_cannot_run(tiny_checkpoint, tmp_path):
+    import torch
+
+    from litgpt_ext.errors import UserError
+
+    if torch.cuda.is_available():
+        pytest.skip("this checks the CPU refusal")
+    with pytest.raises(UserError, match="quantize: bnb.nf4 needs a CUDA GPU"):
+        _tiny_sft(tiny_checkpoint, tmp_path / "q", quantize="bnb.nf4")
+    with pytest.raises(UserError, match="quantize: quantizes the frozen base of a LoRA run"):
+        _tiny_sft(tiny_checkpoint, tmp_path / "q", quantize="bnb.nf4", mode="full")

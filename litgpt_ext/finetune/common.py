@@ -10,6 +10,7 @@ from typing import Literal
 
 import lightning as L
 import torch
+from litgpt.args import LogArgs
 from litgpt.data import DataModule
 from litgpt.tokenizer import Tokenizer
 from litgpt.utils import get_default_supported_precision, instantiate_torch_optimizer, load_checkpoint
@@ -121,10 +122,14 @@ def check_numbers(train: TrainArgs, eval: EvalArgs, spec: ModelSpec) -> None:
 
 
 def optimizer_config(optimizer: str | dict) -> str | dict:
-    """litgpt's optimizer forms, plus a shorthand: ``--optimizer.lr 3e-4`` alone means AdamW with those args."""
-    if isinstance(optimizer, dict) and "class_path" not in optimizer:
+    """litgpt's optimizer forms, plus a shorthand: ``--optimizer.lr 3e-4`` alone means AdamW with those args, and on
+    top of a command's default optimizer (DPO's AdamW at 1e-6) it overrides that argument."""
+    if not isinstance(optimizer, dict):
+        return optimizer
+    if "class_path" not in optimizer:
         return {"class_path": "torch.optim.AdamW", "init_args": {k: _number(v) for k, v in optimizer.items()}}
-    return optimizer
+    extra = {k: _number(v) for k, v in optimizer.items() if k not in ("class_path", "init_args")}
+    return {"class_path": optimizer["class_path"], "init_args": {**(optimizer.get("init_args") or {}), **extra}}
 
 
 def _number(value):
@@ -167,6 +172,58 @@ def check_logger(logger_name: str) -> None:
         )
 
 
+Quantize = Literal["bnb.nf4", "bnb.nf4-dq", "bnb.fp4", "bnb.fp4-dq", "bnb.int8-training"]
+"""litgpt's ``--quantize`` choices (bitsandbytes): the frozen base weights of a LoRA run are stored quantized."""
+
+
+def logger_settings(logger_name: str, out_dir: Path, log: LogArgs | None) -> tuple[dict, dict]:
+    """(``log_args``, logger keyword arguments) for litgpt's ``choose_logger``: litgpt's ``--log.*`` fields that are
+    set (litgpt's wandb branch pops them from a dict, and crashes without one), and local defaults that keep a run's
+    logs in ``out_dir/logs`` — wandb's run directory (``WANDB_MODE=offline`` works) and, unless
+    ``MLFLOW_TRACKING_URI`` names a server, an MLflow file store (``MLFLOW_ALLOW_FILE_STORE`` is set for it: MLflow 3
+    refuses file stores without it)."""
+    import os
+
+    log_args = {k: v for k, v in dataclasses.asdict(log or LogArgs()).items() if v is not None}
+    kwargs: dict = {}
+    if logger_name == "wandb":
+        kwargs["save_dir"] = str(out_dir / "logs")
+        log_args = {k: v for k, v in log_args.items() if k in ("project", "run", "group")}
+    elif logger_name == "mlflow":
+        if not os.environ.get("MLFLOW_TRACKING_URI"):
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            kwargs["tracking_uri"] = f"file:{(out_dir / 'logs' / 'mlruns').resolve()}"
+        if log_args.get("run"):
+            kwargs["run_name"] = log_args["run"]
+    return log_args, kwargs
+
+
+def quantization_plugin(quantize: Quantize | None, precision: str, mode: str, devices, num_nodes: int):
+    """litgpt's QLoRA setup (its ``finetune_lora``): a bitsandbytes precision plugin in place of Fabric's precision.
+    Refused in one line where it cannot run: full finetuning, mixed precision, several devices, no CUDA GPU, no
+    bitsandbytes."""
+    if quantize is None:
+        return None
+    if mode != "lora":
+        raise UserError("quantizes the frozen base of a LoRA run: use it with --mode lora", field="quantize")
+    if "mixed" in precision:
+        raise UserError(f"cannot be combined with mixed precision {precision}; use bf16-true", field="quantize")
+    if devices not in (1, "1") or num_nodes != 1:
+        raise UserError("quantized training runs on one device (as litgpt's finetune_lora)", field="quantize")
+    if not torch.cuda.is_available():
+        raise UserError(
+            f"{quantize} needs a CUDA GPU (bitsandbytes does not run on this machine's CPU)", field="quantize"
+        )
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError(f"{quantize} needs bitsandbytes: pip install bitsandbytes", field="quantize")
+    from lightning.fabric.plugins import BitsandbytesPrecision
+
+    dtype = {"16-true": torch.float16, "bf16-true": torch.bfloat16, "32-true": torch.float32}[precision]
+    return BitsandbytesPrecision(quantize[4:], dtype)
+
+
 def make_fabric(
     devices: int | str,
     num_nodes: int,
@@ -177,6 +234,8 @@ def make_fabric(
     name: str,
     log_interval: int,
     resuming: bool,
+    log: LogArgs | None = None,
+    plugin=None,
 ) -> L.Fabric:
     from litgpt.lora import Block as LoRABlock
     from litgpt.model import Block
@@ -198,8 +257,20 @@ def make_fabric(
         strategy_obj = "ddp"
     else:
         strategy_obj = "auto"
-    logger = choose_logger(logger_name, out_dir, name=name, log_interval=log_interval, resume=resuming or None)
-    return L.Fabric(devices=devices, num_nodes=num_nodes, strategy=strategy_obj, precision=precision, loggers=logger)
+    if log is not None and log.project and logger_name == "mlflow":
+        name = log.project  # the MLflow experiment
+    log_args, kwargs = logger_settings(logger_name, out_dir, log)
+    logger = choose_logger(
+        logger_name, out_dir, name=name, log_interval=log_interval, log_args=log_args, resume=resuming or None, **kwargs
+    )
+    return L.Fabric(
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy_obj,
+        precision=None if plugin is not None else precision,
+        plugins=plugin,
+        loggers=logger,
+    )
 
 
 def build_model(fabric: L.Fabric, spec: ModelSpec, objective: Objective) -> torch.nn.Module:
@@ -249,6 +320,8 @@ def run(
     resume: bool | Literal["auto"] | Path = False,
     data_class: type[DataModule] = SFTData,
     connect: dict | None = None,
+    log: LogArgs | None = None,
+    quantize: Quantize | None = None,
 ) -> None:
     """Validate inputs and data (before any process starts), set up Fabric, and launch :func:`fit`.
 
@@ -258,6 +331,9 @@ def run(
     check_numbers(train, eval, spec)
     check_logger(logger_name)
     check_checkpoint_dir(spec.checkpoint_dir)
+    plugin = quantization_plugin(
+        quantize, precision or get_default_supported_precision(training=True), spec.mode, devices, num_nodes
+    )
     train = dataclasses.replace(
         train, max_seq_length=fit_to_context("train.max_seq_length", train.max_seq_length, spec.checkpoint_dir)
     )
@@ -292,6 +368,8 @@ def run(
         name=f"finetune-{out_dir.name}",
         log_interval=train.log_interval,
         resuming=resume_dir is not None,
+        log=log,
+        plugin=plugin,
     )
     objective = make_objective(tokenizer, train)
     writer = CheckpointWriter(
@@ -300,6 +378,7 @@ def run(
         prompt_style=getattr(data, "prompt_style", None),
         lora=spec.mode == "lora",
         precision=precision,
+        merge_from_disk=plugin is not None,
         exclude_prefixes=objective.own_prefixes,
         extras=objective.save_extras,
     )

@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from litgpt.args import LogArgs
 from litgpt.data import DataModule
 from litgpt.types import LoggerChoice
 
 from litgpt_ext.checks import above, at_least, check_checkpoint_dir, within
 from litgpt_ext.errors import UserError
 from litgpt_ext.finetune.common import (
+    Quantize,
     Strategy,
     model_spec,
     preference_data,
@@ -49,6 +51,7 @@ def setup(
     max_prompt_length: int | None = None,
     max_length: int | None = None,
     precision: str | None = None,
+    quantize: Quantize | None = None,
     devices: int | str = 1,
     num_nodes: int = 1,
     strategy: Strategy = "auto",
@@ -78,8 +81,9 @@ def setup(
     ),
     eval: EvalArgs = EvalArgs(interval=100, max_new_tokens=100, max_iters=100),
     checkpoint: CheckpointArgs = CheckpointArgs(),
-    optimizer: str | dict = "AdamW",
+    optimizer: str | dict = {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-6, "weight_decay": 0.0}},
     logger_name: LoggerChoice = "csv",
+    log: LogArgs = LogArgs(),
     seed: int = 1337,
     resume: bool | Literal["auto"] | Path = False,
 ) -> None:
@@ -109,6 +113,8 @@ def setup(
         max_length: Cut each prompt + answer to this many tokens (answers are cut; pairs whose prompt alone is this
             long are dropped).
         precision: "bf16-true", "bf16-mixed", "32-true", ... (default: litgpt's choice for the hardware).
+        quantize: QLoRA: store the frozen base weights quantized with bitsandbytes (``bnb.nf4``, ``bnb.nf4-dq``,
+            ``bnb.fp4``, ``bnb.fp4-dq``, ``bnb.int8-training``), as litgpt's finetune_lora; LoRA runs on one CUDA GPU.
         devices: How many devices/GPUs to use per node.
         num_nodes: How many nodes.
         strategy: ``auto`` (DDP when more than one device), ``ddp`` or ``fsdp``.
@@ -132,8 +138,12 @@ def setup(
         eval: Evaluation arguments (val metrics every ``interval`` steps; ``generate_samples`` greedy answers).
         checkpoint: Which extra checkpoints to keep; ``--checkpoint.monitor`` takes any val metric, e.g.
             ``val_rewards/accuracies`` with ``--checkpoint.mode max``.
-        optimizer: An optimizer name (such as "AdamW") or config (``--optimizer.lr 5e-6``), as in litgpt.
+        optimizer: An optimizer name (such as "AdamW") or config (``--optimizer.lr 5e-6``), as in litgpt. Default:
+            AdamW at lr 1e-6 without weight decay (TRL's DPOConfig): a preference method moves a model that already
+            answers well, and torch's AdamW default (1e-3) would wreck it in a few steps.
         logger_name: Where metrics go: csv, tensorboard, wandb, ... (litgpt's loggers).
+        log: Logger settings, as litgpt's (``--log.project``, ``--log.run``, ``--log.group`` for wandb; the project
+            names the MLflow experiment and the run its run).
         seed: Random seed (new parameters, data order).
         resume: ``auto`` (newest step-* in out_dir, if any), ``true`` (must exist), or a step-* directory.
     """
@@ -168,6 +178,8 @@ def setup(
         checkpoint=checkpoint,
         optimizer=optimizer,
         logger_name=logger_name,
+        log=log,
+        quantize=quantize,
         seed=seed,
         resume=resume,
         **preference_data(spec.checkpoint_dir, prompt_style, max_prompt_length),

@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from litgpt.args import LogArgs
 from litgpt.data import DataModule
 from litgpt.types import LoggerChoice
 
 from litgpt_ext.checks import check_checkpoint_dir
 from litgpt_ext.errors import UserError
-from litgpt_ext.finetune.common import Strategy, model_spec, run
+from litgpt_ext.finetune.common import Quantize, Strategy, model_spec, run
 from litgpt_ext.hparams import hyperparameters
 from litgpt_ext.training.args import CheckpointArgs, EvalArgs, TrainArgs
 from litgpt_ext.training.objectives.orm import Head, Loss, ORMObjective
@@ -51,6 +52,7 @@ def setup(
     no_token: str = " No",
     mode: Literal["lora", "full"] = "lora",
     precision: str | None = None,
+    quantize: Quantize | None = None,
     devices: int | str = 1,
     num_nodes: int = 1,
     strategy: Strategy = "auto",
@@ -82,6 +84,7 @@ def setup(
     checkpoint: CheckpointArgs = CheckpointArgs(),
     optimizer: str | dict = "AdamW",
     logger_name: LoggerChoice = "csv",
+    log: LogArgs = LogArgs(),
     seed: int = 1337,
     resume: bool | Literal["auto"] | Path = False,
 ) -> None:
@@ -109,6 +112,8 @@ def setup(
         no_token: The negative answer for the yes_token head; must be one token too.
         mode: ``lora`` (LoRA adapters; the new head trains fully) or ``full``.
         precision: "bf16-true", "bf16-mixed", "32-true", ... (default: litgpt's choice for the hardware).
+        quantize: QLoRA: store the frozen base weights quantized with bitsandbytes (``bnb.nf4``, ``bnb.nf4-dq``,
+            ``bnb.fp4``, ``bnb.fp4-dq``, ``bnb.int8-training``), as litgpt's finetune_lora; LoRA runs on one CUDA GPU.
         devices: How many devices/GPUs to use per node.
         num_nodes: How many nodes.
         strategy: ``auto`` (DDP when more than one device), ``ddp`` or ``fsdp``.
@@ -132,6 +137,8 @@ def setup(
         checkpoint: Which extra checkpoints to keep; ``--checkpoint.monitor`` defaults to val_auroc (mode max).
         optimizer: An optimizer name (such as "AdamW") or config (``--optimizer.lr 1e-4``), as in litgpt.
         logger_name: Where metrics go: csv, tensorboard, wandb, ... (litgpt's loggers).
+        log: Logger settings, as litgpt's (``--log.project``, ``--log.run``, ``--log.group`` for wandb; the project
+            names the MLflow experiment and the run its run).
         seed: Random seed (new parameters, data order).
         resume: ``auto`` (newest step-* in out_dir, if any), ``true`` (must exist), or a step-* directory.
     """
@@ -163,6 +170,8 @@ def setup(
         checkpoint=checkpoint,
         optimizer=optimizer,
         logger_name=logger_name,
+        log=log,
+        quantize=quantize,
         seed=seed,
         resume=resume,
         data_class=OrmData,

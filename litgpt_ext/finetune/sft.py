@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from litgpt.args import LogArgs
 from litgpt.data import DataModule
 from litgpt.types import LoggerChoice
 
-from litgpt_ext.finetune.common import Strategy, model_spec, run
+from litgpt_ext.finetune.common import Quantize, Strategy, model_spec, run
 from litgpt_ext.hparams import hyperparameters
 from litgpt_ext.training.args import CheckpointArgs, EvalArgs, TrainArgs
 from litgpt_ext.training.objectives.sft import SFTObjective
@@ -20,6 +21,7 @@ def setup(
     out_dir: Path = Path("out/finetune/sft"),
     mode: Literal["lora", "full"] = "lora",
     precision: str | None = None,
+    quantize: Quantize | None = None,
     devices: int | str = 1,
     num_nodes: int = 1,
     strategy: Strategy = "auto",
@@ -51,6 +53,7 @@ def setup(
     checkpoint: CheckpointArgs = CheckpointArgs(),
     optimizer: str | dict = "AdamW",
     logger_name: LoggerChoice = "csv",
+    log: LogArgs = LogArgs(),
     seed: int = 1337,
     resume: bool | Literal["auto"] | Path = False,
 ) -> None:
@@ -65,6 +68,8 @@ def setup(
         out_dir: Directory for step-*/best/final checkpoints, logs, metrics.jsonl, loss.png.
         mode: ``lora`` (litgpt LoRA; final dir holds lit_model.pth.lora and the merged lit_model.pth) or ``full``.
         precision: "bf16-true", "bf16-mixed", "32-true", ... (default: litgpt's choice for the hardware).
+        quantize: QLoRA: store the frozen base weights quantized with bitsandbytes (``bnb.nf4``, ``bnb.nf4-dq``,
+            ``bnb.fp4``, ``bnb.fp4-dq``, ``bnb.int8-training``), as litgpt's finetune_lora; LoRA runs on one CUDA GPU.
         devices: How many devices/GPUs to use per node.
         num_nodes: How many nodes.
         strategy: ``auto`` (DDP when more than one device), ``ddp`` or ``fsdp``.
@@ -89,6 +94,8 @@ def setup(
         optimizer: An optimizer name (such as "AdamW") or config (``--optimizer.lr``, ``--optimizer.weight_decay``,
             ``--optimizer.betas`` via ``{"class_path": ..., "init_args": ...}``), as in litgpt.
         logger_name: Where metrics go: csv, tensorboard, wandb, ... (litgpt's loggers).
+        log: Logger settings, as litgpt's (``--log.project``, ``--log.run``, ``--log.group`` for wandb; the project
+            names the MLflow experiment and the run its run).
         seed: Random seed (model init of new parameters, data order, dropout).
         resume: ``auto`` (newest step-* in out_dir, if any), ``true`` (must exist), or a step-* directory.
     """
@@ -113,6 +120,8 @@ def setup(
         checkpoint=checkpoint,
         optimizer=optimizer,
         logger_name=logger_name,
+        log=log,
+        quantize=quantize,
         seed=seed,
         resume=resume,
     )

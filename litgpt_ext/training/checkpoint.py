@@ -81,6 +81,9 @@ class CheckpointWriter:
     """Keys of modules an objective added (a reward head): kept out of ``lit_model.pth``."""
     extras: Any = None
     """``extras(model, directory)`` writes the objective's own files (rank 0)."""
+    merge_from_disk: bool = False
+    """Merge LoRA into the base checkpoint read from disk (litgpt's ``merge_lora``) rather than from the live model:
+    a quantized base (QLoRA) holds no full-precision weights to add the LoRA product to."""
 
     def _plain(self, state: dict) -> dict:
         return {k: v for k, v in state.items() if not k.startswith(self.exclude_prefixes)}
@@ -128,7 +131,7 @@ class CheckpointWriter:
         fabric.barrier()
         if fabric.global_rank == 0:
             self._save_metadata(partial)
-            if merge_lora and self.lora and isinstance(fabric.strategy, FSDPStrategy):  # weights are sharded
+            if merge_lora and self.lora and (self.merge_from_disk or isinstance(fabric.strategy, FSDPStrategy)):
                 from litgpt.scripts.merge_lora import merge_lora as litgpt_merge_lora
 
                 litgpt_merge_lora(partial, pretrained_checkpoint_dir=self.source_dir, precision=self.precision)

@@ -279,6 +279,7 @@ def fit(
         after_eval(progress.step, evaluate(progress.step))
     if log is not None:
         log.close()
+    finish_loggers(fabric)
     writer.write(fabric, model, out_dir / "final", merge_lora=True)
 
     report = performance_report(out_dir, seconds, progress.step, progress.tokens - tokens_at_start, fabric.device)
@@ -304,6 +305,16 @@ def fit(
         shown = ", ".join(str(p) for p in pngs if p)
         fabric.print(f"Final checkpoint: {out_dir / 'final'}" + (f" | plots: {shown}" if shown else ""))
     return report
+
+
+def finish_loggers(fabric: L.Fabric) -> None:
+    """End the loggers' runs when training ends: MLflow ends its run when finalized, and a wandb run would otherwise
+    stay open until the process exits (its summary unwritten, and a second training in the same process logging
+    into it)."""
+    for logger in fabric.loggers:
+        logger.finalize("success")
+        if type(logger).__name__ == "WandbLogger" and getattr(logger, "_experiment", None) is not None:
+            logger.experiment.finish()
 
 
 def _longest(dataset, objective: Objective) -> int:
