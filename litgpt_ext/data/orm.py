@@ -78,6 +78,8 @@ class OrmData(DataModule):
     batch_size: int = field(default=1, init=False, repr=False)
     max_seq_length: int | None = field(default=None, init=False, repr=False)
     orm_prompt: str | None = field(default=None, init=False, repr=False)
+    prompts_used: set = field(default_factory=set, init=False, repr=False)
+    """The templates the rows were rendered with (the defaults differ by row shape)."""
     pairwise: bool = field(default=False, init=False, repr=False)
     train_dataset: list = field(default_factory=list, init=False, repr=False)
     val_dataset: list = field(default_factory=list, init=False, repr=False)
@@ -106,6 +108,7 @@ class OrmData(DataModule):
             if self.label_column not in row:
                 raise UserError(f"missing column (columns: {', '.join(map(str, row))})", path, where, self.label_column)
             text = render_orm_prompt(self.orm_prompt, row, path, where)
+            self.prompts_used.add(self.orm_prompt or default_prompt(row))
             group = row.get(self.group_column)
             rows.append(
                 {

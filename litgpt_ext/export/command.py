@@ -14,7 +14,7 @@ from litgpt.config import Config
 from litgpt_ext.errors import UserError
 from litgpt_ext.export.families import convert_tensor, detect_family, hf_config
 from litgpt_ext.export.hub import push_folder
-from litgpt_ext.export.model_card import write_model_card
+from litgpt_ext.export.model_card import PromptFormat, write_model_card
 from litgpt_ext.export.peft_adapter import adapter_config, peft_tensors, write_adapter
 from litgpt_ext.export.shards import ShardWriter, parse_size
 from litgpt_ext.export.tokenizer_files import export_tokenizer
@@ -88,17 +88,18 @@ def export_hf(
     partial = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    reward = reward_head(checkpoint_dir) if format == "full" else None
+    reward = reward_head(checkpoint_dir)
+    prompt, template = prompt_format(checkpoint_dir, config, reward)
     try:
         if format == "full":
             target_dtype = _export_full(
                 checkpoint_dir, partial, config, family, dtype, parse_size(max_shard_size), reward
             )
         else:
-            target_dtype = _export_peft(checkpoint_dir, partial, config, family, dtype, hparams, base_model)
-        write_model_card(partial, checkpoint_dir, family.name, format, hparams, base_model)
+            target_dtype = _export_peft(checkpoint_dir, partial, config, family, dtype, hparams, base_model, reward)
+        write_model_card(partial, checkpoint_dir, family.name, format, hparams, base_model, reward, prompt)
         if format == "full":
-            ids = export_tokenizer(checkpoint_dir, partial, config.block_size)
+            ids = export_tokenizer(checkpoint_dir, partial, config.block_size, template)
             hf = hf_config(config, family, target_dtype, ids["bos_token_id"], ids["eos_token_id"])
             if reward is not None:
                 hf = sequence_classification_config(hf, family, reward["num_labels"], ids["pad_token_id"])
@@ -113,6 +114,33 @@ def export_hf(
     print(f"exported {family.name} ({format}) -> {out_dir}")
     if push_to_hub:
         print(f"pushed to the Hub: {push_folder(out_dir, push_to_hub, private)}")
+
+
+def prompt_format(checkpoint_dir: Path, config: Config, reward: dict | None) -> tuple[PromptFormat, str | None]:
+    """How the model expects its input (for the card) and the ``chat_template`` the export carries.
+
+    A causal LM: the prompt style it was trained with (``prompt_style.yaml``, else litgpt's style for the model, as
+    ``generate_batch`` and ``litgpt generate`` pick it). A reward model: the template of the text it scores, the one
+    training used (``orm_config.json``)."""
+    orm_file = checkpoint_dir / "orm_config.json"
+    if orm_file.is_file():
+        cfg = json.loads(orm_file.read_text())
+        used = cfg.get("orm_prompt")
+        if used:
+            return PromptFormat(
+                "the ORM prompt used in training", used, "none: a reward model scores text", False
+            ), None
+        from litgpt_ext.data.orm import SQL_PROMPT, TEXT_PROMPT
+
+        both = f"{SQL_PROMPT}\n\n(rows without an sql field:)\n{TEXT_PROMPT}"
+        return PromptFormat("the default ORM prompts", both, "none: a reward model scores text", False), None
+    from litgpt_ext.export.chat_template import example_prompt
+    from litgpt_ext.export.tokenizer_files import chosen_chat_template
+    from litgpt_ext.prompts import resolve_prompt_style
+
+    style = resolve_prompt_style(None, checkpoint_dir, config)
+    template, source = chosen_chat_template(checkpoint_dir, style)
+    return PromptFormat(type(style).__name__, example_prompt(style), source, template is not None), template
 
 
 def _merge_if_needed(checkpoint_dir: Path) -> None:
@@ -183,14 +211,19 @@ def _export_full(checkpoint_dir, out, config, family, dtype, max_bytes, reward: 
     return target
 
 
-def _export_peft(checkpoint_dir, out, config, family, dtype, hparams, base_model) -> torch.dtype:
+def _export_peft(checkpoint_dir, out, config, family, dtype, hparams, base_model, reward=None) -> torch.dtype:
+    """The LoRA weights as a PEFT adapter; a classifier/scalar reward model's head goes with them as PEFT's
+    ``modules_to_save`` (``score``, task type ``SEQ_CLS``), so the adapter on the base model loaded as
+    ``AutoModelForSequenceClassification`` scores as the reward model does."""
     lora_params = {k: v for k, v in (hparams or {}).items() if k.startswith("lora_")}
     if "lora_r" not in lora_params:
         raise UserError("hyperparameters.yaml has no lora_r", path=checkpoint_dir, field="hyperparameters.yaml")
     lora = _load_state(checkpoint_dir / "lit_model.pth.lora")
     target = DTYPES[dtype] if dtype else next(iter(lora.values())).dtype
     tensors, targets = peft_tensors(family, config, lora, lora_params)
-    write_adapter(
-        out, tensors, adapter_config(lora_params, targets, base_model or hparams.get("checkpoint_dir")), target
-    )
+    adapter = adapter_config(lora_params, targets, base_model or hparams.get("checkpoint_dir"))
+    if reward is not None:
+        tensors["base_model.model.score.weight"] = reward["weight"]
+        adapter |= {"task_type": "SEQ_CLS", "modules_to_save": ["score"]}
+    write_adapter(out, tensors, adapter, target)
     return target

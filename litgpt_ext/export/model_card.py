@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -31,11 +32,105 @@ def _flat(prefix: str, value) -> list[tuple[str, str]]:
     return [(prefix, str(value))]
 
 
-def model_card(checkpoint_dir: Path, family_name: str, fmt: str, hparams: dict | None, base_model: str | None) -> str:
+@dataclass(frozen=True)
+class PromptFormat:
+    """How the exported model expects to be prompted (what it was trained with)."""
+
+    style: str
+    """The litgpt prompt style's class name (or the ORM prompt template's description)."""
+    example: str
+    """The exact text of one prompt, with ``{your prompt}`` where the user's text goes."""
+    template_source: str
+    """Where the export's ``chat_template`` came from, or ``none: why``."""
+    has_template: bool
+
+
+def _fence(text: str) -> str:
+    fence = "````" if "```" in text else "```"
+    return f"{fence}text\n{text}\n{fence}"
+
+
+def _usage(fmt: str, base_model: str | None, prompt: PromptFormat | None, reward: dict | None) -> str:
+    base = repr(base_model or "BASE_MODEL_DIR")
+    if reward is not None:
+        labels = reward["num_labels"]
+        load = (
+            f"model = AutoModelForSequenceClassification.from_pretrained({base}, num_labels={labels}, "
+            "pad_token_id=tokenizer.pad_token_id)\nmodel = PeftModel.from_pretrained(model, 'THIS_DIR')"
+            if fmt == "peft"
+            else "model = AutoModelForSequenceClassification.from_pretrained('THIS_DIR')"
+        )
+        score = "logits.softmax(-1)[:, 1]" if labels == 2 else "logits[:, 0].sigmoid()"
+        return (
+            "import torch\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
+            + ("from peft import PeftModel\n" if fmt == "peft" else "")
+            + f"tokenizer = AutoTokenizer.from_pretrained({base if fmt == 'peft' else repr('THIS_DIR')})\n{load}\n"
+            "text = " + repr(prompt.example if prompt else "...") + "  # fill in the fields\n"
+            "with torch.no_grad():\n    logits = model(**tokenizer(text, return_tensors='pt')).logits\n"
+            f"score = {score}  # P(correct)"
+        )
+    tokenizer_dir = base if fmt == "peft" else repr("THIS_DIR")
+    load = (
+        f"model = AutoModelForCausalLM.from_pretrained({base})\nmodel = PeftModel.from_pretrained(model, 'THIS_DIR')"
+        if fmt == "peft"
+        else "model = AutoModelForCausalLM.from_pretrained('THIS_DIR')"
+    )
+    head = "from transformers import AutoModelForCausalLM, AutoTokenizer\n" + (
+        "from peft import PeftModel\n" if fmt == "peft" else ""
+    )
+    if prompt is not None and prompt.has_template and fmt != "peft":
+        make = (
+            "messages = [{'role': 'user', 'content': 'your prompt'}]\n"
+            "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors='pt', "
+            "return_dict=True)"
+        )
+    else:
+        text = prompt.example.replace("{your prompt}", "your prompt") if prompt else "your prompt"
+        make = f"prompt = {text!r}  # the prompt format above\ninputs = tokenizer(prompt, return_tensors='pt')"
+    return (
+        f"{head}tokenizer = AutoTokenizer.from_pretrained({tokenizer_dir})\n{load}\n{make}\n"
+        "out = model.generate(**inputs, max_new_tokens=128, do_sample=False)\n"
+        "print(tokenizer.decode(out[0, inputs['input_ids'].shape[1]:], skip_special_tokens=True))"
+    )
+
+
+def _prompt_section(prompt: PromptFormat | None, reward: dict | None) -> str:
+    if prompt is None:
+        return ""
+    if reward is not None:
+        return (
+            f"## Input format\n\nThe reward model scores one text per candidate, made from this template "
+            f"({prompt.style}; fill in the fields):\n\n{_fence(prompt.example)}\n\n"
+        )
+    how = (
+        f"The tokenizer's `chat_template` renders a conversation in this format ({prompt.template_source}), so "
+        "`tokenizer.apply_chat_template(messages, add_generation_prompt=True)` gives exactly this text; it takes one "
+        "user turn, with an optional system message."
+        if prompt.has_template
+        else f"No chat template ({prompt.template_source}): build the prompt text by hand."
+    )
+    return (
+        f"## Prompt format\n\nTrained with the litgpt prompt style `{prompt.style}`. A prompt is this text, with "
+        f"your text in place of `{{your prompt}}`; the model answers after it and ends with EOS:\n\n"
+        f"{_fence(prompt.example)}\n\n{how}\n\n"
+    )
+
+
+def model_card(
+    checkpoint_dir: Path,
+    family_name: str,
+    fmt: str,
+    hparams: dict | None,
+    base_model: str | None,
+    reward: dict | None = None,
+    prompt: PromptFormat | None = None,
+) -> str:
     rows = []
     if hparams:
         hp = redact(hparams)
         rows = [(k, str(hp[k])) for k in _SHOWN if hp.get(k) is not None]
+        if hp.get("mode") == "full":  # the LoRA flags' defaults say nothing about a full finetune
+            rows = [(k, v) for k, v in rows if not k.startswith("lora_")]
         for group in ("train", "optimizer", "data"):
             if isinstance(hp.get(group), (dict, str)):
                 rows += [(k, v) for k, v in _flat(group, hp[group]) if v not in ("None", "")]
@@ -43,26 +138,15 @@ def model_card(checkpoint_dir: Path, family_name: str, fmt: str, hparams: dict |
     if base_model:
         front["base_model"] = base_model
     table = "\n".join(f"| `{k}` | `{v}` |" for k, v in rows) or "| (no hyperparameters.yaml) | |"
-    load = (
-        (
-            "from peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n"
-            f"base = AutoModelForCausalLM.from_pretrained({base_model!r})\nmodel = PeftModel.from_pretrained(base, "
-            "'THIS_DIR')"
-        )
-        if fmt == "peft"
-        else (
-            "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
-            "model = AutoModelForCausalLM.from_pretrained('THIS_DIR')\n"
-            "tokenizer = AutoTokenizer.from_pretrained('THIS_DIR')"
-        )
-    )
+    what = "reward model" if reward is not None else f"{family_name} model"
     return (
         f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n\n# {checkpoint_dir.name}\n\n"
-        f"A {family_name} model exported from the litgpt checkpoint `{checkpoint_dir.name}` with "
-        f"`litgpt-ext export_hf --format {fmt}`.\n\n## Training\n\n| setting | value |\n| --- | --- |\n{table}\n\n"
-        f"## Use\n\n```python\n{load}\n```\n"
+        f"A {what} exported from the litgpt checkpoint `{checkpoint_dir.name}` with "
+        f"`litgpt-ext export_hf --format {fmt}`.\n\n{_prompt_section(prompt, reward)}"
+        f"## Training\n\n| setting | value |\n| --- | --- |\n{table}\n\n"
+        f"## Use\n\n```python\n{_usage(fmt, base_model, prompt, reward)}\n```\n"
     )
 
 
-def write_model_card(out_dir: Path, *args) -> None:
-    atomic_write_text(out_dir / "README.md", model_card(*args))
+def write_model_card(out_dir: Path, *args, **kwargs) -> None:
+    atomic_write_text(out_dir / "README.md", model_card(*args, **kwargs))

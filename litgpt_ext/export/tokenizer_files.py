@@ -24,8 +24,11 @@ def _token_text(tok: Tokenizer, token_id: int | None) -> str | None:
     return tok.processor.id_to_piece(token_id)
 
 
-def export_tokenizer(checkpoint_dir: Path, out_dir: Path, block_size: int) -> dict[str, int | None]:
-    """Copy/adjust tokenizer files into ``out_dir``; return bos/eos/pad ids for the generation config."""
+def export_tokenizer(
+    checkpoint_dir: Path, out_dir: Path, block_size: int, template: str | None = None
+) -> dict[str, int | None]:
+    """Copy/adjust tokenizer files into ``out_dir``; return bos/eos/pad ids for the generation config. ``template``
+    becomes the ``chat_template`` of ``tokenizer_config.json`` (see :func:`chosen_chat_template`)."""
     tok = Tokenizer(checkpoint_dir)
     src_config = {}
     if (checkpoint_dir / "tokenizer_config.json").is_file():
@@ -67,7 +70,43 @@ def export_tokenizer(checkpoint_dir: Path, out_dir: Path, block_size: int) -> di
     }
     if pad:
         config["pad_token"] = pad
+    if template is not None:
+        config["chat_template"] = template
     atomic_write_json(out_dir / "tokenizer_config.json", config)
     special = {k: v for k, v in (("bos_token", bos), ("eos_token", eos), ("pad_token", pad)) if v is not None}
     atomic_write_json(out_dir / "special_tokens_map.json", special)
     return {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": pad_id}
+
+
+def chosen_chat_template(checkpoint_dir: Path, style) -> tuple[str | None, str]:
+    """The ``chat_template`` the export carries, and where it came from.
+
+    The style the student was trained with decides (``prompt_style.yaml``). The checkpoint's own template (an
+    instruct model's, with tool calls and more) is kept when it renders a ``[system, user]`` and a ``[user]``
+    conversation exactly as that style does; otherwise the style's template replaces it. Without a trained style
+    the checkpoint's template, if any, stays as it is."""
+    from litgpt.prompts import has_prompt_style
+
+    from litgpt_ext.export.chat_template import chat_template, render
+
+    tok = Tokenizer(checkpoint_dir)
+    src = checkpoint_dir / "tokenizer_config.json"
+    original = json.loads(src.read_text()).get("chat_template") if src.is_file() else None
+    if not has_prompt_style(checkpoint_dir):
+        return original, "the checkpoint's own" if original else "none in the checkpoint"
+    ours = chat_template(style, add_bos=bool(tok.use_bos and tok.bos_id is not None))
+    if ours is None:
+        return original, f"none: the {type(style).__name__} prompt style cannot be written as a chat template"
+    if isinstance(original, str):
+        bos, eos = _token_text(tok, tok.bos_id) or "", _token_text(tok, tok.eos_id) or ""
+        probes = [
+            [{"role": "user", "content": "Hi"}],
+            [{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"}],
+        ]
+        try:
+            same = all(render(original, m, bos, eos) == render(ours, m, bos, eos) for m in probes)
+        except Exception:
+            same = False
+        if same:
+            return original, "the checkpoint's own, which renders as the trained prompt style"
+    return ours, f"written from the {type(style).__name__} prompt style in prompt_style.yaml"

@@ -372,6 +372,7 @@ def run(
         plugin=plugin,
     )
     objective = make_objective(tokenizer, train)
+    objective.connect_data(data)
     writer = CheckpointWriter(
         source_dir=spec.checkpoint_dir,
         hparams=hparams,

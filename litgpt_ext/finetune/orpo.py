@@ -64,7 +64,7 @@ def setup(
     ),
     eval: EvalArgs = EvalArgs(interval=100, max_new_tokens=100, max_iters=100),
     checkpoint: CheckpointArgs = CheckpointArgs(),
-    optimizer: str | dict = {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-5, "weight_decay": 0.0}},
+    optimizer: str | dict = {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-5, "weight_decay": 0.0}},  # noqa: B006 (shown in --help; never mutated)
     logger_name: LoggerChoice = "csv",
     log: LogArgs = LogArgs(),
     seed: int = 1337,

@@ -32,6 +32,10 @@ class Objective:
     def prepare_model(self, model: nn.Module) -> None:
         """Change the model before training (add a head, freeze parameters). Default: nothing."""
 
+    def connect_data(self, data) -> None:
+        """Read what the DataModule decided while it was set up (before any process starts), such as the template
+        a reward model's rows were rendered with. Default: nothing."""
+
     def setup(self, fabric, model: nn.Module, train_data, val_data, out_dir) -> None:
         """Called once the model holds its starting weights, before the first step (and on resume). Default: nothing."""
 

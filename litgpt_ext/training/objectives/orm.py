@@ -103,6 +103,13 @@ class ORMObjective(Objective):
         nn.init.normal_(head.weight, std=1e-3)
         gpt.orm_head = head.to(next(gpt.parameters()).dtype)
 
+    def connect_data(self, data) -> None:
+        """The prompt written to ``orm_config.json`` is the one the rows were rendered with: the row shape's default
+        when ``--orm_prompt`` was not given (one template for every row; mixed shapes keep it unset)."""
+        used = getattr(data, "prompts_used", set())
+        if self.orm_prompt is None and len(used) == 1:
+            self.orm_prompt = next(iter(used))
+
     def setup(self, fabric, model, train_data, val_data, out_dir) -> None:
         self.out_dir = Path(out_dir)
         if self.auto_weight:
