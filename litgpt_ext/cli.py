@@ -148,18 +148,64 @@ def _record_invocation(table: dict[str, Callable], argv: Sequence[str]) -> None:
             return
 
 
+def _normalized(table: dict[str, Callable], argv: list[str]) -> tuple[list[str], str | None]:
+    """``argv`` with the command's arguments rewritten as :func:`litgpt_ext.cli_args.normalize` does, and the
+    command's name."""
+    from litgpt_ext.cli_args import normalize
+
+    for i, token in enumerate(argv):
+        if token in table:
+            return argv[: i + 1] + normalize(table[token], argv[i + 1 :]), token
+        if not token.startswith("-"):
+            break
+    return argv, None
+
+
+def _unreachable(err: BaseException) -> bool:
+    """A network failure (a litgpt command such as ``download`` run offline), not a bug."""
+    import socket
+
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        module = type(err).__module__.split(".")[0]
+        if module in ("httpx", "httpcore", "requests", "urllib3") or isinstance(
+            err, (socket.gaierror, ConnectionError)
+        ):
+            return True
+        if module == "huggingface_hub" and "connect" in str(err).lower() + type(err).__name__.lower():
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Run ``litgpt-ext``; user errors become one line on stderr and exit code 2."""
+    """Run ``litgpt-ext``; user errors and parser errors become one or two lines on stderr and exit code 2."""
     from jsonargparse import CLI
 
+    from litgpt_ext.cli_args import CompactErrorParser
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    command = None
     try:
         table = requested_table(argv)
         _configure_like_litgpt()
+        argv, command = _normalized(table, argv)
         _record_invocation(table, argv)
-        CLI(table, args=argv)
+        CompactErrorParser.command, CompactErrorParser.function = command, table.get(command) if command else None
+        CompactErrorParser.argv = argv
+        CLI(table, args=argv, parser_class=CompactErrorParser)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR) from None
+    except Exception as err:
+        if not _unreachable(err):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(
+            f"error: {command or 'litgpt-ext'}: cannot reach the network ({type(err).__name__}: {first})",
+            file=sys.stderr,
+        )
         raise SystemExit(EXIT_USER_ERROR) from None
 
 

@@ -184,3 +184,7 @@ def setup(
         resume=resume,
         **preference_data(spec.checkpoint_dir, prompt_style, max_prompt_length),
     )
+
+
+setup.default_data = "PreferenceData"
+"""The DataModule a bare ``--data PATH`` means (the CLI turns ``--data PATH --data.x v`` into its long form)."""

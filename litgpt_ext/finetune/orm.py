@@ -177,3 +177,7 @@ def setup(
         data_class=OrmData,
         connect={"orm_prompt": orm_prompt, "pairwise": loss == "pairwise"},
     )
+
+
+setup.default_data = "OrmData"
+"""The DataModule a bare ``--data PATH`` means (the CLI turns ``--data PATH --data.x v`` into its long form)."""

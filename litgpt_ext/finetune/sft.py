@@ -125,3 +125,7 @@ def setup(
         seed=seed,
         resume=resume,
     )
+
+
+setup.default_data = "SFTData"
+"""The DataModule a bare ``--data PATH`` means (the CLI turns ``--data PATH --data.x v`` into its long form)."""
