@@ -251,8 +251,23 @@ def test_dry_run_counts_with_a_local_tiktoken_file(tmp_path, capsys):
         (summary["prompt_tokens"] * 0.15 + 1000 * 0.60) / 1e6, abs=1e-4
     )
     assert not (tmp_path / "r.jsonl").exists()  # nothing sent, nothing written
+    assert summary["prompt_tokens_counted_with"] == "tiktoken tiny"
     with pytest.raises(UserError, match="cannot load tiktoken no_such_encoding .*pass --encoding"):
         distill_query(records=records, prompt=PROMPT, dry_run=True, encoding="no_such_encoding")
+    with pytest.raises(UserError, match=r"missing/o200k_base.tiktoken: encoding: file not found$"):
+        distill_query(records=records, prompt=PROMPT, dry_run=True, encoding="missing/o200k_base.tiktoken")
+
+
+def test_dry_run_offline_without_an_encoding_file_estimates_and_says_so(tmp_path, capsys, monkeypatch):
+    """No encoding ships and tiktoken cannot download one here: the count is a flagged estimate, not a stop."""
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty-cache"))
+    for var in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):  # offline even where a network is
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    records = write_records(tmp_path / "records.jsonl", 10)
+    distill_query(records=records, prompt=PROMPT, out=tmp_path / "r.jsonl", dry_run=True, max_tokens=100)
+    summary = json.loads(capsys.readouterr().out.split("\nno price")[0])
+    assert summary["prompt_tokens_counted_with"].startswith("ESTIMATE: 4 characters per token")
+    assert summary["prompt_tokens"] > 0 and summary["estimated_cost_usd"] > 0
 
 
 @pytest.mark.parametrize(

@@ -48,10 +48,18 @@ class CostMeter:
         return self.discount * (prompt_tokens * self.price[0] + completion_tokens * self.price[1]) / 1e6
 
 
-def load_encoding(name_or_file: str | None, model: str):
-    """A tiktoken encoding: a local ``.tiktoken`` file works offline; a name may need a download."""
+CHARS_PER_TOKEN = 4
+"""The estimate used when no tiktoken encoding can be loaded (OpenAI's rule of thumb for English text)."""
+
+
+def load_encoding(name_or_file: str | None, model: str, estimate_offline: bool = False):
+    """A tiktoken encoding: a local ``.tiktoken`` file works offline; a name may need a download.
+
+    With ``estimate_offline`` and no ``--encoding`` given, an encoding that cannot be loaded (no network: tiktoken
+    downloads its files) gives None, and the caller counts :data:`CHARS_PER_TOKEN` characters per token instead."""
     import tiktoken
 
+    looks_like_file = bool(name_or_file) and ("/" in name_or_file or name_or_file.endswith(".tiktoken"))
     if name_or_file and Path(name_or_file).is_file():
         from tiktoken.load import load_tiktoken_bpe
 
@@ -60,11 +68,15 @@ def load_encoding(name_or_file: str | None, model: str):
         except Exception as err:
             raise UserError(f"not a .tiktoken file ({err})", path=name_or_file, field="encoding") from None
         return tiktoken.Encoding(name=Path(name_or_file).stem, pat_str=_PAT, mergeable_ranks=ranks, special_tokens={})
+    if looks_like_file:
+        raise UserError("file not found", path=name_or_file, field="encoding")
     try:
         if name_or_file:
             return tiktoken.get_encoding(name_or_file)
         return tiktoken.encoding_for_model(model)
     except Exception as err:
+        if estimate_offline and not name_or_file:
+            return None
         what = name_or_file or f"the encoding for model {model!r}"
         raise UserError(
             f"cannot load tiktoken {what} ({type(err).__name__}); offline, pass --encoding path/to/NAME.tiktoken",
@@ -78,5 +90,6 @@ def chat_prompt_tokens(encoding, messages: list[dict]) -> int:
 
 
 def approx_prompt_tokens(messages: list[dict]) -> int:
-    """Cheap estimate (4 characters per token) used for pacing when no encoding is loaded."""
-    return sum(3 + len(str(m.get("content", ""))) // 4 for m in messages) + 3
+    """Estimate (:data:`CHARS_PER_TOKEN` characters per token) for pacing, and for ``--dry_run`` when no encoding can
+    be loaded; the same per-message framing as :func:`chat_prompt_tokens`."""
+    return sum(3 + len(str(m.get("content", ""))) // CHARS_PER_TOKEN for m in messages) + 3

@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Literal
 
 from distill.teacher.cache import ResponseCache
-from distill.teacher.cost import CostMeter, chat_prompt_tokens, load_encoding, price_for
+from distill.teacher.cost import (
+    CHARS_PER_TOKEN,
+    CostMeter,
+    approx_prompt_tokens,
+    chat_prompt_tokens,
+    load_encoding,
+    price_for,
+)
 from distill.teacher.requests import ChatRequest
 from litgpt_ext.data.records import load_json
 from litgpt_ext.errors import UserError
@@ -205,16 +212,25 @@ def _live(pending, cache, api_key, price, args: TeacherArgs) -> None:
 
 
 def _dry_run(requests: list[ChatRequest], model: str, encoding: str | None, price, mode: str, out: Path) -> None:
-    enc = load_encoding(encoding, model)
+    enc = load_encoding(encoding, model, estimate_offline=True)
     cache = ResponseCache(out) if out.exists() else None
     todo = [r for r in requests if cache is None or not cache.done(r.key)]
-    prompt_tokens = sum(chat_prompt_tokens(enc, r.body["messages"]) for r in todo)
+    if enc is None:
+        prompt_tokens = sum(approx_prompt_tokens(r.body["messages"]) for r in todo)
+        counted = (
+            f"ESTIMATE: {CHARS_PER_TOKEN} characters per token (no tiktoken encoding for {model!r} could be loaded "
+            f"offline; pass --encoding FILE.tiktoken for exact counts)"
+        )
+    else:
+        prompt_tokens = sum(chat_prompt_tokens(enc, r.body["messages"]) for r in todo)
+        counted = f"tiktoken {enc.name}"
     output_tokens = sum(int(r.body.get("max_tokens") or 0) * int(r.body.get("n") or 1) for r in todo)
     meter = CostMeter(price, discount=0.5 if mode == "batch" else 1.0)
     summary = {
         "requests": len(todo),
         "already_cached": len(requests) - len(todo),
         "prompt_tokens": prompt_tokens,
+        "prompt_tokens_counted_with": counted,
         "max_output_tokens": output_tokens,
         "model": model,
         "mode": mode,
