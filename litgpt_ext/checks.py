@@ -43,16 +43,25 @@ def check_checkpoint_dir(checkpoint_dir: Path) -> None:
         raise UserError(f"missing {', '.join(missing)}", path=checkpoint_dir, field="checkpoint_dir")
 
 
-def model_context(checkpoint_dir: Path) -> int | None:
-    """The checkpoint's ``block_size`` (its context length), read from ``model_config.yaml``."""
+def _config_value(checkpoint_dir: Path, key: str) -> int | None:
     import yaml
 
     path = Path(checkpoint_dir) / "model_config.yaml"
     try:
-        value = (yaml.safe_load(path.read_text()) or {}).get("block_size")
+        value = (yaml.safe_load(path.read_text()) or {}).get(key)
     except (OSError, yaml.YAMLError):
         return None
     return int(value) if isinstance(value, int) else None
+
+
+def model_context(checkpoint_dir: Path) -> int | None:
+    """The checkpoint's ``block_size`` (its context length), read from ``model_config.yaml``."""
+    return _config_value(checkpoint_dir, "block_size")
+
+
+def model_width(checkpoint_dir: Path) -> int | None:
+    """The checkpoint's ``n_embd``, read from ``model_config.yaml``."""
+    return _config_value(checkpoint_dir, "n_embd")
 
 
 def fit_to_context(flag: str, value: int | None, checkpoint_dir: Path) -> int | None:

@@ -216,3 +216,21 @@ def test_quantize_is_refused_in_one_line_where_bitsandbytes_cannot_run(tiny_chec
         _tiny_sft(tiny_checkpoint, tmp_path / "q", quantize="bnb.nf4")
     with pytest.raises(UserError, match="quantize: quantizes the frozen base of a LoRA run"):
         _tiny_sft(tiny_checkpoint, tmp_path / "q", quantize="bnb.nf4", mode="full")
+
+
+def test_the_cpu_default_precision_is_fp32_unless_bf16_pays(tiny_checkpoint, tmp_path, monkeypatch):
+    import shutil
+
+    import yaml
+
+    from litgpt_ext import precision
+
+    wide = tmp_path / "wide"
+    shutil.copytree(tiny_checkpoint, wide)
+    config = yaml.safe_load((wide / "model_config.yaml").read_text())
+    (wide / "model_config.yaml").write_text(yaml.safe_dump({**config, "n_embd": 512}))
+    for native in (True, False):
+        monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda native=native: native)
+        assert precision.default_precision(tiny_checkpoint, training=False) == "32-true"  # 64 wide: no gain
+        assert precision.default_precision(wide, training=False) == ("bf16-true" if native else "32-true")
+        assert precision.default_precision(wide, training=True) == ("bf16-mixed" if native else "32-true")

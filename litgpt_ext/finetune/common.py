@@ -13,13 +13,14 @@ import torch
 from litgpt.args import LogArgs
 from litgpt.data import DataModule
 from litgpt.tokenizer import Tokenizer
-from litgpt.utils import get_default_supported_precision, instantiate_torch_optimizer, load_checkpoint
+from litgpt.utils import instantiate_torch_optimizer, load_checkpoint
 
 from litgpt_ext.checks import check_checkpoint_dir, fit_to_context
 from litgpt_ext.data.orm import OrmData  # noqa: F401 (imported so that --data OrmData resolves by name)
 from litgpt_ext.data.preference import PreferenceData  # noqa: F401 (likewise)
 from litgpt_ext.data.sft import SFTData
 from litgpt_ext.errors import UserError
+from litgpt_ext.precision import default_precision
 from litgpt_ext.training.args import CheckpointArgs, EvalArgs, TrainArgs
 from litgpt_ext.training.checkpoint import CheckpointWriter, find_resume_dir
 from litgpt_ext.training.freeze import apply_freezing, parameter_table
@@ -332,7 +333,7 @@ def run(
     check_logger(logger_name)
     check_checkpoint_dir(spec.checkpoint_dir)
     plugin = quantization_plugin(
-        quantize, precision or get_default_supported_precision(training=True), spec.mode, devices, num_nodes
+        quantize, precision or default_precision(spec.checkpoint_dir, training=True), spec.mode, devices, num_nodes
     )
     train = dataclasses.replace(
         train, max_seq_length=fit_to_context("train.max_seq_length", train.max_seq_length, spec.checkpoint_dir)
@@ -356,7 +357,7 @@ def run(
         test_input = test_source(data)
     if getattr(data, "stats", None):
         print("Data: " + ", ".join(f"{k}={v}" for k, v in data.stats.items()))
-    precision = precision or get_default_supported_precision(training=True)
+    precision = precision or default_precision(spec.checkpoint_dir, training=True)
     hparams = {**hparams, "precision": precision}
     fabric = make_fabric(
         devices,

@@ -90,7 +90,8 @@ def setup(
         max_prompt_length: Keep at most this many prompt tokens (BOS and the prompt's end are kept).
         max_length: Cut each prompt + answer to this many tokens (answers are cut; pairs whose prompt alone is this
             long are dropped).
-        precision: "bf16-true", "bf16-mixed", "32-true", ... (default: litgpt's choice for the hardware).
+        precision: "bf16-true", "bf16-mixed", "32-true", ... (default: litgpt's choice on a GPU; on a CPU bf16-mixed
+            only where the CPU does bf16 natively and the model is at least 512 wide, else 32-true).
         quantize: QLoRA: store the frozen base weights quantized with bitsandbytes (``bnb.nf4``, ``bnb.nf4-dq``,
             ``bnb.fp4``, ``bnb.fp4-dq``, ``bnb.int8-training``), as litgpt's finetune_lora; LoRA runs on one CUDA GPU.
         devices: How many devices/GPUs to use per node.

@@ -67,7 +67,8 @@ def setup(
             train.pt+val.pt) or a DataModule (``SFTData``, or litgpt's ``JSON``, ``Alpaca``, ...).
         out_dir: Directory for step-*/best/final checkpoints, logs, metrics.jsonl, loss.png.
         mode: ``lora`` (litgpt LoRA; final dir holds lit_model.pth.lora and the merged lit_model.pth) or ``full``.
-        precision: "bf16-true", "bf16-mixed", "32-true", ... (default: litgpt's choice for the hardware).
+        precision: "bf16-true", "bf16-mixed", "32-true", ... (default: litgpt's choice on a GPU; on a CPU bf16-mixed
+            only where the CPU does bf16 natively and the model is at least 512 wide, else 32-true).
         quantize: QLoRA: store the frozen base weights quantized with bitsandbytes (``bnb.nf4``, ``bnb.nf4-dq``,
             ``bnb.fp4``, ``bnb.fp4-dq``, ``bnb.int8-training``), as litgpt's finetune_lora; LoRA runs on one CUDA GPU.
         devices: How many devices/GPUs to use per node.
