@@ -93,3 +93,18 @@ def test_a_shell_glob_after_a_list_of_paths_flag_is_the_list(tmp_path, capsys):
     )
     assert code == 0, err
     assert yaml.safe_load(out)["inputs"] == [str(s) for s in shards]
+
+
+def test_a_litgpt_command_without_network_ends_in_one_line(tmp_path):
+    """The task template's student rule runs `litgpt download`; offline it is one line, not 90 of httpx."""
+    from conftest import run_cli
+
+    env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_ETAG_TIMEOUT": "2"}
+    result = run_cli("download", "meta-llama/Llama-3.2-1B", "--checkpoint_dir", tmp_path, env=env, timeout=120)
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert (
+        errors
+        and errors[-1].startswith("error: download: cannot reach the network")
+        and "Traceback" not in result.stderr
+    )
