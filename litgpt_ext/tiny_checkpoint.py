@@ -124,6 +124,20 @@ def _train_sentencepiece(corpus: Path, vocab_size: int, out_dir: Path) -> int:
     return processor.vocab_size()
 
 
+def _copy_tokenizer(source: Path, out_dir: Path) -> int:
+    """The tokenizer files of ``source`` (a checkpoint) in ``out_dir``; returns its vocabulary size."""
+    import shutil
+
+    from litgpt.tokenizer import Tokenizer
+
+    files = [n for n in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json") if (source / n).is_file()]
+    if not any(n in files for n in ("tokenizer.json", "tokenizer.model")):
+        raise UserError("has no tokenizer.json or tokenizer.model", path=source, field="tokenizer_from")
+    for name in files:
+        shutil.copyfile(source / name, out_dir / name)
+    return Tokenizer(out_dir).vocab_size
+
+
 def _init_weights(model: torch.nn.Module, n_layer: int) -> None:
     """GPT-2 style init (std 0.02, residual projections scaled by depth) so tiny models learn quickly."""
     for name, module in model.named_modules():
@@ -151,6 +165,7 @@ def make_tiny_checkpoint(
     padded_vocab_size: int | None = None,
     block_size: int = 512,
     seed: int = 42,
+    tokenizer_from: Path | None = None,
 ) -> Path:
     """Write a random-init litgpt checkpoint with a tokenizer trained on a local text corpus (nothing downloaded).
 
@@ -171,6 +186,8 @@ def make_tiny_checkpoint(
             Set e.g. 32000 to give a tiny model a real student's vocabulary cost in benchmarks.
         block_size: Context length.
         seed: Seed for the random weights.
+        tokenizer_from: Copy the tokenizer files of this checkpoint instead of training one (a student that shares
+            a teacher's vocabulary, for logit distillation); --corpus and --vocab_size are then unused.
     """
     from litgpt.config import Config
     from litgpt.model import GPT
@@ -199,8 +216,11 @@ def make_tiny_checkpoint(
         family["sliding_window_size"] = block_size
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    train_tokenizer = _train_bpe if tokenizer == "bpe" else _train_sentencepiece
-    actual_vocab = train_tokenizer(corpus, vocab_size, out_dir)
+    if tokenizer_from is not None:
+        actual_vocab = _copy_tokenizer(Path(tokenizer_from), out_dir)
+    else:
+        train_tokenizer = _train_bpe if tokenizer == "bpe" else _train_sentencepiece
+        actual_vocab = train_tokenizer(corpus, vocab_size, out_dir)
 
     config = Config(
         name=f"tiny-{model}",

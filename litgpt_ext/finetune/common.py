@@ -374,6 +374,7 @@ def run(
     )
     objective = make_objective(tokenizer, train)
     objective.connect_data(data)
+    train_data, val_data = objective.wrap_datasets(train_data, val_data)
     writer = CheckpointWriter(
         source_dir=spec.checkpoint_dir,
         hparams=hparams,

@@ -32,6 +32,11 @@ class Objective:
     def prepare_model(self, model: nn.Module) -> None:
         """Change the model before training (add a head, freeze parameters). Default: nothing."""
 
+    def wrap_datasets(self, train, val):
+        """The (train, validation) datasets the loop iterates, from the DataModule's (e.g. samples that also carry
+        their index, to find stored teacher log-probs). Default: as they are."""
+        return train, val
+
     def connect_data(self, data) -> None:
         """Read what the DataModule decided while it was set up (before any process starts), such as the template
         a reward model's rows were rendered with. Default: nothing."""

@@ -1,0 +1,213 @@
+"""``litgpt-ext finetune_kd``: logit distillation — the student learns the teacher's token distribution at the answer
+positions (forward KL, reverse KL or the generalized JSD of GKD), from a local litgpt teacher or stored top-k
+log-probs, on the one training loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from litgpt.args import LogArgs
+from litgpt.data import DataModule
+from litgpt.types import LoggerChoice
+
+from litgpt_ext.checks import check_checkpoint_dir, within
+from litgpt_ext.errors import UserError
+from litgpt_ext.finetune.common import Quantize, Strategy, model_spec, run
+from litgpt_ext.hparams import hyperparameters
+from litgpt_ext.training.args import CheckpointArgs, EvalArgs, TrainArgs
+from litgpt_ext.training.objectives.kd import KDObjective, KDSettings
+
+
+def check_kd_numbers(beta: float, temperature: float, kd_ratio: float) -> None:
+    within("beta", beta, 0.0, 1.0)
+    within("kd_ratio", kd_ratio, 0.0, 1.0)
+    if not temperature > 0:
+        raise UserError(f"must be > 0, got {temperature}", field="temperature")
+
+
+def make_teacher(checkpoint_dir: Path, teacher, teacher_logprobs, teacher_precision, kd: KDSettings | None = None):
+    """The :class:`~litgpt_ext.training.teacher.Teacher` of the flags, checked before any data is read: exactly one
+    source; a teacher checkpoint whose tokenizer agrees with the student's; a store made with this tokenizer."""
+    from litgpt_ext.kd.store import load_store, tokenizer_fingerprint
+    from litgpt_ext.kd.vocab import check_same_vocabulary
+    from litgpt_ext.training.teacher import LocalTeacher
+
+    if (teacher is None) == (teacher_logprobs is None):
+        raise UserError(
+            "pass --teacher DIR (a litgpt checkpoint) or --teacher_logprobs DIR (distill_logprobs)", field="teacher"
+        )
+    if teacher is not None:
+        check_checkpoint_dir(Path(teacher))
+        check_same_vocabulary(checkpoint_dir, Path(teacher))
+        return LocalTeacher(Path(teacher), teacher_precision)
+    manifest = load_store(Path(teacher_logprobs))
+    stored = float(manifest["temperature"])
+    if kd is not None and kd.topk_tail and abs(stored - kd.temperature) > 1e-9:
+        raise UserError(
+            f"stores log-probs at temperature {stored:g}, but --temperature is {kd.temperature:g}: the tail mass "
+            f"cannot be rescaled (rerun distill_logprobs --temperature {kd.temperature:g}, or pass --topk_tail false "
+            "to renormalise over the top-k)",
+            path=Path(teacher_logprobs) / "manifest.json",
+            field="teacher_logprobs",
+        )
+    if manifest["tokenizer"] != tokenizer_fingerprint(checkpoint_dir):
+        raise UserError(
+            "was made with another tokenizer than the student's (rerun distill_logprobs for this student)",
+            path=Path(teacher_logprobs) / "manifest.json",
+            field="teacher_logprobs",
+        )
+    return manifest
+
+
+def setup(
+    checkpoint_dir: Path,
+    data: DataModule | Path | None = None,
+    out_dir: Path = Path("out/finetune/kd"),
+    teacher: Path | None = None,
+    teacher_logprobs: Path | None = None,
+    teacher_precision: Literal["bf16-true", "16-true", "32-true"] | None = None,
+    beta: float = 0.0,
+    temperature: float = 1.0,
+    kd_ratio: float = 0.5,
+    scale_by_t2: bool = True,
+    topk_tail: bool = True,
+    mode: Literal["lora", "full"] = "lora",
+    precision: str | None = None,
+    quantize: Quantize | None = None,
+    devices: int | str = 1,
+    num_nodes: int = 1,
+    strategy: Strategy = "auto",
+    lora_r: int = 8,
+    lora_alpha: int = 16,
+    lora_dropout: float = 0.05,
+    lora_query: bool = True,
+    lora_key: bool = False,
+    lora_value: bool = True,
+    lora_projection: bool = False,
+    lora_mlp: bool = False,
+    lora_head: bool = False,
+    freeze_emb: bool = False,
+    freeze_ln: bool = False,
+    freeze_attn: bool = False,
+    freeze_ff: bool = False,
+    freeze_other: bool = False,
+    layers_not_to_freeze: list[int] | None = None,
+    train: TrainArgs = TrainArgs(
+        save_interval=1000,
+        log_interval=1,
+        global_batch_size=16,
+        micro_batch_size=1,
+        lr_warmup_steps=100,
+        epochs=5,
+        max_seq_length=None,
+    ),
+    eval: EvalArgs = EvalArgs(interval=100, max_new_tokens=100, max_iters=100),
+    checkpoint: CheckpointArgs = CheckpointArgs(),
+    optimizer: str | dict = "AdamW",
+    logger_name: LoggerChoice = "csv",
+    log: LogArgs = LogArgs(),
+    seed: int = 1337,
+    resume: bool | Literal["auto"] | Path = False,
+) -> None:
+    """Logit distillation: train a student on a teacher's next-token distributions at the answer positions.
+
+    ``loss = (1 - kd_ratio) * CE(labels) + kd_ratio * temperature**2 * D(teacher, student)`` per answer token, with
+    D chosen by ``--beta`` as in TRL's GKD. The teacher is a litgpt checkpoint run frozen beside the student
+    (``--teacher``) or its stored top-k log-probs (``--teacher_logprobs``, from distill_logprobs). Metrics: kd_loss,
+    ce_loss, kl_teacher_student, top1_agreement (train and val_), teacher_ce (val).
+
+    Arguments:
+        checkpoint_dir: The base model's litgpt checkpoint directory.
+        data: What finetune_sft takes: a path (litgpt JSON/JSONL file, Q/A JSON file, a distill_convert directory with
+            train.json+val.json, or train.pt+val.pt) or a DataModule (``SFTData``, or litgpt's ``JSON``, ...). The
+            loss is on its answer positions.
+        out_dir: Directory for step-*/best/final checkpoints, logs, metrics.jsonl, loss.png, kd.png, kd_metadata.json.
+        teacher: A litgpt checkpoint of the teacher, run frozen in this process (online distillation). Its tokenizer
+            must map the student's tokens to the same ids (a larger, padded vocabulary is fine).
+        teacher_logprobs: Instead of --teacher: a distill_logprobs output (stored top-k of the teacher), made from the
+            same data, tokenizer and --train.max_seq_length (checked at start).
+        teacher_precision: The online teacher's precision (default: the run's --precision).
+        beta: The divergence, as TRL's GKD defines it: 0 = forward KL(teacher||student), 1 = reverse
+            KL(student||teacher), in between the generalized Jensen-Shannon divergence with that mixture weight.
+        temperature: Softens both distributions (logits / temperature) in the divergence; the cross-entropy stays at 1.
+        kd_ratio: alpha in loss = (1 - alpha) * CE(labels) + alpha * KD (torchtune's name); 1 is pure distillation.
+        scale_by_t2: Multiply the divergence by temperature**2 (Hinton et al.) so gradients keep their size across
+            temperatures; TRL's GKD does not.
+        topk_tail: With --teacher_logprobs: compare the teacher's k tokens plus one bucket for the rest of each
+            distribution's mass (TRL's loss_add_tail); false renormalises both over the k tokens.
+        mode: ``lora`` (litgpt LoRA; final dir holds lit_model.pth.lora and the merged lit_model.pth) or ``full``.
+        precision: "bf16-true", "bf16-mixed", "32-true", ... (default: litgpt's choice on a GPU; on a CPU bf16-mixed
+            only where the CPU does bf16 natively and the model is at least 512 wide, else 32-true).
+        quantize: QLoRA: store the frozen base weights quantized with bitsandbytes (``bnb.nf4``, ``bnb.nf4-dq``,
+            ``bnb.fp4``, ``bnb.fp4-dq``, ``bnb.int8-training``), as litgpt's finetune_lora; LoRA runs on one CUDA GPU.
+        devices: How many devices/GPUs to use per node.
+        num_nodes: How many nodes.
+        strategy: ``auto`` (DDP when more than one device), ``ddp`` or ``fsdp``.
+        lora_r: The LoRA rank.
+        lora_alpha: The LoRA alpha.
+        lora_dropout: The LoRA dropout value.
+        lora_query: Apply LoRA to the query weights in attention.
+        lora_key: Apply LoRA to the key weights in attention.
+        lora_value: Apply LoRA to the value weights in attention.
+        lora_projection: Apply LoRA to the attention output projection.
+        lora_mlp: Apply LoRA to the MLP weights.
+        lora_head: Apply LoRA to the output head.
+        freeze_emb: (full mode) Freeze token embeddings.
+        freeze_ln: (full mode) Freeze every normalization layer.
+        freeze_attn: (full mode) Freeze attention projections.
+        freeze_ff: (full mode) Freeze MLP weights.
+        freeze_other: (full mode) Freeze everything else (LM head, ...).
+        layers_not_to_freeze: (full mode) Block indices that stay fully trainable despite the freeze flags.
+        train: Training arguments (litgpt's ``TrainArgs``: batch sizes, epochs/max_steps, warmup, min_lr, max_norm).
+        eval: Evaluation arguments (litgpt's ``EvalArgs`` plus generate_samples / text_metrics).
+        checkpoint: Which extra checkpoints to keep (best by a monitored metric, keep_last); ``--checkpoint.monitor``
+            takes any val metric (val_kl_teacher_student, val_top1_agreement with --checkpoint.mode max, ...).
+        optimizer: An optimizer name (such as "AdamW") or config (``--optimizer.lr``, ``--optimizer.weight_decay``,
+            ``--optimizer.betas`` via ``{"class_path": ..., "init_args": ...}``), as in litgpt.
+        logger_name: Where metrics go: csv, tensorboard, wandb, ... (litgpt's loggers).
+        log: Logger settings, as litgpt's (``--log.project``, ``--log.run``, ``--log.group`` for wandb; the project
+            names the MLflow experiment and the run its run).
+        seed: Random seed (model init of new parameters, data order, dropout).
+        resume: ``auto`` (newest step-* in out_dir, if any), ``true`` (must exist), or a step-* directory.
+    """
+    hparams = hyperparameters(setup, locals())
+    spec = model_spec(checkpoint_dir, mode, locals())
+    check_kd_numbers(beta, temperature, kd_ratio)
+    check_checkpoint_dir(spec.checkpoint_dir)
+    kd = KDSettings(beta, temperature, kd_ratio, scale_by_t2, topk_tail)
+    source = make_teacher(spec.checkpoint_dir, teacher, teacher_logprobs, teacher_precision, kd)
+
+    def make_objective(tokenizer, train_args: TrainArgs) -> KDObjective:
+        from litgpt_ext.training.teacher import StoredTeacher
+
+        if isinstance(source, dict):
+            chosen = StoredTeacher(Path(teacher_logprobs), source, train_args.max_seq_length)
+        else:
+            chosen = source
+        return KDObjective(chosen, kd, pad_id=0, max_seq_length=train_args.max_seq_length)
+
+    run(
+        make_objective,
+        data,
+        spec,
+        out_dir,
+        hparams,
+        precision=precision,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        train=train,
+        eval=eval,
+        checkpoint=checkpoint,
+        optimizer=optimizer,
+        logger_name=logger_name,
+        log=log,
+        quantize=quantize,
+        seed=seed,
+        resume=resume,
+    )
+
+
+setup.default_data = "SFTData"
+"""The DataModule a bare ``--data PATH`` means (the CLI turns ``--data PATH --data.x v`` into its long form)."""

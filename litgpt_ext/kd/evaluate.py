@@ -1,0 +1,145 @@
+"""``litgpt-ext evaluate_kd``: how close a student's distribution is to its teacher's on data it did not train on.
+
+Teacher-forced on the data's answers (typically the teacher's own answers to held-out prompts), at every answer
+position: forward KL(teacher || student), reverse KL(student || teacher), top-1 agreement (the two argmaxes agree),
+and both models' cross-entropy on the answer tokens — token-weighted means over the whole data. It reuses
+``finetune_kd``'s teacher sources and blockwise head, so it runs on any size of vocabulary and data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from litgpt.data import DataModule
+
+from litgpt_ext.checks import at_least, check_checkpoint_dir, fit_to_context
+from litgpt_ext.errors import UserError
+from litgpt_ext.io import atomic_write_json
+from litgpt_ext.training.objectives.kd import generalized_jsd
+
+
+def evaluate_kd(
+    student: Path,
+    teacher: Path | None = None,
+    teacher_logprobs: Path | None = None,
+    data: DataModule | Path | None = None,
+    split: Literal["all", "train", "val"] = "all",
+    temperature: float = 1.0,
+    max_seq_length: int | None = None,
+    precision: str | None = None,
+    batch_size: int = 8,
+    output: Path | None = None,
+) -> dict:
+    """Measure a student against its teacher, teacher-forced on the answers of SFT-shaped data.
+
+    Args:
+        student: The student's litgpt checkpoint.
+        teacher: The teacher's litgpt checkpoint (same vocabulary).
+        teacher_logprobs: Instead of --teacher: a distill_logprobs store of this data (KLs then over its top-k + tail).
+        data: A path or DataModule, as finetune_sft takes (e.g. held-out prompts with the teacher's answers).
+        split: Which of the data's splits to score: ``all`` (train and val together: a held-out file is all
+            evaluation), ``train`` or ``val``.
+        temperature: The temperature of both distributions.
+        max_seq_length: Cut samples as in training (default: the student's context).
+        precision: Both models' precision (default: as generate_batch picks it).
+        batch_size: Samples per forward.
+        output: Where the metrics JSON goes (optional).
+    """
+    import lightning as L
+    from litgpt.tokenizer import Tokenizer
+
+    from litgpt_ext.finetune.common import datasets_of, resolve_data
+    from litgpt_ext.finetune.kd import make_teacher
+    from litgpt_ext.precision import default_precision
+    from litgpt_ext.training.objectives.kd import KDSettings
+    from litgpt_ext.training.reference import load_frozen_model
+    from litgpt_ext.training.teacher import StoredTeacher
+
+    student = Path(student)
+    check_checkpoint_dir(student)
+    at_least("batch_size", batch_size, 1)
+    if not temperature > 0:
+        raise UserError(f"must be > 0, got {temperature}", field="temperature")
+    settings = KDSettings(beta=0.0, temperature=temperature, kd_ratio=1.0, topk_tail=True)
+    source = make_teacher(student, teacher, teacher_logprobs, None, settings)
+    max_seq_length = fit_to_context("max_seq_length", max_seq_length, student)
+    module = resolve_data(data)
+    module.connect(tokenizer=Tokenizer(student), batch_size=batch_size, max_seq_length=max_seq_length)
+    module.prepare_data()
+    module.setup()
+    train, val = datasets_of(module)
+    if isinstance(source, dict):
+        source = StoredTeacher(Path(teacher_logprobs), source, max_seq_length)
+        train, val = source.wrap_datasets(train, val)
+    chosen = {"all": [train, val], "train": [train], "val": [val]}[split]
+
+    precision = precision or default_precision(student, training=False)
+    fabric = L.Fabric(devices=1, precision=precision)
+    model = load_frozen_model(fabric, student)
+    source.setup(fabric, model, {})
+    sums = {k: 0.0 for k in ("forward_kl", "reverse_kl", "top1_agreement", "teacher_ce", "student_ce")}
+    positions = samples = 0
+    for dataset in chosen:
+        for start in range(0, len(dataset), batch_size):
+            items = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
+            batch = _collate(source, items, max_seq_length)
+            batch_sums, n = _score(fabric, model, source, fabric.to_device(batch), settings)
+            for key, value in batch_sums.items():
+                sums[key] += value
+            positions += n
+            samples += len(items)
+    if not positions:
+        raise UserError("no answer positions to score", field="data")
+    result = {key: value / positions for key, value in sums.items()}
+    result |= {"samples": samples, "positions": positions, "temperature": temperature, "teacher": source.describe()}
+    shown = ", ".join(f"{k} {result[k]:.4f}" for k in sums)
+    print(f"{samples:,} samples, {positions:,} answer positions: {shown}")
+    if output is not None:
+        atomic_write_json(Path(output), result)
+    return result
+
+
+def _collate(source, items: list[dict], max_seq_length: int | None) -> dict:
+    from litgpt_ext.training.objectives.sft import pad_collate
+
+    return source.collate(items, pad_collate(items, 0, -100, max_seq_length))
+
+
+@torch.no_grad()
+def _score(fabric, model, source, batch: dict, kd) -> tuple[dict[str, float], int]:
+    from litgpt_ext.training.objectives import base
+    from litgpt_ext.training.objectives.base import on_positions
+    from litgpt_ext.training.objectives.kd import topk_buckets
+
+    index = batch["answer_index"]
+    targets = batch["labels"][:, 1:].reshape(-1).index_select(0, index)
+    input_ids = batch["input_ids"][:, :-1]
+    teacher_block = source.blocks(batch, input_ids, index)
+    with fabric.autocast():
+        rows = on_positions(model, input_ids, index, lambda r: r)
+    vocab = model.config.padded_vocab_size
+    step = max(1, base.HEAD_CHUNK_ELEMENTS // vocab)
+    sums = {k: 0.0 for k in ("forward_kl", "reverse_kl", "top1_agreement", "teacher_ce", "student_ce")}
+    for start in range(0, rows.size(0), step):
+        end = min(rows.size(0), start + step)
+        logits = model.lm_head(rows[start:end]).float()
+        t_side = teacher_block(start, end)
+        log_probs = F.log_softmax(logits, dim=-1)
+        s = log_probs if kd.temperature == 1 else F.log_softmax(logits / kd.temperature, dim=-1)
+        if t_side.logits is not None:
+            t = F.log_softmax(t_side.logits / kd.temperature, dim=-1)
+            teacher_top = t_side.logits.argmax(-1)
+            teacher_ce = -F.log_softmax(t_side.logits, dim=-1).gather(1, targets[start:end, None]).squeeze(1)
+        else:
+            t = torch.cat([t_side.logps.float(), t_side.tail.float().unsqueeze(1)], dim=1)
+            s = topk_buckets(s, t_side.ids)
+            teacher_top, teacher_ce = t_side.ids[:, 0], -t_side.target_logps.float()
+        sums["forward_kl"] += float(generalized_jsd(s, t, 0.0).sum())
+        sums["reverse_kl"] += float(generalized_jsd(s, t, 1.0).sum())
+        sums["top1_agreement"] += float((logits.argmax(-1) == teacher_top).sum())
+        sums["teacher_ce"] += float(teacher_ce.sum())
+        sums["student_ce"] += float(-log_probs.gather(1, targets[start:end, None]).sum())
+    return sums, int(rows.size(0))

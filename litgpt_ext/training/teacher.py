@@ -1,0 +1,173 @@
+"""Where a distillation teacher's distribution comes from. One interface (:class:`Teacher`), two sources:
+
+* ``LocalTeacher`` — a frozen litgpt model in the same process (``--teacher DIR``): in eval mode, no gradients, in
+  the run's precision or ``--teacher_precision``. Per batch its body runs once; its LM head runs only at the answer
+  positions and only block by block, inside the student's loss (:mod:`litgpt_ext.training.objectives.kd`), so no
+  ``positions × vocab`` teacher tensor exists;
+* ``StoredTeacher`` — the top-k written by ``distill_logprobs`` (``--teacher_logprobs DIR``): checked against the
+  run's data and tokenizer at start, sliced per sample in the CPU collate.
+
+A teacher's vocabulary may be padded larger than the student's (its extra rows are dropped) or smaller (missing ids
+get no mass); the tokens themselves must agree (:func:`litgpt_ext.kd.vocab.check_same_vocabulary`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from litgpt_ext.errors import UserError
+from litgpt_ext.training.objectives.base import on_positions, unwrap
+from litgpt_ext.training.objectives.kd import TeacherBlock
+
+DTYPES = {"bf16-true": torch.bfloat16, "16-true": torch.float16, "32-true": torch.float32}
+
+
+class IndexedSamples(Sequence):
+    """A dataset whose samples also carry their split and index (to find their stored teacher rows)."""
+
+    def __init__(self, dataset: Sequence, split: str) -> None:
+        self.dataset, self.split = dataset, split
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        return {**self.dataset[i], "kd_index": i, "kd_split": self.split}
+
+    def __getattr__(self, name):  # lengths() of packed data, fingerprints, ...
+        if name in ("dataset", "split"):  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def fit_vocab(logits: torch.Tensor, vocab: int) -> torch.Tensor:
+    """The teacher's logits over the student's ``vocab`` rows: extra padded rows dropped, missing ones at -inf."""
+    if logits.size(-1) >= vocab:
+        return logits[..., :vocab]
+    pad = logits.new_full((*logits.shape[:-1], vocab - logits.size(-1)), float("-inf"))
+    return torch.cat([logits, pad], dim=-1)
+
+
+class Teacher:
+    """The teacher's side of every batch (see the module docstring)."""
+
+    store_temperature: float = 1.0
+
+    def describe(self) -> dict:
+        raise NotImplementedError
+
+    def setup(self, fabric, student: nn.Module, datasets: dict) -> None:
+        """Once the student exists, before the first step."""
+
+    def wrap_datasets(self, train, val):
+        return train, val
+
+    def collate(self, samples: list[dict], batch: dict) -> dict:
+        return batch
+
+    def blocks(self, batch: dict, input_ids: torch.Tensor, flat: torch.Tensor) -> Callable[[int, int], TeacherBlock]:
+        """``block(start, end)`` -> the teacher's side of answer positions ``start:end`` of this batch."""
+        raise NotImplementedError
+
+
+class LocalTeacher(Teacher):
+    def __init__(self, checkpoint_dir: Path, precision: str | None = None) -> None:
+        self.checkpoint_dir, self.precision = Path(checkpoint_dir), precision
+        self.model: nn.Module | None = None
+        self.fabric = None
+        self.vocab = 0
+
+    def describe(self) -> dict:
+        return {"kind": "local", "checkpoint": str(self.checkpoint_dir), "precision": self.precision}
+
+    def setup(self, fabric, student: nn.Module, datasets: dict) -> None:
+        from litgpt_ext.training.reference import load_frozen_model
+
+        self.fabric = fabric
+        self.model = load_frozen_model(fabric, self.checkpoint_dir)
+        if self.precision is not None:
+            self.model = self.model.to(DTYPES[self.precision])
+        gpt = unwrap(student)
+        self.vocab = gpt.config.padded_vocab_size
+        self.model.max_seq_length = min(self.model.config.block_size, gpt.config.block_size)
+        n = sum(p.numel() for p in self.model.parameters())
+        fabric.print(f"Teacher: {self.checkpoint_dir} ({n / 1e6:.1f}M parameters, frozen, eval mode)")
+
+    @torch.no_grad()
+    def hidden_rows(self, input_ids: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+        """The teacher's final hidden states at the answer positions (its LM head does not run here)."""
+        if input_ids.size(1) > self.model.max_seq_length:
+            self.model.max_seq_length = input_ids.size(1)
+        context = (
+            self.fabric.autocast() if self.precision is None else torch.autocast(input_ids.device.type, enabled=False)
+        )
+        with context:
+            return on_positions(self.model, input_ids, flat, lambda rows: rows)
+
+    def blocks(self, batch, input_ids, flat):
+        rows = self.hidden_rows(input_ids, flat)
+        head = self.model.lm_head
+
+        @torch.no_grad()
+        def block(start: int, end: int) -> TeacherBlock:
+            return TeacherBlock(logits=fit_vocab(head(rows[start:end]).float(), self.vocab))
+
+        return block
+
+
+class StoredTeacher(Teacher):
+    def __init__(self, directory: Path, manifest: dict, max_seq_length: int | None) -> None:
+        from litgpt_ext.kd.store import TopK, split_file
+
+        self.directory, self.manifest, self.max_seq_length = Path(directory), manifest, max_seq_length
+        self.store_temperature = float(manifest["temperature"])  # checked against --temperature by make_teacher
+        self.stores = {split: TopK(split_file(directory, split)) for split in ("train", "val")}
+
+    def describe(self) -> dict:
+        keep = ("teacher", "k", "temperature", "dtype", "data")
+        return {"kind": "stored", "directory": str(self.directory), **{k: self.manifest.get(k) for k in keep}}
+
+    def wrap_datasets(self, train, val):
+        """The datasets, checked to be the ones the store was made from (their tokens, cut as training cuts them)."""
+        from litgpt_ext.kd.store import dataset_fingerprint
+
+        for split, dataset in (("train", train), ("val", val)):
+            expected = self.manifest["data"][split]
+            if dataset_fingerprint(dataset, self.max_seq_length) != expected["fingerprint"]:
+                raise UserError(
+                    f"was made from other {split} data ({expected['samples']:,} samples, another tokenization or "
+                    f"--max_seq_length {expected['max_seq_length']}); this run has {len(dataset):,} {split} samples "
+                    f"at --train.max_seq_length {self.max_seq_length}",
+                    path=self.directory / "manifest.json",
+                    field="teacher_logprobs",
+                )
+        return IndexedSamples(train, "train"), IndexedSamples(val, "val")
+
+    def collate(self, samples: list[dict], batch: dict) -> dict:
+        splits = {s["kd_split"] for s in samples}
+        if len(splits) != 1:
+            raise RuntimeError("a batch mixes splits")
+        store = self.stores[splits.pop()]
+        rows = store.gather([s["kd_index"] for s in samples])
+        if len(rows["t_ids"]) != len(batch["answer_index"]):
+            raise UserError(
+                "the stored log-probs do not line up with this data's answer positions (another --max_seq_length?)",
+                path=store.path,
+                field="teacher_logprobs",
+            )
+        return {**batch, **rows}
+
+    def blocks(self, batch, input_ids, flat):
+        def block(start: int, end: int) -> TeacherBlock:
+            return TeacherBlock(
+                ids=batch["t_ids"][start:end],
+                logps=batch["t_logps"][start:end],
+                tail=batch["t_tail"][start:end],
+                target_logps=batch["t_target"][start:end],
+            )
+
+        return block
