@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from litgpt.data import DataModule
 
 from litgpt_ext.checks import at_least, check_checkpoint_dir, fit_to_context
+from litgpt_ext.data.sft import SFTData  # noqa: F401 (so that --data SFTData resolves by name)
 from litgpt_ext.errors import UserError
 from litgpt_ext.io import atomic_write_json
 from litgpt_ext.training.objectives.kd import generalized_jsd
@@ -143,3 +144,7 @@ def _score(fabric, model, source, batch: dict, kd) -> tuple[dict[str, float], in
         sums["teacher_ce"] += float(teacher_ce.sum())
         sums["student_ce"] += float(-log_probs.gather(1, targets[start:end, None]).sum())
     return sums, int(rows.size(0))
+
+
+evaluate_kd.default_data = "SFTData"
+"""The DataModule a bare ``--data PATH`` means (the CLI turns ``--data PATH --data.x v`` into its long form)."""

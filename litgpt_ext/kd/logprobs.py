@@ -24,6 +24,7 @@ from litgpt.data import DataModule
 from tqdm import tqdm
 
 from litgpt_ext.checks import at_least, check_checkpoint_dir, fit_to_context
+from litgpt_ext.data.sft import SFTData  # noqa: F401 (so that --data SFTData resolves by name)
 from litgpt_ext.errors import UserError, require
 from litgpt_ext.io import atomic_path, atomic_write_json
 from litgpt_ext.kd.store import (
@@ -271,3 +272,7 @@ def _pack(out: Path, windows: dict, settings: dict) -> None:
     write_manifest(out, {**settings, "positions": positions})
     print(f"stored top-{settings['k']} log-probs of {positions['train']:,} train / {positions['val']:,} val answer "
           f"positions -> {out}")  # fmt: skip
+
+
+distill_logprobs.default_data = "SFTData"
+"""The DataModule a bare ``--data PATH`` means (the CLI turns ``--data PATH --data.x v`` into its long form)."""
