@@ -19,6 +19,7 @@ from conftest import REPO
         ("bench_dpo", ["ours tokens/s", "TRL tokens/s", "DPO", "ORPO"]),
         ("bench_sql_label", ["statements/s (execution phase)", "cache-hit rerun"]),
         ("bench_orm", ["scoring rows/s", "training tokens/s"]),
+        ("bench_kd", ["ours tokens/s", "TRL tokens/s", "online, lora", "offline top-20", "positions/s"]),
     ],
 )
 def test_bench_smoke(module, expected):

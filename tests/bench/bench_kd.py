@@ -1,0 +1,169 @@
+"""``make bench-kd``: finetune_kd vs TRL's GKDTrainer (``lmbda=0``, off-policy) on the same teacher, student and tokens.
+
+Models: a random-init ~35M-parameter llama-style student (bench-dpo's: 6 layers, 384 wide, a 32,000-row vocabulary)
+and a teacher twice as deep (12 layers) with the student's tokenizer, both exported with ``export_hf`` for TRL.
+Data: SFT examples in the distillation shape (a document prompt of 100-400 tokens, a short answer), tokenized once
+with the raw prompt style and handed to both trainers. Both sides: the same micro-batch, gradient accumulation,
+steps, learning rate, beta 0.5 (GKD's default), pure distillation (our --kd_ratio 1, TRL's loss), fp32; LoRA r=8 /
+alpha 16 on query and value, or full weights. Also ours offline: distill_logprobs stores the teacher's top-20 once
+(its positions/s is printed), then finetune_kd --teacher_logprobs trains with no teacher in memory.
+
+Throughput is non-padding tokens (prompt included) per second of the training loop (ours: performance.json; TRL:
+tokens counted in compute_loss, first step start -> last step end). Peak RSS is each child process's own maximum
+resident set. Contenders run interleaved per round; the table shows the median and the min-max of the rounds.
+Goal: tokens/s ratio >= 2 and peak RSS ratio <= 0.6, LoRA and full.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from tests.bench.common import REPO, run_measured, spread, table
+
+PY = sys.executable
+
+
+def make_examples(path: Path, n: int, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    lines = (REPO / "artifacts/demo/corpus.txt").read_text().splitlines()
+    paragraphs = [line for line in lines if " is a small town" in line]
+    towns = [line.split(" is a small town")[0] for line in paragraphs]
+    rows = []
+    for i in range(n):
+        doc = " ".join(rng.sample(paragraphs, k=rng.randint(2, 6)))
+        town = rng.choice(towns)
+        rows.append({"id": f"ex-{i}", "instruction": f"Read the document and write a search query about {town}.\n\n"
+                     f"{doc}\n\nQuery:", "output": f" {town} market and river facts"})  # fmt: skip
+    path.write_text(json.dumps(rows))
+
+
+def tokenized(student: Path, data: Path, out: Path) -> None:
+    """The training split as ours sees it (SFTData, raw style, the same seeded val split), for TRL."""
+    from litgpt.tokenizer import Tokenizer
+
+    from litgpt_ext.data.sft import SFTData
+
+    module = SFTData(path=data, prompt_style="default", val_split_fraction=0.02)
+    module.connect(tokenizer=Tokenizer(student))
+    module.setup()
+    samples = [{k: v.tolist() for k, v in module.train_dataset[i].items()} for i in range(len(module.train_dataset))]
+    torch.save(samples, out)
+
+
+def ours(student, data, out, steps, micro, accum, lora, source: list[str]) -> dict:
+    args = [
+        PY, "-m", "litgpt_ext", "finetune_kd", str(student), *source, "--data", str(data),
+        "--data.prompt_style", "default", "--data.val_split_fraction", "0.02", "--out_dir", str(out),
+        "--precision", "32-true", "--kd_ratio", "1.0", "--beta", "0.5",
+        "--train.micro_batch_size", str(micro), "--train.global_batch_size", str(micro * accum),
+        "--train.max_steps", str(steps), "--train.epochs", "null", "--train.lr_warmup_steps", "0",
+        "--train.save_interval", "100000", "--eval.interval", "100000", "--eval.final_validation", "false",
+        "--optimizer.lr", "1e-4", "--seed", "7",
+    ]  # fmt: skip
+    args += ["--mode", "lora", "--lora_r", "8", "--lora_alpha", "16"] if lora else ["--mode", "full"]
+    run = run_measured(args)
+    perf = json.loads((out / "performance.json").read_text())
+    return {"tps": perf["tokens_per_second"], "rss": run.peak_rss_mb, "wall": run.seconds}
+
+
+def trl(student_hf, teacher_hf, samples, out, steps, micro, accum, lora) -> dict:
+    run = run_measured(
+        [PY, "-m", "tests.bench.trl_gkd", "--student", str(student_hf), "--teacher", str(teacher_hf),
+         "--samples", str(samples), "--out", str(out), "--steps", str(steps), "--micro_batch", str(micro),
+         "--accum", str(accum), "--lora_r", "8" if lora else "0", "--lr", "1e-4", "--beta", "0.5"],
+        cwd=REPO,
+    )  # fmt: skip
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    return {"tps": result["tokens"] / result["seconds"], "rss": run.peak_rss_mb, "wall": run.seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny models, 2 steps, 1 round: checks the harness only")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    steps, rounds = (2, 1) if args.smoke else (args.steps, args.rounds)
+    micro, accum = 2, 4
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if args.smoke:
+            size, deep = ["--n_layer", "1", "--n_embd", "64", "--n_head", "4"], ["--n_layer", "2"]
+        else:
+            size = ["--n_layer", "6", "--n_embd", "384", "--n_head", "6", "--vocab_size", "4096",
+                    "--padded_vocab_size", "32000"]  # fmt: skip
+            deep = ["--n_layer", "12"]
+        student, teacher = tmp / "student", tmp / "teacher"
+        run_measured([PY, "-m", "litgpt_ext", "make_tiny_checkpoint", "--out_dir", str(student), *size,
+                      "--block_size", "1024"])  # fmt: skip
+        run_measured([PY, "-m", "litgpt_ext", "make_tiny_checkpoint", "--out_dir", str(teacher), *size, *deep,
+                      "--block_size", "1024", "--tokenizer_from", str(student), "--seed", "3"])  # fmt: skip
+        for ckpt in (student, teacher):
+            run_measured([PY, "-m", "litgpt_ext", "export_hf", str(ckpt), "--out_dir", str(tmp / f"{ckpt.name}-hf")])
+        data = tmp / "data.json"
+        make_examples(data, 400)
+        tokenized(student, data, tmp / "samples.pt")
+        store = tmp / "store"
+        logprobs = run_measured([PY, "-m", "litgpt_ext", "distill_logprobs", str(teacher), "--data", str(data),
+                                 "--data.prompt_style", "default", "--data.val_split_fraction", "0.02",
+                                 "--student", str(student), "--top_k", "20", "--out", str(store),
+                                 "--precision", "32-true"])  # fmt: skip
+        rate = [line for line in logprobs.stdout.splitlines() if "positions/s" in line][-1]
+        results: dict[str, list[dict]] = {}
+        modes = ("lora",) if args.smoke else ("lora", "full")
+        for r in range(rounds):
+            for mode in modes:
+                lora = mode == "lora"
+                contenders = [
+                    (f"ours-{mode}", lambda o, lora=lora: ours(student, data, o, steps, micro, accum, lora,
+                                                                 ["--teacher", str(teacher)])),
+                    (f"trl-{mode}", lambda o, lora=lora: trl(tmp / "student-hf", tmp / "teacher-hf",
+                                                               tmp / "samples.pt", o, steps, micro, accum, lora)),
+                    (f"offline-{mode}", lambda o, lora=lora: ours(student, data, o, steps, micro, accum, lora,
+                                                                    ["--teacher_logprobs", str(store)])),
+                ]  # fmt: skip
+                for name, fn in contenders:
+                    results.setdefault(name, []).append(fn(tmp / f"{name}-{r}"))
+                    print(f"round {r + 1}/{rounds} {name}: {results[name][-1]}", flush=True)
+    header = (
+        "bench-kd (smoke)"
+        if args.smoke
+        else f"bench-kd: ~35M student, ~70M teacher (12 layers), 32k vocab, fp32, CPU; {steps} steps x "
+        f"{micro * accum} examples (micro-batch {micro}); {rounds} interleaved rounds: median (min-max)"
+    )
+    print("\n" + header)
+    rows = [("", "ours tokens/s", "TRL tokens/s", "ratio", "ours peak RSS MB", "TRL peak RSS MB", "ratio")]
+    verdicts = []
+    modes = ("lora",) if args.smoke else ("lora", "full")
+    for mode in modes:
+        mine, theirs = results[f"ours-{mode}"], results[f"trl-{mode}"]
+        ratios = [m["tps"] / t["tps"] for m, t in zip(mine, theirs)]
+        mem = [m["rss"] / t["rss"] for m, t in zip(mine, theirs)]
+        rows.append((f"online, {mode}", spread([m["tps"] for m in mine]), spread([t["tps"] for t in theirs]),
+                     spread(ratios, "{:.2f}"), spread([m["rss"] for m in mine]), spread([t["rss"] for t in theirs]),
+                     spread(mem, "{:.2f}")))  # fmt: skip
+        verdicts.append(statistics.median(ratios) >= 2 and statistics.median(mem) <= 0.6)
+    for mode in modes:
+        off, on = results[f"offline-{mode}"], results[f"ours-{mode}"]
+        rows.append((f"ours offline top-20 vs online, {mode}", spread([o["tps"] for o in off]),
+                     spread([o["tps"] for o in on]), spread([a["tps"] / b["tps"] for a, b in zip(off, on)], "{:.2f}"),
+                     spread([o["rss"] for o in off]), spread([o["rss"] for o in on]),
+                     spread([a["rss"] / b["rss"] for a, b in zip(off, on)], "{:.2f}")))  # fmt: skip
+    print(table(rows))
+    print(f"distill_logprobs (teacher top-20, once): {rate.strip()}")
+    if not args.smoke:
+        print(
+            f"goal (tokens/s ratio >= 2 and peak RSS ratio <= 0.6, LoRA and full): {'MET' if all(verdicts) else 'NOT MET'}"
+        )
+
+
+if __name__ == "__main__":
+    main()
