@@ -64,11 +64,12 @@ class _DeferredModule(types.ModuleType):
         return real
 
 
-def _light_import(name: str) -> types.ModuleType:
+def _light_import(name: str, utilities_first: bool = True) -> types.ModuleType:
     """Import one torchmetrics submodule without the package's ``__init__`` (its own imports pass through)."""
     _DeferredModule._light_imports += 1
     try:
-        importlib.import_module(f"{PACKAGE}.utilities")  # torchmetrics' own order: utilities, then the rest
+        if utilities_first:  # torchmetrics' own order: utilities (which import torch), then the rest
+            importlib.import_module(f"{PACKAGE}.utilities")
         return importlib.import_module(name)
     finally:
         _DeferredModule._light_imports -= 1
@@ -135,7 +136,7 @@ def defer_torchmetrics() -> bool:
     sys.modules[PACKAGE] = stand_in
     sys.meta_path.insert(0, _RealPackageFirst(stand_in))
     try:
-        about = _light_import(f"{PACKAGE}.__about__")
+        about = _light_import(f"{PACKAGE}.__about__", utilities_first=False)
     except Exception:  # another layout: leave torchmetrics to be imported as usual
         sys.meta_path.remove(sys.meta_path[0])
         del sys.modules[PACKAGE]

@@ -15,7 +15,8 @@ import pytest
 
 from conftest import DEMO, run_cli
 from litgpt_ext.finetune.sft import setup as finetune_sft
-from litgpt_ext.generate.command import generate_batch, generate_merge
+from litgpt_ext.generate.command import generate_batch
+from litgpt_ext.generate.merge import generate_merge
 from litgpt_ext.training.args import EvalArgs, TrainArgs
 
 

@@ -287,7 +287,7 @@ def test_orm_score_batched_equals_one_at_a_time_and_resumes(tiny_checkpoint, tmp
     assert sorted(r["id"] for r in again) == sorted(batched)
     for shard in ("0/2", "1/2"):
         orm_score(ckpt, input=rows, output=tmp_path / "sharded.jsonl", batch_size=4, shard=shard)
-    from litgpt_ext.generate.command import generate_merge
+    from litgpt_ext.generate.merge import generate_merge
 
     generate_merge(inputs=sorted(tmp_path.glob("sharded.shard-*.jsonl")), output=tmp_path / "merged.jsonl")
     merged = [json.loads(line) for line in (tmp_path / "merged.jsonl").read_text().splitlines()]

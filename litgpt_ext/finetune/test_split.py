@@ -11,8 +11,9 @@ import lightning as L
 import torch
 
 from litgpt_ext.errors import UserError
-from litgpt_ext.generate.command import DTYPES, GenerateArgs, generate_merge, generate_on, shard_output
+from litgpt_ext.generate.command import DTYPES, GenerateArgs, generate_on, shard_output
 from litgpt_ext.generate.inputs import Shard, detect_format
+from litgpt_ext.generate.merge import generate_merge
 
 
 def test_source(data) -> tuple[Path, str]:
