@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 # stages outside a task pipeline
 # (Q/A SFT, preference pairs + DPO, text-to-SQL labels + reward model).
 demo: install
-	$(MAKE) --no-print-directory report TASK=demo
+	$(MAKE) --no-print-directory -j2 report TASK=demo
 	$(BIN)/python -m distill.demo
 
 test: install
@@ -148,7 +148,8 @@ $(STAMPS)/generate.done: $(HF_DIR)/config.json $(GENERATE_INPUT) $(STAMPS)/gener
 # Fidelity: the teacher answers the held-out records too (same cache, same settings), the student before and after
 # finetuning generates for them, evaluate_generations scores both against the teacher, and distill_report puts
 # that next to the teacher's cost and the student's throughput (from the generate stage's stats file).
-$(STAMPS)/heldout-teacher.done: $(HELDOUT) $(TEACHER_PROMPT) $(STAMPS)/teacher.settings | $(STAMP)
+# (after the training records' teacher run: one writer of the cache at a time, also under make -j)
+$(STAMPS)/heldout-teacher.done: $(HELDOUT) $(TEACHER_PROMPT) $(STAMPS)/teacher.settings | $(STAMP) $(STAMPS)/teacher.done
 	$(if $(HELDOUT),,$(error TASK=$(TASK): set HELDOUT, records the student never trains on))
 	$(TEACHER_WRAP) $(LITGPT_EXT) distill_query --records $(HELDOUT) --prompt $(TEACHER_PROMPT) \
 	    --model $(TEACHER_MODEL) --out $(RESPONSES) $(TEACHER_FLAGS)

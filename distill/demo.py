@@ -31,6 +31,28 @@ def litgpt_ext(*args: object) -> None:
     print(f"  ({time.perf_counter() - t0:.1f}s)", flush=True)
 
 
+def litgpt_ext_side_by_side(*commands: tuple) -> None:
+    """Run independent CLI stages at the same time (the machine has cores to spare while each imports and loads),
+    then echo each command with its output, in order, as :func:`litgpt_ext` does."""
+    procs = []
+    for args in commands:
+        cmd = ["litgpt-ext", *map(str, args)]
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "litgpt_ext", *cmd[1:]], cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        procs.append((cmd, proc, t0))
+    failed = None
+    for cmd, proc, t0 in procs:
+        output, _ = proc.communicate()
+        print(f"\n$ {shlex.join(cmd)}", flush=True)
+        print(output.rstrip())
+        print(f"  ({time.perf_counter() - t0:.1f}s, side by side)", flush=True)
+        if proc.returncode and failed is None:
+            failed = subprocess.CalledProcessError(proc.returncode, cmd)
+    if failed is not None:
+        raise failed
+
+
 def rel(path: Path) -> str:
     return str(path.relative_to(REPO))
 
@@ -160,19 +182,11 @@ def _export_stage(student: Path) -> list[tuple[str, Path]]:
     """Export for Hugging Face: the fully finetuned Q/A student as a model, and the DPO LoRA run as a PEFT adapter
     on its base, the distilled student the pipeline exported."""
     hf, adapter = RUN / "hf", RUN / "hf-adapter"
-    litgpt_ext("export_hf", rel(RUN / "sft" / "final"), "--out_dir", rel(hf), "--overwrite", "true")
-    litgpt_ext(
-        "export_hf",
-        rel(RUN / "dpo" / "final"),
-        "--out_dir",
-        rel(adapter),
-        "--format",
-        "peft",
-        "--base_model",
-        rel(RUN / "hf-distilled"),
-        "--overwrite",
-        "true",
-    )
+    litgpt_ext_side_by_side(
+        ("export_hf", rel(RUN / "sft" / "final"), "--out_dir", rel(hf), "--overwrite", "true"),
+        ("export_hf", rel(RUN / "dpo" / "final"), "--out_dir", rel(adapter), "--format", "peft", "--base_model",
+         rel(RUN / "hf-distilled"), "--overwrite", "true"),
+    )  # fmt: skip
     return [("Hugging Face model", hf), ("PEFT adapter (DPO) on the distilled student", adapter)]
 
 
@@ -184,25 +198,12 @@ def _generate_stage(student: Path) -> list[tuple[str, Path]]:
     out = RUN / "test_generations.jsonl"
     for old in RUN.glob("test_generations*.jsonl"):  # the student was just retrained: earlier outputs are stale
         old.unlink()
-    for shard in ("0/2", "1/2"):
-        litgpt_ext(
-            "generate_batch",
-            rel(RUN / "sft" / "final"),
-            "--input",
-            rel(DEMO_DATA / "qa.json"),
-            "--split",
-            "test",
-            "--output",
-            rel(out),
-            "--max_new_tokens",
-            16,
-            "--temperature",
-            0,
-            "--precision",
-            "32-true",
-            "--shard",
-            shard,
-        )
+    # the two shards run side by side, as two array tasks of a cluster job would
+    litgpt_ext_side_by_side(
+        *[("generate_batch", rel(RUN / "sft" / "final"), "--input", rel(DEMO_DATA / "qa.json"), "--split", "test",
+           "--output", rel(out), "--max_new_tokens", 16, "--temperature", 0, "--precision", "32-true", "--shard", shard)
+          for shard in ("0/2", "1/2")]
+    )  # fmt: skip
     shards = sorted(RUN.glob("test_generations.shard-*-of-00002.jsonl"))
     litgpt_ext("generate_merge", "--inputs", "[" + ", ".join(rel(p) for p in shards) + "]", "--output", rel(out))
     scored = RUN / "test_generations.eval"
@@ -540,18 +541,25 @@ def _kd_stage(student: Path) -> list[tuple[str, Path]]:
         "--eval.interval", 1000, "--eval.max_iters", 10, "--optimizer.lr", 3e-3,
     ]  # fmt: skip
     runs = {"sft": kd / "sft-on-text", "kd": kd / "kd"}
-    litgpt_ext("finetune_sft", rel(small), "--out_dir", rel(runs["sft"]), *common)
-    litgpt_ext("finetune_kd", rel(small), "--teacher", rel(teacher), "--beta", 0.0, "--temperature", 2.0,
-               "--kd_ratio", 0.5, "--out_dir", rel(runs["kd"]), *common)  # fmt: skip
-    for name, out in runs.items():
-        litgpt_ext("evaluate_kd", rel(out / "final"), "--teacher", rel(teacher), "--data", rel(data),
-                   "--data.prompt_style", "default", "--split", "val", "--output", rel(kd / f"{name}.kl.json"))  # fmt: skip
-        generations = kd / f"{name}.heldout.jsonl"
-        generations.unlink(missing_ok=True)
-        litgpt_ext("generate_batch", rel(out / "final"), "--input", rel(RUN / "heldout" / "prompts.jsonl"),
-                   "--output", rel(generations), "--max_new_tokens", 32, "--temperature", 0, "--precision", "32-true")  # fmt: skip
-        litgpt_ext("evaluate_generations", "--input", rel(generations), "--reference", rel(RUN / "fidelity.jsonl"),
-                   "--reference_field", "generations", "--items", "lines", "--output_dir", rel(kd / f"{name}.fidelity"))  # fmt: skip
+    litgpt_ext_side_by_side(
+        ("finetune_sft", rel(small), "--out_dir", rel(runs["sft"]), *common),
+        ("finetune_kd", rel(small), "--teacher", rel(teacher), "--beta", 0.0, "--temperature", 2.0, "--kd_ratio", 0.5,
+         "--out_dir", rel(runs["kd"]), *common),
+    )  # fmt: skip
+    for name in runs:
+        (kd / f"{name}.heldout.jsonl").unlink(missing_ok=True)
+    litgpt_ext_side_by_side(
+        *[("evaluate_kd", rel(out / "final"), "--teacher", rel(teacher), "--data", rel(data), "--data.prompt_style",
+           "default", "--split", "val", "--output", rel(kd / f"{name}.kl.json")) for name, out in runs.items()],
+        *[("generate_batch", rel(out / "final"), "--input", rel(RUN / "heldout" / "prompts.jsonl"), "--output",
+           rel(kd / f"{name}.heldout.jsonl"), "--max_new_tokens", 32, "--temperature", 0, "--precision", "32-true")
+          for name, out in runs.items()],
+    )  # fmt: skip
+    litgpt_ext_side_by_side(
+        *[("evaluate_generations", "--input", rel(kd / f"{name}.heldout.jsonl"), "--reference",
+           rel(RUN / "fidelity.jsonl"), "--reference_field", "generations", "--items", "lines", "--output_dir",
+           rel(kd / f"{name}.fidelity")) for name in runs]
+    )  # fmt: skip
     table = {}
     for name in runs:
         kl = json.loads((kd / f"{name}.kl.json").read_text())
