@@ -32,25 +32,33 @@ def litgpt_ext(*args: object) -> None:
 
 
 def litgpt_ext_side_by_side(*commands: tuple) -> None:
-    """Run independent CLI stages at the same time (the machine has cores to spare while each imports and loads),
-    then echo each command with its output, in order, as :func:`litgpt_ext` does."""
-    procs = []
-    for args in commands:
-        cmd = ["litgpt-ext", *map(str, args)]
-        t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "litgpt_ext", *cmd[1:]], cwd=REPO, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)  # fmt: skip
-        procs.append((cmd, proc, t0))
-    failed = None
-    for cmd, proc, t0 in procs:
-        output, _ = proc.communicate()
+    """Run independent CLI stages at the same time, as many as there are cores, each with its share of the cores as
+    torch threads (oversubscribed threads spin against each other), then echo each command with its output, in order,
+    as :func:`litgpt_ext` does. Their imports and model loads — most of a short stage — overlap."""
+    import os
+
+    cores = os.cpu_count() or 1
+    width = max(1, min(len(commands), cores))
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // width))}
+    results: list[tuple[list[str], subprocess.CompletedProcess, float]] = []
+    pending = list(commands)
+    while pending:
+        batch, pending = pending[:width], pending[width:]
+        started = []
+        for args in batch:
+            cmd = ["litgpt-ext", *map(str, args)]
+            proc = subprocess.Popen([sys.executable, "-m", "litgpt_ext", *cmd[1:]], cwd=REPO, env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+            started.append((cmd, proc, time.perf_counter()))
+        for cmd, proc, t0 in started:
+            output, _ = proc.communicate()
+            results.append((cmd, subprocess.CompletedProcess(cmd, proc.returncode, output), time.perf_counter() - t0))
+    for cmd, done, seconds in results:
         print(f"\n$ {shlex.join(cmd)}", flush=True)
-        print(output.rstrip())
-        print(f"  ({time.perf_counter() - t0:.1f}s, side by side)", flush=True)
-        if proc.returncode and failed is None:
-            failed = subprocess.CalledProcessError(proc.returncode, cmd)
-    if failed is not None:
-        raise failed
+        print(done.stdout.rstrip())
+        print(f"  ({seconds:.1f}s, side by side)", flush=True)
+    for _, done, _ in results:
+        done.check_returncode()
 
 
 def rel(path: Path) -> str:
@@ -541,11 +549,10 @@ def _kd_stage(student: Path) -> list[tuple[str, Path]]:
         "--eval.interval", 1000, "--eval.max_iters", 10, "--optimizer.lr", 3e-3,
     ]  # fmt: skip
     runs = {"sft": kd / "sft-on-text", "kd": kd / "kd"}
-    litgpt_ext_side_by_side(
-        ("finetune_sft", rel(small), "--out_dir", rel(runs["sft"]), *common),
-        ("finetune_kd", rel(small), "--teacher", rel(teacher), "--beta", 0.0, "--temperature", 2.0, "--kd_ratio", 0.5,
-         "--out_dir", rel(runs["kd"]), *common),
-    )  # fmt: skip
+    # trained one after the other: each training uses every core (side by side they would contend for them)
+    litgpt_ext("finetune_sft", rel(small), "--out_dir", rel(runs["sft"]), *common)
+    litgpt_ext("finetune_kd", rel(small), "--teacher", rel(teacher), "--beta", 0.0, "--temperature", 2.0,
+               "--kd_ratio", 0.5, "--out_dir", rel(runs["kd"]), *common)  # fmt: skip
     for name in runs:
         (kd / f"{name}.heldout.jsonl").unlink(missing_ok=True)
     litgpt_ext_side_by_side(
