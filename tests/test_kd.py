@@ -308,3 +308,30 @@ def test_a_store_from_other_data_or_settings_is_refused(pair, data_dir, tmp_path
         (store / "parts").mkdir()
         (store / "parts" / "settings.json").write_text(json.dumps({"k": 3}))
         distill_logprobs(teacher_dir, data=data_dir, out=store, student=student_dir, top_k=5)
+
+
+def test_distill_logprobs_resumes_missing_windows_and_shards_pack_the_same_store(pair, data_dir, tmp_path):
+    """Each finished window is a part file: a rerun computes only the missing ones (a run killed with kill -9 leaves
+    exactly that state), and two shards give the store one run gives."""
+    from litgpt_ext.kd.logprobs import distill_logprobs
+
+    teacher_dir, student_dir = pair
+    common = dict(data=data_dir, student=student_dir, top_k=5, window=1, batch_size=2)
+    distill_logprobs(teacher_dir, out=tmp_path / "one", **common)
+    parts = sorted((tmp_path / "one" / "parts").glob("*.pt"))
+    assert len(parts) == 6  # 4 train + 2 val windows of one sample
+    kept = {p.name: p.stat().st_mtime_ns for p in parts[1:]}
+    parts[0].unlink()
+    for name in ("manifest.json", "train.topk.pt", "val.topk.pt"):
+        (tmp_path / "one" / name).unlink()
+    distill_logprobs(teacher_dir, out=tmp_path / "one", **common)
+    assert {p.name: p.stat().st_mtime_ns for p in sorted((tmp_path / "one" / "parts").glob("*.pt"))[1:]} == kept
+    distill_logprobs(teacher_dir, out=tmp_path / "two", shard="0/2", **common)
+    assert not (tmp_path / "two" / "manifest.json").exists()  # the other shard's windows are missing
+    distill_logprobs(teacher_dir, out=tmp_path / "two", shard="1/2", **common)
+    for split in ("train", "val"):
+        a = torch.load(tmp_path / "one" / f"{split}.topk.pt", weights_only=True)
+        b = torch.load(tmp_path / "two" / f"{split}.topk.pt", weights_only=True)
+        assert all(torch.equal(a[k], b[k]) for k in ("ids", "logps", "tail", "target", "offsets"))
+    with pytest.raises(UserError, match="top_k: must be >= 1"):
+        distill_logprobs(teacher_dir, out=tmp_path / "three", **{**common, "top_k": 0})
