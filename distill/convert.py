@@ -69,6 +69,7 @@ class TeacherResponses:
             raise UserError("file not found", path=path, field="responses")
         cache = ResponseCache(Path(path))
         self.results = cache.results
+        self.model = next((r.get("model") for r in cache.results.values() if r.get("model")), None)
         self.key_of = cache.key_of
 
     def get(self, record_id: str) -> dict | None:
@@ -91,6 +92,10 @@ def distill_convert(
     min_chars: int = 1,
     val_fraction: float = 0.05,
     seed: int = 42,
+    logprobs: bool = False,
+    tokenizer: Path | None = None,
+    prompt_style: str | None = None,
+    min_mapped: float = 0.99,
 ) -> None:
     """Turn teacher responses into litgpt JSON (``instruction``, ``input``, ``output``) train/val files.
 
@@ -106,6 +111,15 @@ def distill_convert(
         min_chars: Outputs shorter than this are dropped (quarantined as too_short).
         val_fraction: Fraction of records (not examples) that go to val.json.
         seed: Seed of the train/val assignment.
+        logprobs: Also write, from answers queried with ``distill_query --logprobs K``, the student's pre-tokenized
+            ``train.pt`` / ``val.pt`` (the answer as the teacher's own tokens) and their top-k store in
+            ``OUT/teacher_logprobs`` for ``finetune_kd --data OUT --teacher_logprobs OUT/teacher_logprobs``.
+            Needs ``--parser raw`` and ``--tokenizer``.
+        tokenizer: The student checkpoint (with --logprobs): its vocabulary, mapped to the teacher's tokens by
+            their bytes, and its prompt style.
+        prompt_style: With --logprobs: the prompt style of train.pt (default: the student's, else alpaca).
+        min_mapped: With --logprobs: examples whose share of answer tokens and alternatives found in the student's
+            vocabulary is lower are quarantined (``low_mapped``) with their share.
     """
     records, responses, out_dir = (
         require(records, "records"),
@@ -114,6 +128,16 @@ def distill_convert(
     )
     check_parser(parser)
     within("val_fraction", val_fraction, 0.0, 1.0)
+    within("min_mapped", min_mapped, 0.0, 1.0)
+    kd_data = None
+    if logprobs:
+        if parser != "raw":
+            raise UserError(
+                "--logprobs true needs --parser raw (the log-probs belong to the whole answer)", field="parser"
+            )
+        from distill.convert_logprobs import ApiLogprobData
+
+        kd_data = ApiLogprobData(Path(require(tokenizer, "tokenizer")), prompt_style, min_mapped)
     at_least("min_chars", min_chars, 0)
     records_list = read_records(Path(records))
     teacher = TeacherResponses(Path(responses))
@@ -150,13 +174,22 @@ def distill_convert(
                 if dedupe and triple in seen:
                     drop(rec.id, "duplicate", choice=c_index, output=output, duplicate_of=seen[triple])
                     continue
+                if kd_data is not None:
+                    name = "val" if split is val else "train"
+                    problem = kd_data.add(name, rec.id, prompt, extra_input, choice.get("logprobs"))
+                    if problem is not None:
+                        drop(rec.id, problem[0], choice=c_index, **problem[1])
+                        continue
                 seen[triple] = rec.id
                 split.append({"id": rec.id, "instruction": prompt, "input": extra_input, "output": output})
 
+    if kd_data is not None:
+        kd_data.check_family(Path(responses))
     if not train and not val:
         counts = ", ".join(f"{reason} {count}" for reason, count in dropped.counts().items()) or "no records"
         raise UserError(f"no examples: every record was dropped ({counts})", path=responses, field="responses")
     out_dir = Path(out_dir)
+    manifest = kd_data.write(out_dir, out_dir / "teacher_logprobs", teacher.model, Path(responses)) if kd_data else None
     atomic_write_json(out_dir / "train.json", train)
     atomic_write_json(out_dir / "val.json", val)
     atomic_write_jsonl(out_dir / "prompts.jsonl", prompts)
@@ -168,6 +201,20 @@ def distill_convert(
         "dropped": dropped.counts(),
         "parser": parser,
     }
+    if manifest is not None:
+        summary["logprobs"] = {
+            "store": str(out_dir / "teacher_logprobs"),
+            "k": manifest["k"],
+            "mapped_share": manifest["mapped_share"],
+            "positions": manifest["positions"],
+        }
     atomic_write_json(out_dir / "summary.json", summary)
     print(f"{len(records_list):,} records -> {len(train):,} train / {len(val):,} val examples in {out_dir}")
+    if manifest is not None:
+        print(
+            f"teacher log-probs: {kd_data.share():.2%} of answer tokens and alternatives map to the student's "
+            f"vocabulary; top-{manifest['k']} of {manifest['positions']['train']:,} train / "
+            f"{manifest['positions']['val']:,} val answer positions -> {out_dir / 'teacher_logprobs'} "
+            f"(finetune_kd --data {out_dir} --teacher_logprobs {out_dir / 'teacher_logprobs'})"
+        )
     dropped.report(out_dir / "quarantine.jsonl")

@@ -47,6 +47,7 @@ def distill_query(
     stop: list[str] | None = None,
     seed: int | None = None,
     response_format: str | None = None,
+    logprobs: int | None = None,
     mode: Literal["live", "batch"] = "live",
     concurrency: int = 16,
     rpm: int | None = None,
@@ -85,6 +86,9 @@ def distill_query(
         stop: Stop sequences.
         seed: Sampling seed (where the endpoint supports it).
         response_format: ``json_object`` or a JSON-schema file; answers that are not valid JSON count as failures.
+        logprobs: K: also ask for every answer token's log-prob and its K most likely alternatives (OpenAI allows
+            up to 20; vLLM and SGLang servers their ``--max-logprobs``), kept in the cache for
+            ``distill_convert --logprobs true``. An answer without them is quarantined as ``no_logprobs``.
         mode: ``live`` (async requests) or ``batch`` (the Batch API: upload, create, poll, merge).
         concurrency: Requests in flight at once (live).
         rpm: Requests-per-minute budget (live); requests are spaced evenly.

@@ -20,9 +20,9 @@ import openai
 from tqdm import tqdm
 
 from distill.teacher.cache import ResponseCache
-from distill.teacher.live import FatalAPIError
+from distill.teacher.live import FatalAPIError, refuses_logprobs
 from distill.teacher.requests import ChatRequest
-from distill.teacher.results import failure_row, result_row
+from distill.teacher.results import check_logprobs, failure_row, result_row
 from litgpt_ext.io import atomic_write_json, atomic_write_text
 
 TERMINAL = {"completed", "expired", "failed", "cancelled"}
@@ -155,7 +155,7 @@ class BatchRunner:
 
     # -- poll and merge -------------------------------------------------------------------------------------------
     def _merge(self, entry: BatchEntry, batch, requests: dict[str, ChatRequest]) -> int:
-        merged = 0
+        merged, refused = 0, None
         for file_id in (batch.output_file_id, batch.error_file_id):
             if not file_id:
                 continue
@@ -169,21 +169,24 @@ class BatchRunner:
                     continue
                 response = row.get("response") or {}
                 if response.get("status_code") == 200:
-                    self.cache.add_result(result_row(req, response["body"], 1, "batch"))
+                    try:
+                        check_logprobs(response["body"])
+                        self.cache.add_result(result_row(req, response["body"], 1, "batch"))
+                    except (ValueError, TypeError, KeyError, AttributeError) as err:
+                        detail = f"{type(err).__name__}: {err}"
+                        self.cache.add_result(failure_row(req, "invalid_response_body", detail, 1, "batch"))
                 else:
                     error = row.get("error") or (response.get("body") or {}).get("error") or {}
-                    self.cache.add_result(
-                        failure_row(
-                            req,
-                            f"http_{response.get('status_code', 'error')}",
-                            str(error.get("message", error)),
-                            1,
-                            "batch",
-                        )
-                    )
+                    message = str(error.get("message", error))
+                    status = response.get("status_code", "error")
+                    if status == 400 and refuses_logprobs(req.body, message):
+                        refused = message
+                    self.cache.add_result(failure_row(req, f"http_{status}", message, 1, "batch"))
                 merged += 1
         entry.merged, entry.status = True, batch.status
         self.state.save()
+        if refused is not None:
+            raise FatalAPIError(f"the endpoint refused the log-probs request (400): {refused}", field="logprobs")
         return merged
 
     def run(self, requests: list[ChatRequest], retry_failed: bool = False) -> dict:

@@ -45,6 +45,13 @@ class ServerConfig:
     """Fraction of a batch's requests completed before it 'expires' (1.0: the batch completes)."""
     batch_delay_s: float = 0.0
     seed: int = 0
+    tokenizer: str | None = None
+    """A checkpoint directory: answers asked for ``logprobs`` get them in its vocabulary (else ``logprobs: null``,
+    as from an endpoint that does not support them)."""
+    model_dir: str | None = None
+    """A litgpt checkpoint that scores ``/v1/completions`` prompts (``echo`` + ``logprobs``), as a vLLM server."""
+    max_top_logprobs: int = 20
+    """Requests asking for more alternatives are refused with a 400 (OpenAI's limit)."""
 
 
 def approx_tokens(text: str) -> int:
@@ -153,6 +160,10 @@ class _State:
         self.admitted = 0
         """Requests the rate limit let through (answered or hit by an injected fault)."""
         self.last_answered: float | None = None
+        from distill.teacher.fake_logprobs import AnswerLogprobs, ModelScorer
+
+        self.logprobs = AnswerLogprobs(config.tokenizer) if config.tokenizer else None
+        self.scorer = ModelScorer(config.model_dir) if config.model_dir else None
 
     def duplicates(self) -> int:
         return sum(c - 1 for c in self.answered.values() if c > 1)
@@ -197,6 +208,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?")[0]
         if path == "/v1/chat/completions":
             self._chat(json.loads(body))
+        elif path == "/v1/completions":
+            self._prompt_scores(json.loads(body))
         elif path == "/v1/files":
             self._upload(body)
         elif path == "/v1/batches":
@@ -268,44 +281,122 @@ class _Handler(BaseHTTPRequestHandler):
             return True, self._rate_headers(now), 0.0
 
     def _chat(self, body: dict) -> None:
-        state, cfg = self.server.state, self.server.state.config
-        with state.lock:
-            state.received += 1
-            roll, fault, bad_roll = state.rng.random(), state.rng.choice(cfg.faults), state.rng.random()
         if body.get("model") == "missing-model":
             return self._error(404, "The model `missing-model` does not exist.", "model_not_found")
         if "TRIGGER_400" in json.dumps(body.get("messages")):
             return self._error(400, "Invalid request: the prompt was rejected.", "invalid_request_error")
+        if self._refuse_top_logprobs(body):
+            return
         prompt_tokens = sum(approx_tokens(str(m.get("content", ""))) for m in body.get("messages", []))
-        admitted, headers, wait = self._admit(prompt_tokens + int(body.get("max_tokens") or 16))
-        if not admitted:
-            headers["retry-after-ms"] = f"{wait * 1000:.0f}"
-            headers["retry-after"] = f"{max(1, round(wait))}"
-            return self._error(429, "Rate limit reached for requests.", "rate_limit_exceeded", headers)
-        if cfg.latency_s:
-            time.sleep(cfg.latency_s)
-        if roll < cfg.fault_rate:
-            with state.lock:
-                state.faults_injected += 1
-            if fault == "drop":
-                self.close_connection = True
-                self.connection.shutdown(2)
-                return
-            if fault == "stall":
-                time.sleep(cfg.stall_s)
-                return self._error(504, "stalled")
-            if fault == "429":
-                return self._error(429, "Injected rate limit.", "rate_limit_exceeded", {"retry-after-ms": "50"})
-            if fault == "cut_body":  # a 200 whose JSON a proxy cut short
-                whole = json.dumps(self._completion(body, prompt_tokens, False)).encode()
-                return self._send(200, whole[: len(whole) // 2], headers)
-            if fault == "not_completion":  # a 200 with valid JSON that is not a chat completion
-                return self._send(200, {"status": "ok"}, headers)
-            return self._error(int(fault), "Injected server error.", "server_error")
-        self._send(200, self._completion(body, prompt_tokens, bad_roll < cfg.bad_answer_rate), headers)
+        fault = self._gate(prompt_tokens + int(body.get("max_tokens") or 16))
+        if fault is False:
+            return
+        headers, bad = fault
+        if headers is None:  # a fault that still answers 200
+            return self._fault_body(body, prompt_tokens, bad)
+        self._send(200, self._completion(body, prompt_tokens, bad), headers)
+        self._count(body)
+
+    def _count(self, body: dict) -> None:
+        state = self.server.state
         with state.lock:
             state.answered[body_key(body)] += 1
             state.last_answered = time.monotonic()
+
+    def _refuse_top_logprobs(self, body: dict) -> bool:
+        limit, asked = self.server.state.config.max_top_logprobs, body.get("top_logprobs")
+        if body.get("logprobs") and isinstance(asked, int) and asked > limit:
+            self._error(
+                400,
+                f"Invalid 'top_logprobs': integer above maximum value. Expected a value <= {limit}, but got {asked} "
+                "instead.",
+                "invalid_request_error",
+            )
+            return True
+        return False
+
+    def _gate(self, tokens: int):
+        """Rate limit, latency and injected faults before an answer: False when the request was answered with an
+        error (or dropped); else ``(headers, bad)``, with ``headers`` None when the fault is a damaged 200."""
+        state, cfg = self.server.state, self.server.state.config
+        with state.lock:
+            state.received += 1
+            roll, fault, bad_roll = state.rng.random(), state.rng.choice(cfg.faults), state.rng.random()
+        admitted, headers, wait = self._admit(tokens)
+        if not admitted:
+            headers["retry-after-ms"] = f"{wait * 1000:.0f}"
+            headers["retry-after"] = f"{max(1, round(wait))}"
+            self._error(429, "Rate limit reached for requests.", "rate_limit_exceeded", headers)
+            return False
+        if cfg.latency_s:
+            time.sleep(cfg.latency_s)
+        bad = bad_roll < cfg.bad_answer_rate
+        if roll >= cfg.fault_rate:
+            return headers, bad
+        with state.lock:
+            state.faults_injected += 1
+        if fault == "drop":
+            self.close_connection = True
+            self.connection.shutdown(2)
+        elif fault == "stall":
+            time.sleep(cfg.stall_s)
+            self._error(504, "stalled")
+        elif fault == "429":
+            self._error(429, "Injected rate limit.", "rate_limit_exceeded", {"retry-after-ms": "50"})
+        elif fault in ("cut_body", "not_completion", "bad_logprobs"):
+            self._damaged = fault
+            return None, bad
+        else:
+            self._error(int(fault), "Injected server error.", "server_error")
+        return False
+
+    def _fault_body(self, body: dict, prompt_tokens: int, bad: bool) -> None:
+        kind = self._damaged
+        if kind == "cut_body":  # a 200 whose JSON a proxy cut short
+            whole = json.dumps(self._completion(body, prompt_tokens, False)).encode()
+            return self._send(200, whole[: len(whole) // 2])
+        if kind == "bad_logprobs" and body.get("logprobs") and self.server.state.logprobs is not None:
+            completion = self._completion(body, prompt_tokens, False)
+            for choice in completion["choices"]:  # log-probs a broken server or proxy mangled
+                for entry in (choice.get("logprobs") or {}).get("content") or []:
+                    entry["logprob"] = "-0.5"
+            return self._send(200, completion)
+        return self._send(200, {"status": "ok"})  # valid JSON that is not a chat completion
+
+    def _prompt_scores(self, body: dict) -> None:
+        """Legacy ``/v1/completions`` used to score a prompt: ``echo: true``, ``logprobs: K``, ``max_tokens`` 0 or 1,
+        ``prompt`` as token ids (a string is tokenized); only with ``--model_dir``."""
+        state = self.server.state
+        if state.scorer is None:
+            return self._error(404, "this server has no model to score prompts (start it with --model_dir)")
+        if not body.get("echo") or body.get("logprobs") is None:
+            return self._error(400, "only echo=true with logprobs is supported here", "invalid_request_error")
+        if int(body["logprobs"]) > state.config.max_top_logprobs:
+            return self._error(
+                400, f"Invalid 'logprobs': must be <= {state.config.max_top_logprobs}.", "invalid_request_error"
+            )
+        prompt = body.get("prompt")
+        ids = prompt if isinstance(prompt, list) else state.scorer.vocab.encode(str(prompt))
+        if ids and isinstance(ids[0], list):
+            return self._error(400, "one prompt per request here", "invalid_request_error")
+        fault = self._gate(len(ids))
+        if fault is False:
+            return
+        if fault[0] is None:
+            return self._send(200, {"status": "ok"})
+        logprobs = state.scorer.prompt_logprobs(
+            ids, int(body["logprobs"]), bool(body.get("return_tokens_as_token_ids"))
+        )
+        completion = {
+            "id": f"cmpl-{uuid.uuid4().hex[:12]}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": body.get("model", "fake"),
+            "choices": [{"index": 0, "text": "", "logprobs": logprobs, "finish_reason": "length"}],
+            "usage": {"prompt_tokens": len(ids), "completion_tokens": 0, "total_tokens": len(ids)},
+        }
+        self._send(200, completion, fault[0])
+        self._count(body)
 
     def _completion(self, body: dict, prompt_tokens: int, bad: bool) -> dict:
         state = self.server.state
@@ -321,12 +412,18 @@ class _Handler(BaseHTTPRequestHandler):
                     text, finish = "", "content_filter"
                 else:
                     text, finish = text[: max(1, len(text) // 3)], "length"
+            logprobs = None
+            if body.get("logprobs") and state.logprobs is not None:
+                logprobs = {
+                    "content": state.logprobs.content(text, int(body.get("top_logprobs") or 0)),
+                    "refusal": None,
+                }
             choices.append(
                 {
                     "index": i,
                     "message": {"role": "assistant", "content": text},
                     "finish_reason": finish,
-                    "logprobs": None,
+                    "logprobs": logprobs,
                 }
             )
         completion_tokens = sum(approx_tokens(c["message"]["content"]) for c in choices)
@@ -421,15 +518,22 @@ class _Handler(BaseHTTPRequestHandler):
             body = line["body"]
             bad = state.rng.random() < cfg.bad_answer_rate
             prompt_tokens = sum(approx_tokens(str(m.get("content", ""))) for m in body.get("messages", []))
-            if body.get("model") == "missing-model":
+            asked, limit = body.get("top_logprobs"), cfg.max_top_logprobs
+            refused = body.get("logprobs") and isinstance(asked, int) and asked > limit
+            if body.get("model") == "missing-model" or refused:
+                status, message = (
+                    (400, f"Invalid 'top_logprobs': Expected a value <= {limit}, but got {asked} instead.")
+                    if refused
+                    else (404, "model not found")
+                )
                 err.append(
                     {
                         "id": f"batch_req_{uuid.uuid4().hex[:12]}",
                         "custom_id": line["custom_id"],
                         "response": {
-                            "status_code": 404,
+                            "status_code": status,
                             "request_id": uuid.uuid4().hex,
-                            "body": {"error": {"message": "model not found"}},
+                            "body": {"error": {"message": message}},
                         },
                         "error": None,
                     }
@@ -532,8 +636,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fault_rate", type=float, default=0.0, help="fraction of requests answered with a fault")
     parser.add_argument("--stall_s", type=float, default=3.0, help="how long a 'stall' fault holds the answer")
     parser.add_argument("--port_file", default=None, help="write the chosen port here once listening")
+    parser.add_argument("--tokenizer", default=None, help="checkpoint dir: answers carry log-probs in its vocabulary")
+    parser.add_argument("--model_dir", default=None, help="litgpt checkpoint that scores /v1/completions prompts")
+    parser.add_argument("--max_top_logprobs", type=int, default=20, help="more alternatives than this: a 400")
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
-    config = ServerConfig(latency_s=args.latency_s, rpm=args.rpm, fault_rate=args.fault_rate, stall_s=args.stall_s)
+    config = ServerConfig(
+        latency_s=args.latency_s,
+        rpm=args.rpm,
+        fault_rate=args.fault_rate,
+        stall_s=args.stall_s,
+        tokenizer=args.tokenizer,
+        model_dir=args.model_dir,
+        max_top_logprobs=args.max_top_logprobs,
+    )
     server = FakeOpenAI(config, port=0 if command and args.port == 8000 else args.port)
     server.start()
     if args.port_file:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import signal
 from dataclasses import dataclass
 
@@ -22,12 +21,18 @@ from tqdm import tqdm
 
 from distill.teacher.cache import ResponseCache
 from distill.teacher.cost import CostMeter, approx_prompt_tokens
-from distill.teacher.ratelimit import RateLimiter, retry_after_seconds
 from distill.teacher.requests import ChatRequest
-from distill.teacher.results import answer_problem, completion_choices, failure_row, result_row
+from distill.teacher.results import (
+    answer_problem,
+    check_logprobs,
+    completion_choices,
+    failure_row,
+    result_row,
+    wants_logprobs,
+)
+from litgpt_ext.api.ratelimit import RateLimiter, retry_after_seconds
+from litgpt_ext.api.retry import RETRY_STATUS, RetryPolicy, error_message
 from litgpt_ext.errors import UserError
-
-RETRY_STATUS = {408, 409, 429}
 
 
 class FatalAPIError(UserError):
@@ -37,19 +42,6 @@ class FatalAPIError(UserError):
 UNREACHABLE_AFTER = 6
 """Consecutive connection failures, with no response ever received, after which the endpoint counts as unreachable:
 the run stops with one line and caches nothing, so a rerun sends every request."""
-
-
-@dataclass
-class RetryPolicy:
-    max_attempts: int = 8
-    base_delay: float = 0.25
-    max_delay: float = 60.0
-    retry_invalid: int = 1
-
-    def backoff(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.max_delay) + random.uniform(0, 0.1)
-        return random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
 
 
 @dataclass
@@ -116,9 +108,10 @@ class LiveRunner:
                 completion = raw.parse().model_dump()
                 if not isinstance(completion.get("choices"), list):
                     raise ValueError("the body has no choices")
+                check_logprobs(completion)
             except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
                 raise FatalAPIError(
-                    f"the API refused the request ({err.status_code}): {_message(err)}; check the "
+                    f"the API refused the request ({err.status_code}): {error_message(err)}; check the "
                     f"API key variable and its permissions",
                     field="api_key",
                 ) from None
@@ -129,11 +122,15 @@ class LiveRunner:
                         self.stats.rate_limited += 1
                         self.limiter.pause(wait if wait is not None else self.policy.backoff(attempt, None))
                     if attempt >= self.policy.max_attempts:
-                        return failure_row(req, f"http_{err.status_code}", _message(err), attempt, "live")
+                        return failure_row(req, f"http_{err.status_code}", error_message(err), attempt, "live")
                     self.stats.retries += 1
                     await asyncio.sleep(self.policy.backoff(attempt, wait))
                     continue
-                return failure_row(req, f"http_{err.status_code}", _message(err), attempt, "live")
+                if err.status_code == 400 and refuses_logprobs(req.body, error_message(err)):
+                    raise FatalAPIError(
+                        f"the endpoint refused the log-probs request (400): {error_message(err)}", field="logprobs"
+                    ) from None
+                return failure_row(req, f"http_{err.status_code}", error_message(err), attempt, "live")
             except (openai.APITimeoutError, openai.APIConnectionError) as err:
                 if not isinstance(err, openai.APITimeoutError) and not self._reached:
                     self._refused_in_a_row += 1
@@ -157,8 +154,9 @@ class LiveRunner:
                 await asyncio.sleep(self.policy.backoff(attempt, None))
                 continue
             self._account(completion)
-            wants_json = bool(req.body.get("response_format"))
-            if answer_problem(completion_choices(completion), wants_json) and invalid < self.policy.retry_invalid:
+            wants_json, logprobs = bool(req.body.get("response_format")), wants_logprobs(req.body)
+            problem = answer_problem(completion_choices(completion, logprobs), wants_json, logprobs)
+            if problem and invalid < self.policy.retry_invalid:
                 invalid += 1
                 self.stats.retries += 1
                 continue
@@ -230,7 +228,7 @@ class LiveRunner:
         self._stop.set()
 
 
-def _message(err: openai.APIStatusError) -> str:
-    body = err.body if isinstance(err.body, dict) else {}
-    inner = body.get("error") if isinstance(body.get("error"), dict) else body
-    return str(inner.get("message") or err.message)
+def refuses_logprobs(body: dict, message: str) -> bool:
+    """A 400 about the log-probs settings (``top_logprobs`` above the endpoint's limit, log-probs not supported):
+    every request carries the same settings, so it stops the run once instead of failing each request."""
+    return wants_logprobs(body) and "logprob" in message.lower()

@@ -48,6 +48,9 @@ class TeacherArgs:
     """Sampling seed (where the endpoint supports it)."""
     response_format: str | None = None
     """``json_object`` or a JSON-schema file; answers that are not valid JSON count as failures."""
+    logprobs: int | None = None
+    """Ask for the log-prob of every answer token and its ``K`` most likely alternatives (``logprobs: true,
+    top_logprobs: K``; OpenAI allows up to 20) and keep them in the cache, for ``distill_convert --logprobs``."""
     mode: Literal["live", "batch"] = "live"
     """``live`` (async requests) or ``batch`` (the Batch API: upload, create, poll, merge)."""
     concurrency: int = 16
@@ -90,6 +93,7 @@ class TeacherArgs:
         within(prefix + "temperature", self.temperature, 0.0, 2.0)
         within(prefix + "top_p", self.top_p, 0.0, 1.0, low_open=True)
         at_least(prefix + "max_tokens", self.max_tokens, 1)
+        at_least(prefix + "logprobs", self.logprobs, 0)
         at_least(prefix + "concurrency", self.concurrency, 1)
         at_least(prefix + "rpm", self.rpm, 1)
         at_least(prefix + "tpm", self.tpm, 1)
@@ -113,6 +117,8 @@ class TeacherArgs:
             "stop": stop,
             "seed": self.seed,
             "response_format": response_format(self.response_format),
+            "logprobs": True if self.logprobs is not None else None,
+            "top_logprobs": self.logprobs,
         }
 
 
@@ -179,8 +185,9 @@ def query_teacher(requests: list[ChatRequest], out: Path, args: TeacherArgs) -> 
 def _live(pending, cache, api_key, price, args: TeacherArgs) -> None:
     import openai
 
-    from distill.teacher.live import LiveRunner, RetryPolicy
-    from distill.teacher.ratelimit import RateLimiter
+    from distill.teacher.live import LiveRunner
+    from litgpt_ext.api.ratelimit import RateLimiter
+    from litgpt_ext.api.retry import RetryPolicy
 
     async def main():
         client = openai.AsyncOpenAI(api_key=api_key, base_url=args.base_url, max_retries=0, timeout=args.timeout)

@@ -37,6 +37,8 @@ class Job:
     texts: list[str | None] = field(default_factory=list)
     finish_reasons: list[str | None] = field(default_factory=list)
     generated_tokens: list[int] = field(default_factory=list)
+    token_ids: list[list[int] | None] = field(default_factory=list)
+    """Each sample's generated ids (without EOS), for callers that train on them."""
     pending: int = 0
 
 
@@ -174,6 +176,7 @@ class Engine:
         job = row.job
         job.texts[row.sample], job.finish_reasons[row.sample] = text, reason
         job.generated_tokens[row.sample] = len(row.tokens)
+        job.token_ids[row.sample] = row.tokens
         job.pending -= 1
         return job if job.pending == 0 else None
 
@@ -202,6 +205,7 @@ class Engine:
                     break
                 job.texts, job.finish_reasons = [None] * job.samples, [None] * job.samples
                 job.generated_tokens, job.pending = [0] * job.samples, job.samples
+                job.token_ids = [None] * job.samples
                 for k in range(job.samples):
                     row = Row(job, k, row_key(self.s.seed, job.id, k))
                     if self.s.repetition.active:

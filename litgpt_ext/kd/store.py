@@ -43,9 +43,10 @@ def answer_rows(sample: dict, max_seq_length: int | None, ignore_index: int = -1
 
 
 def dataset_fingerprint(dataset: Sequence, max_seq_length: int | None = None) -> str:
-    """A hash of a dataset's tokens (input ids + labels, cut as the collate cuts them), in order."""
+    """A hash of a dataset's tokens (input ids + labels, cut as the collate cuts them), in order. Only the tokens
+    count: the same samples under a longer ``max_seq_length`` that cuts nothing have the same fingerprint."""
     h = hashlib.sha256()
-    h.update(f"{len(dataset)}|{max_seq_length}|".encode())
+    h.update(f"{len(dataset)}|".encode())
     for i in range(len(dataset)):
         sample = dataset[i]
         ids = sample["input_ids"][:max_seq_length] if max_seq_length else sample["input_ids"]

@@ -78,9 +78,19 @@ def jsd_loss(
 
 def topk_buckets(student_logps: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """``(N, k + 1)`` student log-probs of the teacher's k tokens plus the tail (everything else) from full
-    ``(N, V)`` log-probs; the tail is a log-sum-exp over the other tokens (exact, also when it is tiny)."""
-    picked = student_logps.gather(1, ids)
-    rest = student_logps.scatter(1, ids, NEG_INF)
+    ``(N, V)`` log-probs; the tail is a log-sum-exp over the other tokens (exact, also when it is tiny).
+
+    An id of ``-1`` is padding (a row with fewer than k known tokens, as an API teacher's can be): its bucket is
+    empty (``-inf``) and its mass stays in the tail."""
+    pad = ids < 0
+    if not bool(pad.any()):
+        picked = student_logps.gather(1, ids)
+        rest = student_logps.scatter(1, ids, NEG_INF)
+    else:
+        safe = ids.clamp(min=0)
+        picked = student_logps.gather(1, safe).masked_fill(pad, NEG_INF)
+        taken = torch.zeros_like(student_logps, dtype=torch.int32).scatter_add_(1, safe, (~pad).to(torch.int32))
+        rest = student_logps.masked_fill(taken > 0, NEG_INF)
     return torch.cat([picked, torch.logsumexp(rest, dim=-1, keepdim=True)], dim=1)
 
 
@@ -143,11 +153,13 @@ def block_losses(
         teacher_top = teacher.ids[:, 0]
         teacher_ce = -teacher.target_logps.float()
         if kd.topk_tail:
-            t = torch.cat([stored, teacher.tail.float().unsqueeze(1)], dim=1)
             s = topk_buckets(s, teacher.ids)
+            tail = teacher.tail.float()  # a tail over no tokens (k covers the vocabulary) holds no mass
+            t = torch.cat([stored, torch.where(torch.isneginf(s[:, -1]), NEG_INF, tail).unsqueeze(1)], dim=1)
         else:  # renormalised over the k tokens; stored log-probs rescale to any temperature up to a constant
             t = F.log_softmax(stored * (store_temperature / tau), dim=-1)
-            s = F.log_softmax(s.gather(1, teacher.ids), dim=-1)
+            pad = teacher.ids < 0
+            s = F.log_softmax(s.gather(1, teacher.ids.clamp(min=0)).masked_fill(pad, NEG_INF), dim=-1)
     divergence = generalized_jsd(s, t, kd.beta)
     loss = (1 - kd.kd_ratio) * ce + kd.kd_ratio * kd.scale * divergence
     with torch.no_grad():

@@ -1,0 +1,1 @@
+"""HTTP client pieces shared by every command that talks to an OpenAI-compatible endpoint."""

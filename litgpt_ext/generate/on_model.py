@@ -1,0 +1,72 @@
+"""Sampling from a model that is being trained, with ``generate_batch``'s continuous-batching engine.
+
+On-policy distillation samples the batch's answers from the *current* student (LoRA layers included) between two
+optimizer steps. The engine needs slot KV caches, a last-position LM head and the grouped decode step installed on
+the model; :func:`engine_on` installs them for one call and puts the model back exactly as it was (head, attention
+forwards, caches, context length, train/eval mode), so the next training forward is the one it would have been.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from litgpt_ext.generate.engine import Engine, Job, Settings
+from litgpt_ext.training.objectives.base import unwrap
+
+
+@dataclass(frozen=True)
+class GenArgs:
+    """How on-policy answers are sampled (the engine's settings, as generate_batch names them)."""
+
+    temperature: float = 1.0
+    """Sampling temperature (0 = greedy). GKD samples at 1 by default."""
+    top_k: int | None = None
+    """Sample among the k most likely tokens only."""
+    top_p: float = 1.0
+    """Nucleus sampling."""
+    max_new_tokens: int = 64
+    """Longest sampled answer; a sample cut here has no EOS and is trained on as it is."""
+
+
+@contextlib.contextmanager
+def engine_on(model: nn.Module, tokenizer, settings: Settings) -> Iterator[Engine]:
+    """An :class:`Engine` on ``model`` for the duration of the block (see the module docstring)."""
+    gpt = unwrap(model)
+    head, context, was_training = gpt.lm_head, gpt.max_seq_length, gpt.training
+    parameter = next(gpt.parameters())
+    gpt.eval()
+    try:
+        yield Engine(gpt, tokenizer, settings, parameter.device, parameter.dtype)
+    finally:
+        gpt.lm_head = head
+        gpt.clear_kv_cache()
+        for block in gpt.transformer.h:
+            block.attn.__dict__.pop("forward", None)  # the grouped decode step is an instance attribute
+        gpt.max_seq_length = context
+        gpt.train(was_training)
+
+
+def sample_answers(
+    model: nn.Module, tokenizer, prompts: list[list[int]], gen: GenArgs, seed: int, context: int, autocast=None
+) -> list[tuple[list[int], str]]:
+    """One sampled answer per prompt, ``(ids without EOS, finish reason)``, in prompt order; reproducible for a
+    given ``seed`` and weights (each row draws its own random stream, whatever the batch)."""
+    longest = max(len(p) for p in prompts)
+    settings = Settings(
+        max_batch_size=len(prompts),
+        max_seq_length=min(context, longest + gen.max_new_tokens),
+        temperature=gen.temperature,
+        top_k=gen.top_k,
+        top_p=gen.top_p,
+        seed=seed,
+    )
+    jobs = [Job(str(i), i, list(p), 1, gen.max_new_tokens) for i, p in enumerate(prompts)]
+    done: dict[str, Job] = {}
+    with engine_on(model, tokenizer, settings) as engine, autocast or contextlib.nullcontext(), torch.no_grad():
+        engine.run(jobs, lambda job: done.__setitem__(job.id, job))
+    return [(done[str(i)].token_ids[0] or [], done[str(i)].finish_reasons[0]) for i in range(len(prompts))]
