@@ -37,3 +37,8 @@ def require(value, flag: str):
     if value is None:
         raise UserError(f"--{flag} is required", field=flag)
     return value
+
+
+class ResumableStop(UserError):
+    """Work that must stop mid-run for a reason outside the run (a teacher server that went away): the training loop
+    saves a checkpoint of the last finished step first, so ``--resume auto`` continues where it stopped."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -70,3 +71,27 @@ def tiny_factory(tmp_path_factory, corpus):
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_factory) -> Path:
     return tiny_factory()
+
+
+# -- logit distillation: a teacher/student pair with one tokenizer, and a little data ----------------------------
+@pytest.fixture(scope="session")
+def pair(tiny_factory, tmp_path_factory):
+    """A teacher (2 layers, 128 wide) and a smaller student (1 layer, 64 wide) sharing the teacher's tokenizer."""
+    from litgpt_ext.tiny_checkpoint import make_tiny_checkpoint
+
+    teacher = tiny_factory(n_embd=128, seed=7)
+    student = make_tiny_checkpoint(
+        out_dir=tmp_path_factory.mktemp("kd-student") / "student", n_layer=1, n_embd=64, tokenizer_from=teacher
+    )
+    return teacher, student
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """Four training and two validation examples (litgpt JSON)."""
+    qa = json.loads((DEMO / "qa.json").read_text())
+    rows = [{"instruction": r["Question"], "output": " " + r["Answer"]} for r in qa["train"][:6]]
+    out = tmp_path_factory.mktemp("kd-data")
+    (out / "train.json").write_text(json.dumps(rows[:4]))
+    (out / "val.json").write_text(json.dumps(rows[4:]))
+    return out

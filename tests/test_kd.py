@@ -9,37 +9,14 @@ import shutil
 
 import pytest
 import torch
+from kd_helpers import _batch, _Fabric, _student, _train
 
-from conftest import DEMO
 from litgpt_ext.errors import UserError
 from litgpt_ext.finetune import kd as finetune_kd
-from litgpt_ext.training.args import EvalArgs, TrainArgs
+from litgpt_ext.training.args import TrainArgs
 from litgpt_ext.training.objectives import base
 from litgpt_ext.training.objectives.kd import KDSettings, block_losses, jsd_loss, kd_forward
 from litgpt_ext.training.teacher import LocalTeacher, TeacherBlock
-
-
-@pytest.fixture(scope="module")
-def pair(tiny_factory, tmp_path_factory):
-    """A teacher (2 layers, 128 wide) and a smaller student (1 layer, 64 wide) sharing the teacher's tokenizer."""
-    from litgpt_ext.tiny_checkpoint import make_tiny_checkpoint
-
-    teacher = tiny_factory(n_embd=128, seed=7)
-    student = make_tiny_checkpoint(
-        out_dir=tmp_path_factory.mktemp("kd-student") / "student", n_layer=1, n_embd=64, tokenizer_from=teacher
-    )
-    return teacher, student
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """Four training and two validation examples (litgpt JSON)."""
-    qa = json.loads((DEMO / "qa.json").read_text())
-    rows = [{"instruction": r["Question"], "output": " " + r["Answer"]} for r in qa["train"][:6]]
-    out = tmp_path_factory.mktemp("kd-data")
-    (out / "train.json").write_text(json.dumps(rows[:4]))
-    (out / "val.json").write_text(json.dumps(rows[4:]))
-    return out
 
 
 # -- the divergence ------------------------------------------------------------------------------------------------
@@ -80,60 +57,6 @@ def test_top_k_buckets_keep_the_rest_of_the_mass_and_k_equal_vocab_is_the_full_l
 
 
 # -- the blockwise heads -------------------------------------------------------------------------------------------
-def _student(ckpt, lora: bool):
-    if lora:
-        from litgpt.lora import GPT, Config, mark_only_lora_as_trainable
-
-        config = Config.from_file(ckpt / "model_config.yaml", lora_r=4, lora_alpha=8, lora_query=True, lora_value=True)
-        torch.manual_seed(3)  # the same LoRA weights in every call
-        model = GPT(config)
-        state = torch.load(ckpt / "lit_model.pth", weights_only=True)
-        model.load_state_dict(state, strict=False)
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                torch.nn.init.normal_(p, std=0.05)
-        mark_only_lora_as_trainable(model)
-    else:
-        from litgpt.config import Config
-        from litgpt.model import GPT
-
-        model = GPT(Config.from_file(ckpt / "model_config.yaml"))
-        model.load_state_dict(torch.load(ckpt / "lit_model.pth", weights_only=True))
-    return model.train()
-
-
-class _Fabric:
-    device = torch.device("cpu")
-
-    def autocast(self):
-        import contextlib
-
-        return contextlib.nullcontext()
-
-    def init_module(self, empty_init=False):
-        import contextlib
-
-        return contextlib.nullcontext()
-
-    def print(self, *args):
-        pass
-
-
-def _batch(ckpt):
-    from litgpt.tokenizer import Tokenizer
-
-    from litgpt_ext.data.encode import encode_prompt_response
-    from litgpt_ext.training.objectives.sft import pad_collate
-
-    tok = Tokenizer(ckpt)
-    pairs = [("Question: What does Ivel sell?\nAnswer:", " salt and glass"), ("Question: Who?\nAnswer:", " Ann")]
-    samples = []
-    for prompt, answer in pairs:
-        enc = encode_prompt_response(tok.encode(prompt).tolist(), tok.encode(answer, bos=False).tolist(), tok.eos_id)
-        samples.append({"input_ids": enc.input_ids, "labels": enc.labels})
-    return pad_collate(samples)
-
-
 @pytest.mark.parametrize("lora", [True, False])
 @pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
 def test_blockwise_and_fused_heads_give_autograds_gradients(pair, monkeypatch, lora, beta):
@@ -178,24 +101,6 @@ def test_blockwise_and_fused_heads_give_autograds_gradients(pair, monkeypatch, l
 
 
 # -- whole runs ----------------------------------------------------------------------------------------------------
-def _train(pair_dirs, data, out, steps=2, **kw):
-    teacher_dir, student_dir = pair_dirs
-    args = dict(
-        data=data,
-        out_dir=out,
-        mode="full",
-        precision="32-true",
-        train=TrainArgs(max_steps=steps, epochs=None, global_batch_size=4, micro_batch_size=4, save_interval=None,
-                        lr_warmup_steps=0, log_interval=1),
-        eval=EvalArgs(interval=1000, max_iters=2, final_validation=False),
-        optimizer={"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-2}},
-    )  # fmt: skip
-    if "teacher_logprobs" not in kw:
-        args["teacher"] = teacher_dir
-    finetune_kd.setup(student_dir, **{**args, **kw})
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_offline_top_k_with_k_equal_vocab_equals_the_online_loss(pair, data_dir, tmp_path):
     from litgpt.tokenizer import Tokenizer
 
@@ -279,7 +184,7 @@ def test_bad_input_is_one_line_and_writes_nothing(pair, data_dir, tmp_path, tiny
         (dict(temperature=0.0), "temperature: must be > 0"),
         (dict(kd_ratio=-0.1), "kd_ratio: must be in"),
         (dict(teacher=tmp_path / "nope"), "not a checkpoint directory"),
-        (dict(teacher=None), "pass --teacher DIR"),
+        (dict(teacher=None), "pass one of --teacher DIR"),
         (dict(teacher_logprobs=tmp_path / "nostore"), "not a directory"),
     ]
     for kw, message in cases:

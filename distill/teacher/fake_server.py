@@ -52,6 +52,8 @@ class ServerConfig:
     """A litgpt checkpoint that scores ``/v1/completions`` prompts (``echo`` + ``logprobs``), as a vLLM server."""
     max_top_logprobs: int = 20
     """Requests asking for more alternatives are refused with a 400 (OpenAI's limit)."""
+    answer_limit: int | None = None
+    """After this many admitted requests the server behaves as if it died: every connection is dropped."""
 
 
 def approx_tokens(text: str) -> int:
@@ -322,6 +324,10 @@ class _Handler(BaseHTTPRequestHandler):
         with state.lock:
             state.received += 1
             roll, fault, bad_roll = state.rng.random(), state.rng.choice(cfg.faults), state.rng.random()
+        if cfg.answer_limit is not None and state.admitted >= cfg.answer_limit:
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return False
         admitted, headers, wait = self._admit(tokens)
         if not admitted:
             headers["retry-after-ms"] = f"{wait * 1000:.0f}"

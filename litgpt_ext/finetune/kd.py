@@ -11,12 +11,15 @@ from litgpt.args import LogArgs
 from litgpt.data import DataModule
 from litgpt.types import LoggerChoice
 
+from litgpt_ext.api.prompt_scores import ServerArgs
 from litgpt_ext.checks import check_checkpoint_dir, within
 from litgpt_ext.errors import UserError
 from litgpt_ext.finetune.common import Quantize, Strategy, model_spec, run
+from litgpt_ext.generate.on_model import GenArgs
 from litgpt_ext.hparams import hyperparameters
 from litgpt_ext.training.args import CheckpointArgs, EvalArgs, TrainArgs
 from litgpt_ext.training.objectives.kd import KDObjective, KDSettings
+from litgpt_ext.training.onpolicy import OnPolicy
 
 
 def check_kd_numbers(beta: float, temperature: float, kd_ratio: float) -> None:
@@ -26,17 +29,61 @@ def check_kd_numbers(beta: float, temperature: float, kd_ratio: float) -> None:
         raise UserError(f"must be > 0, got {temperature}", field="temperature")
 
 
-def make_teacher(checkpoint_dir: Path, teacher, teacher_logprobs, teacher_precision, kd: KDSettings | None = None):
+def check_onpolicy(lmbda: float, seq_kd: bool, gen: GenArgs, server: ServerArgs, teacher, teacher_url) -> None:
+    from litgpt_ext.checks import above, at_least
+
+    within("lmbda", lmbda, 0.0, 1.0)
+    within("gen.temperature", gen.temperature, 0.0, 2.0)
+    within("gen.top_p", gen.top_p, 0.0, 1.0, low_open=True)
+    at_least("gen.top_k", gen.top_k, 1)
+    at_least("gen.max_new_tokens", gen.max_new_tokens, 1)
+    at_least("server.top_k", server.top_k, 1)
+    at_least("server.concurrency", server.concurrency, 1)
+    at_least("server.rpm", server.rpm, 1)
+    at_least("server.max_attempts", server.max_attempts, 1)
+    above("server.timeout", server.timeout, 0)
+    if seq_kd and teacher is None:
+        raise UserError("--seq_kd samples answers from the teacher: it needs a local --teacher DIR", field="seq_kd")
+    if lmbda > 0 and teacher is None and teacher_url is None:
+        raise UserError(
+            "on-policy samples need a teacher that can score them: --teacher DIR or --teacher_url URL (stored "
+            "log-probs cover only the data's own answers)",
+            field="lmbda",
+        )
+
+
+def make_teacher(
+    checkpoint_dir: Path,
+    teacher,
+    teacher_logprobs,
+    teacher_precision,
+    kd: KDSettings | None = None,
+    teacher_url: str | None = None,
+    teacher_model: str | None = None,
+    server: ServerArgs | None = None,
+):
     """The :class:`~litgpt_ext.training.teacher.Teacher` of the flags, checked before any data is read: exactly one
     source; a teacher checkpoint whose tokenizer agrees with the student's; a store made with this tokenizer."""
     from litgpt_ext.kd.store import load_store, tokenizer_fingerprint
     from litgpt_ext.kd.vocab import check_same_vocabulary
-    from litgpt_ext.training.teacher import LocalTeacher
+    from litgpt_ext.training.teacher import LocalTeacher, ServerTeacher
 
-    if (teacher is None) == (teacher_logprobs is None):
+    if sum(x is not None for x in (teacher, teacher_logprobs, teacher_url)) != 1:
         raise UserError(
-            "pass --teacher DIR (a litgpt checkpoint) or --teacher_logprobs DIR (distill_logprobs)", field="teacher"
+            "pass one of --teacher DIR (a litgpt checkpoint), --teacher_logprobs DIR (distill_logprobs or "
+            "distill_convert --logprobs) or --teacher_url URL (an OpenAI-compatible server)",
+            field="teacher",
         )
+    if teacher_url is not None:
+        if teacher_model is None:
+            raise UserError("--teacher_url needs --teacher_model (the name the server serves)", field="teacher_model")
+        if kd is not None and kd.topk_tail and kd.temperature != 1:
+            raise UserError(
+                "a server teacher's log-probs are at temperature 1: pass --temperature 1, or --topk_tail false to "
+                "renormalise over its top-k",
+                field="temperature",
+            )
+        return ServerTeacher(teacher_url, teacher_model, server or ServerArgs())
     if teacher is not None:
         check_checkpoint_dir(Path(teacher))
         check_same_vocabulary(checkpoint_dir, Path(teacher))
@@ -72,6 +119,12 @@ def setup(
     kd_ratio: float = 0.5,
     scale_by_t2: bool = True,
     topk_tail: bool = True,
+    lmbda: float = 0.0,
+    seq_kd: bool = False,
+    gen: GenArgs = GenArgs(),
+    teacher_url: str | None = None,
+    teacher_model: str | None = None,
+    server: ServerArgs = ServerArgs(),
     mode: Literal["lora", "full"] = "lora",
     precision: str | None = None,
     quantize: Quantize | None = None,
@@ -136,6 +189,21 @@ def setup(
             temperatures; TRL's GKD does not.
         topk_tail: With --teacher_logprobs: compare the teacher's k tokens plus one bucket for the rest of each
             distribution's mass (TRL's loss_add_tail); false renormalises both over the k tokens.
+        lmbda: On-policy share (GKD's lambda): the probability, per micro-batch, that its answers are replaced by the
+            current student's own samples (drawn by generate_batch's engine with --gen.*) and scored by the teacher.
+            0 = off-policy (the data's answers); 1 = always on-policy (with --beta 1, reverse KL, the usual choice).
+            Needs --teacher or --teacher_url (stored log-probs cannot score new samples).
+        seq_kd: Sequence-level KD: replace every batch's answers by the local teacher's samples first (TRL's
+            seq_kd; --lmbda still replaces them by the student's with its probability).
+        gen: How on-policy / seq_kd answers are sampled: --gen.temperature (1), --gen.top_k, --gen.top_p,
+            --gen.max_new_tokens (64).
+        teacher_url: Instead of --teacher: an OpenAI-compatible server (vLLM, SGLang) serving the teacher; every
+            batch is scored there through /v1/completions with echo + logprobs (prompt sent as token ids). The
+            server's model must share the student's tokenizer.
+        teacher_model: The model name the --teacher_url server serves.
+        server: The --teacher_url client: --server.top_k (20), --server.concurrency, --server.rpm,
+            --server.timeout, --server.max_attempts (a server gone that long stops the run with a resumable
+            checkpoint), --server.api_key_env.
         mode: ``lora`` (litgpt LoRA; final dir holds lit_model.pth.lora and the merged lit_model.pth) or ``full``.
         precision: "bf16-true", "bf16-mixed", "32-true", ... (default: litgpt's choice on a GPU; on a CPU bf16-mixed
             only where the CPU does bf16 natively and the model is at least 512 wide, else 32-true).
@@ -174,18 +242,24 @@ def setup(
     hparams = hyperparameters(setup, locals())
     spec = model_spec(checkpoint_dir, mode, locals())
     check_kd_numbers(beta, temperature, kd_ratio)
+    check_onpolicy(lmbda, seq_kd, gen, server, teacher, teacher_url)
     check_checkpoint_dir(spec.checkpoint_dir)
     kd = KDSettings(beta, temperature, kd_ratio, scale_by_t2, topk_tail)
-    source = make_teacher(spec.checkpoint_dir, teacher, teacher_logprobs, teacher_precision, kd)
+    source = make_teacher(
+        spec.checkpoint_dir, teacher, teacher_logprobs, teacher_precision, kd, teacher_url, teacher_model, server
+    )
+    policy = OnPolicy(lmbda, seq_kd, gen, seed)
 
     def make_objective(tokenizer, train_args: TrainArgs) -> KDObjective:
+        from litgpt_ext.training.onpolicy import OnPolicySampler
         from litgpt_ext.training.teacher import StoredTeacher
 
         if isinstance(source, dict):
             chosen = StoredTeacher(Path(teacher_logprobs), source, train_args.max_seq_length)
         else:
             chosen = source
-        return KDObjective(chosen, kd, pad_id=0, max_seq_length=train_args.max_seq_length)
+        sampler = OnPolicySampler(policy, tokenizer) if policy.active else None
+        return KDObjective(chosen, kd, pad_id=0, max_seq_length=train_args.max_seq_length, sampler=sampler)
 
     run(
         make_objective,

@@ -20,6 +20,7 @@ from lightning.fabric.strategies import FSDPStrategy
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from litgpt_ext.errors import ResumableStop
 from litgpt_ext.io import JsonlAppender, atomic_write_json, atomic_write_text
 from litgpt_ext.training.args import CheckpointArgs, EvalArgs, TrainArgs
 from litgpt_ext.training.checkpoint import STATE_FILE, CheckpointWriter, prune_step_dirs, set_rng_state
@@ -224,54 +225,69 @@ def fit(
     step_tokens = torch.zeros((), device=fabric.device, dtype=torch.long)
     model.train()
 
-    while progress.step < total_steps and time.perf_counter() - t_start < max_time:
-        batch = next(stream)
-        progress.iter += 1
-        accumulating = progress.iter % accum != 0
-        with fabric.no_backward_sync(model, enabled=accumulating):
-            loss, metrics = objective.compute(model, batch)
-            fabric.backward(loss / accum)
-        step_loss += loss.detach() / accum
-        for key, value in metrics.items():
-            step_metrics[key] = step_metrics.get(key, 0.0) + value.detach().float() / accum
-        step_tokens += objective.batch_tokens(batch)
-        if accumulating:
-            continue
+    try:
+        last_row = time.perf_counter()
+        while progress.step < total_steps and time.perf_counter() - t_start < max_time:
+            batch = objective.on_batch(model, next(stream), progress.iter)
+            progress.iter += 1
+            accumulating = progress.iter % accum != 0
+            with fabric.no_backward_sync(model, enabled=accumulating):
+                loss, metrics = objective.compute(model, batch)
+                fabric.backward(loss / accum)
+            step_loss += loss.detach() / accum
+            for key, value in metrics.items():
+                step_metrics[key] = step_metrics.get(key, 0.0) + value.detach().float() / accum
+            step_tokens += objective.batch_tokens(batch)
+            if accumulating:
+                continue
 
-        if train.max_norm:
-            fabric.clip_gradients(model, optimizer, max_norm=train.max_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        progress.step += 1
-        bar.update(1)
+            if train.max_norm:
+                fabric.clip_gradients(model, optimizer, max_norm=train.max_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            progress.step += 1
+            bar.update(1)
 
-        if progress.step % train.log_interval == 0 or progress.step == total_steps:
-            progress.tokens += int(step_tokens) * fabric.world_size
-            elapsed = time.perf_counter() - t_start
-            row = {
-                "step": progress.step,
-                "iter": progress.iter,
-                "epoch": progress.iter / batches_per_epoch,
-                "loss": float(step_loss),
-                **{k: float(v) for k, v in step_metrics.items()},
-                "learning_rate": scheduler.get_last_lr()[0],
-                "tokens": progress.tokens,
-                "tokens_per_sec": (progress.tokens - tokens_at_start) / max(elapsed, 1e-9),
-            }
-            record(row, "train")
-            bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_sec']:,.0f}", refresh=False)
-        step_loss.zero_()
-        step_metrics.clear()
-        step_tokens.zero_()
+            if progress.step % train.log_interval == 0 or progress.step == total_steps:
+                progress.tokens += int(step_tokens) * fabric.world_size
+                elapsed = time.perf_counter() - t_start
+                row = {
+                    "step": progress.step,
+                    "iter": progress.iter,
+                    "epoch": progress.iter / batches_per_epoch,
+                    "loss": float(step_loss),
+                    **{k: float(v) for k, v in step_metrics.items()},
+                    "learning_rate": scheduler.get_last_lr()[0],
+                    "tokens": progress.tokens,
+                    "tokens_per_sec": (progress.tokens - tokens_at_start) / max(elapsed, 1e-9),
+                    **objective.step_stats(time.perf_counter() - last_row),
+                }
+                last_row = time.perf_counter()
+                record(row, "train")
+                bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_sec']:,.0f}", refresh=False)
+            step_loss.zero_()
+            step_metrics.clear()
+            step_tokens.zero_()
 
-        if progress.step % eval.interval == 0 and progress.step < total_steps:
-            after_eval(progress.step, evaluate(progress.step))
-        if train.save_interval and progress.step % train.save_interval == 0:
-            state = {"optimizer": optimizer, "scheduler": scheduler, "progress": progress.__dict__}
-            writer.write(fabric, model, out_dir / f"step-{progress.step:06d}", training_state=state)
-            if fabric.global_rank == 0:
-                prune_step_dirs(out_dir, checkpoint.keep_last)
+            if progress.step % eval.interval == 0 and progress.step < total_steps:
+                after_eval(progress.step, evaluate(progress.step))
+            if train.save_interval and progress.step % train.save_interval == 0:
+                state = {"optimizer": optimizer, "scheduler": scheduler, "progress": progress.__dict__}
+                writer.write(fabric, model, out_dir / f"step-{progress.step:06d}", training_state=state)
+                if fabric.global_rank == 0:
+                    prune_step_dirs(out_dir, checkpoint.keep_last)
+    except ResumableStop as stop:
+        bar.close()
+        progress.iter = progress.step * accum  # the unfinished step's micro-batches are redone on resume
+        state = {"optimizer": optimizer, "scheduler": scheduler, "progress": progress.__dict__}
+        where = out_dir / f"step-{progress.step:06d}"
+        writer.write(fabric, model, where, training_state=state)
+        if log is not None:
+            log.close()
+        raise ResumableStop(
+            f"{stop}; saved {where} (step {progress.step}): rerun with --resume auto to continue"
+        ) from None
     bar.close()
     seconds = time.perf_counter() - t_start
 
@@ -282,7 +298,9 @@ def fit(
     finish_loggers(fabric)
     writer.write(fabric, model, out_dir / "final", merge_lora=True)
 
-    report = performance_report(out_dir, seconds, progress.step, progress.tokens - tokens_at_start, fabric.device)
+    report = performance_report(
+        out_dir, seconds, progress.step, progress.tokens - tokens_at_start, fabric.device, objective.report(seconds)
+    )
     fabric.print(format_report(report))
     if fabric.global_rank == 0:
         pngs = [

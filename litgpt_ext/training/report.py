@@ -17,7 +17,9 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def performance_report(out_dir: Path, seconds: float, steps: int, tokens: int, device: torch.device) -> dict:
+def performance_report(
+    out_dir: Path, seconds: float, steps: int, tokens: int, device: torch.device, extra: dict | None = None
+) -> dict:
     report = {
         "training_seconds": round(seconds, 3),
         "optimizer_steps": steps,
@@ -25,6 +27,7 @@ def performance_report(out_dir: Path, seconds: float, steps: int, tokens: int, d
         "tokens_per_second": round(tokens / seconds, 1) if seconds > 0 else None,
         "peak_memory_mb": round(peak_memory_mb(device), 1),
         "memory_kind": "cuda_allocated" if device.type == "cuda" else "process_max_rss",
+        **(extra or {}),
     }
     atomic_write_json(out_dir / "performance.json", report)
     return report

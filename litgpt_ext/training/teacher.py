@@ -97,15 +97,17 @@ class LocalTeacher(Teacher):
         n = sum(p.numel() for p in self.model.parameters())
         fabric.print(f"Teacher: {self.checkpoint_dir} ({n / 1e6:.1f}M parameters, frozen, eval mode)")
 
+    def autocast(self):
+        """The teacher's compute context: the run's autocast, or none when it has its own precision."""
+        device = next(self.model.parameters()).device.type
+        return self.fabric.autocast() if self.precision is None else torch.autocast(device, enabled=False)
+
     @torch.no_grad()
     def hidden_rows(self, input_ids: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
         """The teacher's final hidden states at the answer positions (its LM head does not run here)."""
         if input_ids.size(1) > self.model.max_seq_length:
             self.model.max_seq_length = input_ids.size(1)
-        context = (
-            self.fabric.autocast() if self.precision is None else torch.autocast(input_ids.device.type, enabled=False)
-        )
-        with context:
+        with self.autocast():
             return on_positions(self.model, input_ids, flat, lambda rows: rows)
 
     def blocks(self, batch, input_ids, flat):
@@ -168,6 +170,74 @@ class StoredTeacher(Teacher):
                 logps=batch["t_logps"][start:end],
                 tail=batch["t_tail"][start:end],
                 target_logps=batch["t_target"][start:end],
+            )
+
+        return block
+
+
+SERVER_TAIL_FLOOR = 1e-6
+"""Least mass left outside a server teacher's top-k (its log-probs are rounded and can sum to 1): keeps the
+reverse KL finite. A top-k that covers the whole vocabulary has no tail at all."""
+
+
+class ServerTeacher(Teacher):
+    """A teacher behind an OpenAI-compatible server (``--teacher_url``): each batch's sequences are scored there
+    (:class:`litgpt_ext.api.prompt_scores.PromptScorer`) and its top-k enters the loss as stored top-k does."""
+
+    def __init__(self, url: str, model: str, args) -> None:
+        self.url, self.model_name, self.args = url, model, args
+        self.scorer = None
+        self.vocab = 0
+
+    def describe(self) -> dict:
+        return {"kind": "server", "url": self.url, "model": self.model_name, "top_k": self.args.top_k}
+
+    def setup(self, fabric, student: nn.Module, datasets: dict) -> None:
+        from litgpt_ext.api.prompt_scores import PromptScorer
+
+        self.vocab = unwrap(student).config.padded_vocab_size
+        self.scorer = PromptScorer(self.url, self.model_name, self.args)
+        fabric.print(f"Teacher: {self.model_name} at {self.url} (top-{self.args.top_k} per position)")
+
+    def scores(self, batch: dict) -> dict[str, torch.Tensor]:
+        """``t_ids`` / ``t_logps`` / ``t_tail`` / ``t_target`` at the batch's answer positions, in their order."""
+        ids, lengths = batch["input_ids"].cpu(), batch["lengths"].cpu()
+        sequences = [ids[b, : lengths[b]].tolist() for b in range(ids.size(0))]
+        scored = self.scorer.score(sequences)
+        k = max((len(r) for s in scored for r in s.ids), default=1)
+        width = ids.size(1) - 1
+        t_ids = torch.full((ids.size(0), width, k), -1, dtype=torch.long)
+        t_logps = torch.full((ids.size(0), width, k), float("-inf"))
+        t_target = torch.zeros((ids.size(0), width))
+        for b, s in enumerate(scored):
+            if s.ids:
+                n = len(s.ids)
+                t_ids[b, :n] = torch.tensor([r + [-1] * (k - len(r)) for r in s.ids])
+                t_logps[b, :n] = torch.tensor([r + [float("-inf")] * (k - len(r)) for r in s.logps])
+                t_target[b, :n] = torch.tensor(s.target)
+        if int(t_ids.max()) >= self.vocab:
+            raise UserError(
+                f"the teacher server returned token id {int(t_ids.max())}, outside the student's vocabulary "
+                f"({self.vocab}): it must serve a model of the student's tokenizer family",
+                field="teacher_url",
+            )
+        flat = batch["answer_index"].cpu()
+        t_ids, t_logps, t_target = (x.reshape(-1, *x.shape[2:])[flat] for x in (t_ids, t_logps, t_target))
+        kept = t_logps.exp().sum(-1)
+        tail = torch.log((1 - kept).clamp(min=SERVER_TAIL_FLOOR))
+        device = batch["input_ids"].device
+        return {"t_ids": t_ids.to(device), "t_logps": t_logps.to(device), "t_tail": tail.to(device),
+                "t_target": t_target.to(device)}  # fmt: skip
+
+    def blocks(self, batch, input_ids, flat):
+        rows = self.scores(batch)
+
+        def block(start: int, end: int) -> TeacherBlock:
+            return TeacherBlock(
+                ids=rows["t_ids"][start:end],
+                logps=rows["t_logps"][start:end],
+                tail=rows["t_tail"][start:end],
+                target_logps=rows["t_target"][start:end],
             )
 
         return block

@@ -55,6 +55,20 @@ class Objective:
         """Return the loss to backpropagate and detached metrics to log (TRL names where one exists)."""
         raise NotImplementedError
 
+    def on_batch(self, model: nn.Module, batch: dict, iteration: int) -> dict:
+        """The micro-batch to train on, given the one the data produced (on-policy distillation replaces its answers
+        by the student's own samples). ``iteration`` numbers micro-batches from the run's start and is restored on
+        resume. Default: the batch as it is."""
+        return batch
+
+    def step_stats(self, elapsed: float) -> dict[str, float]:
+        """Extra figures for a train log row, covering the ``elapsed`` seconds since the previous row. Default: none."""
+        return {}
+
+    def report(self, seconds: float) -> dict:
+        """Extra entries of ``performance.json`` for a run that trained ``seconds``. Default: none."""
+        return {}
+
     def batch_tokens(self, batch: dict) -> torch.Tensor:
         """Real (non-padding) tokens in a batch, for tokens/s (a tensor: no device sync per micro-batch)."""
         return batch["lengths"].sum()

@@ -280,19 +280,25 @@ class KDObjective(Objective):
         "kd.png": ("divergence / KL", ("kd_loss", "val_kd_loss", "val_kl_teacher_student")),
     }
 
-    def __init__(self, teacher, kd: KDSettings, pad_id: int = 0, max_seq_length: int | None = None) -> None:
+    def __init__(
+        self, teacher, kd: KDSettings, pad_id: int = 0, max_seq_length: int | None = None, sampler=None
+    ) -> None:
         self.teacher, self.kd = teacher, kd
         """A :class:`litgpt_ext.training.teacher.Teacher`: gives the teacher's side of a batch's answer positions."""
         self.pad_id, self.max_seq_length = pad_id, max_seq_length
+        self.sampler = sampler
+        """An :class:`~litgpt_ext.training.onpolicy.OnPolicySampler` (on-policy / sequence-level KD), or None."""
+        self.fabric = None
 
     def wrap_datasets(self, train, val):
         return self.teacher.wrap_datasets(train, val)
 
     def setup(self, fabric, model, train_data, val_data, out_dir) -> None:
+        self.fabric = fabric
         self.teacher.setup(fabric, model, {"train": train_data, "val": val_data})
 
     def config(self) -> dict:
-        return {
+        config = {
             "beta": self.kd.beta,
             "temperature": self.kd.temperature,
             "kd_ratio": self.kd.kd_ratio,
@@ -300,6 +306,41 @@ class KDObjective(Objective):
             "topk_tail": self.kd.topk_tail,
             "teacher": self.teacher.describe(),
         }
+        if self.sampler is not None:
+            policy = self.sampler.policy
+            config |= {"lmbda": policy.lmbda, "seq_kd": policy.seq_kd, "gen": vars(policy.gen)}
+        return config
+
+    def sample_length(self, sample: dict) -> int:
+        if self.sampler is None:
+            return len(sample["input_ids"])
+        from litgpt_ext.training.onpolicy import prompt_of
+
+        prompt = len(prompt_of(sample["input_ids"], sample["labels"]))
+        return max(len(sample["input_ids"]), prompt + self.sampler.policy.gen.max_new_tokens + 1)
+
+    def on_batch(self, model: nn.Module, batch: dict, iteration: int) -> dict:
+        """Sequence-level KD: the teacher's samples replace the answers; on-policy (probability λ): the current
+        student's samples do (see :mod:`litgpt_ext.training.onpolicy`)."""
+        if self.sampler is None:
+            return batch
+        if self.sampler.policy.seq_kd:
+            context = unwrap(model).max_seq_length
+            batch = self.sampler.resample(
+                self.teacher.model, batch, iteration, "teacher", self.teacher.autocast(), context
+            )
+        on = self.sampler.student_turn(iteration)
+        self.sampler.count(on)
+        if on:
+            autocast = self.fabric.autocast() if self.fabric is not None else None
+            batch = self.sampler.resample(model, batch, iteration, "student", autocast)
+        return batch
+
+    def step_stats(self, elapsed: float) -> dict[str, float]:
+        return self.sampler.step_stats(elapsed) if self.sampler is not None else {}
+
+    def report(self, seconds: float) -> dict:
+        return self.sampler.report(seconds) if self.sampler is not None else {}
 
     def collate(self, samples: list[dict]) -> dict[str, torch.Tensor]:
         batch = pad_collate(samples, self.pad_id, -100, self.max_seq_length)
