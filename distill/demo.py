@@ -104,18 +104,22 @@ def _print_results() -> None:
     print(format_kd_table(json.loads((RUN / "kd" / "comparison.json").read_text())))
 
 
-KD_ROWS = {"sft": "SFT on the teacher's text", "kd": "KD (forward KL, tau 2, alpha 0.5)"}
+KD_ROWS = {
+    "sft": "SFT on the teacher's text",
+    "kd": "KD (forward KL, tau 2, alpha 0.5)",
+    "onpolicy": "on-policy KD (lambda 1, reverse KL)",
+}
 
 
 def format_kd_table(table: dict) -> str:
     """The distillation comparison: a smaller student against its teacher on the held-out records."""
     lines = [
         f"== logit distillation: a 1-layer student of the distilled student, {KD_STEPS} steps each, 80 held-out records ==",
-        f"  {'':<36} {'KL(t||s)':>9} {'KL(s||t)':>9} {'top-1 agr.':>11} {'items F1':>9} {'exact':>7}",
+        f"  {'':<38} {'KL(t||s)':>9} {'KL(s||t)':>9} {'top-1 agr.':>11} {'items F1':>9} {'exact':>7}",
     ]
     for name, row in table.items():
         lines.append(
-            f"  {KD_ROWS.get(name, name):<36} {row['forward_kl']:>9.4f} {row['reverse_kl']:>9.4f} "
+            f"  {KD_ROWS.get(name, name):<38} {row['forward_kl']:>9.4f} {row['reverse_kl']:>9.4f} "
             f"{row['top1_agreement']:>11.4f} {row['items_f1']:>9.3f} {row['exact_match']:>7.3f}"
         )
     return "\n".join(lines)
@@ -522,9 +526,10 @@ KD_STEPS = 300
 
 def _kd_stage(student: Path) -> list[tuple[str, Path]]:
     """Logit distillation against imitation: the distilled student becomes the teacher of a smaller student (1 layer,
-    64 wide, the teacher's tokenizer), trained the same steps on the same prompts and the teacher's greedy answers two
-    ways — finetune_sft on the teacher's text, and finetune_kd on its distribution — then measured on the 80 held-out
-    records: KL to the teacher and top-1 agreement (evaluate_kd), and items F1 against the teacher's answers."""
+    64 wide, the teacher's tokenizer), trained the same steps on the same prompts three ways — finetune_sft on the
+    teacher's greedy answers, finetune_kd on its distribution over those answers, and finetune_kd on-policy (the
+    student's own samples, scored by the teacher) — then measured on the 80 held-out records: KL to the teacher and
+    top-1 agreement (evaluate_kd), and items F1 against the teacher's answers."""
     import json
 
     from litgpt_ext.io import atomic_write_json
@@ -548,11 +553,14 @@ def _kd_stage(student: Path) -> list[tuple[str, Path]]:
         "--train.micro_batch_size", 16, "--train.lr_warmup_steps", 10, "--train.log_interval", 100,
         "--eval.interval", 1000, "--eval.max_iters", 10, "--optimizer.lr", 3e-3,
     ]  # fmt: skip
-    runs = {"sft": kd / "sft-on-text", "kd": kd / "kd"}
+    runs = {"sft": kd / "sft-on-text", "kd": kd / "kd", "onpolicy": kd / "kd-onpolicy"}
     # trained one after the other: each training uses every core (side by side they would contend for them)
     litgpt_ext("finetune_sft", rel(small), "--out_dir", rel(runs["sft"]), *common)
     litgpt_ext("finetune_kd", rel(small), "--teacher", rel(teacher), "--beta", 0.0, "--temperature", 2.0,
                "--kd_ratio", 0.5, "--out_dir", rel(runs["kd"]), *common)  # fmt: skip
+    # on-policy (GKD, lambda 1): every batch's answers are the student's own samples, scored by the teacher
+    litgpt_ext("finetune_kd", rel(small), "--teacher", rel(teacher), "--lmbda", 1.0, "--beta", 1.0,
+               "--kd_ratio", 1.0, "--gen.max_new_tokens", 32, "--out_dir", rel(runs["onpolicy"]), *common)  # fmt: skip
     for name in runs:
         (kd / f"{name}.heldout.jsonl").unlink(missing_ok=True)
     litgpt_ext_side_by_side(

@@ -19,7 +19,19 @@ from conftest import REPO
         ("bench_dpo", ["ours tokens/s", "TRL tokens/s", "DPO", "ORPO"]),
         ("bench_sql_label", ["statements/s (execution phase)", "cache-hit rerun"]),
         ("bench_orm", ["scoring rows/s", "training tokens/s"]),
-        ("bench_kd", ["ours tokens/s", "TRL tokens/s", "online, lora", "offline top-20", "positions/s"]),
+        (
+            "bench_kd",
+            [
+                "ours tokens/s",
+                "TRL tokens/s",
+                "online, lora",
+                "offline top-20",
+                "positions/s",
+                "ours steps/s",
+                "on-policy, lora",
+                "generated lengths",
+            ],
+        ),  # fmt: skip
     ],
 )
 def test_bench_smoke(module, expected):

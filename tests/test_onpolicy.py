@@ -42,6 +42,10 @@ def test_samples_come_from_the_current_weights_and_leave_the_model_as_it_was(pai
     again = sampler.resample(model, batch, iteration=0, who="student")
     assert _answers(first) == _answers(again)  # same weights, same seed: same samples
     assert _answers(sampler.resample(model, batch, iteration=1, who="student")) != _answers(first)
+    together = sampler.resample_many(model, [(batch, 0), (batch, 1)], who="student")  # a step's micro-batches at once
+    assert [_answers(b) for b in together] == [
+        _answers(first), _answers(sampler.resample(model, batch, iteration=1, who="student"))
+    ]
     assert model.training and model.max_seq_length == 64 and type(model.lm_head).__name__ == "LoRALinear"
     assert all(b.attn.kv_cache is None and "forward" not in b.attn.__dict__ for b in model.transformer.h)
     assert torch.equal(model(batch["input_ids"]).detach(), before)  # training forward bit for bit as before
@@ -154,3 +158,39 @@ def test_the_api_key_of_a_server_teacher_is_never_written(pair, data_dir, tmp_pa
                     env={**os.environ, "OPENAI_API_KEY": secret})  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     assert not [p for p in out.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+
+
+def test_seq_kd_trains_on_the_teachers_samples_when_the_student_is_not_drawn(pair):
+    teacher_dir, student_dir = pair
+    from litgpt.tokenizer import Tokenizer
+
+    model = _student(student_dir, lora=False)
+    model.max_seq_length = 64
+    local = LocalTeacher(teacher_dir)
+    local.setup(_Fabric(), model, {})
+    policy = OnPolicy(0.0, True, GenArgs(max_new_tokens=10), seed=5)
+    objective = KDObjective(local, KDSettings(), sampler=OnPolicySampler(policy, Tokenizer(student_dir)))
+    batch = _batch(student_dir)
+    got = objective.on_step(model, [batch], iteration=3)[0]
+    expected = OnPolicySampler(policy, Tokenizer(student_dir)).resample(local.model, batch, 3, "teacher", None, 64)
+    assert _answers(got) == _answers(expected) != _answers(batch)
+    assert objective.sampler.onpolicy == 0 and objective.step_stats(1.0)["onpolicy_fraction"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--lmbda", "1.5"], "lmbda: must be"),
+        (["--lmbda", "0.5", "--teacher_logprobs", "STORE"], "need a teacher that can score them"),
+        (["--seq_kd", "true", "--teacher_url", "http://127.0.0.1:9/v1", "--teacher_model", "t"], "needs a local"),
+        (["--teacher_url", "http://127.0.0.1:9/v1"], "needs --teacher_model"),
+        (["--gen.max_new_tokens", "0", "--lmbda", "1"], "gen.max_new_tokens"),
+    ],
+)
+def test_on_policy_flags_that_make_no_sense_are_one_line(pair, data_dir, tmp_path, flags, message):
+    teacher_dir, student_dir = pair
+    flags = [str(tmp_path) if f == "STORE" else f for f in flags]
+    teacher = [] if any(f.startswith("--teacher") for f in flags) else ["--teacher", str(teacher_dir)]
+    r = run_cli("finetune_kd", student_dir, "--data", data_dir, "--out_dir", tmp_path / "never", *teacher, *flags)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr[-1500:]
+    assert not (tmp_path / "never").exists()

@@ -193,8 +193,8 @@ def setup(
             current student's own samples (drawn by generate_batch's engine with --gen.*) and scored by the teacher.
             0 = off-policy (the data's answers); 1 = always on-policy (with --beta 1, reverse KL, the usual choice).
             Needs --teacher or --teacher_url (stored log-probs cannot score new samples).
-        seq_kd: Sequence-level KD: replace every batch's answers by the local teacher's samples first (TRL's
-            seq_kd; --lmbda still replaces them by the student's with its probability).
+        seq_kd: Sequence-level KD: the micro-batches that are not on-policy train on the local teacher's own samples
+            instead of the data's answers (TRL's seq_kd).
         gen: How on-policy / seq_kd answers are sampled: --gen.temperature (1), --gen.top_k, --gen.top_p,
             --gen.max_new_tokens (64).
         teacher_url: Instead of --teacher: an OpenAI-compatible server (vLLM, SGLang) serving the teacher; every

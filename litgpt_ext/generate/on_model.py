@@ -52,10 +52,18 @@ def engine_on(model: nn.Module, tokenizer, settings: Settings) -> Iterator[Engin
 
 
 def sample_answers(
-    model: nn.Module, tokenizer, prompts: list[list[int]], gen: GenArgs, seed: int, context: int, autocast=None
+    model: nn.Module,
+    tokenizer,
+    prompts: list[list[int]],
+    gen: GenArgs,
+    seed: int,
+    context: int,
+    autocast=None,
+    keys: list[str] | None = None,
 ) -> list[tuple[list[int], str]]:
-    """One sampled answer per prompt, ``(ids without EOS, finish reason)``, in prompt order; reproducible for a
-    given ``seed`` and weights (each row draws its own random stream, whatever the batch)."""
+    """One sampled answer per prompt, ``(ids without EOS, finish reason)``, in prompt order. Each row draws its own
+    random stream from ``seed`` and its key (default: its index), so a row's sample depends on its prompt, key and
+    the weights — not on which other rows share the call."""
     longest = max(len(p) for p in prompts)
     settings = Settings(
         max_batch_size=len(prompts),
@@ -65,8 +73,9 @@ def sample_answers(
         top_p=gen.top_p,
         seed=seed,
     )
-    jobs = [Job(str(i), i, list(p), 1, gen.max_new_tokens) for i, p in enumerate(prompts)]
+    keys = keys or [str(i) for i in range(len(prompts))]
+    jobs = [Job(key, i, list(p), 1, gen.max_new_tokens) for i, (key, p) in enumerate(zip(keys, prompts, strict=True))]
     done: dict[str, Job] = {}
     with engine_on(model, tokenizer, settings) as engine, autocast or contextlib.nullcontext(), torch.no_grad():
         engine.run(jobs, lambda job: done.__setitem__(job.id, job))
-    return [(done[str(i)].token_ids[0] or [], done[str(i)].finish_reasons[0]) for i in range(len(prompts))]
+    return [(done[key].token_ids[0] or [], done[key].finish_reasons[0]) for key in keys]

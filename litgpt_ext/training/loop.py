@@ -226,9 +226,11 @@ def fit(
     model.train()
 
     try:
-        last_row = time.perf_counter()
+        last_row, step_batches = time.perf_counter(), []
         while progress.step < total_steps and time.perf_counter() - t_start < max_time:
-            batch = objective.on_batch(model, next(stream), progress.iter)
+            if not step_batches:  # the step's micro-batches, as the objective wants them (see Objective.on_step)
+                step_batches = objective.on_step(model, [next(stream) for _ in range(accum)], progress.iter)
+            batch = step_batches.pop(0)
             progress.iter += 1
             accumulating = progress.iter % accum != 0
             with fabric.no_backward_sync(model, enabled=accumulating):
@@ -337,8 +339,10 @@ def finish_loggers(fabric: L.Fabric) -> None:
 
 def _longest(dataset, objective: Objective) -> int:
     if hasattr(dataset, "lengths"):  # packed data knows its lengths without touching a million samples
-        return int(dataset.lengths().max()) if len(dataset) else 0
-    return max((objective.sample_length(sample) for sample in dataset), default=0)
+        longest = int(dataset.lengths().max()) if len(dataset) else 0
+    else:
+        longest = max((objective.sample_length(sample) for sample in dataset), default=0)
+    return longest + objective.length_growth()
 
 
 def _restore(fabric, model, optimizer, scheduler, resume_dir: Path, lora: bool, objective: Objective) -> Progress:

@@ -1,8 +1,8 @@
 """On-policy distillation (GKD's λ, Agarwal et al. 2024): with probability λ per micro-batch the batch's answers are
 replaced by answers the *current* student samples for the same prompts, and the teacher scores those.
 
-As TRL's ``GKDTrainer``: ``seq_kd`` first replaces the answers by the teacher's own samples (sequence-level KD, Kim &
-Rush 2016), then with probability λ the student's samples replace them. The draw for micro-batch ``i`` comes from
+As TRL's ``GKDTrainer``: with probability λ the student's samples replace the answers; otherwise, with ``seq_kd``, the
+teacher's own samples do (sequence-level KD, Kim & Rush 2016), else the data's answers stay. The draw for micro-batch ``i`` comes from
 ``(seed, i)`` alone and so do the sampling streams, so a resumed run makes the same choices and — with the same
 weights — the same samples. Sampling goes through the continuous-batching engine
 (:func:`litgpt_ext.generate.on_model.sample_answers`), never a one-row generate loop.
@@ -64,25 +64,41 @@ class OnPolicySampler:
         return [prompt_of(ids[b, : lengths[b]], labels[b, : lengths[b]]) for b in range(ids.size(0))]
 
     def resample(self, model, batch: dict, iteration: int, who: str, autocast=None, context: int | None = None) -> dict:
-        """``batch`` with each answer replaced by one ``model`` samples for its prompt (EOS appended where the sample
-        ended by itself), labels on the new answers only; samples fit in ``context`` tokens (default: the model's)."""
+        """``batch`` with each answer replaced by one ``model`` samples for its prompt (see :meth:`resample_many`)."""
+        return self.resample_many(model, [(batch, iteration)], who, autocast, context)[0]
+
+    def resample_many(
+        self, model, batches: list[tuple[dict, int]], who: str, autocast=None, context: int | None = None
+    ) -> list[dict]:
+        """Each ``(batch, iteration)`` with its answers replaced by ones ``model`` samples for its prompts — all in
+        one engine call (the weights do not change between the micro-batches of a step, and many rows decode for
+        the price of few) — EOS appended where a sample ended by itself, labels on the new answers only, samples
+        within ``context`` tokens (default: the model's). Row ``r`` of micro-batch ``i`` draws from
+        ``(seed, who, i, r)`` whatever else is sampled with it."""
         t0 = time.perf_counter()
-        prompts = self.prompts(batch)
+        prompts, keys, owners = [], [], []
+        for n, (batch, iteration) in enumerate(batches):
+            for r, prompt in enumerate(self.prompts(batch)):
+                prompts.append(prompt)
+                keys.append(f"{who}|{iteration}|{r}")
+                owners.append(n)
         context = min(context or unwrap(model).max_seq_length, unwrap(model).config.block_size)
-        seed = int(_unit(self.policy.seed, who, iteration) * 2**31)
-        answers = sample_answers(model, self.tokenizer, prompts, self.policy.gen, seed, context, autocast)
-        samples = []
-        for prompt, (tokens, reason) in zip(prompts, answers, strict=True):
+        answers = sample_answers(model, self.tokenizer, prompts, self.policy.gen, self.policy.seed, context,
+                                 autocast, keys)  # fmt: skip
+        per_batch: list[list[dict]] = [[] for _ in batches]
+        for owner, prompt, (tokens, reason) in zip(owners, prompts, answers, strict=True):
             answer = tokens + ([self.tokenizer.eos_id] if reason == "stop" else [])
             answer = answer or [self.tokenizer.eos_id]
             ids = torch.tensor(prompt + answer, dtype=torch.long)
             labels = ids.clone()
             labels[: len(prompt)] = -100
-            samples.append({"input_ids": ids, "labels": labels})
+            per_batch[owner].append({"input_ids": ids, "labels": labels})
             self.lengths.append(len(tokens))
             self.ended_early += reason != "stop"
-        device = batch["input_ids"].device
-        rebuilt = {k: v.to(device) for k, v in pad_collate(samples, self.pad_id, -100).items()}
+        rebuilt = []
+        for (batch, _), samples in zip(batches, per_batch, strict=True):
+            device = batch["input_ids"].device
+            rebuilt.append({k: v.to(device) for k, v in pad_collate(samples, self.pad_id, -100).items()})
         seconds = time.perf_counter() - t0
         self.gen_seconds += seconds
         self._since["gen"] += seconds

@@ -12,6 +12,14 @@ Throughput is non-padding tokens (prompt included) per second of the training lo
 tokens counted in compute_loss, first step start -> last step end). Peak RSS is each child process's own maximum
 resident set. Contenders run interleaved per round; the table shows the median and the min-max of the rounds.
 Goal: tokens/s ratio >= 2 and peak RSS ratio <= 0.6, LoRA and full.
+
+On-policy workload (``--workload onpolicy``): GKD with lmbda 1 — every micro-batch's answers are sampled from the
+current student (ours: the continuous-batching engine; TRL: transformers ``generate`` inside ``training_step``),
+then scored by the teacher and trained on with reverse KL (beta 1), both at GKD's temperature 0.9 for sampling and
+loss, up to --max_new_tokens new tokens, LoRA. Measured: optimizer steps per second of the training loop
+(generation included), peak RSS, and the generated-length distribution of each side (a random-init student rarely
+samples EOS, so most completions run to the limit: the table says how many). Goal: steps/s ratio >= 3 at a peak
+RSS ratio <= 1.
 """
 
 from __future__ import annotations
@@ -58,7 +66,7 @@ def tokenized(student: Path, data: Path, out: Path) -> None:
     torch.save(samples, out)
 
 
-def ours(student, data, out, steps, micro, accum, lora, source: list[str]) -> dict:
+def ours(student, data, out, steps, micro, accum, lora, source: list[str], extra: tuple[str, ...] = ()) -> dict:
     args = [
         PY, "-m", "litgpt_ext", "finetune_kd", str(student), *source, "--data", str(data),
         "--data.prompt_style", "default", "--data.val_split_fraction", "0.02", "--out_dir", str(out),
@@ -66,23 +74,38 @@ def ours(student, data, out, steps, micro, accum, lora, source: list[str]) -> di
         "--train.micro_batch_size", str(micro), "--train.global_batch_size", str(micro * accum),
         "--train.max_steps", str(steps), "--train.epochs", "null", "--train.lr_warmup_steps", "0",
         "--train.save_interval", "100000", "--eval.interval", "100000", "--eval.final_validation", "false",
-        "--optimizer.lr", "1e-4", "--seed", "7",
+        "--optimizer.lr", "1e-4", "--seed", "7", *extra,
     ]  # fmt: skip
     args += ["--mode", "lora", "--lora_r", "8", "--lora_alpha", "16"] if lora else ["--mode", "full"]
     run = run_measured(args)
     perf = json.loads((out / "performance.json").read_text())
-    return {"tps": perf["tokens_per_second"], "rss": run.peak_rss_mb, "wall": run.seconds}
+    return {"tps": perf["tokens_per_second"], "rss": run.peak_rss_mb, "wall": run.seconds,
+            "steps_s": perf["optimizer_steps"] / perf["training_seconds"], "lengths": perf.get("sampled_length"),
+            "gen_s": perf.get("gen_s"), "train_s": perf.get("train_s")}  # fmt: skip
 
 
-def trl(student_hf, teacher_hf, samples, out, steps, micro, accum, lora) -> dict:
+def trl(student_hf, teacher_hf, samples, out, steps, micro, accum, lora, extra: tuple[str, ...] = ("--beta", "0.5")):
     run = run_measured(
         [PY, "-m", "tests.bench.trl_gkd", "--student", str(student_hf), "--teacher", str(teacher_hf),
          "--samples", str(samples), "--out", str(out), "--steps", str(steps), "--micro_batch", str(micro),
-         "--accum", str(accum), "--lora_r", "8" if lora else "0", "--lr", "1e-4", "--beta", "0.5"],
+         "--accum", str(accum), "--lora_r", "8" if lora else "0", "--lr", "1e-4", *extra],
         cwd=REPO,
     )  # fmt: skip
     result = json.loads(run.stdout.strip().splitlines()[-1])
-    return {"tps": result["tokens"] / result["seconds"], "rss": run.peak_rss_mb, "wall": run.seconds}
+    lengths = result["generated_lengths"]
+    return {
+        "tps": result["tokens"] / result["seconds"],
+        "rss": run.peak_rss_mb,
+        "wall": run.seconds,
+        "steps_s": result["steps"] / result["seconds"],
+        "lengths": length_summary(lengths) if lengths else None,
+    }
+
+
+def length_summary(lengths: list[int]) -> dict:
+    ordered = sorted(lengths)
+    return {"mean": round(statistics.mean(ordered), 2), "p50": ordered[len(ordered) // 2],
+            "p90": ordered[int(0.9 * (len(ordered) - 1))], "max": ordered[-1], "count": len(ordered)}  # fmt: skip
 
 
 def main() -> None:
@@ -90,8 +113,11 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny models, 2 steps, 1 round: checks the harness only")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workload", choices=("all", "offpolicy", "onpolicy"), default="all")
+    parser.add_argument("--max_new_tokens", type=int, default=32, help="on-policy: longest sampled completion")
     args = parser.parse_args()
     steps, rounds = (2, 1) if args.smoke else (args.steps, args.rounds)
+    new_tokens = 4 if args.smoke else args.max_new_tokens
     micro, accum = 2, 4
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -111,6 +137,10 @@ def main() -> None:
         data = tmp / "data.json"
         make_examples(data, 400)
         tokenized(student, data, tmp / "samples.pt")
+        if args.workload in ("all", "onpolicy"):
+            onpolicy(tmp, student, teacher, data, steps, micro, accum, rounds, new_tokens, args.smoke)
+        if args.workload == "onpolicy":
+            return
         store = tmp / "store"
         logprobs = run_measured([PY, "-m", "litgpt_ext", "distill_logprobs", str(teacher), "--data", str(data),
                                  "--data.prompt_style", "default", "--data.val_split_fraction", "0.02",
@@ -163,6 +193,40 @@ def main() -> None:
         print(
             f"goal (tokens/s ratio >= 2 and peak RSS ratio <= 0.6, LoRA and full): {'MET' if all(verdicts) else 'NOT MET'}"
         )
+
+
+def onpolicy(tmp, student, teacher, data, steps, micro, accum, rounds, new_tokens, smoke) -> None:
+    """Ours vs GKDTrainer(lmbda=1), LoRA, interleaved rounds (see the module docstring)."""
+    loss = ("--beta", "1.0", "--temperature", "0.9", "--scale_by_t2", "false")
+    mine_flags = (*loss, "--lmbda", "1", "--gen.temperature", "0.9", "--gen.max_new_tokens", str(new_tokens))
+    theirs_flags = ("--beta", "1.0", "--lmbda", "1", "--temperature", "0.9", "--max_new_tokens", str(new_tokens))
+    results: dict[str, list[dict]] = {"ours": [], "trl": []}
+    for r in range(rounds):
+        results["ours"].append(ours(student, data, tmp / f"on-ours-{r}", steps, micro, accum, True,
+                                    ["--teacher", str(teacher)], mine_flags))  # fmt: skip
+        print(f"round {r + 1}/{rounds} on-policy ours: {results['ours'][-1]}", flush=True)
+        results["trl"].append(trl(tmp / "student-hf", tmp / "teacher-hf", tmp / "samples.pt", tmp / f"on-trl-{r}",
+                                  steps, micro, accum, True, theirs_flags))  # fmt: skip
+        print(f"round {r + 1}/{rounds} on-policy trl: {results['trl'][-1]}", flush=True)
+    mine, theirs = results["ours"], results["trl"]
+    ratios = [m["steps_s"] / t["steps_s"] for m, t in zip(mine, theirs)]
+    mem = [m["rss"] / t["rss"] for m, t in zip(mine, theirs)]
+    header = (
+        "bench-kd on-policy (smoke)"
+        if smoke
+        else f"bench-kd on-policy (GKD lmbda 1, beta 1, temperature 0.9, LoRA): {steps} steps x {micro * accum} "
+        f"prompts (micro-batch {micro}), up to {new_tokens} new tokens; {rounds} interleaved rounds: median (min-max)"
+    )
+    print("\n" + header)
+    rows = [("", "ours steps/s", "TRL steps/s", "ratio", "ours peak RSS MB", "TRL peak RSS MB", "ratio")]
+    rows.append(("on-policy, lora", spread([m["steps_s"] for m in mine], "{:.3f}"),
+                 spread([t["steps_s"] for t in theirs], "{:.3f}"), spread(ratios, "{:.2f}"),
+                 spread([m["rss"] for m in mine]), spread([t["rss"] for t in theirs]), spread(mem, "{:.2f}")))  # fmt: skip
+    print(table(rows))
+    print(f"generated lengths, last round — ours: {mine[-1]['lengths']}; TRL: {theirs[-1]['lengths']}")
+    if not smoke:
+        met = statistics.median(ratios) >= 3 and statistics.median(mem) <= 1
+        print(f"goal (steps/s ratio >= 3 at peak RSS ratio <= 1): {'MET' if met else 'NOT MET'}")
 
 
 if __name__ == "__main__":

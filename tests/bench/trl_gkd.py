@@ -1,10 +1,11 @@
-"""The TRL side of ``make bench-kd``: GKDTrainer (``lmbda=0``: off-policy, on the data's answers) on exported
-student and teacher models, in its own process, with peft LoRA or full weights.
+"""The TRL side of ``make bench-kd``: GKDTrainer — ``lmbda=0`` (off-policy, on the data's answers) or ``lmbda=1``
+(on-policy: transformers ``generate`` on the student inside every training step) — on exported student and teacher
+models, in its own process, with peft LoRA or full weights.
 
 The samples are tokenized as ours are (litgpt JSON through the raw prompt style: prompt ids, answer ids + EOS, labels
 -100 on the prompt), handed over already tokenized with a padding collator, so both trainers see the same tokens.
 Prints one JSON line: the non-padding tokens trained on (counted in ``compute_loss``) and the seconds of the
-training loop (first step begin -> last step end).
+training loop (first step begin -> last step end), and on-policy the length of every generated completion.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=0.5)
     parser.add_argument("--lmbda", type=float, default=0.0)
     parser.add_argument("--max_new_tokens", type=int, default=16)
+    parser.add_argument("--temperature", type=float, default=0.9, help="GKD's: sampling and the loss alike")
     args = parser.parse_args()
 
     from datasets import Dataset
@@ -80,6 +82,7 @@ def main() -> None:
         beta=args.beta,
         seq_kd=False,
         max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
         logging_steps=1,
         save_strategy="no",
         report_to=[],
@@ -106,8 +109,17 @@ def main() -> None:
         return compute_loss(model, inputs, *a, **kw)
 
     trainer.compute_loss = counted
+    generate, lengths = trainer.generate_on_policy_outputs, []
+
+    def measured(model, inputs, generation_config):
+        out = generate(model, inputs, generation_config)
+        lengths.extend((out[2] != -100).sum(1).tolist())  # completion tokens (EOS included when sampled)
+        return out
+
+    trainer.generate_on_policy_outputs = measured
     trainer.train()
-    print(json.dumps({"tokens": counter[0], "seconds": clock.end - clock.start, "steps": trainer.state.global_step}))
+    print(json.dumps({"tokens": counter[0], "seconds": clock.end - clock.start, "steps": trainer.state.global_step,
+                      "generated_lengths": lengths}))  # fmt: skip
 
 
 if __name__ == "__main__":

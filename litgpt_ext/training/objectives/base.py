@@ -55,11 +55,12 @@ class Objective:
         """Return the loss to backpropagate and detached metrics to log (TRL names where one exists)."""
         raise NotImplementedError
 
-    def on_batch(self, model: nn.Module, batch: dict, iteration: int) -> dict:
-        """The micro-batch to train on, given the one the data produced (on-policy distillation replaces its answers
-        by the student's own samples). ``iteration`` numbers micro-batches from the run's start and is restored on
-        resume. Default: the batch as it is."""
-        return batch
+    def on_step(self, model: nn.Module, batches: list[dict], iteration: int) -> list[dict]:
+        """The micro-batches one optimizer step trains on, given the ones the data produced (on-policy distillation
+        replaces their answers by the current student's samples, all drawn at once: the weights do not change within
+        a step). ``iteration`` numbers the first micro-batch from the run's start; it is restored on resume.
+        Default: the batches as they are."""
+        return batches
 
     def step_stats(self, elapsed: float) -> dict[str, float]:
         """Extra figures for a train log row, covering the ``elapsed`` seconds since the previous row. Default: none."""
@@ -76,6 +77,11 @@ class Objective:
     def sample_length(self, sample: dict) -> int:
         """Tokens of the longest row a sample becomes (sizes the model's context for the run)."""
         return len(sample["input_ids"])
+
+    def length_growth(self) -> int:
+        """Tokens a sample may gain during training beyond its longest row (sampled answers longer than the data's);
+        the model's context for the run is sized with it. Default: 0."""
+        return 0
 
     def batch_size(self, batch: dict) -> int:
         """Samples in a batch (weights validation means)."""

@@ -311,30 +311,32 @@ class KDObjective(Objective):
             config |= {"lmbda": policy.lmbda, "seq_kd": policy.seq_kd, "gen": vars(policy.gen)}
         return config
 
-    def sample_length(self, sample: dict) -> int:
-        if self.sampler is None:
-            return len(sample["input_ids"])
-        from litgpt_ext.training.onpolicy import prompt_of
+    def length_growth(self) -> int:
+        """Room for sampled answers: up to --gen.max_new_tokens and an EOS after any prompt."""
+        return self.sampler.policy.gen.max_new_tokens + 1 if self.sampler is not None else 0
 
-        prompt = len(prompt_of(sample["input_ids"], sample["labels"]))
-        return max(len(sample["input_ids"]), prompt + self.sampler.policy.gen.max_new_tokens + 1)
-
-    def on_batch(self, model: nn.Module, batch: dict, iteration: int) -> dict:
-        """Sequence-level KD: the teacher's samples replace the answers; on-policy (probability λ): the current
-        student's samples do (see :mod:`litgpt_ext.training.onpolicy`)."""
+    def on_step(self, model: nn.Module, batches: list[dict], iteration: int) -> list[dict]:
+        """Per micro-batch, with probability λ the current student's samples replace the answers (on-policy);
+        otherwise, with ``seq_kd``, the teacher's do (sequence-level KD) — TRL's order. Each model samples all its
+        micro-batches of the step in one engine call (see :mod:`litgpt_ext.training.onpolicy`)."""
         if self.sampler is None:
-            return batch
-        if self.sampler.policy.seq_kd:
-            context = unwrap(model).max_seq_length
-            batch = self.sampler.resample(
-                self.teacher.model, batch, iteration, "teacher", self.teacher.autocast(), context
-            )
-        on = self.sampler.student_turn(iteration)
-        self.sampler.count(on)
-        if on:
+            return batches
+        turns = [self.sampler.student_turn(iteration + i) for i in range(len(batches))]
+        for on in turns:
+            self.sampler.count(on)
+        out = list(batches)
+        student = [(b, iteration + i) for i, (b, on) in enumerate(zip(batches, turns, strict=True)) if on]
+        if student:
             autocast = self.fabric.autocast() if self.fabric is not None else None
-            batch = self.sampler.resample(model, batch, iteration, "student", autocast)
-        return batch
+            rebuilt = iter(self.sampler.resample_many(model, student, "student", autocast))
+            out = [next(rebuilt) if on else b for b, on in zip(out, turns, strict=True)]
+        teacher = [(b, iteration + i) for i, (b, on) in enumerate(zip(batches, turns, strict=True)) if not on]
+        if self.sampler.policy.seq_kd and teacher:
+            context = unwrap(model).max_seq_length
+            rebuilt = iter(self.sampler.resample_many(self.teacher.model, teacher, "teacher",
+                                                      self.teacher.autocast(), context))  # fmt: skip
+            out = [b if on else next(rebuilt) for b, on in zip(out, turns, strict=True)]
+        return out
 
     def step_stats(self, elapsed: float) -> dict[str, float]:
         return self.sampler.step_stats(elapsed) if self.sampler is not None else {}
