@@ -240,3 +240,16 @@ def test_distill_logprobs_resumes_missing_windows_and_shards_pack_the_same_store
         assert all(torch.equal(a[k], b[k]) for k in ("ids", "logps", "tail", "target", "offsets"))
     with pytest.raises(UserError, match="top_k: must be >= 1"):
         distill_logprobs(teacher_dir, out=tmp_path / "three", **{**common, "top_k": 0})
+
+
+def test_tokens_count_every_step_whatever_the_log_interval(pair, data_dir, tmp_path):
+    """tokens (and tokens/s, performance.json) cover every step, not only the logged ones."""
+    runs = {}
+    for every in (1, 3):
+        train = TrainArgs(max_steps=6, epochs=None, global_batch_size=2, micro_batch_size=2, save_interval=None,
+                          lr_warmup_steps=0, log_interval=every)  # fmt: skip
+        rows = _train(pair, data_dir, tmp_path / f"log{every}", train=train)
+        runs[every] = [r for r in rows if "tokens" in r][-1]["tokens"]
+        perf = json.loads((tmp_path / f"log{every}" / "performance.json").read_text())
+        assert perf["tokens"] == runs[every]
+    assert runs[1] == runs[3] > 0

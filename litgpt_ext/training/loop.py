@@ -251,8 +251,11 @@ def fit(
             progress.step += 1
             bar.update(1)
 
-            if progress.step % train.log_interval == 0 or progress.step == total_steps:
-                progress.tokens += int(step_tokens) * fabric.world_size
+            logging = progress.step % train.log_interval == 0 or progress.step == total_steps
+            if logging or (train.save_interval and progress.step % train.save_interval == 0):
+                progress.tokens += int(step_tokens) * fabric.world_size  # one device sync per row or checkpoint
+                step_tokens.zero_()
+            if logging:
                 elapsed = time.perf_counter() - t_start
                 row = {
                     "step": progress.step,
@@ -270,7 +273,6 @@ def fit(
                 bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_sec']:,.0f}", refresh=False)
             step_loss.zero_()
             step_metrics.clear()
-            step_tokens.zero_()
 
             if progress.step % eval.interval == 0 and progress.step < total_steps:
                 after_eval(progress.step, evaluate(progress.step))
