@@ -183,6 +183,13 @@ def fit(
 
     last_rows: dict[str, dict] = {}
 
+    def save_step() -> Path:
+        """A resumable checkpoint of the last finished step."""
+        where = out_dir / f"step-{progress.step:06d}"
+        state = {"optimizer": optimizer, "scheduler": scheduler, "progress": progress.__dict__}
+        writer.write(fabric, model, where, training_state=state)
+        return where
+
     def record(row: dict, kind: str) -> None:
         fabric.log_dict(row, step=row["step"])
         last_rows[kind] = row
@@ -277,16 +284,13 @@ def fit(
             if progress.step % eval.interval == 0 and progress.step < total_steps:
                 after_eval(progress.step, evaluate(progress.step))
             if train.save_interval and progress.step % train.save_interval == 0:
-                state = {"optimizer": optimizer, "scheduler": scheduler, "progress": progress.__dict__}
-                writer.write(fabric, model, out_dir / f"step-{progress.step:06d}", training_state=state)
+                save_step()
                 if fabric.global_rank == 0:
                     prune_step_dirs(out_dir, checkpoint.keep_last)
     except ResumableStop as stop:
         bar.close()
         progress.iter = progress.step * accum  # the unfinished step's micro-batches are redone on resume
-        state = {"optimizer": optimizer, "scheduler": scheduler, "progress": progress.__dict__}
-        where = out_dir / f"step-{progress.step:06d}"
-        writer.write(fabric, model, where, training_state=state)
+        where = save_step()
         if log is not None:
             log.close()
         raise ResumableStop(

@@ -52,6 +52,21 @@ def fit_vocab(logits: torch.Tensor, vocab: int) -> torch.Tensor:
     return torch.cat([logits, pad], dim=-1)
 
 
+def topk_blocks(rows: dict[str, torch.Tensor]) -> Callable[[int, int], TeacherBlock]:
+    """``block(start, end)`` over top-k rows (``t_ids``, ``t_logps``, ``t_tail``, ``t_target``) at a batch's answer
+    positions, as a stored or server teacher gives them."""
+
+    def block(start: int, end: int) -> TeacherBlock:
+        return TeacherBlock(
+            ids=rows["t_ids"][start:end],
+            logps=rows["t_logps"][start:end],
+            tail=rows["t_tail"][start:end],
+            target_logps=rows["t_target"][start:end],
+        )
+
+    return block
+
+
 class Teacher:
     """The teacher's side of every batch (see the module docstring)."""
 
@@ -164,15 +179,7 @@ class StoredTeacher(Teacher):
         return {**batch, **rows}
 
     def blocks(self, batch, input_ids, flat):
-        def block(start: int, end: int) -> TeacherBlock:
-            return TeacherBlock(
-                ids=batch["t_ids"][start:end],
-                logps=batch["t_logps"][start:end],
-                tail=batch["t_tail"][start:end],
-                target_logps=batch["t_target"][start:end],
-            )
-
-        return block
+        return topk_blocks(batch)
 
 
 SERVER_TAIL_FLOOR = 1e-6
@@ -230,14 +237,4 @@ class ServerTeacher(Teacher):
                 "t_target": t_target.to(device)}  # fmt: skip
 
     def blocks(self, batch, input_ids, flat):
-        rows = self.scores(batch)
-
-        def block(start: int, end: int) -> TeacherBlock:
-            return TeacherBlock(
-                ids=rows["t_ids"][start:end],
-                logps=rows["t_logps"][start:end],
-                tail=rows["t_tail"][start:end],
-                target_logps=rows["t_target"][start:end],
-            )
-
-        return block
+        return topk_blocks(self.scores(batch))
