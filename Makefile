@@ -10,7 +10,7 @@ SHELL := /bin/bash
 # pip prints one warning per missing local index folder on some machines; keep its real output only.
 QUIET_PIP := 2>&1 | { grep -v "is ignored" || true; }
 
-.PHONY: help install demo test lint format clean bench-sft bench-teacher bench-generate bench-dpo bench-sql-label bench-orm bench-kd
+.PHONY: help install demo test lint format clean bench-sft bench-teacher bench-generate bench-dpo bench-sql-label bench-orm bench-prm bench-kd
 .PHONY: teacher convert tokenize student export generate heldout fidelity report task-env FORCE
 .DEFAULT_GOAL := help
 
@@ -65,6 +65,9 @@ bench-sql-label: install
 
 bench-orm: install
 	$(BIN)/python -m tests.bench.bench_orm
+
+bench-prm: install
+	$(BIN)/python -m tests.bench.bench_prm
 
 bench-kd: install
 	$(BIN)/python -m tests.bench.bench_kd
@@ -211,7 +214,7 @@ task-env:
 
 help:
 	@echo "Set-up:    make demo | make test          (both install into .venv when needed)"
-	@echo "Checks:    make lint | make format | make bench-{sft,teacher,generate,dpo,sql-label,orm,kd}"
+	@echo "Checks:    make lint | make format | make bench-{sft,teacher,generate,dpo,sql-label,orm,prm,kd}"
 	@echo "Pipeline:  make teacher | convert | tokenize | student | export | generate   TASK=name (default: demo)"
 	@echo "           make heldout | fidelity | report: the student vs the teacher on HELDOUT, cost and speed"
 	@echo "           each stage makes the ones before it when they are out of date; make -n generate shows the chain"

@@ -496,18 +496,49 @@ def _orm_stage(student: Path) -> list[tuple[str, Path]]:
     scored = sql / "eval" / "scored.jsonl"
     scored.unlink(missing_ok=True)
     litgpt_ext("orm_score", rel(out / "final"), "--input", rel(sql / "eval" / "test.jsonl"), "--output", rel(scored))
+    print("  (the tiny student's ORM saw these questions' labelled candidates in training; val metrics above are on")
+    print("   held-out questions)")
+    return [("reward model (classifier head) + ROC plots", out)]
+
+
+def _prm_stage(student: Path) -> list[tuple[str, Path]]:
+    """Process reward model: step labels from the rule-made candidates (the changed clause is the first wrong step),
+    a classifier head at every step end, per-step scores for every candidate, and the rerank table with ORM and PRM
+    side by side."""
+    sql = RUN / "sql"
+    questions, db_dir = sql / "questions.jsonl", sql / "database"
+    cache = rel(sql / "v1" / "exec_cache.jsonl")
+    common = ("--questions", rel(questions), "--db_dir", rel(db_dir), "--target", "prm", "--cache", cache)
+    litgpt_ext_side_by_side(
+        ("distill_sql_label", *common, "--candidates", f"[{rel(sql / 'mutations.jsonl')}]",
+         "--out_dir", rel(sql / "prm_rows"), "--version", "v2"),
+        ("distill_sql_label", *common, "--candidates", f"[{rel(sql / 'candidates_shuffled.jsonl')}]",
+         "--out_dir", rel(sql / "prm_eval"), "--version", "eval", "--split", "test"),
+    )  # fmt: skip
+    out = sql / "prm"
+    litgpt_ext(
+        "finetune_prm", rel(student), "--data", "PrmData", "--data.path", rel(sql / "prm_rows" / "train.jsonl"),
+        "--data.val_split_fraction", 0.25, "--head", "classifier", "--pos_weight", "auto", "--mode", "lora",
+        "--lora_r", 16, "--lora_mlp", "true", "--out_dir", rel(out), "--precision", "32-true",
+        "--train.max_steps", 150, "--train.epochs", "null", "--train.global_batch_size", 16,
+        "--train.micro_batch_size", 16, "--train.lr_warmup_steps", 5, "--optimizer.lr", 3e-3,
+        "--eval.interval", 150, "--eval.initial_validation", "true",
+    )  # fmt: skip
+    scored = sql / "prm_eval" / "scored.jsonl"
+    scored.unlink(missing_ok=True)
+    litgpt_ext("prm_score", rel(out / "final"), "--input", rel(sql / "prm_eval" / "test.jsonl"), "--output",
+               rel(scored))  # fmt: skip
     litgpt_ext(
         "orm_rerank",
         "--scored",
-        rel(scored),
+        f"[{rel(sql / 'eval' / 'scored.jsonl')}, {rel(scored)}]",
         "--labels",
         rel(sql / "eval" / "test.jsonl"),
         "--output",
         rel(sql / "rerank.json"),
     )
-    print("  (the tiny student's ORM saw these questions' labelled candidates in training; val metrics above are on")
-    print("   held-out questions)")
-    return [("reward model (classifier head) + ROC plots", out), ("best-of-N rerank report", sql / "rerank.json")]
+    return [("process reward model (classifier head at each step)", out),
+            ("best-of-N rerank report (first / self-consistency / ORM / PRM / oracle)", sql / "rerank.json")]  # fmt: skip
 
 
 def teacher_text_data(prompts: Path, generations: Path) -> list[dict]:
@@ -595,7 +626,8 @@ def _kd_stage(student: Path) -> list[tuple[str, Path]]:
     return [("logit distillation vs SFT on the teacher's text", kd / "comparison.json")]
 
 
-STAGES = [_preference_stage, _sft_stage, _export_stage, _generate_stage, _sql_stage, _orm_stage, _kd_stage]
+STAGES = [_preference_stage, _sft_stage, _export_stage, _generate_stage, _sql_stage, _orm_stage, _prm_stage,
+          _kd_stage]  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from conftest import REPO
         ("bench_dpo", ["ours tokens/s", "TRL tokens/s", "DPO", "ORPO"]),
         ("bench_sql_label", ["statements/s (execution phase)", "cache-hit rerun"]),
         ("bench_orm", ["scoring rows/s", "training tokens/s"]),
+        ("bench_prm", ["step scoring rows/s"]),
         (
             "bench_kd",
             [

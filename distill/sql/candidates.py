@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 from distill.sql.mutate import mutate as make_mutations
-from distill.sql.questions import read_questions
+from distill.sql.questions import Dataset, read_questions
 from distill.sql.schema import connect_ro, db_path, schema_text
 from litgpt_ext.errors import UserError, require
 from litgpt_ext.io import atomic_write_jsonl
@@ -33,6 +33,7 @@ def distill_sql_candidates(
     sample_rows: int = 0,
     mutate: int = 0,
     mutations_output: Path | None = None,
+    dataset: Dataset = "auto",
 ) -> None:
     """Write one generation prompt per question (``{"id", "db_id", "prompt"}``) for ``generate_batch``.
 
@@ -40,7 +41,8 @@ def distill_sql_candidates(
     --temperature 0.8 --top_k 50 --top_p 0.95``, then label them with ``distill_sql_label --candidates C.jsonl``.
 
     Args:
-        questions: JSONL of ``{"id", "db_id", "question", "gold_sql", "evidence"?}`` (Spider/BIRD fields).
+        questions: Our JSONL (``{"id", "db_id", "question", "gold_sql", "evidence"?}``), or BIRD's ``train.json`` /
+            Spider's ``train_spider.json`` as published (see ``--dataset``).
         db_dir: Databases in the Spider/BIRD layout: ``<db_dir>/<db_id>/<db_id>.sqlite``.
         output: The prompts JSONL (generate_batch's ``--input``).
         template: Prompt template (file or text) with ``{schema}`` and ``{question}`` (and any question field).
@@ -49,6 +51,7 @@ def distill_sql_candidates(
             condition, join key, LIMIT, ORDER BY direction); the gold itself is one more candidate.
         mutations_output: Where those candidates go, in generate_batch's output shape (``{"id", "generations"}``);
             pass it to distill_sql_label's ``--candidates`` with (or instead of) the student's samples.
+        dataset: The questions file's shape: ``auto`` (by its content), ``jsonl``, ``bird`` or ``spider``.
     """
     questions_path, db_dir = Path(require(questions, "questions")), Path(require(db_dir, "db_dir"))
     if sample_rows < 0:
@@ -57,7 +60,7 @@ def distill_sql_candidates(
         raise UserError(f"must be >= 0, got {mutate}", field="mutate")
     if mutate and mutations_output is None:
         raise UserError("--mutate needs --mutations_output", field="mutations_output")
-    items = read_questions(questions_path, db_dir)
+    items = read_questions(questions_path, db_dir, dataset)
     tmpl = template_or_text(template, "template")
     schemas: dict[str, str] = {}
     columns: dict[str, dict[str, list[str]]] = {}

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from distill.quarantine import Quarantine
 from distill.sql.extract import extract_sql, normalize_sql
 from distill.sql.mutate import top_level
-from distill.sql.questions import Question, read_questions
+from distill.sql.questions import Dataset, Question, read_questions
 from distill.sql.results import ExecCache, exec_key, summarize
 from distill.sql.sandbox import Sandbox
 from distill.sql.schema import db_path, schema_text
@@ -36,6 +36,7 @@ from litgpt_ext.io import atomic_write_json, atomic_write_jsonl
 
 Version = Literal["v1", "v2", "eval"]
 Compare = Literal["auto", "set", "multiset", "ordered"]
+Target = Literal["orm", "prm"]
 
 
 def read_candidates(paths: list[Path]) -> tuple[dict[str, list[str]], dict[str, str]]:
@@ -128,6 +129,89 @@ def label_question(
     return rows
 
 
+def balance(q: Question, rows: list[dict], seed: int, drop) -> list[dict]:
+    """v1: a question with both labels keeps min(pos, neg) of each (seeded); a one-sided question is dropped."""
+    pos = [r for r in rows if r["label"] == 1]
+    neg = [r for r in rows if r["label"] == 0]
+    if rows and not (pos and neg):
+        drop("one_sided", question_id=q.id, positives=len(pos), negatives=len(neg))
+        return []
+    n = min(len(pos), len(neg))
+    local = random.Random(f"{seed}/{q.id}")
+    keep = {r["id"] for r in local.sample(pos, n) + local.sample(neg, n)}
+    for r in rows:
+        if r["id"] not in keep:
+            drop("balanced_out", question_id=q.id, sql=r["sql"], label=r["label"])
+    return [r for r in rows if r["id"] in keep]
+
+
+def step_rows(
+    rows, items, db_dir, paths, cache, compare, prompt, version, drop, rollouts, soft, student, prompts, out_dir, settings,
+    workers, timeout_s, max_rows,
+) -> tuple[list[dict], dict]:  # fmt: skip
+    """The labelled candidates as TRL stepwise rows (``prompt``, ``completions``, ``labels``), labelled as
+    :mod:`distill.sql.step_labels` says; ``eval`` rows without derivable step labels keep ``labels: null``."""
+    from distill.sql import step_labels as sl
+    from distill.sql.steps import sql_steps
+
+    questions = {q.id: q for q in items}
+    made = sl.rule_made(paths)
+    plans = []
+    for row in rows:
+        q = questions[row["question_id"]]
+        steps = sql_steps(row["sql"])
+        correct = row["label"] == 1
+        source = "outcome" if correct else "mutation" if (q.id, normalize_sql(row["sql"])) in made else "mc"
+        plans.append((row, q, steps, correct, source))
+    need = {q.id for _, q, steps, correct, source in plans if source == "mc" and len(steps) > 1}
+    samples: dict = {}
+    mc_stats = {"questions": 0, "executed": 0}
+    if rollouts and need:
+        samples = sl.sample_rollouts(Path(student), Path(prompts), need, out_dir, rollouts, settings)
+        mc_stats["questions"] = len(need)
+    planned_queries = {}
+    tasks = []
+    for row, q, steps, _correct, source in plans:
+        if source == "mc" and rollouts:
+            queries = sl.rollout_queries(steps, samples.get(q.id, [])[:rollouts])
+            planned_queries[row["id"]] = queries
+            path = str(db_path(db_dir, q.db_id))
+            tasks += [(q.db_id, path, sql) for step in queries for sql in step if sql]
+    if tasks:
+        mc_stats.update(execute_all(tasks, cache, workers or os.cpu_count() or 1, timeout_s, max_rows))
+        cache.close()
+    out = []
+    for row, q, steps, correct, source in plans:
+        gold_steps = sql_steps(q.gold_sql)
+        if source in ("outcome", "mutation"):
+            labels = sl.mutation_labels(steps, gold_steps, correct)
+            labels = [float(x) for x in labels] if soft else labels
+        elif rollouts:
+            gold = cache.get(q.db_id, q.gold_sql)
+            reaches = sl.gold_match(cache, q.db_id, gold, compare_mode(q.gold_sql, compare))
+            labels = sl.mc_labels(planned_queries[row["id"]], correct, reaches, soft)
+        elif version == "eval":
+            labels = None
+        else:
+            drop("no_step_labels", question_id=q.id, sql=row["sql"], hint="pass --rollouts K for sampled candidates")
+            continue
+        fields = {"question": q.question, "schema": row["schema"], "db_id": q.db_id}
+        try:
+            text = prompt.format(**fields)
+        except (KeyError, IndexError, ValueError) as err:
+            raise UserError(f"bad template ({err!r}; fields: question, schema, db_id)", field="prm_prompt") from None
+        out.append(
+            {
+                **row,
+                "prompt": text,
+                "completions": [s.text for s in steps],
+                "labels": labels,
+                "label_source": source if source != "mc" or rollouts else "none",
+            }
+        )
+    return out, mc_stats
+
+
 def distill_sql_label(
     questions: Path | None = None,
     db_dir: Path | None = None,
@@ -147,12 +231,25 @@ def distill_sql_label(
     public: bool = False,
     source: str = "student",
     from_hub: str | None = None,
+    target: Target = "orm",
+    dataset: Dataset = "auto",
+    prm_prompt: str | None = None,
+    rollouts: int = 0,
+    mc: Literal["hard", "soft"] = "hard",
+    student: Path | None = None,
+    prompts: Path | None = None,
+    rollout_max_new_tokens: int = 128,
+    rollout_temperature: float = 0.8,
+    rollout_prompt_style: str = "auto",
 ) -> None:
-    """Execute gold and candidate SQL in a read-only sandbox and write labelled rows for an outcome reward model.
+    """Execute gold and candidate SQL in a read-only sandbox and write labelled rows for an outcome reward model
+    (``--target orm``) or step-labelled rows for a process reward model (``--target prm``).
 
     Args:
-        questions: JSONL of ``{"id", "db_id", "question", "gold_sql", "evidence"?}``.
-        db_dir: Databases in the Spider/BIRD layout: ``<db_dir>/<db_id>/<db_id>.sqlite``.
+        questions: Our JSONL (``{"id", "db_id", "question", "gold_sql", "evidence"?}``), or BIRD's ``train.json`` /
+            Spider's ``train_spider.json`` as published (see ``--dataset``).
+        db_dir: Databases in the Spider/BIRD layout: ``<db_dir>/<db_id>/<db_id>.sqlite`` (BIRD's
+            ``train_databases/``, Spider's ``database/``).
         candidates: generate_batch output(s) for distill_sql_candidates' prompts (``{"id", "generations"}``), and/or
             its ``--mutations_output``; several files are merged by id. The SQL of a generation is its last fenced
             ```sql block, else the text from the first SELECT/WITH.
@@ -175,6 +272,19 @@ def distill_sql_label(
         public: Make the pushed dataset public.
         source: Where the candidates came from (``student``, ``mutations``, a model name), for the card and repo name.
         from_hub: Instead of building: download the dataset ``OWNER/NAME`` (its JSONL splits and card) into out_dir.
+        target: ``orm`` (one label per candidate) or ``prm``: TRL's stepwise rows (``prompt``, ``completions`` = the
+            candidate's stages, ``labels`` = one per stage; see distill/sql/step_labels.py for how they are made).
+        dataset: The questions file's shape: ``auto`` (by its content), ``jsonl``, ``bird`` or ``spider``.
+        prm_prompt: (prm) Text before the steps, with fields ``question``, ``schema``, ``db_id`` (default
+            "Question: {question}\nSQL steps:\n").
+        rollouts: (prm) Monte-Carlo step labels for sampled (not rule-made) candidates: K student samples per
+            question, spliced after each step's prefix and executed; 0: such wrong candidates are quarantined.
+        mc: (prm) ``hard`` (a step is positive if any rollout reaches the gold result) or ``soft`` (the fraction).
+        student: (prm, rollouts) The student checkpoint that samples the rollouts.
+        prompts: (prm, rollouts) distill_sql_candidates' prompts file (the student's generation prompts).
+        rollout_max_new_tokens: (prm, rollouts) Tokens per rollout sample.
+        rollout_temperature: (prm, rollouts) Sampling temperature of the rollouts (top-k 50, top-p 0.95).
+        rollout_prompt_style: (prm, rollouts) The student's prompt style for the rollouts (generate_batch's).
     """
     if from_hub:
         from distill.sql.hub import pull_dataset
@@ -192,8 +302,15 @@ def distill_sql_label(
         raise UserError(f"must be >= 1, got {workers}", field="workers")
     if not split or "/" in split:
         raise UserError(f"not a file name: {split!r}", field="split")
+    if rollouts < 0:
+        raise UserError(f"must be >= 0, got {rollouts}", field="rollouts")
+    if rollouts and target != "prm":
+        raise UserError("Monte-Carlo rollouts label steps: they need --target prm", field="rollouts")
+    if rollouts and (student is None or prompts is None):
+        raise UserError("--rollouts needs --student CKPT and --prompts (distill_sql_candidates' output)",
+                        field="student" if student is None else "prompts")  # fmt: skip
     paths = [Path(c) for c in (candidates if isinstance(candidates, list | tuple) else [candidates])]
-    items = read_questions(questions_path, db_dir)
+    items = read_questions(questions_path, db_dir, dataset)
     generations, gen_errors = read_candidates(paths)
     out_dir = Path(out_dir)
     dropped = Quarantine()
@@ -231,25 +348,18 @@ def distill_sql_label(
         exec_cache.close()
 
     schemas: dict[str, str] = {}
-    out_rows: list[dict] = []
+    kept: dict[str, list[dict]] = {}
     for q in items:
         if q.db_id not in schemas:
             schemas[q.db_id] = schema_text(db_path(db_dir, q.db_id), sample_rows)
         rows = label_question(q, per_question[q.id], exec_cache, compare, include_errors, version, drop)
         if version == "v1":
-            pos = [r for r in rows if r["label"] == 1]
-            neg = [r for r in rows if r["label"] == 0]
-            if rows and not (pos and neg):
-                drop("one_sided", question_id=q.id, positives=len(pos), negatives=len(neg))
-                continue
-            n = min(len(pos), len(neg))
-            local = random.Random(f"{seed}/{q.id}")
-            keep = {r["id"] for r in local.sample(pos, n) + local.sample(neg, n)}
-            for r in rows:
-                if r["id"] not in keep:
-                    drop("balanced_out", question_id=q.id, sql=r["sql"], label=r["label"])
-            rows = [r for r in rows if r["id"] in keep]
-        for r in rows:
+            rows = balance(q, rows, seed, drop)
+        kept[q.id] = rows
+
+    out_rows: list[dict] = []
+    for q in items:
+        for r in kept[q.id]:
             row = {
                 "id": r["id"],
                 "question_id": q.id,
@@ -264,6 +374,16 @@ def distill_sql_label(
             if version == "eval":
                 row["fingerprint"] = r["fingerprint"]
             out_rows.append(row)
+    if target == "prm":
+        from distill.sql.step_labels import PRM_PROMPT
+
+        settings = {"max_new_tokens": rollout_max_new_tokens, "temperature": rollout_temperature,
+                    "prompt_style": rollout_prompt_style, "seed": seed}  # fmt: skip
+        out_rows, mc_stats = step_rows(
+            out_rows, items, db_dir, paths, exec_cache, compare, prm_prompt or PRM_PROMPT, version, drop,
+            rollouts, mc == "soft", student, prompts, out_dir, settings, workers, timeout_s, max_rows,
+        )  # fmt: skip
+        stats["rollouts"] = mc_stats
 
     split_path = out_dir / f"{split}.jsonl"
     atomic_write_jsonl(split_path, out_rows)
@@ -278,6 +398,7 @@ def distill_sql_label(
         "positives": sum(r["label"] == 1 for r in out_rows),
         "negatives": sum(r["label"] == 0 for r in out_rows),
         "dropped": dropped.counts(),
+        "target": target,
         "executions": stats,
         "compare": compare,
         "include_errors": include_errors,

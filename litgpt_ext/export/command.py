@@ -102,7 +102,7 @@ def export_hf(
             ids = export_tokenizer(checkpoint_dir, partial, config.block_size, template)
             hf = hf_config(config, family, target_dtype, ids["bos_token_id"], ids["eos_token_id"])
             if reward is not None:
-                hf = sequence_classification_config(hf, family, reward["num_labels"], ids["pad_token_id"])
+                hf = classification_config(hf, family, reward, ids["pad_token_id"])
             atomic_write_json(partial / "config.json", hf)
             atomic_write_json(partial / "generation_config.json", {**ids, "_from_model_config": False})
     except BaseException:
@@ -125,6 +125,10 @@ def prompt_format(checkpoint_dir: Path, config: Config, reward: dict | None) -> 
     orm_file = checkpoint_dir / "orm_config.json"
     if orm_file.is_file():
         cfg = json.loads(orm_file.read_text())
+        if cfg.get("reward") == "process":
+            sep = cfg.get("step_separator", "\n")
+            example = "{prompt}" + sep.join(["{step 1}", "{step 2}", "{step n}"])
+            return PromptFormat("the PRM input", example, "none: a reward model scores text", False), None
         used = cfg.get("orm_prompt")
         if used:
             return PromptFormat(
@@ -173,20 +177,31 @@ def reward_head(checkpoint_dir: Path) -> dict | None:
     return {**cfg, "weight": torch.load(head_file, weights_only=True)["weight"]}
 
 
-def sequence_classification_config(hf: dict, family, num_labels: int, pad_token_id: int | None) -> dict:
-    """``config.json`` of ``AutoModelForSequenceClassification``: the family's ``*ForSequenceClassification``, the
-    label count, and the pad id transformers uses to find each row's last real token."""
+def classification_config(hf: dict, family, reward: dict, pad_token_id: int | None) -> dict:
+    """``config.json`` of ``AutoModelForSequenceClassification`` (an outcome reward model) or
+    ``AutoModelForTokenClassification`` (a process reward model: a score at every position, read at step ends):
+    the family's class, the label count, and the pad id transformers uses to find each row's last real token."""
     if pad_token_id is None:
         raise UserError("the tokenizer has no pad or eos token to mark padding", field="checkpoint_dir")
+    num_labels = reward["num_labels"]
     labels = {0: "incorrect", 1: "correct"} if num_labels == 2 else {0: "score"}
+    kind = "ForTokenClassification" if reward.get("reward") == "process" else "ForSequenceClassification"
     return {
         **hf,
-        "architectures": [family.architecture.replace("ForCausalLM", "ForSequenceClassification")],
+        "architectures": [family.architecture.replace("ForCausalLM", kind)],
         "num_labels": num_labels,
         "id2label": {str(k): v for k, v in labels.items()},
         "label2id": {v: k for k, v in labels.items()},
         "pad_token_id": pad_token_id,
     }
+
+
+def score_tensors(reward: dict) -> dict[str, torch.Tensor]:
+    """The ``score`` layer's tensors: transformers' token classifiers have a bias (ours is bias-free: zeros)."""
+    weight = reward["weight"]
+    if reward.get("reward") == "process":
+        return {"score.weight": weight, "score.bias": torch.zeros(weight.size(0), dtype=weight.dtype)}
+    return {"score.weight": weight}
 
 
 def _export_full(checkpoint_dir, out, config, family, dtype, max_bytes, reward: dict | None = None) -> torch.dtype:
@@ -206,7 +221,8 @@ def _export_full(checkpoint_dir, out, config, family, dtype, max_bytes, reward: 
                 continue  # a sequence classifier has a score head instead
             writer.add(hf_name, value.to(target))
     if reward is not None:
-        writer.add("score.weight", reward["weight"].to(target))
+        for name, value in score_tensors(reward).items():
+            writer.add(name, value.to(target))
     writer.close()
     return target
 
@@ -223,7 +239,8 @@ def _export_peft(checkpoint_dir, out, config, family, dtype, hparams, base_model
     tensors, targets = peft_tensors(family, config, lora, lora_params)
     adapter = adapter_config(lora_params, targets, base_model or hparams.get("checkpoint_dir"))
     if reward is not None:
-        tensors["base_model.model.score.weight"] = reward["weight"]
-        adapter |= {"task_type": "SEQ_CLS", "modules_to_save": ["score"]}
+        tensors |= {f"base_model.model.{k}": v for k, v in score_tensors(reward).items()}
+        task = "TOKEN_CLS" if reward.get("reward") == "process" else "SEQ_CLS"
+        adapter |= {"task_type": task, "modules_to_save": ["score"]}
     write_adapter(out, tensors, adapter, target)
     return target

@@ -50,8 +50,39 @@ def _fence(text: str) -> str:
     return f"{fence}text\n{text}\n{fence}"
 
 
+def _prm_usage(fmt: str, base: str, reward: dict) -> str:
+    """How to read step scores with transformers: the pieces tokenized as finetune_prm tokenized them."""
+    labels = reward["num_labels"]
+    load = (
+        f"model = AutoModelForTokenClassification.from_pretrained({base}, num_labels={labels})\n"
+        "model = PeftModel.from_pretrained(model, 'THIS_DIR')"
+        if fmt == "peft"
+        else "model = AutoModelForTokenClassification.from_pretrained('THIS_DIR')"
+    )
+    score = "logits.softmax(-1)[0, ends, 1]" if labels == 2 else "logits[0, ends, 0].sigmoid()"
+    sep = reward.get("step_separator", "\n")
+    return (
+        "import torch\nfrom transformers import AutoModelForTokenClassification, AutoTokenizer\n"
+        + ("from peft import PeftModel\n" if fmt == "peft" else "")
+        + f"tokenizer = AutoTokenizer.from_pretrained({base if fmt == 'peft' else repr('THIS_DIR')})\n{load}\n"
+        "prompt, steps = 'Question: ...\\nSQL steps:\\n', ['FROM ...', 'WHERE ...', 'SELECT ...']\n"
+        "encode = lambda text: tokenizer(text, add_special_tokens=False)['input_ids']\n"
+        "ids = tokenizer(prompt)['input_ids']  # with the BOS token, if the tokenizer adds one\n"
+        "ends = []\n"
+        "for k, step in enumerate(steps):\n"
+        "    ids += encode(step)\n"
+        "    ends.append(len(ids) - 1)  # the score of step k is read at its last token\n"
+        f"    if k + 1 < len(steps):\n        ids += encode({sep!r})  # the step separator, on its own\n"
+        "with torch.no_grad():\n    logits = model(input_ids=torch.tensor([ids])).logits\n"
+        f"step_scores = {score}  # P(step correct)\n"
+        "score = step_scores.min()  # the min aggregate (also: prod, last, mean)"
+    )
+
+
 def _usage(fmt: str, base_model: str | None, prompt: PromptFormat | None, reward: dict | None) -> str:
     base = repr(base_model or "BASE_MODEL_DIR")
+    if reward is not None and reward.get("reward") == "process":
+        return _prm_usage(fmt, base, reward)
     if reward is not None:
         labels = reward["num_labels"]
         load = (
@@ -97,6 +128,15 @@ def _usage(fmt: str, base_model: str | None, prompt: PromptFormat | None, reward
 def _prompt_section(prompt: PromptFormat | None, reward: dict | None) -> str:
     if prompt is None:
         return ""
+    if reward is not None and reward.get("reward") == "process":
+        sep = reward.get("step_separator", "\n")
+        return (
+            "## Input format\n\nA process reward model: it scores every step of a candidate. The input is the prompt "
+            f"followed by the steps, separated by {sep!r}; the prompt, each step and the separator are tokenized "
+            "**separately** and concatenated (no separator after the last step), as TRL's `PRMTrainer` does, and the "
+            "score of each step is read at the step's last token (see the code below). Prompt used in "
+            f"training:\n\n{_fence(prompt.example)}\n\n"
+        )
     if reward is not None:
         return (
             f"## Input format\n\nThe reward model scores one text per candidate, made from this template "
@@ -138,7 +178,10 @@ def model_card(
     if base_model:
         front["base_model"] = base_model
     table = "\n".join(f"| `{k}` | `{v}` |" for k, v in rows) or "| (no hyperparameters.yaml) | |"
-    what = "reward model" if reward is not None else f"{family_name} model"
+    what = (
+        "process reward model" if reward is not None and reward.get("reward") == "process"
+        else "reward model" if reward is not None else f"{family_name} model"
+    )  # fmt: skip
     return (
         f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n\n# {checkpoint_dir.name}\n\n"
         f"A {what} exported from the litgpt checkpoint `{checkpoint_dir.name}` with "

@@ -18,6 +18,7 @@ from litgpt.utils import instantiate_torch_optimizer, load_checkpoint
 from litgpt_ext.checks import check_checkpoint_dir, fit_to_context
 from litgpt_ext.data.orm import OrmData  # noqa: F401 (imported so that --data OrmData resolves by name)
 from litgpt_ext.data.preference import PreferenceData  # noqa: F401 (likewise)
+from litgpt_ext.data.prm import PrmData  # noqa: F401 (likewise)
 from litgpt_ext.data.sft import SFTData
 from litgpt_ext.errors import UserError
 from litgpt_ext.precision import default_precision

@@ -13,8 +13,11 @@ from litgpt_ext.errors import UserError
 from litgpt_ext.training.objectives.orm import CONFIG_FILE, HEAD_FILE, ORMObjective
 
 
-def load_orm(checkpoint_dir: Path, device: torch.device, dtype: torch.dtype) -> tuple[GPT, ORMObjective]:
-    """The model (eval mode, ``orm_head`` attached for classifier/scalar heads) and the objective that scores with it."""
+def load_orm(
+    checkpoint_dir: Path, device: torch.device, dtype: torch.dtype, kind: str = "outcome"
+) -> tuple[GPT, ORMObjective]:
+    """The model (eval mode, ``orm_head`` attached for classifier/scalar heads) and the objective that scores with it
+    (a :class:`PRMObjective` for a process reward model; ``kind`` is the one the caller needs)."""
     checkpoint_dir = Path(checkpoint_dir)
     config_file = checkpoint_dir / CONFIG_FILE
     if not config_file.is_file():
@@ -22,10 +25,19 @@ def load_orm(checkpoint_dir: Path, device: torch.device, dtype: torch.dtype) -> 
             f"not a reward-model checkpoint (no {CONFIG_FILE}; train one with finetune_orm)", path=checkpoint_dir
         )
     cfg = json.loads(config_file.read_text())
-    objective = ORMObjective(
-        cfg["head"], "pairwise" if cfg.get("loss") == "pairwise" else "bce", 1.0, cfg.get("yes_id"), cfg.get("no_id"),
-        cfg.get("orm_prompt"),
-    )  # fmt: skip
+    found = cfg.get("reward", "outcome")
+    if found != kind:
+        use = "prm_score (and export_hf as TokenClassification)" if found == "process" else "orm_score"
+        raise UserError(f"a {found} reward model: use {use}", path=checkpoint_dir)
+    if found == "process":
+        from litgpt_ext.training.objectives.prm import PRMObjective
+
+        objective = PRMObjective(cfg["head"], 1.0, cfg.get("yes_id"), cfg.get("no_id"), cfg.get("step_separator", "\n"))
+    else:
+        objective = ORMObjective(
+            cfg["head"], "pairwise" if cfg.get("loss") == "pairwise" else "bce", 1.0, cfg.get("yes_id"),
+            cfg.get("no_id"), cfg.get("orm_prompt"),
+        )  # fmt: skip
     with torch.device("meta"):  # no random init: every weight comes from the checkpoint
         model = GPT(Config.from_file(checkpoint_dir / "model_config.yaml"))
         if cfg["head"] != "yes_token":
