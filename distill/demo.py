@@ -421,9 +421,11 @@ def _sql_stage(student: Path) -> list[tuple[str, Path]]:
     return [("text-to-SQL prompts + labelled candidates", out)]
 
 
-def _orm_stage(student: Path) -> list[tuple[str, Path]]:
-    """Outcome reward model on the labelled SQL candidates: train a classifier head with LoRA, score every candidate
-    of every question (distill_sql_label --version eval keeps them all), and rerank best-of-N."""
+def _reward_stage(student: Path) -> list[tuple[str, Path]]:
+    """Outcome and process reward models on the labelled SQL candidates: an ORM classifier head (v1 rows) and a PRM
+    classifier head at every step end (rule-made step labels: the changed clause is the first wrong step), both with
+    LoRA; score every candidate of every question (``--version eval`` keeps them all) and rerank best-of-N with both.
+    Independent commands run side by side."""
     import json
     import random
 
@@ -437,108 +439,52 @@ def _orm_stage(student: Path) -> list[tuple[str, Path]]:
         rng.shuffle(row["generations"])
         shuffled.append(json.dumps({"id": row["id"], "generations": row["generations"]}) + "\n")
     (sql / "candidates_shuffled.jsonl").write_text("".join(shuffled))
-    litgpt_ext(
-        "distill_sql_label",
-        "--questions",
-        rel(questions),
-        "--db_dir",
-        rel(db_dir),
-        "--candidates",
-        f"[{rel(sql / 'candidates_shuffled.jsonl')}]",
-        "--out_dir",
-        rel(sql / "eval"),
-        "--version",
-        "eval",
-        "--split",
-        "test",
-        "--cache",
-        rel(sql / "v1" / "exec_cache.jsonl"),
-    )
-    out = sql / "orm"
-    litgpt_ext(
-        "finetune_orm",
-        rel(student),
-        "--data",
-        "OrmData",
-        "--data.path",
-        rel(sql / "v1" / "train.jsonl"),
-        "--data.val_split_fraction",
-        0.25,
-        "--head",
-        "classifier",
-        "--mode",
-        "lora",
-        "--lora_r",
-        16,
-        "--lora_mlp",
-        "true",
-        "--out_dir",
-        rel(out),
-        "--precision",
-        "32-true",
-        "--train.max_steps",
-        80,
-        "--train.epochs",
-        "null",
-        "--train.global_batch_size",
-        16,
-        "--train.micro_batch_size",
-        16,
-        "--train.lr_warmup_steps",
-        5,
-        "--optimizer.lr",
-        3e-3,
-        "--eval.interval",
-        40,
-        "--eval.initial_validation",
-        "true",
-    )
-    scored = sql / "eval" / "scored.jsonl"
-    scored.unlink(missing_ok=True)
-    litgpt_ext("orm_score", rel(out / "final"), "--input", rel(sql / "eval" / "test.jsonl"), "--output", rel(scored))
-    print("  (the tiny student's ORM saw these questions' labelled candidates in training; val metrics above are on")
-    print("   held-out questions)")
-    return [("reward model (classifier head) + ROC plots", out)]
-
-
-def _prm_stage(student: Path) -> list[tuple[str, Path]]:
-    """Process reward model: step labels from the rule-made candidates (the changed clause is the first wrong step),
-    a classifier head at every step end, per-step scores for every candidate, and the rerank table with ORM and PRM
-    side by side."""
-    sql = RUN / "sql"
-    questions, db_dir = sql / "questions.jsonl", sql / "database"
-    cache = rel(sql / "v1" / "exec_cache.jsonl")
-    common = ("--questions", rel(questions), "--db_dir", rel(db_dir), "--target", "prm", "--cache", cache)
+    common = ("--questions", rel(questions), "--db_dir", rel(db_dir), "--cache", rel(sql / "v1" / "exec_cache.jsonl"))
+    shuffled_file = f"[{rel(sql / 'candidates_shuffled.jsonl')}]"
     litgpt_ext_side_by_side(
-        ("distill_sql_label", *common, "--candidates", f"[{rel(sql / 'mutations.jsonl')}]",
+        ("distill_sql_label", *common, "--candidates", shuffled_file, "--out_dir", rel(sql / "eval"),
+         "--version", "eval", "--split", "test"),
+        ("distill_sql_label", *common, "--target", "prm", "--candidates", f"[{rel(sql / 'mutations.jsonl')}]",
          "--out_dir", rel(sql / "prm_rows"), "--version", "v2"),
-        ("distill_sql_label", *common, "--candidates", f"[{rel(sql / 'candidates_shuffled.jsonl')}]",
+        ("distill_sql_label", *common, "--target", "prm", "--candidates", shuffled_file,
          "--out_dir", rel(sql / "prm_eval"), "--version", "eval", "--split", "test"),
     )  # fmt: skip
-    out = sql / "prm"
-    litgpt_ext(
-        "finetune_prm", rel(student), "--data", "PrmData", "--data.path", rel(sql / "prm_rows" / "train.jsonl"),
-        "--data.val_split_fraction", 0.25, "--head", "classifier", "--pos_weight", "auto", "--mode", "lora",
-        "--lora_r", 16, "--lora_mlp", "true", "--out_dir", rel(out), "--precision", "32-true",
-        "--train.max_steps", 150, "--train.epochs", "null", "--train.global_batch_size", 16,
-        "--train.micro_batch_size", 16, "--train.lr_warmup_steps", 5, "--optimizer.lr", 3e-3,
-        "--eval.interval", 150, "--eval.initial_validation", "true",
+    orm_out, prm_out = sql / "orm", sql / "prm"
+    training = ("--head", "classifier", "--mode", "lora", "--lora_r", 16, "--lora_mlp", "true", "--precision",
+                "32-true", "--train.epochs", "null", "--train.global_batch_size", 16, "--train.micro_batch_size", 16,
+                "--train.lr_warmup_steps", 5, "--optimizer.lr", 3e-3, "--eval.initial_validation", "true",
+                "--data.val_split_fraction", 0.25)  # fmt: skip
+    litgpt_ext_side_by_side(
+        ("finetune_orm", rel(student), "--data", "OrmData", "--data.path", rel(sql / "v1" / "train.jsonl"),
+         *training, "--out_dir", rel(orm_out), "--train.max_steps", 80, "--eval.interval", 40),
+        ("finetune_prm", rel(student), "--data", "PrmData", "--data.path", rel(sql / "prm_rows" / "train.jsonl"),
+         *training, "--pos_weight", "auto", "--out_dir", rel(prm_out), "--train.max_steps", 150,
+         "--eval.interval", 150),
     )  # fmt: skip
-    scored = sql / "prm_eval" / "scored.jsonl"
-    scored.unlink(missing_ok=True)
-    litgpt_ext("prm_score", rel(out / "final"), "--input", rel(sql / "prm_eval" / "test.jsonl"), "--output",
-               rel(scored))  # fmt: skip
+    orm_scored, prm_scored = sql / "eval" / "scored.jsonl", sql / "prm_eval" / "scored.jsonl"
+    orm_scored.unlink(missing_ok=True)
+    prm_scored.unlink(missing_ok=True)
+    litgpt_ext_side_by_side(
+        ("orm_score", rel(orm_out / "final"), "--input", rel(sql / "eval" / "test.jsonl"), "--output", rel(orm_scored)),
+        ("prm_score", rel(prm_out / "final"), "--input", rel(sql / "prm_eval" / "test.jsonl"), "--output",
+         rel(prm_scored)),
+    )  # fmt: skip
     litgpt_ext(
         "orm_rerank",
         "--scored",
-        f"[{rel(sql / 'eval' / 'scored.jsonl')}, {rel(scored)}]",
+        f"[{rel(orm_scored)}, {rel(prm_scored)}]",
         "--labels",
         rel(sql / "eval" / "test.jsonl"),
         "--output",
         rel(sql / "rerank.json"),
     )
-    return [("process reward model (classifier head at each step)", out),
-            ("best-of-N rerank report (first / self-consistency / ORM / PRM / oracle)", sql / "rerank.json")]  # fmt: skip
+    print("  (the tiny student's reward models saw these questions' candidates in training; val metrics above are on")
+    print("   held-out questions)")
+    return [
+        ("outcome reward model (classifier head) + ROC plots", orm_out),
+        ("process reward model (classifier head at each step)", prm_out),
+        ("best-of-N rerank report (first / self-consistency / ORM / PRM / oracle)", sql / "rerank.json"),
+    ]
 
 
 def teacher_text_data(prompts: Path, generations: Path) -> list[dict]:
@@ -626,8 +572,7 @@ def _kd_stage(student: Path) -> list[tuple[str, Path]]:
     return [("logit distillation vs SFT on the teacher's text", kd / "comparison.json")]
 
 
-STAGES = [_preference_stage, _sft_stage, _export_stage, _generate_stage, _sql_stage, _orm_stage, _prm_stage,
-          _kd_stage]  # fmt: skip
+STAGES = [_preference_stage, _sft_stage, _export_stage, _generate_stage, _sql_stage, _reward_stage, _kd_stage]
 
 
 if __name__ == "__main__":

@@ -443,3 +443,54 @@ def test_prm_learns_the_sql_fixture_and_reranks_held_out_questions(tiny_checkpoi
                labels=tmp_path / "orm_held.jsonl", output=tmp_path / "rerank.json")  # fmt: skip
     acc = json.loads((tmp_path / "rerank.json").read_text())["execution_accuracy"]
     assert acc["prm_min"] >= acc["orm"], acc
+
+
+def test_lora_prm_as_a_peft_adapter_scores_as_prm_score(tiny_checkpoint, tmp_path):
+    """A LoRA PRM exported with --format peft: the head (with its zero bias) travels as modules_to_save, task type
+    TOKEN_CLS, and the adapter on the exported base gives prm_score's step scores at each step's last token."""
+    from peft import PeftModel
+    from transformers import AutoModelForTokenClassification
+
+    from litgpt_ext.export.command import export_hf
+    from litgpt_ext.finetune import prm
+    from litgpt_ext.reward.score import prm_score
+    from litgpt_ext.training.args import EvalArgs, TrainArgs
+
+    rows = [{**r, "labels": [k % 2 == 0 for k in range(len(r["completions"]))]} for r in _step_rows(24)]
+    data = _write(tmp_path / "rows.jsonl", rows)
+    out = tmp_path / "prm"
+    prm.setup(
+        tiny_checkpoint, data=data, out_dir=out, mode="lora", lora_r=4, precision="32-true",
+        train=TrainArgs(max_steps=3, epochs=None, global_batch_size=8, micro_batch_size=8, save_interval=None,
+                        lr_warmup_steps=0),
+        eval=EvalArgs(interval=1000, max_iters=1, final_validation=False),
+        optimizer={"class_path": "torch.optim.AdamW", "init_args": {"lr": 5e-2}},
+    )  # fmt: skip
+    export_hf(tiny_checkpoint, out_dir=tmp_path / "base")
+    export_hf(out / "final", out_dir=tmp_path / "adapter", format="peft", base_model=str(tmp_path / "base"))
+    adapter = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert adapter["task_type"] == "TOKEN_CLS" and adapter["modules_to_save"] == ["score"]
+    base = AutoModelForTokenClassification.from_pretrained(tmp_path / "base", num_labels=2, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+    prm_score(out / "final", input=data, output=tmp_path / "scored.jsonl", batch_size=4)
+    tok = Tokenizer(out / "final")
+    for row in _jsonl(tmp_path / "scored.jsonl")[:6]:
+        (tokens,) = encode_steps(tok, [(row["prompt"], row["completions"])], "\n", None)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([tokens.input_ids])).logits
+        theirs = logits.softmax(-1)[0, tokens.positions, 1].tolist()
+        assert max(abs(a - b) for a, b in zip(theirs, row["step_scores"])) < 1e-4
+
+
+def test_cli_bad_row_is_one_line_and_a_typed_separator_is_unescaped(tiny_checkpoint, tmp_path):
+    from conftest import run_cli
+    from litgpt_ext.finetune.prm import unescape
+
+    assert unescape(r"\n\n### Step:") == "\n\n### Step:" and unescape("\n") == "\n"
+    rows = _write(tmp_path / "rows.jsonl", [{"prompt": "Q", "completions": ["a", "b"], "labels": [True, False]},
+                                            {"prompt": "Q", "completions": ["a", "b"], "labels": [True]}])  # fmt: skip
+    result = run_cli("finetune_prm", tiny_checkpoint, "--data", rows, "--step_separator", r"\n",
+                     "--out_dir", tmp_path / "o", "--precision", "32-true")  # fmt: skip
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith("rows.jsonl:line 2: labels: 1 labels for 2 steps")
+    assert not (tmp_path / "o" / "final").exists()

@@ -19,6 +19,21 @@ from litgpt_ext.training.objectives.orm import Head
 from litgpt_ext.training.objectives.prm import PRMObjective
 
 
+def unescape(text: str) -> str:
+    r"""``\n``, ``\t``, ``\r`` and ``\\`` typed on a command line become the characters they name (a shell passes
+    ``--step_separator '\n'`` as a backslash and an n, which would otherwise join steps with that text)."""
+    out, i = [], 0
+    while i < len(text):
+        pair = text[i : i + 2]
+        if pair in ("\\n", "\\t", "\\r", "\\\\"):
+            out.append({"\\n": "\n", "\\t": "\t", "\\r": "\r", "\\\\": "\\"}[pair])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
 def setup(
     checkpoint_dir: Path,
     data: DataModule | Path | None = None,
@@ -84,7 +99,7 @@ def setup(
             linear head) or ``scalar`` (a new 1-output head, BCE).
         pos_weight: Weight of positive steps in the loss, or ``auto`` (negative steps / positive steps).
         step_separator: Text between two steps, tokenized on its own (not after the last step); the scores are read
-            at the last token of each step.
+            at the last token of each step. ``\\n``, ``\\t`` typed on the command line mean newline and tab.
         yes_token: The positive answer for the yes_token head; must be one token of the student's tokenizer.
         no_token: The negative answer for the yes_token head; must be one token too.
         mode: ``lora`` (LoRA adapters; the new head trains fully) or ``full``.
@@ -125,6 +140,7 @@ def setup(
     check_checkpoint_dir(spec.checkpoint_dir)
     if pos_weight != "auto" and float(pos_weight) <= 0:
         raise UserError(f"must be > 0 or auto, got {pos_weight}", field="pos_weight")
+    step_separator = unescape(step_separator)
     if not step_separator:
         raise UserError("must not be empty (steps would run together)", field="step_separator")
     from litgpt_ext.data.prm import PrmData
