@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 from distill.quarantine import Quarantine
 from distill.records import read_records
@@ -76,6 +77,33 @@ class TeacherResponses:
         return self.results.get(self.key_of.get(record_id, ""))
 
 
+def as_messages(row: dict, system: str | None, with_answer: bool = True) -> dict:
+    """A litgpt row (``instruction``, ``input``, ``output``) as an OpenAI chat row."""
+    user = row.get("instruction") or row.get("prompt") or ""
+    if row.get("input"):
+        user = f"{user}\n\n{row['input']}"
+    turns = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+    if with_answer:
+        turns.append({"role": "assistant", "content": row["output"]})
+    return {"id": row["id"], "messages": turns}
+
+
+def write_splits(out_dir: Path, train: list, val: list, prompts: list, format: str, system: str | None) -> None:
+    """train/val (+ prompts.jsonl) in ``format``; the other format's split files are removed so no reader (SFTData,
+    distill_tokenize) meets two versions of the data."""
+    if format == "messages":
+        for split, rows in (("train", train), ("val", val)):
+            atomic_write_jsonl(out_dir / f"{split}.jsonl", [as_messages(r, system) for r in rows])
+            (out_dir / f"{split}.json").unlink(missing_ok=True)
+        atomic_write_jsonl(out_dir / "prompts.jsonl", [as_messages(p, system, with_answer=False) for p in prompts])
+        return
+    atomic_write_json(out_dir / "train.json", train)
+    atomic_write_json(out_dir / "val.json", val)
+    for split in ("train", "val"):
+        (out_dir / f"{split}.jsonl").unlink(missing_ok=True)
+    atomic_write_jsonl(out_dir / "prompts.jsonl", prompts)
+
+
 def check_parser(parser: str) -> None:
     if not (parser in ("raw", "lines") or parser.startswith("json:")):
         raise UserError(f"unknown parser {parser!r}: use raw, lines or json:FIELD", field="parser")
@@ -96,8 +124,10 @@ def distill_convert(
     tokenizer: Path | None = None,
     prompt_style: str | None = None,
     min_mapped: float = 0.99,
+    format: Literal["alpaca", "messages"] = "alpaca",
 ) -> None:
-    """Turn teacher responses into litgpt JSON (``instruction``, ``input``, ``output``) train/val files.
+    """Turn teacher responses into litgpt JSON (``instruction``, ``input``, ``output``) train/val files, or chat
+    files in OpenAI's ``messages`` form.
 
     Args:
         records: The records JSONL that was queried (ids link records to responses).
@@ -120,6 +150,11 @@ def distill_convert(
         prompt_style: With --logprobs: the prompt style of train.pt (default: the student's, else alpaca).
         min_mapped: With --logprobs: examples whose share of answer tokens and alternatives found in the student's
             vocabulary is lower are quarantined (``low_mapped``) with their share.
+        format: ``alpaca`` writes litgpt JSON (train.json / val.json); ``messages`` writes train.jsonl / val.jsonl
+            rows ``{"id", "messages": [system?, user, assistant]}`` (the student prompt, with its input after a
+            blank line, is the user turn, the teacher's answer the assistant turn, the instruction template's
+            ``system:`` front matter the system turn), the form TRL, axolotl and OpenAI fine-tuning read, and
+            prompts.jsonl in the same form without the answer. Files of the other format in out_dir are removed.
     """
     records, responses, out_dir = (
         require(records, "records"),
@@ -127,6 +162,8 @@ def distill_convert(
         require(out_dir, "out_dir"),
     )
     check_parser(parser)
+    if format not in ("alpaca", "messages"):
+        raise UserError(f"use alpaca or messages, got {format!r}", field="format")
     within("val_fraction", val_fraction, 0.0, 1.0)
     within("min_mapped", min_mapped, 0.0, 1.0)
     kd_data = None
@@ -190,9 +227,7 @@ def distill_convert(
         raise UserError(f"no examples: every record was dropped ({counts})", path=responses, field="responses")
     out_dir = Path(out_dir)
     manifest = kd_data.write(out_dir, out_dir / "teacher_logprobs", teacher.model, Path(responses)) if kd_data else None
-    atomic_write_json(out_dir / "train.json", train)
-    atomic_write_json(out_dir / "val.json", val)
-    atomic_write_jsonl(out_dir / "prompts.jsonl", prompts)
+    write_splits(out_dir, train, val, prompts, format, student.instruction.system)
     dropped.write(out_dir / "quarantine.jsonl")
     summary = {
         "records": len(records_list),
@@ -200,6 +235,7 @@ def distill_convert(
         "val_examples": len(val),
         "dropped": dropped.counts(),
         "parser": parser,
+        "format": format,
     }
     if manifest is not None:
         summary["logprobs"] = {
@@ -209,7 +245,10 @@ def distill_convert(
             "positions": manifest["positions"],
         }
     atomic_write_json(out_dir / "summary.json", summary)
-    print(f"{len(records_list):,} records -> {len(train):,} train / {len(val):,} val examples in {out_dir}")
+    print(
+        f"{len(records_list):,} records -> {len(train):,} train / {len(val):,} val examples in {out_dir}"
+        + (" (OpenAI messages: train.jsonl / val.jsonl)" if format == "messages" else "")
+    )
     if manifest is not None:
         print(
             f"teacher log-probs: {kd_data.share():.2%} of answer tokens and alternatives map to the student's "

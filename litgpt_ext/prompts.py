@@ -29,9 +29,12 @@ def style_from_name(name: str) -> PromptStyle:
 
     if name == "default":
         return PromptStyle()
+    if name == "chat_template":
+        raise UserError("chat_template needs the checkpoint whose template it is", field="prompt_style")
     if name not in prompt_styles:
         raise UserError(
-            f"unknown prompt style {name!r}; use default or one of {sorted(prompt_styles)}", field="prompt_style"
+            f"unknown prompt style {name!r}; use default, chat_template or one of {sorted(prompt_styles)}",
+            field="prompt_style",
         )
     return PromptStyle.from_name(name)
 
@@ -49,14 +52,22 @@ def resolve_prompt_style(
 
     ``None`` or ``auto``: the checkpoint's ``prompt_style.yaml`` (what it was finetuned with), else ``fallback()``
     when given (e.g. :func:`data_style` of the input's format), else litgpt's style for the model's name (the
-    raw text for unknown models); ``default``: the raw text; else a litgpt style name.
+    raw text for unknown models); ``default``: the raw text; ``chat_template``: the checkpoint's own Jinja chat
+    template (:class:`litgpt_ext.chat_template.ChatTemplateStyle`); else a litgpt style name.
     """
+    from litgpt_ext.chat_template import ChatTemplateStyle
+
+    if isinstance(name, ChatTemplateStyle) and name.template is None:
+        return ChatTemplateStyle.from_checkpoint(checkpoint_dir)
     if isinstance(name, PromptStyle):
         return name
+    if name == "chat_template":
+        return ChatTemplateStyle.from_checkpoint(checkpoint_dir)
     if name not in (None, "auto"):
         return style_from_name(name)
     if has_prompt_style(checkpoint_dir):
-        return load_prompt_style(checkpoint_dir)
+        style = load_prompt_style(checkpoint_dir)
+        return ChatTemplateStyle.from_checkpoint(checkpoint_dir) if isinstance(style, ChatTemplateStyle) else style
     if fallback is not None:
         return fallback()
     if config is None:
@@ -79,3 +90,13 @@ def apply_style(style: PromptStyle, prompt: str, input: str = "", system: str | 
     if system in text:
         return text
     return style.apply(f"{system}\n\n{prompt}", **extra)
+
+
+def chat_data_style(checkpoint_dir: Path) -> PromptStyle:
+    """The style chat data is rendered with when none is given: the checkpoint's own chat template when it has
+    one (an instruct student), else alpaca (single-turn conversations only)."""
+    from litgpt_ext.chat_template import ChatTemplateStyle, has_chat_template
+
+    if has_chat_template(checkpoint_dir):
+        return ChatTemplateStyle.from_checkpoint(checkpoint_dir)
+    return data_style("litgpt")

@@ -60,7 +60,7 @@ FAMILIES: dict[str, dict] = {
 SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}
 
 
-def _train_bpe(corpus: Path, vocab_size: int, out_dir: Path) -> int:
+def _train_bpe(corpus: Path, vocab_size: int, out_dir: Path, extra_special: tuple[str, ...] = ()) -> int:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE(unk_token=None))
@@ -68,7 +68,7 @@ def _train_bpe(corpus: Path, vocab_size: int, out_dir: Path) -> int:
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[SPECIAL_TOKENS[k] for k in ("pad", "bos", "eos", "unk")],
+        special_tokens=[SPECIAL_TOKENS[k] for k in ("pad", "bos", "eos", "unk")] + list(extra_special),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -166,6 +166,8 @@ def make_tiny_checkpoint(
     block_size: int = 512,
     seed: int = 42,
     tokenizer_from: Path | None = None,
+    special_tokens: list[str] | None = None,
+    chat_template: str | None = None,
 ) -> Path:
     """Write a random-init litgpt checkpoint with a tokenizer trained on a local text corpus (nothing downloaded).
 
@@ -188,6 +190,10 @@ def make_tiny_checkpoint(
         seed: Seed for the random weights.
         tokenizer_from: Copy the tokenizer files of this checkpoint instead of training one (a student that shares
             a teacher's vocabulary, for logit distillation); --corpus and --vocab_size are then unused.
+        special_tokens: Extra special tokens of a BPE tokenizer (a chat model's turn markers, e.g.
+            ``[<|im_start|>, <|im_end|>]``), each one id.
+        chat_template: A Jinja chat template (text, or a file holding it) for ``tokenizer_config.json``, so the
+            tiny model stands in for an instruct student (``--prompt_style chat_template``).
     """
     from litgpt.config import Config
     from litgpt.model import GPT
@@ -219,8 +225,18 @@ def make_tiny_checkpoint(
     if tokenizer_from is not None:
         actual_vocab = _copy_tokenizer(Path(tokenizer_from), out_dir)
     else:
-        train_tokenizer = _train_bpe if tokenizer == "bpe" else _train_sentencepiece
-        actual_vocab = train_tokenizer(corpus, vocab_size, out_dir)
+        if tokenizer == "bpe":
+            actual_vocab = _train_bpe(corpus, vocab_size, out_dir, tuple(special_tokens or ()))
+        else:
+            if special_tokens:
+                raise UserError("extra special tokens are supported with the bpe tokenizer", field="special_tokens")
+            actual_vocab = _train_sentencepiece(corpus, vocab_size, out_dir)
+    if chat_template is not None:
+        import json
+
+        source = Path(chat_template).read_text() if Path(chat_template).suffix == ".jinja" else chat_template
+        config_path = out_dir / "tokenizer_config.json"
+        atomic_write_json(config_path, {**json.loads(config_path.read_text()), "chat_template": source})
 
     config = Config(
         name=f"tiny-{model}",

@@ -2,7 +2,10 @@
 
 ``--data pairs.jsonl`` (or ``--data PreferenceData --data.path P``) where P is a JSON list, JSONL or CSV of
 ``{"prompt", "chosen", "rejected"}`` rows (+ optional ``"system"``, ``"input"``, ``"id"``), or a directory with
-``train.*`` and ``val.*``. Columns can be renamed (``--data.prompt_column question``). Without validation rows a
+``train.*`` and ``val.*``. TRL's conversational rows work as they are: an explicit prompt (``prompt`` a list of
+messages, ``chosen`` / ``rejected`` a list with the assistant's turn, or its text) and the implicit-prompt form
+(no ``prompt``; ``chosen`` and ``rejected`` whole conversations whose shared first turns are the prompt, as in
+TRL's own preference datasets). Columns can be renamed (``--data.prompt_column question``). Without validation rows a
 fraction is split off per row key (the ``id``, else the row's text), so the split does not move when rows are added.
 
 Tokenization (as TRL does it, in litgpt's idiom): the prompt goes through the student's prompt style (with the
@@ -17,6 +20,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -24,6 +28,9 @@ from litgpt.data import DataModule
 from litgpt.prompts import PromptStyle
 from torch.utils.data import DataLoader
 
+from litgpt_ext.chat_template import ChatTemplateStyle
+from litgpt_ext.data.chat import parse_turns
+from litgpt_ext.data.chat_encode import located, renderer_for
 from litgpt_ext.data.encode import batch_encode, keep_end
 from litgpt_ext.data.records import iter_rows, text_field
 from litgpt_ext.data.split import split_by_key
@@ -44,11 +51,70 @@ class Pair:
     system: str | None = None
     input: str = ""
     has_id: bool = False
+    messages: list[dict] | None = None
+    """The prompt as turns (a conversational row); None for a text prompt."""
+    where: str = ""
 
     @property
     def key(self) -> str:
         """What the validation split is decided by: the row's own id, else its text (never its position)."""
         return self.id if self.has_id else "\x00".join((self.prompt, self.input, self.chosen, self.rejected))
+
+    def prompt_turns(self) -> list[dict]:
+        """The prompt as turns (a text prompt is a user turn, after the system turn when there is one)."""
+        if self.messages is not None:
+            return self.messages
+        text = f"{self.prompt}\n\n{self.input}" if self.input else self.prompt
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        return system + [{"role": "user", "content": text}]
+
+
+def _turn_ids(renderer, pair: Pair) -> tuple[list[int], list[int], list[int]]:
+    turns = pair.prompt_turns()
+    return renderer.prompt_ids(turns), renderer.reply_ids(turns, pair.chosen), renderer.reply_ids(turns, pair.rejected)
+
+
+def _completion(value, path, where: str, field: str) -> str:
+    """A conversational completion: the assistant's text, or a list holding its one turn."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise UserError("empty", path=path, line=where, field=field)
+        return value
+    turns = parse_turns(value, path, where, field)
+    if len(turns) != 1 or turns[0]["role"] != "assistant":
+        roles = ", ".join(t["role"] for t in turns)
+        raise UserError(f"expected one assistant turn, got {len(turns)} ({roles})", path=path, line=where, field=field)
+    if not turns[0]["content"].strip():
+        raise UserError("empty", path=path, line=where, field=f"{field}[0].content")
+    return turns[0]["content"]
+
+
+def conversational_pair(row: dict, columns: tuple[str, str, str], path, where: str) -> tuple[list[dict], str, str]:
+    """``(prompt turns, chosen, rejected)`` of a TRL conversational row, explicit or implicit prompt."""
+    prompt_col, chosen_col, rejected_col = columns
+    if prompt_col in row and row[prompt_col] is not None:
+        prompt = parse_turns(row[prompt_col], path, where, prompt_col)
+        return (
+            prompt,
+            _completion(row[chosen_col], path, where, chosen_col),
+            _completion(row[rejected_col], path, where, rejected_col),
+        )
+    chosen = parse_turns(row[chosen_col], path, where, chosen_col)
+    rejected = parse_turns(row[rejected_col], path, where, rejected_col)
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    if shared == 0:
+        raise UserError(
+            f"no shared prompt: {chosen_col} and {rejected_col} differ from their first turn (give a {prompt_col})",
+            path=path,
+            line=where,
+        )
+    return (
+        chosen[:shared],
+        _completion(chosen[shared:], path, where, f"{chosen_col}[{shared}:]"),
+        _completion(rejected[shared:], path, where, f"{rejected_col}[{shared}:]"),
+    )
 
 
 class PairSamples(Sequence):
@@ -161,8 +227,12 @@ class PreferenceData(DataModule):
     def read_pairs(self, path: Path) -> list[Pair]:
         """Every row of ``path`` as a :class:`Pair`; a bad row is a one-line ``path:row: field: problem`` error."""
         pairs = []
+        columns = (self.prompt_column, self.chosen_column, self.rejected_column)
         for where, row in iter_rows(path):
-            for column in (self.prompt_column, self.chosen_column, self.rejected_column):
+            if isinstance(row.get(self.chosen_column), list) or isinstance(row.get(self.prompt_column), list):
+                pairs.append(self._conversational(row, columns, path, where))
+                continue
+            for column in columns:
                 if column not in row:
                     raise UserError(f"missing column (columns: {', '.join(map(str, row))})", path, where, column)
             system = text_field(row, self.system_column, path, where, required=False, allow_empty=True) or None
@@ -179,6 +249,23 @@ class PreferenceData(DataModule):
                 )
             )
         return pairs
+
+    def _conversational(self, row: dict, columns: tuple[str, str, str], path: Path, where: str) -> Pair:
+        for column in columns[1:]:
+            if column not in row:
+                raise UserError(f"missing column (columns: {', '.join(map(str, row))})", path, where, column)
+        messages, chosen, rejected = conversational_pair(row, columns, path, where)
+        ident = row.get(self.id_column)
+        text = "\x00".join(f"{m['role']}:{m['content']}" for m in messages)
+        return Pair(
+            id=f"{path.name}:{where}" if ident in (None, "") else str(ident),
+            prompt=text,
+            chosen=chosen,
+            rejected=rejected,
+            has_id=ident not in (None, ""),
+            messages=messages,
+            where=f"{path}:{where}",
+        )
 
     def setup(self, stage: str = "") -> None:
         if self.tokenizer is None:
@@ -206,13 +293,34 @@ class PreferenceData(DataModule):
             print(f"{split}: dropped {len(pairs) - len(kept):,} pair(s) whose chosen and rejected answers are equal")
         return kept
 
+    def _tokenize(self, pairs: list[Pair]) -> tuple[list, list, list]:
+        """Prompt, chosen and rejected ids (the responses with their end: EOS or the template's end of turn).
+
+        Text prompts under a litgpt style are batch-encoded (litgpt's BOS rule, EOS after each answer); turns,
+        and everything under a chat template, go through :mod:`litgpt_ext.data.chat_encode`."""
+        tok, style = self.tokenizer, self.prompt_style
+        eos = [tok.eos_id] if tok.eos_id is not None else []
+        by_turns = isinstance(style, ChatTemplateStyle)
+        plain = [i for i, p in enumerate(pairs) if not by_turns and p.messages is None]
+        prompts, chosen, rejected = [None] * len(pairs), [None] * len(pairs), [None] * len(pairs)
+        if plain:
+            texts = [apply_style(style, pairs[i].prompt, pairs[i].input, pairs[i].system) for i in plain]
+            for i, ids in zip(plain, batch_encode(tok, texts, bos=None)):
+                prompts[i] = ids
+            for out, attr in ((chosen, "chosen"), (rejected, "rejected")):
+                for i, ids in zip(plain, batch_encode(tok, [getattr(pairs[i], attr) for i in plain], bos=False)):
+                    out[i] = ids + eos
+        renderer = renderer_for(style, tok)
+        for i, pair in enumerate(pairs):
+            if prompts[i] is not None:
+                continue
+            prompts[i], chosen[i], rejected[i] = located(
+                partial(_turn_ids, renderer, pair), None, pair.where or pair.id
+            )
+        return prompts, chosen, rejected
+
     def _encode(self, pairs: list[Pair], split: str) -> PairSamples:
-        tok = self.tokenizer
-        prompts = batch_encode(
-            tok, [apply_style(self.prompt_style, p.prompt, p.input, p.system) for p in pairs], bos=None
-        )
-        chosen = batch_encode(tok, [p.chosen for p in pairs], bos=False)
-        rejected = batch_encode(tok, [p.rejected for p in pairs], bos=False)
+        prompts, chosen, rejected = self._tokenize(pairs)
         samples, too_long = [], 0
         counts = {"prompt_truncated": 0, "response_truncated": 0}
         for pair, p_ids, c_ids, r_ids in zip(pairs, prompts, chosen, rejected, strict=True):
@@ -248,8 +356,6 @@ class PreferenceData(DataModule):
         return keep_end(ids, limit, self.tokenizer.bos_id)
 
     def _cut_response(self, ids: list[int], prompt_len: int, counts: dict) -> torch.Tensor:
-        eos = self.tokenizer.eos_id
-        ids = ids + ([eos] if eos is not None and (not ids or ids[-1] != eos) else [])
         if self.max_length and prompt_len + len(ids) > self.max_length:
             counts["response_truncated"] += 1
             ids = ids[: self.max_length - prompt_len]

@@ -3,6 +3,10 @@
 ``--data SFTData --data.path P`` (or just ``--data P``) where P is
 * a litgpt JSON/JSONL file, or a directory with ``train.json`` + ``val.json`` (any litgpt prompt style);
 * a Q/A file ``{"train": [{"Question", "Answer"}], "val"?, "test"?}`` (prompt ``Question: {q}\\nAnswer:``);
+* a chat file — OpenAI ``messages`` or ShareGPT ``conversations`` rows (:mod:`litgpt_ext.data.chat`), JSON or
+  JSONL, or a directory with ``train.jsonl`` + ``val.jsonl`` — rendered with the student's chat template
+  (``prompt_style: chat_template``, the default when the checkpoint has one) or a litgpt style, the loss on
+  assistant turns only (:mod:`litgpt_ext.data.chat_encode`);
 * a directory with pre-tokenized ``train.pt`` / ``val.pt`` (see :mod:`litgpt_ext.data.pretokenized`), as written by
   ``distill_tokenize``.
 All records are validated when the data is set up, before any training step, and every sample's labels ignore the
@@ -21,12 +25,14 @@ from litgpt.data import DataModule
 from litgpt.prompts import PromptStyle, has_prompt_style, load_prompt_style
 from torch.utils.data import DataLoader
 
+from litgpt_ext.data.chat import CHAT_FORMATS, data_format, load_conversations
+from litgpt_ext.data.chat_encode import encode_conversations, renderer_for
 from litgpt_ext.data.fast_encode import encode_packed
 from litgpt_ext.data.pretokenized import PackedSamples, load_pretokenized
 from litgpt_ext.data.records import Example, columns_of, is_qa_file, load_examples, load_json
 from litgpt_ext.data.split import split_off, split_order
 from litgpt_ext.errors import UserError
-from litgpt_ext.prompts import data_style, style_from_name
+from litgpt_ext.prompts import chat_data_style, data_style, resolve_prompt_style, style_from_name
 
 Sample = dict[str, torch.Tensor]
 
@@ -36,9 +42,16 @@ class SFTData(DataModule):
     """Supervised finetuning data in litgpt JSON/JSONL, Q/A or pre-tokenized form (see the module docstring)."""
 
     path: Path = Path("data")
-    """A .json/.jsonl file, a Q/A .json file, or a directory with train.json+val.json or train.pt+val.pt."""
+    """A .json/.jsonl file (litgpt, Q/A or chat), or a directory with train.json(l)+val.json(l) or train.pt+val.pt."""
     prompt_style: str | PromptStyle | None = None
-    """litgpt prompt style name; default: 'QA' for Q/A files, 'alpaca' for litgpt JSON, stored style for .pt dirs."""
+    """litgpt prompt style name or ``chat_template`` (the checkpoint's own Jinja template); default: 'QA' for Q/A
+    files, 'alpaca' for litgpt JSON, the checkpoint's chat template (else alpaca) for chat data, the stored style
+    for .pt dirs."""
+    format: Literal["auto", "alpaca", "qa", "messages", "sharegpt"] = "auto"
+    """Data format: ``auto`` (by each file's shape), ``alpaca`` (litgpt JSON), ``qa``, ``messages`` (OpenAI),
+    ``sharegpt``."""
+    train_on: Literal["all_assistant", "last_assistant"] = "all_assistant"
+    """Chat data: which assistant turns carry the loss (system, user and tool turns never do)."""
     mask_prompt: bool = True
     """Ignore prompt tokens in the loss (answer-only labels)."""
     val_split_fraction: float = 0.1
@@ -49,6 +62,8 @@ class SFTData(DataModule):
     """Label value that the loss ignores (prompt and padding)."""
 
     tokenizer: object = field(default=None, init=False, repr=False)
+    student_dir: Path | None = field(default=None, init=False, repr=False)
+    """The student checkpoint (set by the finetune command): where a ``chat_template`` comes from."""
     batch_size: int = field(default=1, init=False, repr=False)
     max_seq_length: int | None = field(default=None, init=False, repr=False)
     train_dataset: Sequence[Sample] = field(default_factory=list, init=False, repr=False)
@@ -68,9 +83,9 @@ class SFTData(DataModule):
         if self.path.is_dir():
             if (self.path / "train.pt").is_file():
                 return "pretokenized"
-            if (self.path / "train.json").is_file():
+            if (self.path / "train.json").is_file() or (self.path / "train.jsonl").is_file():
                 return "dir"
-            raise UserError("directory has neither train.pt nor train.json", path=self.path)
+            raise UserError("directory has neither train.pt nor train.json(l)", path=self.path)
         if not self.path.is_file():
             raise UserError("no such file or directory", path=self.path, field="data.path")
         return "file"
@@ -110,25 +125,65 @@ class SFTData(DataModule):
         if self.prompt_style is None and has_prompt_style(self.path):
             self.prompt_style = load_prompt_style(self.path)
 
+    def _split_files(self) -> tuple[Path, Path | None]:
+        """(train, val) files of a directory: train.json or train.jsonl, and the val file beside it."""
+        train = self.path / "train.json"
+        train = train if train.is_file() else self.path / "train.jsonl"
+        val = [self.path / f"val{suffix}" for suffix in (".json", ".jsonl") if (self.path / f"val{suffix}").is_file()]
+        return train, (val[0] if val else None)
+
+    def _style(self, default) -> PromptStyle:
+        if isinstance(self.prompt_style, PromptStyle) and not isinstance(self.prompt_style, str):
+            return resolve_prompt_style(self.prompt_style, self.student_dir) if self.student_dir else self.prompt_style
+        if self.prompt_style is None:
+            return default()
+        if self.prompt_style == "chat_template":
+            if self.student_dir is None:
+                raise UserError(
+                    "chat_template needs the student checkpoint (set by finetune commands)", field="prompt_style"
+                )
+            return resolve_prompt_style("chat_template", self.student_dir)
+        return style_from_name(self.prompt_style)
+
     def _setup_text(self, kind: str) -> None:
         if self.tokenizer is None:
             raise RuntimeError("SFTData.connect(tokenizer=...) must be called before setup()")
+        train_file, val_file = self._split_files() if kind == "dir" else (self.path, None)
+        file_format = data_format(train_file, self.format)
+        if file_format in CHAT_FORMATS:
+            return self._setup_chat(train_file, val_file, file_format)
         if kind == "dir":
-            splits = {"train": load_examples(self.path / "train.json")["train"]}
-            if (self.path / "val.json").is_file():
-                splits["val"] = load_examples(self.path / "val.json")["train"]
+            splits = {"train": load_examples(train_file)["train"]}
+            if val_file is not None:
+                splits["val"] = load_examples(val_file)["train"]
             qa = False
         else:
             splits = load_examples(self.path)
             qa = self.path.suffix == ".json" and is_qa_file(load_json(self.path))
-        if self.prompt_style is None:
-            self.prompt_style = data_style("qa" if qa else "litgpt")
-        if isinstance(self.prompt_style, str):
-            self.prompt_style = style_from_name(self.prompt_style)
+        self.prompt_style = self._style(lambda: data_style("qa" if qa else "litgpt"))
         if "val" not in splits:
             splits["train"], splits["val"] = split_off(splits["train"], self.val_split_fraction, self.seed)
         self.train_dataset = self._encode(splits["train"], "train")
         self.val_dataset = self._encode(splits["val"], "val")
+
+    def _setup_chat(self, train_file: Path, val_file: Path | None, kind: str) -> None:
+        self.prompt_style = self._style(
+            lambda: chat_data_style(self.student_dir) if self.student_dir else data_style("litgpt")
+        )
+        renderer = renderer_for(self.prompt_style, self.tokenizer)
+        splits = {"train": (train_file, load_conversations(train_file, kind))}
+        if val_file is not None:
+            splits["val"] = (val_file, load_conversations(val_file, data_format(val_file, self.format)))
+        else:
+            train, val = split_off(splits["train"][1], self.val_split_fraction, self.seed)
+            splits = {"train": (train_file, train), "val": (train_file, val)}
+        for split, (path, conversations) in splits.items():
+            packed, counts = encode_conversations(
+                renderer, conversations, path, self.max_seq_length, self.train_on, self.ignore_index
+            )
+            self.stats.update({f"{split}_{k}": v for k, v in counts.items()})
+            samples = PackedSamples(packed["input_ids"], packed["labels"], packed["offsets"], packed["ids"])
+            setattr(self, f"{split}_dataset", samples)
 
     def _encode(self, examples: list[Example], split: str) -> PackedSamples:
         cols = columns_of(examples)

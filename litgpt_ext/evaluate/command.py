@@ -15,6 +15,7 @@ from typing import Literal
 
 from tqdm import tqdm
 
+from litgpt_ext.data.chat import chat_format_of, parse_turns, prompt_and_reply
 from litgpt_ext.data.records import iter_jsonl, iter_rows
 from litgpt_ext.errors import UserError, require
 from litgpt_ext.evaluate import metrics as m
@@ -44,7 +45,9 @@ def evaluate_generations(
     Args:
         input: generate_batch output (JSONL with ``id`` and ``generations``).
         reference_field: The field holding the reference text (a string or a list of acceptable strings): in each
-            input row (``Answer`` for a Q/A split, ``output`` for litgpt JSON), or in the ``--reference`` file.
+            input row (``Answer`` for a Q/A split, ``output`` for litgpt JSON), or in the ``--reference`` file. A chat
+            row (OpenAI ``messages``, ShareGPT ``conversations``) without that field is scored against its final
+            assistant turn.
         reference: A file of references joined by ``id`` (JSON list, JSONL or CSV; several rows with one id are
             several references), e.g. a teacher's answers converted by distill_convert (``--reference_field output``).
         items: ``lines`` also scores list-shaped answers as sets of items (precision/recall/F1); ``none`` does not.
@@ -71,6 +74,8 @@ def evaluate_generations(
             references = refs.get(rid)
         elif "error" in obj and reference_field not in obj:
             references = None  # an error record carries no fields; counted below
+        elif reference_field not in obj and chat_reply(obj) is not None:
+            references = [chat_reply(obj)]  # a chat row: its final assistant turn
         else:
             if reference_field not in obj:
                 fields = ", ".join(k for k in obj if k not in ("generations", "finish_reasons", "_line"))
@@ -97,6 +102,15 @@ def evaluate_generations(
     return summary
 
 
+def chat_reply(obj: dict, path: Path | None = None, where: str = "") -> str | None:
+    """The reference of a chat row (OpenAI ``messages`` / ShareGPT ``conversations``): its final assistant turn."""
+    kind = chat_format_of(obj)
+    if kind is None:
+        return None
+    field = "messages" if kind == "messages" else "conversations"
+    return prompt_and_reply(parse_turns(obj[field], path, where, field, kind))[1]
+
+
 def _reference_list(value, path: Path, where: str, field: str) -> list[str]:
     values = value if isinstance(value, list) else [value]
     if not values or not all(isinstance(v, str) for v in values):
@@ -109,6 +123,9 @@ def _read_references(path: Path, field: str) -> dict[str, list[str]]:
     for where, obj in iter_rows(path):
         if obj.get("id") in (None, ""):
             raise UserError("missing", path=path, line=where, field="id")
+        if field not in obj and chat_reply(obj, path, where) is not None:
+            refs.setdefault(str(obj["id"]), []).append(chat_reply(obj, path, where))
+            continue
         if field not in obj:
             raise UserError("missing; pass --reference_field", path=path, line=where, field=field)
         refs.setdefault(str(obj["id"]), []).extend(_reference_list(obj[field], path, where, field))

@@ -104,7 +104,11 @@ def export_hf(
             if reward is not None:
                 hf = classification_config(hf, family, reward, ids["pad_token_id"])
             atomic_write_json(partial / "config.json", hf)
-            atomic_write_json(partial / "generation_config.json", {**ids, "_from_model_config": False})
+            generation = {**ids, "_from_model_config": False}
+            stops = chat_stop_ids(checkpoint_dir, ids["eos_token_id"]) if reward is None else []
+            if stops:  # a chat format's end of turn stops transformers' generate as it stops generate_batch
+                generation["eos_token_id"] = [ids["eos_token_id"], *stops]
+            atomic_write_json(partial / "generation_config.json", generation)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -145,6 +149,20 @@ def prompt_format(checkpoint_dir: Path, config: Config, reward: dict | None) -> 
     style = resolve_prompt_style(None, checkpoint_dir, config)
     template, source = chosen_chat_template(checkpoint_dir, style)
     return PromptFormat(type(style).__name__, example_prompt(style), source, template is not None), template
+
+
+def chat_stop_ids(checkpoint_dir: Path, eos_id: int | None) -> list[int]:
+    """End-of-turn tokens besides EOS of a student trained with its chat template (e.g. ``<|im_end|>``)."""
+    from litgpt.prompts import has_prompt_style, load_prompt_style
+    from litgpt.tokenizer import Tokenizer
+
+    from litgpt_ext.chat_template import ChatTemplateStyle, stop_ids
+    from litgpt_ext.prompts import resolve_prompt_style
+
+    if not has_prompt_style(checkpoint_dir) or not isinstance(load_prompt_style(checkpoint_dir), ChatTemplateStyle):
+        return []
+    style = resolve_prompt_style(None, checkpoint_dir)
+    return sorted(stop_ids(style, Tokenizer(checkpoint_dir)) - {eos_id})
 
 
 def _merge_if_needed(checkpoint_dir: Path) -> None:

@@ -142,6 +142,13 @@ def _prompt_section(prompt: PromptFormat | None, reward: dict | None) -> str:
             f"## Input format\n\nThe reward model scores one text per candidate, made from this template "
             f"({prompt.style}; fill in the fields):\n\n{_fence(prompt.example)}\n\n"
         )
+    if prompt.style == "ChatTemplateStyle":
+        return (
+            "## Prompt format\n\nTrained with the checkpoint's own chat template (`--prompt_style chat_template`), "
+            "which the tokenizer carries: `tokenizer.apply_chat_template(messages, add_generation_prompt=True)` "
+            "renders any conversation as the model saw it in training (system, user and assistant turns). One "
+            f"user turn renders as:\n\n{_fence(prompt.example)}\n\n"
+        )
     how = (
         f"The tokenizer's `chat_template` renders a conversation in this format ({prompt.template_source}), so "
         "`tokenizer.apply_chat_template(messages, add_generation_prompt=True)` gives exactly this text; it takes one "

@@ -87,8 +87,11 @@ def chosen_chat_template(checkpoint_dir: Path, style) -> tuple[str | None, str]:
     the checkpoint's template, if any, stays as it is."""
     from litgpt.prompts import has_prompt_style
 
+    from litgpt_ext.chat_template import ChatTemplateStyle
     from litgpt_ext.export.chat_template import chat_template, render
 
+    if isinstance(style, ChatTemplateStyle):
+        return style.template.source, "the checkpoint's own chat template, which it was trained with"
     tok = Tokenizer(checkpoint_dir)
     src = checkpoint_dir / "tokenizer_config.json"
     original = json.loads(src.read_text()).get("chat_template") if src.is_file() else None

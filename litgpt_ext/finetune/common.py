@@ -367,6 +367,8 @@ def run(
     # Data is loaded and validated here, in every process (a DDP launcher re-runs the command per rank), so bad
     # input fails fast with a one-line error before Fabric or the model is touched.
     tokenizer = Tokenizer(spec.checkpoint_dir)
+    if hasattr(data, "student_dir"):  # chat data renders with the student's own chat template
+        data.student_dir = spec.checkpoint_dir
     data.connect(
         tokenizer=tokenizer, batch_size=train.micro_batch_size, max_seq_length=train.max_seq_length, **(connect or {})
     )

@@ -15,14 +15,17 @@ from litgpt.model import GPT
 from litgpt.tokenizer import Tokenizer
 from tqdm import tqdm
 
+from litgpt_ext.chat_template import encode_bos, stop_ids
 from litgpt_ext.checks import above, at_least, check_checkpoint_dir, within
+from litgpt_ext.data.chat import CHAT_FORMATS, parse_turns, prompt_and_reply
+from litgpt_ext.data.chat_encode import located, renderer_for
 from litgpt_ext.data.encode import keep_end
 from litgpt_ext.errors import EXIT_INCOMPLETE, UserError, require
 from litgpt_ext.generate.engine import Engine, Job, Settings
 from litgpt_ext.generate.inputs import InputFormat, PromptRecord, Shard, detect_format, parse_shard, read_prompts
 from litgpt_ext.generate.repetition import RepetitionControls
 from litgpt_ext.io import JsonlAppender, atomic_write_json, read_jsonl_repairing
-from litgpt_ext.prompts import apply_style, data_style, resolve_prompt_style
+from litgpt_ext.prompts import apply_style, chat_data_style, data_style, resolve_prompt_style
 from litgpt_ext.templates import load_template
 
 DTYPES = {
@@ -75,7 +78,7 @@ def generate_batch(
     input: Path | None = None,
     output: Path | None = None,
     split: str | None = None,
-    input_format: Literal["auto", "prompts", "litgpt", "qa"] = "auto",
+    input_format: Literal["auto", "prompts", "litgpt", "qa", "messages", "sharegpt"] = "auto",
     field: str = "prompt",
     prompt_template: Path | None = None,
     prompt_style: str = "auto",
@@ -105,17 +108,21 @@ def generate_batch(
         checkpoint_dir: litgpt checkpoint of the model that generates.
         input: JSONL prompts, one object per line (``id`` optional: the line number is the id); or a training file:
             litgpt JSON/JSONL (``instruction`` + ``input`` are the prompt, ``output`` the kept reference) or a Q/A
-            file with ``--split`` (``Question`` is the prompt, ``Answer`` the kept reference).
+            file with ``--split`` (``Question`` is the prompt, ``Answer`` the kept reference); or chat rows (OpenAI
+            ``messages`` or ShareGPT ``conversations``): the turns up to the last user turn are the prompt, rendered
+            with the checkpoint's chat template (``--prompt_style chat_template``, the default when it has one)
+            or a litgpt style; a final assistant turn stays in the row as the reference.
         output: JSONL output; one line per input (appended as each completes; a rerun skips done ids).
         split: Which split of a Q/A file to generate for (train, val or test); for litgpt files, the prefix of the
             ids of rows without one (default: the file name, e.g. ``test[3]`` for the third row of test.json).
-        input_format: ``auto`` (by the file's shape), ``prompts``, ``litgpt`` or ``qa``.
+        input_format: ``auto`` (by the file's shape), ``prompts``, ``litgpt``, ``qa``, ``messages`` or ``sharegpt``.
         field: The record field holding the prompt text of a JSONL of prompts (a record's `input` and `system`
             fields, when present, go through the prompt style too, as in training).
         prompt_template: Instead of --field: a template file with ``{field}`` placeholders (see prompts/README.md).
         prompt_style: litgpt prompt style applied to the prompt text: ``auto`` (the checkpoint's, as litgpt
             generate does; for a training file and a checkpoint without one, the style finetune_sft trains that
-            format with: QA for Q/A, alpaca for litgpt JSON), a style name, or ``default`` for the raw text.
+            format with: QA for Q/A, alpaca for litgpt JSON, its chat template for chat rows), a style name,
+            ``chat_template`` (the checkpoint's Jinja template), or ``default`` for the raw text.
         passthrough: Record fields copied into each output line (a training file's rows are kept whole).
         max_new_tokens: Tokens generated at most per sample.
         min_new_tokens: EOS cannot end a sample before this many tokens (transformers' ``min_new_tokens``: the
@@ -205,13 +212,20 @@ def generate_on(fabric: L.Fabric, a: GenerateArgs) -> dict:
     config = Config.from_file(a.checkpoint_dir / "model_config.yaml")
     tokenizer = Tokenizer(a.checkpoint_dir)
     fallback = (lambda: data_style(a.fmt.kind)) if a.fmt.keeps_fields else None
+    chat = a.fmt.kind in CHAT_FORMATS
+    if chat:
+        fallback = lambda: chat_data_style(a.checkpoint_dir)  # noqa: E731
     style = resolve_prompt_style(a.prompt_style, a.checkpoint_dir, config, fallback=fallback)
+    renderer = renderer_for(style, tokenizer)
     template = None
     if a.prompt_template is not None:
         template = load_template(Path(a.prompt_template))
     field = a.fmt.field
 
-    def render(record: dict, where: int | str) -> str:
+    def render(record: dict, where: int | str) -> str | list[dict]:
+        if chat:  # the turns up to the last one to answer (a final assistant turn is the reference)
+            turns = parse_turns(record.get(field), a.input, where, field, a.fmt.kind)
+            return prompt_and_reply(turns)[0]
         if template is not None:
             return template.render(record, (a.input, where))
         if field not in record or record[field] is None:
@@ -241,6 +255,7 @@ def generate_on(fabric: L.Fabric, a: GenerateArgs) -> dict:
         seed=a.seed,
         stop=a.stop,
         window=a.window or 8 * a.max_batch_size,
+        stop_ids=tuple(sorted(stop_ids(style, tokenizer))),
     )
     engine = Engine(model, tokenizer, settings, fabric.device, a.dtype)
     writer = JsonlAppender(out_path)
@@ -261,7 +276,7 @@ def generate_on(fabric: L.Fabric, a: GenerateArgs) -> dict:
                 stats["errors"] += 1
                 continue
             try:
-                job = _make_job(item, a, style, tokenizer, config)
+                job = _make_job(item, a, style, tokenizer, config, renderer)
                 stats["truncated"] += job.prompt_truncated
                 yield job
             except UserError as err:
@@ -343,15 +358,18 @@ def stats_path(output: Path) -> Path:
     return output.with_name(f"{output.stem}.stats.json")
 
 
-def _make_job(item: PromptRecord, a: GenerateArgs, style, tokenizer, config) -> Job:
-    extra_input, system = item.record.get("input"), item.record.get("system")
-    text = apply_style(
-        style,
-        item.text,
-        extra_input if isinstance(extra_input, str) else "",
-        system if isinstance(system, str) else None,
-    )
-    prompt_ids = tokenizer.encode(text).tolist()
+def _make_job(item: PromptRecord, a: GenerateArgs, style, tokenizer, config, renderer) -> Job:
+    if isinstance(item.text, list):  # a conversation
+        prompt_ids = located(lambda: renderer.prompt_ids(item.text), a.input, item.line)
+    else:
+        extra_input, system = item.record.get("input"), item.record.get("system")
+        text = apply_style(
+            style,
+            item.text,
+            extra_input if isinstance(extra_input, str) else "",
+            system if isinstance(system, str) else None,
+        )
+        prompt_ids = tokenizer.encode(text, bos=encode_bos(style)).tolist()
     truncated = a.max_prompt_length is not None and len(prompt_ids) > a.max_prompt_length
     if truncated:
         prompt_ids = keep_end(prompt_ids, a.max_prompt_length, tokenizer.bos_id)

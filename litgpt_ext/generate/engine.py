@@ -74,6 +74,8 @@ class Settings:
     """Prompts looked ahead in the input stream (the scheduling window)."""
     prefill_tokens: int = 8192
     """Padded tokens per prefill forward (bounds prefill memory)."""
+    stop_ids: tuple[int, ...] = ()
+    """Tokens that end a generation besides EOS (a chat format's end of turn, e.g. ``<|im_end|>``)."""
 
 
 class Engine:
@@ -86,6 +88,7 @@ class Engine:
         install_grouped_decode(gpt)
         self.slots: list[Row | None] = [None] * settings.max_batch_size
         self.eos = tokenizer.eos_id
+        self.stops = {t for t in (self.eos, *settings.stop_ids) if t is not None}
         self.stop_tail = max((len(s) for s in settings.stop), default=0) + 8
         self.generated = 0
 
@@ -141,12 +144,15 @@ class Engine:
     def _sample(self, logits: torch.Tensor, rows: list[Row]) -> list[int]:
         if self.s.repetition.active:
             logits = self.s.repetition.apply(logits, [r.history for r in rows])
-        if self.s.min_new_tokens and self.eos is not None:
+        if self.s.min_new_tokens and self.stops:
             young = [i for i, r in enumerate(rows) if len(r.tokens) < self.s.min_new_tokens]
             if young:
-                eos = torch.full((len(young),), self.eos, device=logits.device)
+                stops = torch.tensor(sorted(self.stops), device=logits.device)
                 young = torch.tensor(young, device=logits.device)
-                logits = logits.index_put((young, eos), torch.tensor(float("-inf"), device=logits.device))
+                logits = logits.index_put(
+                    (young.repeat_interleave(len(stops)), stops.repeat(len(young))),
+                    torch.tensor(float("-inf"), device=logits.device),
+                )
         keys = torch.tensor([r.key for r in rows], device=logits.device)
         steps = torch.tensor([len(r.tokens) for r in rows], device=logits.device)
         u = uniforms(keys, steps) if self.s.temperature > 0 else None
@@ -154,7 +160,7 @@ class Engine:
 
     # -- bookkeeping ----------------------------------------------------------------------------------------------
     def _finish_reason(self, row: Row, token: int) -> str | None:
-        if token == self.eos:
+        if token in self.stops:
             return "stop"
         row.tokens.append(token)
         if row.history is not None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from litgpt_ext.data.chat import chat_format_of
 from litgpt_ext.data.records import load_json
 from litgpt_ext.errors import UserError
 
@@ -56,7 +57,8 @@ def parse_shard(value: str | None) -> Shard:
 class PromptRecord:
     id: str
     line: int
-    text: str
+    text: str | list[dict]
+    """The prompt text, or the turns of a chat row up to the one to answer."""
     record: dict
 
 
@@ -69,13 +71,16 @@ class InputFormat:
       instruction and input go through the prompt style as in training, ``output`` is the reference.
     * ``qa`` — a Q/A file's split (``{"train"|"val"|"test": [{"Question", "Answer"}]}``): ``Question`` is the prompt,
       ``Answer`` the reference.
+    * ``messages`` / ``sharegpt`` — chat rows (:mod:`litgpt_ext.data.chat`): the conversation up to its last
+      user turn is the prompt, rendered with the student's chat template or style; a final assistant turn is the
+      reference.
 
     In the two training formats every field of a row is kept in the output (so the reference travels with the
     generation), and a row without an ``id`` is ``<split>[<n>]`` — 1-based, as in error messages — where the split
     is ``--split`` (for litgpt files: the file's name without suffix, e.g. ``test`` for test.json).
     """
 
-    kind: Literal["prompts", "litgpt", "qa"]
+    kind: Literal["prompts", "litgpt", "qa", "messages", "sharegpt"]
     field: str
     split: str = ""
 
@@ -88,21 +93,25 @@ class InputFormat:
         return {k: v for k, v in record.items() if k != "id"} if self.keeps_fields and isinstance(record, dict) else {}
 
 
-FORMATS = ("auto", "prompts", "litgpt", "qa")
+FORMATS = ("auto", "prompts", "litgpt", "qa", "messages", "sharegpt")
 
 
 def detect_format(path: Path, input_format: str, field: str, split: str | None) -> InputFormat:
     """The :class:`InputFormat` of ``path`` (``auto``: a ``.json`` file is Q/A when it is an object (of splits) and
-    litgpt when it is a list; a JSONL file is litgpt when its first row has ``instruction`` but no ``--field``)."""
+    litgpt when it is a list; a JSONL file is litgpt when its first row has ``instruction`` but no ``--field``;
+    either is a chat file when its first row has ``messages`` or ``conversations``)."""
     if input_format not in FORMATS:
         raise UserError(f"use one of {', '.join(FORMATS)}", field="input_format")
     kind = input_format
     data = load_json(path) if path.suffix.lower() == ".json" and kind in ("auto", "qa") else None
     if kind == "auto":
-        if data is not None:
+        first = (data[0] if data else None) if isinstance(data, list) else _first_row(path) if data is None else None
+        chat = chat_format_of(first) if field not in (first if isinstance(first, dict) else {}) else None
+        if chat is not None:
+            kind = chat
+        elif data is not None:
             kind = "qa" if isinstance(data, dict) else "litgpt"  # an object of splits, or a list of records
         else:
-            first = _first_row(path)
             kind = "litgpt" if isinstance(first, dict) and "instruction" in first and field not in first else "prompts"
     if kind == "prompts":
         if split:
@@ -110,6 +119,8 @@ def detect_format(path: Path, input_format: str, field: str, split: str | None) 
         return InputFormat("prompts", field)
     if kind == "litgpt":
         return InputFormat("litgpt", "instruction", split or path.stem)
+    if kind in ("messages", "sharegpt"):
+        return InputFormat(kind, "messages" if kind == "messages" else "conversations", split or path.stem)
     data = load_json(path) if data is None else data
     splits = [k for k in ("train", "val", "test") if isinstance(data, dict) and k in data]
     if not splits:
@@ -134,7 +145,7 @@ def _first_row(path: Path):
 def _rows(path: Path, fmt: InputFormat) -> Iterator[tuple[int, int | str, object]]:
     """``(position, where, value)`` per row: the position decides shards and output order, ``where`` locates the
     row in error messages; a JSONL line that is not JSON gives a :class:`UserError` as its value."""
-    if fmt.kind == "qa" or (fmt.kind == "litgpt" and path.suffix.lower() == ".json"):
+    if fmt.kind == "qa" or (fmt.kind != "prompts" and path.suffix.lower() == ".json"):
         data = load_json(path)
         rows = data.get(fmt.split) if fmt.kind == "qa" else data
         if not isinstance(rows, list):
@@ -180,7 +191,7 @@ def read_prompts(
             if rid in done:
                 continue
             text = render(obj, where)
-            if not text.strip():
+            if isinstance(text, str) and not text.strip():
                 raise UserError("empty prompt", path=path, line=where, field=fmt.field)
             yield PromptRecord(rid, position, text, obj)
         except UserError as err:
