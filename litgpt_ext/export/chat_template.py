@@ -8,8 +8,10 @@ the Jinja template puts a conversation's system and user message into them exact
 separated by a blank line). The assistant's answer follows the cue and ends with EOS, as in training. A style whose
 text is not "pieces around the prompt" has no template; the model card then shows the prompt to build by hand.
 
-These styles are single-turn: the template refuses a second user turn with a message saying so (transformers'
-``raise_exception``) instead of inventing a multi-turn form the model never saw.
+Styles with a multi-turn form (:func:`litgpt_ext.data.chat_encode.multi_turn_form`: Llama 3, the ChatML family,
+Gemma) render later turns in that form, exactly as training rendered them; the other styles are single-turn, and
+their template refuses a second user turn with a message saying so (transformers' ``raise_exception``) instead of
+inventing a multi-turn form the model never saw.
 """
 
 from __future__ import annotations
@@ -89,17 +91,13 @@ def chat_template(style: PromptStyle, add_bos: bool) -> str | None:
         + "{%- set system = messages[0]['content'] -%}{%- set turns = messages[1:] -%}"
         + "{%- else -%}{%- set system = '' -%}{%- set turns = messages -%}{%- endif -%}"
         + "{%- for message in turns -%}"
-        + "{%- if message['role'] == 'user' -%}"
-        + "{%- if loop.index0 > 0 -%}"
-        + "{{ raise_exception('this model was trained with the single-turn litgpt prompt style "
-        + name
-        + "; it has no form for a second user turn') }}"
-        + "{%- endif -%}"
+        + "{%- if message['role'] == 'user' and loop.index0 == 0 -%}"
         + "{%- if system -%}"
         + with_system
         + "{%- else -%}"
         + plain
         + "{%- endif -%}"
+        + _later_turns(style, name)
         + "{%- elif message['role'] == 'assistant' -%}"
         + "{{ message['content'] }}{{ eos_token }}"
         + "{%- else -%}"
@@ -109,6 +107,33 @@ def chat_template(style: PromptStyle, add_bos: bool) -> str | None:
         + "{%- endif -%}"
         + "{%- endfor -%}"
     )
+
+
+def _later_turns(style: PromptStyle, name: str) -> str:
+    """Jinja ``elif`` branches for the user (and tool) turns after the first: the style's multi-turn form, or an
+    exception saying the style has none."""
+    from litgpt_ext.data.chat_encode import multi_turn_form
+
+    form = multi_turn_form(style)
+    if form is None:
+        return (
+            "{%- elif message['role'] == 'user' -%}"
+            + "{{ raise_exception('this model was trained with the single-turn litgpt prompt style "
+            + name
+            + "; it has no form for a second user turn') }}"
+        )
+    strips = f" {_PROMPT} " not in form.turn("user", f" {_PROMPT} ")  # Llama 3 strips each message
+    content = "{{ message['content'] | trim }}" if strips else "{{ message['content'] }}"
+    branches = ""
+    for role in form.roles:
+        head, tail = form.turn(role, _PROMPT).split(_PROMPT)
+        branches += (
+            f"{{%- elif message['role'] == '{role}' and loop.index0 > 0 -%}}"
+            + _literal(form.after_reply + head)
+            + content
+            + _literal(tail + form.cue)
+        )
+    return branches
 
 
 def render(template: str, messages: list[dict], bos_token: str = "", eos_token: str = "") -> str:

@@ -148,7 +148,10 @@ def prompt_format(checkpoint_dir: Path, config: Config, reward: dict | None) -> 
 
     style = resolve_prompt_style(None, checkpoint_dir, config)
     template, source = chosen_chat_template(checkpoint_dir, style)
-    return PromptFormat(type(style).__name__, example_prompt(style), source, template is not None), template
+    from litgpt_ext.data.chat_encode import multi_turn_form
+
+    multi = multi_turn_form(style) is not None
+    return PromptFormat(type(style).__name__, example_prompt(style), source, template is not None, multi), template
 
 
 def chat_stop_ids(checkpoint_dir: Path, eos_id: int | None) -> list[int]:

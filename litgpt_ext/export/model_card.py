@@ -43,6 +43,8 @@ class PromptFormat:
     template_source: str
     """Where the export's ``chat_template`` came from, or ``none: why``."""
     has_template: bool
+    multi_turn: bool = False
+    """The template renders later turns (the style has a multi-turn form)."""
 
 
 def _fence(text: str) -> str:
@@ -151,8 +153,13 @@ def _prompt_section(prompt: PromptFormat | None, reward: dict | None) -> str:
         )
     how = (
         f"The tokenizer's `chat_template` renders a conversation in this format ({prompt.template_source}), so "
-        "`tokenizer.apply_chat_template(messages, add_generation_prompt=True)` gives exactly this text; it takes one "
-        "user turn, with an optional system message."
+        "`tokenizer.apply_chat_template(messages, add_generation_prompt=True)` gives exactly this text, with an "
+        "optional system message; "
+        + (
+            "later turns render in the style's multi-turn form, as in training."
+            if prompt.multi_turn
+            else "it takes one user turn (the style has no multi-turn form)."
+        )
         if prompt.has_template
         else f"No chat template ({prompt.template_source}): build the prompt text by hand."
     )
