@@ -30,7 +30,7 @@ FAULTS = ("429", "500", "503", "drop", "cut_body")
 """The faulty run: 429 with retry-after, 5xx, dropped connections, 200 with a cut-off body, 20 % of requests."""
 
 
-def run_queries(tmp: Path, n: int, rpm: int, latency: float, fault_rate: float) -> dict:
+def run_queries(tmp: Path, n: int, rpm: int, latency: float, fault_rate: float, concurrency: int = 64) -> dict:
     """distill_query against the local server; server-side counts, and what the output file holds."""
     from distill.teacher.fake_server import FakeOpenAI, ServerConfig
 
@@ -41,10 +41,10 @@ def run_queries(tmp: Path, n: int, rpm: int, latency: float, fault_rate: float) 
             fh.write(json.dumps({"id": i, "question": f"What is fact number {i}?"}) + "\n")
     config = ServerConfig(api_key=key, latency_s=latency, rpm=rpm, fault_rate=fault_rate, faults=FAULTS, seed=1)
     with FakeOpenAI(config) as server:
-        run_measured(
+        child = run_measured(
             [sys.executable, "-m", "litgpt_ext", "distill_query", "--records", str(records),
              "--prompt", str(REPO / "prompts" / "answer_question.md"), "--out", str(out),
-             "--base_url", server.base_url, "--rpm", str(rpm), "--concurrency", "64", "--max_tokens", "64",
+             "--base_url", server.base_url, "--rpm", str(rpm), "--concurrency", str(concurrency), "--max_tokens", "64",
              "--max_attempts", "10", "--timeout", "10"],
             env={"OPENAI_API_KEY": key},
             ok_codes=(0, 3),  # 3: some requests quarantined after their retries
@@ -62,6 +62,7 @@ def run_queries(tmp: Path, n: int, rpm: int, latency: float, fault_rate: float) 
             "answered": sum(r["status"] == "ok" for r in rows),
             "quarantined": sum(r["status"] == "failed" for r in rows),
             "lost": n - len(ids),
+            "client_cpu_ms_per_request": 1000 * child.cpu_s / max(1, st.admitted),
         }
 
 

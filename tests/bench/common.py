@@ -19,6 +19,8 @@ class ChildRun:
     peak_rss_mb: float
     stdout: str
     stderr: str
+    cpu_s: float = 0.0
+    """User + system CPU seconds the child used."""
 
 
 def run_measured(
@@ -33,7 +35,9 @@ def run_measured(
     seconds = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
     out_f.seek(0), err_f.seek(0)
-    result = ChildRun(seconds, usage.ru_maxrss / 1024, out_f.read(), err_f.read())
+    result = ChildRun(
+        seconds, usage.ru_maxrss / 1024, out_f.read(), err_f.read(), usage.ru_utime + usage.ru_stime
+    )
     for f in (out_f, err_f):
         f.close()
         os.unlink(f.name)
