@@ -65,6 +65,7 @@ def distill_query(
     batch_max_bytes: int = 200_000_000,
     poll_interval: float = 30.0,
     wait: bool = True,
+    fsync_interval: float = 0.2,
 ) -> None:
     """Query a teacher LLM (any OpenAI-compatible endpoint) for every record; the output file is the cache.
 
@@ -106,6 +107,9 @@ def distill_query(
         batch_max_bytes: Bytes per Batch API input file (OpenAI's limit: 200 MB).
         poll_interval: Seconds between Batch API polls.
         wait: In batch mode, wait until every batch is finished (false: submit/poll once and exit; rerun later).
+        fsync_interval: Seconds between grouped fsyncs of the cache (0: every answer). Each answer is written to
+            the file as it arrives, so a killed run loses nothing; an OS crash or power loss can lose at most the
+            answers of the last interval, which a rerun asks for again.
     """
     flags = locals()
     teacher = TeacherArgs(**{f.name: flags[f.name] for f in dataclasses.fields(TeacherArgs)})

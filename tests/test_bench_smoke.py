@@ -14,7 +14,7 @@ from conftest import REPO
     ("module", "expected"),
     [
         ("bench_sft", ["tokens/s (non-padding)", "peak RSS MB"]),
-        ("bench_teacher", ["requests/min through the limit", "20 % faults", "records/s"]),
+        ("bench_teacher", ["requests/min through the limit", "20 % faults", "records/s", "while sending"]),
         ("bench_generate", ["generate_batch tok/s", "transformers tok/s", "greedy texts identical", "rows stopped"]),
         ("bench_dpo", ["ours tokens/s", "TRL tokens/s", "DPO", "ORPO"]),
         ("bench_sql_label", ["statements/s (execution phase)", "cache-hit rerun"]),

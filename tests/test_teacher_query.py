@@ -393,3 +393,60 @@ def test_a_changed_prompt_is_answered_and_changing_it_back_reuses_the_first_answ
         distill_query(records=records, prompt=queries, out=out, base_url=server.base_url)
         assert sum(server.state.answered.values()) == sent  # cached: nothing sent
         assert outputs() == first
+
+
+def test_cache_lines_are_written_at_once_and_fsynced_in_groups(tmp_path, monkeypatch):
+    """Every line is in the file when write returns (a kill -9 loses nothing); fsyncs come at most once per
+    interval and at close (an OS crash loses at most that interval); interval 0 fsyncs every line."""
+    from litgpt_ext.io import JsonlAppender
+
+    calls = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd)))
+    grouped = JsonlAppender(tmp_path / "grouped.jsonl", fsync_interval=60.0)
+    for i in range(100):
+        grouped.write({"i": i})
+        assert len((tmp_path / "grouped.jsonl").read_text().splitlines()) == i + 1
+    assert len(calls) == 0  # the first interval has not passed
+    grouped.close()
+    assert len(calls) == 1
+    calls.clear()
+    with JsonlAppender(tmp_path / "each.jsonl") as each:
+        for i in range(10):
+            each.write({"i": i})
+    assert len(calls) == 10
+
+
+def test_a_transient_429_waits_alone_and_a_limit_429_pauses_everyone():
+    import httpx
+
+    from distill.teacher.live import budget_left
+
+    assert budget_left(httpx.Headers({"x-ratelimit-remaining-requests": "120", "x-ratelimit-remaining-tokens": "9"}))
+    assert not budget_left(httpx.Headers({"x-ratelimit-remaining-requests": "0"}))
+    assert not budget_left(httpx.Headers({"x-ratelimit-remaining-requests": "5", "x-ratelimit-remaining-tokens": "0"}))
+    assert not budget_left(httpx.Headers({"retry-after-ms": "50"}))  # no headers: assume the limit
+
+
+def test_the_limiter_catches_up_late_slots_only_within_its_window():
+    """A sender that wakes late may use the slots it missed in the last CATCH_UP_S seconds, never more: after a
+    stall, at most CATCH_UP_S / interval + 1 requests go at once, and then the spacing holds."""
+    import asyncio
+
+    from litgpt_ext.api.ratelimit import CATCH_UP_S, RateLimiter
+
+    async def main():
+        limiter = RateLimiter(rpm=60_000)  # a slot every millisecond
+        await limiter.acquire()
+        await asyncio.sleep(0.3)  # the loop was busy elsewhere: 300 slots passed unused
+        t0 = time.monotonic()
+        times = []
+        for _ in range(150):
+            await limiter.acquire()
+            times.append(time.monotonic() - t0)
+        return times
+
+    times = asyncio.run(main())
+    immediate = sum(t < 0.002 for t in times)
+    assert immediate <= CATCH_UP_S / 0.001 + 2  # the missed slots, the current one and the next (< 2 ms)
+    assert times[-1] >= (150 - CATCH_UP_S / 0.001 - 1) * 0.001 * 0.9

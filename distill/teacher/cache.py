@@ -22,8 +22,10 @@ from litgpt_ext.io import JsonlAppender, atomic_write_jsonl, read_jsonl_repairin
 
 
 class ResponseCache:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, fsync_interval: float = 0.0) -> None:
         self.path = Path(path)
+        self.fsync_interval = fsync_interval
+        """Seconds between grouped fsyncs of the appended lines (see :class:`litgpt_ext.io.JsonlAppender`)."""
         self.results: dict[str, dict] = {}
         self.ids: dict[str, set[str]] = {}
         self.key_of: dict[str, str] = {}  # record id -> the key of the latest line naming it
@@ -37,7 +39,7 @@ class ResponseCache:
 
     def _append(self, row: dict) -> None:
         if self._appender is None:
-            self._appender = JsonlAppender(self.path)
+            self._appender = JsonlAppender(self.path, fsync_interval=self.fsync_interval)
         self._appender.write(row)
 
     def _name(self, key: str, ids: list[str]) -> None:

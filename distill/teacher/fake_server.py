@@ -348,7 +348,8 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(cfg.stall_s)
             self._error(504, "stalled")
         elif fault == "429":
-            self._error(429, "Injected rate limit.", "rate_limit_exceeded", {"retry-after-ms": "50"})
+            # a transient 429 (OpenAI sends its rate-limit headers on every response: here, requests left)
+            self._error(429, "Injected rate limit.", "rate_limit_exceeded", {**headers, "retry-after-ms": "50"})
         elif fault in ("cut_body", "not_completion", "bad_logprobs"):
             self._damaged = fault
             return None, bad

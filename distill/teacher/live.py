@@ -1,8 +1,20 @@
 """Live mode: many requests in flight through ``openai.AsyncOpenAI``, paced, retried, and cached as they finish.
 
+Fast enough for a top-tier limit (30,000 requests/min at 0.3 s latency takes ~150 in flight; ``make bench-teacher``):
+* the requests go over several connection pools (:func:`make_clients`, one ``AsyncOpenAI`` per
+  :data:`CONNECTIONS_PER_POOL` connections, each connection kept alive): httpcore scans a whole pool for every
+  request, so one pool of hundreds of connections costs time quadratic in the concurrency;
+* the body, already the JSON the cache key was computed from, is posted as it is with the client's generic
+  ``post(..., cast_to=httpx.Response)`` — the ``openai`` client's transport, headers, timeouts and error classes
+  (``APIStatusError`` and its subclasses, ``APIConnectionError``, ``APITimeoutError``) — without the per-field
+  request transform and the pydantic response model, and the answer is read with ``json.loads``;
+* cache lines are written at once and fsync'd in groups (``--fsync_interval``, see ``ResponseCache``).
+
 Retry policy (the client's own retries are off so there is one policy, visible here):
 * 408, 409, 429, 5xx, timeouts and dropped connections: retry with exponential backoff + full jitter, honouring
-  ``retry-after-ms`` / ``retry-after``; a 429 also pauses every worker (see :class:`RateLimiter`);
+  ``retry-after-ms`` / ``retry-after``; a 429 also pauses every worker (see :class:`RateLimiter`) — unless its
+  rate-limit headers (OpenAI sends them on every response) show requests and tokens left: such a 429 is a
+  transient refusal, and only that request waits;
 * 400, 404, 422: the request fails with the server's message (cached as a failure, listed in quarantine);
 * 401, 403: the run stops at once — every other request would fail the same way;
 * an answer cut off (``length``), filtered (``content_filter``) or not valid JSON under ``response_format`` is
@@ -16,6 +28,7 @@ import json
 import signal
 from dataclasses import dataclass
 
+import httpx
 import openai
 from tqdm import tqdm
 
@@ -37,6 +50,28 @@ from litgpt_ext.errors import UserError
 
 class FatalAPIError(UserError):
     """The server refused our credentials or permissions, or cannot be reached at all: stop everything."""
+
+
+CONNECTIONS_PER_POOL = 32
+"""Connections of one pool (see the module docstring)."""
+
+
+def make_clients(api_key: str, base_url: str | None, timeout: float, concurrency: int) -> list[openai.AsyncOpenAI]:
+    """``ceil(concurrency / CONNECTIONS_PER_POOL)`` clients, each with its own pool of kept-alive connections."""
+    pools = max(1, -(-concurrency // CONNECTIONS_PER_POOL))
+    per_pool = -(-concurrency // pools)
+    return [
+        openai.AsyncOpenAI(
+            api_key=api_key,
+            base_url=base_url,
+            max_retries=0,
+            timeout=timeout,
+            http_client=openai.DefaultAsyncHttpxClient(
+                limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool)
+            ),
+        )
+        for _ in range(pools)
+    ]
 
 
 UNREACHABLE_AFTER = 6
@@ -61,7 +96,7 @@ class RunStats:
 class LiveRunner:
     def __init__(
         self,
-        client: openai.AsyncOpenAI,
+        client: openai.AsyncOpenAI | list[openai.AsyncOpenAI],
         cache: ResponseCache,
         limiter: RateLimiter,
         policy: RetryPolicy,
@@ -70,7 +105,9 @@ class LiveRunner:
         timeout: float = 120.0,
         max_cost_usd: float | None = None,
     ):
-        self.client, self.cache, self.limiter, self.policy, self.meter = client, cache, limiter, policy, meter
+        self.clients = list(client) if isinstance(client, list | tuple) else [client]
+        self.client = self.clients[0]
+        self.cache, self.limiter, self.policy, self.meter = cache, limiter, policy, meter
         self.concurrency, self.timeout, self.max_cost_usd = concurrency, timeout, max_cost_usd
         self.stats = RunStats()
         self._reserved = 0.0
@@ -95,18 +132,20 @@ class LiveRunner:
         return True
 
     # -- one request ----------------------------------------------------------------------------------------------
-    async def _send(self, req: ChatRequest, tokens: int) -> dict:
+    async def _send(self, req: ChatRequest, tokens: int, client: openai.AsyncOpenAI | None = None) -> dict:
+        client = client or self.client
+        options = {"timeout": self.timeout}
         attempt, invalid = 0, 0
         while True:
             attempt += 1
             await self.limiter.acquire(tokens)
             self.stats.sent += 1
             try:
-                raw = await self.client.chat.completions.with_raw_response.create(**req.body, timeout=self.timeout)
+                raw = await client.post("/chat/completions", body=req.body, cast_to=httpx.Response, options=options)
                 self._reached, self._refused_in_a_row = True, 0
                 self.limiter.observe(raw.headers)
-                completion = raw.parse().model_dump()
-                if not isinstance(completion.get("choices"), list):
+                completion = json.loads(raw.content)
+                if not isinstance(completion, dict) or not isinstance(completion.get("choices"), list):
                     raise ValueError("the body has no choices")
                 check_logprobs(completion)
             except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
@@ -120,7 +159,8 @@ class LiveRunner:
                     wait = retry_after_seconds(err.response.headers)
                     if err.status_code == 429:
                         self.stats.rate_limited += 1
-                        self.limiter.pause(wait if wait is not None else self.policy.backoff(attempt, None))
+                        if not budget_left(err.response.headers):
+                            self.limiter.pause(wait if wait is not None else self.policy.backoff(attempt, None))
                     if attempt >= self.policy.max_attempts:
                         return failure_row(req, f"http_{err.status_code}", error_message(err), attempt, "live")
                     self.stats.retries += 1
@@ -179,7 +219,7 @@ class LiveRunner:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._interrupt)
 
-        async def worker() -> None:
+        async def worker(client: openai.AsyncOpenAI) -> None:
             while not self._stop.is_set():
                 try:
                     req = queue.get_nowait()
@@ -189,11 +229,11 @@ class LiveRunner:
                 if not self._reserve(estimate):
                     return
                 try:
-                    row = await self._send(req, tokens)
+                    row = await self._send(req, tokens, client)
                 finally:
                     if self.max_cost_usd is not None:
                         self._reserved -= estimate
-                self.cache.add_result(row)  # fsync'd before the next request of this worker
+                self.cache.add_result(row)  # written before the next request of this worker (fsync'd in groups)
                 self.stats.ok += row["status"] == "ok"
                 self.stats.failed += row["status"] == "failed"
                 bar.update(1)
@@ -204,7 +244,8 @@ class LiveRunner:
                     refresh=False,
                 )
 
-        workers = [asyncio.create_task(worker()) for _ in range(max(1, self.concurrency))]
+        clients = self.clients
+        workers = [asyncio.create_task(worker(clients[i % len(clients)])) for i in range(max(1, self.concurrency))]
         stopper = asyncio.create_task(self._stop.wait())
         waiting = {*workers, stopper}
         try:
@@ -226,6 +267,14 @@ class LiveRunner:
     def _interrupt(self) -> None:
         self.stats.interrupted = True
         self._stop.set()
+
+
+def budget_left(headers) -> bool:
+    """Whether a 429's ``x-ratelimit-remaining-*`` headers show requests (and tokens, where given) left: then the
+    limit is not what refused it, and pausing every sender would only waste the budget."""
+    left = [headers.get(f"x-ratelimit-remaining-{kind}") for kind in ("requests", "tokens")]
+    given = [v.strip() for v in left if v is not None]
+    return bool(given) and all(v.isdigit() and int(v) > 0 for v in given)
 
 
 def refuses_logprobs(body: dict, message: str) -> bool:

@@ -85,6 +85,9 @@ class TeacherArgs:
     """Seconds between Batch API polls."""
     wait: bool = True
     """In batch mode, wait until every batch is finished (false: submit/poll once and exit; rerun later)."""
+    fsync_interval: float = 0.2
+    """Seconds between grouped fsyncs of the cache (0: every answer); each answer is written as it arrives, so a
+    killed run loses nothing, and an OS crash at most the last interval's answers."""
 
     def validate(self, prefix: str = "") -> None:
         """Numbers that make no sense stop the command before anything is read or sent."""
@@ -106,6 +109,7 @@ class TeacherArgs:
         at_least(prefix + "batch_max_requests", self.batch_max_requests, 1)
         at_least(prefix + "batch_max_bytes", self.batch_max_bytes, 1)
         above(prefix + "poll_interval", self.poll_interval, 0)
+        at_least(prefix + "fsync_interval", self.fsync_interval, 0)
 
     def params(self, n: int = 1, stop: list[str] | None = None) -> dict:
         """The sampling part of a request body (part of each request's cache key)."""
@@ -149,7 +153,7 @@ def query_teacher(requests: list[ChatRequest], out: Path, args: TeacherArgs) -> 
     api_key = os.environ.get(args.api_key_env)
     if not api_key:
         raise UserError(f"set the API key in the environment variable {args.api_key_env}", field="api_key_env")
-    cache = ResponseCache(out)
+    cache = ResponseCache(out, fsync_interval=args.fsync_interval)
     for req in requests:  # more record ids for requests already cached: no request needed
         if req.key in cache.results:
             cache.add_aliases(req.key, req.ids)
@@ -185,14 +189,14 @@ def query_teacher(requests: list[ChatRequest], out: Path, args: TeacherArgs) -> 
 def _live(pending, cache, api_key, price, args: TeacherArgs) -> None:
     import openai
 
-    from distill.teacher.live import LiveRunner
+    from distill.teacher.live import LiveRunner, make_clients
     from litgpt_ext.api.ratelimit import RateLimiter
     from litgpt_ext.api.retry import RetryPolicy
 
     async def main():
-        client = openai.AsyncOpenAI(api_key=api_key, base_url=args.base_url, max_retries=0, timeout=args.timeout)
+        clients = make_clients(api_key, args.base_url, args.timeout, args.concurrency)
         runner = LiveRunner(
-            client,
+            clients,
             cache,
             RateLimiter(args.rpm, args.tpm),
             RetryPolicy(args.max_attempts, retry_invalid=args.retry_invalid),
@@ -204,7 +208,8 @@ def _live(pending, cache, api_key, price, args: TeacherArgs) -> None:
         try:
             return await runner.run(pending)
         finally:
-            await client.close()
+            for client in clients:
+                await client.close()
 
     stats = asyncio.run(main())
     print(

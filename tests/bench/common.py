@@ -35,9 +35,7 @@ def run_measured(
     seconds = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
     out_f.seek(0), err_f.seek(0)
-    result = ChildRun(
-        seconds, usage.ru_maxrss / 1024, out_f.read(), err_f.read(), usage.ru_utime + usage.ru_stime
-    )
+    result = ChildRun(seconds, usage.ru_maxrss / 1024, out_f.read(), err_f.read(), usage.ru_utime + usage.ru_stime)
     for f in (out_f, err_f):
         f.close()
         os.unlink(f.name)
