@@ -187,7 +187,6 @@ def query_teacher(requests: list[ChatRequest], out: Path, args: TeacherArgs) -> 
 
 
 def _live(pending, cache, api_key, price, args: TeacherArgs) -> None:
-    import openai
 
     from distill.teacher.live import LiveRunner, make_clients
     from litgpt_ext.api.ratelimit import RateLimiter
