@@ -36,7 +36,7 @@ def run_queries(tmp: Path, n: int, rpm: int, latency: float, fault_rate: float, 
     from distill.teacher.fake_server import FakeOpenAI, ServerConfig
 
     key = "sk-bench"
-    records, out = tmp / "records.jsonl", tmp / f"r-{fault_rate}.jsonl"
+    records, out = tmp / "records.jsonl", tmp / f"r-{fault_rate}-{time.time_ns()}.jsonl"  # a fresh cache each run
     with open(records, "w") as fh:
         for i in range(n):
             fh.write(json.dumps({"id": i, "question": f"What is fact number {i}?"}) + "\n")
