@@ -1,6 +1,6 @@
 """Argument groups of the training loop, in litgpt's dataclass style (``--eval.interval 50``).
 
-``TrainArgs`` is litgpt's own; ``EvalArgs`` extends litgpt's with generation-based evaluation.
+``TrainArgs`` is litgpt's own plus length grouping; ``EvalArgs`` extends litgpt's with generation-based evaluation.
 """
 
 from __future__ import annotations
@@ -9,9 +9,20 @@ from dataclasses import dataclass
 from typing import Literal
 
 from litgpt.args import EvalArgs as LitEvalArgs
-from litgpt.args import TrainArgs
+from litgpt.args import TrainArgs as LitTrainArgs
 
 __all__ = ["TrainArgs", "EvalArgs", "CheckpointArgs"]
+
+
+@dataclass
+class TrainArgs(LitTrainArgs):
+    """Training-related arguments (litgpt's, plus length grouping)."""
+
+    group_by_length: bool = False
+    """Put samples of similar length in the same micro-batch, as Hugging Face's ``group_by_length`` does: each
+    epoch's shuffled order is cut into mega-batches of 50 micro-batches, each sorted by length (longest first),
+    so less padding is computed while the order of the mega-batches stays random. Changes which samples share a
+    micro-batch, not what is learned from each."""
 
 
 @dataclass

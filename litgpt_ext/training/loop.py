@@ -100,6 +100,13 @@ def _loader(dataset: list, sampler: ResumableBatchSampler, objective: Objective)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=objective.collate, generator=torch.Generator())
 
 
+def sample_lengths(dataset: Sequence, objective: Objective) -> list[int]:
+    """Each sample's length (what its micro-batch is padded to), for ``--train.group_by_length``."""
+    if hasattr(dataset, "lengths"):
+        return [int(x) for x in dataset.lengths()]
+    return [objective.sample_length(sample) for sample in dataset]
+
+
 def _is_better(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value < best if mode == "min" else value > best)
 
@@ -125,7 +132,12 @@ def fit(
     out_dir = Path(out_dir)
     accum = train.gradient_accumulation_iters(fabric.world_size, 1)
     train_sampler = ResumableBatchSampler(
-        len(train_dataset), train.micro_batch_size, seed, fabric.global_rank, fabric.world_size
+        len(train_dataset),
+        train.micro_batch_size,
+        seed,
+        fabric.global_rank,
+        fabric.world_size,
+        lengths=sample_lengths(train_dataset, objective) if getattr(train, "group_by_length", False) else None,
     )
     val_sampler = ResumableBatchSampler(
         len(val_dataset), train.micro_batch_size, seed, fabric.global_rank, fabric.world_size, shuffle=False

@@ -2,6 +2,10 @@
 
 Epoch ``e`` visits a permutation seeded by ``seed + e`` (the same on every rank), padded to a multiple of the world
 size and split by rank, then cut into micro-batches. The state is just ``(epoch, batches already taken)``.
+
+With ``lengths`` (``--train.group_by_length``), the permutation is cut into mega-batches of
+:data:`MEGA_BATCHES` micro-batches per rank and each is sorted by length, longest first (Hugging Face's
+``LengthGroupedSampler``), before the rank split: neighbours in a micro-batch have similar lengths.
 """
 
 from __future__ import annotations
@@ -12,12 +16,23 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
+MEGA_BATCHES = 50
+"""Micro-batches per rank in one length-sorted mega-batch (Hugging Face's ``mega_batch_mult``)."""
+
 
 class ResumableBatchSampler(Sampler[list[int]]):
     def __init__(
-        self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True
+        self,
+        n: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        lengths: list[int] | None = None,
     ) -> None:
         self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
+        self.lengths = lengths
         self.rank, self.world_size = rank, world_size
         self.epoch, self.skip = 0, 0
 
@@ -29,6 +44,13 @@ class ResumableBatchSampler(Sampler[list[int]]):
             order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
         else:
             order = list(range(self.n))
+        if self.lengths is not None:
+            mega = MEGA_BATCHES * self.batch_size * self.world_size
+            order = [
+                i
+                for start in range(0, len(order), mega)
+                for i in sorted(order[start : start + mega], key=lambda i: -self.lengths[i])
+            ]
         total = math.ceil(self.n / self.world_size) * self.world_size
         order += order[: total - self.n]  # pad so every rank gets the same number of samples
         return order[self.rank : total : self.world_size]
