@@ -8,6 +8,7 @@ DPO, ORPO or a reward head is one file here plus one command.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -144,18 +145,73 @@ def flat_positions(mask: torch.Tensor) -> torch.Tensor:
     return mask.reshape(-1).nonzero().squeeze(1)
 
 
+_SELECTED: list[bool] = [False]
+"""True while the last block hands the head only the selected rows (see :class:`_RowsOnlyLastBlock`)."""
+PRUNE_LAST_BLOCK = True
+"""Run the last block's MLP on the selected positions only (tests switch it off to compare with the full forward)."""
+
+
 def rows_at(hidden: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
-    """The ``(N, C)`` hidden rows of a ``(B, T, C)`` tensor at the row-major positions ``flat``."""
+    """The ``(N, C)`` hidden rows of a ``(B, T, C)`` tensor at the row-major positions ``flat`` (or the rows as they
+    are, when the last block already kept only those)."""
+    if _SELECTED[0]:
+        return hidden.reshape(-1, hidden.size(-1))
     return hidden.reshape(-1, hidden.size(-1)).index_select(0, flat)
+
+
+class _RowsOnlyLastBlock(nn.Module):
+    """Stands in for the last transformer block during one forward: attention at every position (its keys and values
+    feed every later query), then the residual stream and the MLP — three quarters of a block's work — only at the
+    positions a head reads. Exact: nothing else reaches the loss. Returns those rows as ``(1, N, C)``."""
+
+    def __init__(self, block: nn.Module, flat: torch.Tensor) -> None:
+        super().__init__()
+        self.block, self.flat = block, flat
+
+    def forward(self, x, cos, sin, mask=None, input_pos=None, input_pos_maxp1=None) -> torch.Tensor:
+        block, config, width = self.block, self.block.config, x.size(-1)
+        x_normed = block.norm_1(x)
+        attention = block.post_attention_norm(block.attn(x_normed, cos, sin, mask, input_pos, input_pos_maxp1))
+        rows = (attention + x).reshape(-1, width).index_select(0, self.flat)
+        if config.parallel_residual:
+            normed = x_normed if config.shared_attention_norm else block.norm_2(x)
+            rows_normed = normed.reshape(-1, width).index_select(0, self.flat)
+        else:
+            rows_normed = block.norm_2(rows)
+        return (block.post_mlp_norm(block.mlp(rows_normed)) + rows).unsqueeze(0)
+
+
+@contextlib.contextmanager
+def rows_only_last_block(gpt: nn.Module, flat: torch.Tensor | None):
+    """:class:`_RowsOnlyLastBlock` in place of ``gpt``'s last block inside the block (when it is a litgpt
+    ``Block`` and there are positions to select); the model is unchanged after it, also when the call fails."""
+    from litgpt.model import Block
+
+    blocks = gpt.transformer.h
+    if not PRUNE_LAST_BLOCK or flat is None or not isinstance(blocks[-1], Block):
+        yield
+        return
+    original = blocks[-1]
+    blocks[-1] = _RowsOnlyLastBlock(original, flat)
+    _SELECTED[0] = True
+    try:
+        yield
+    finally:
+        blocks[-1] = original
+        _SELECTED[0] = False
 
 
 def forward_with_head(model: nn.Module, head: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     """``model(input_ids)`` (through its Fabric/DDP wrapper, so hooks and gradient sync behave as usual) with ``head``
-    standing in for the LM head during the call: the objectives' way to run a head on selected positions only."""
+    standing in for the LM head during the call: the objectives' way to run a head on selected positions only. The
+    last block works only at the head's positions (``head.flat``; :func:`rows_only_last_block`) unless the head
+    reads more rows (``head.extra_rows``)."""
     gpt = unwrap(model)
     if gpt.config.final_logit_softcapping:
         raise NotImplementedError("models with final_logit_softcapping are not supported by this objective yet")
-    with swapped_head(gpt, head):
+    # a head that also reads other rows of the hidden states (ORPO's per-row means) needs the full last block
+    flat = None if getattr(head, "extra_rows", None) is not None else getattr(head, "flat", None)
+    with swapped_head(gpt, head), rows_only_last_block(gpt, flat):
         return model(input_ids)
 
 

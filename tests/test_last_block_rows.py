@@ -1,0 +1,74 @@
+"""The last block works only at the positions a head reads: losses and gradients equal the full forward's, for
+every family's block layout (sequential and parallel residual, shared attention norm), LoRA and full."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def _loss_and_grads(model, batch, objective, prune: bool, monkeypatch):
+    from litgpt_ext.training.objectives import base
+
+    monkeypatch.setattr(base, "PRUNE_LAST_BLOCK", prune)
+    calls = []
+    forward = base._RowsOnlyLastBlock.forward
+    monkeypatch.setattr(base._RowsOnlyLastBlock, "forward", lambda self, *a: calls.append(1) or forward(self, *a))
+    model.zero_grad(set_to_none=True)
+    loss, _ = objective.compute(model, batch)
+    loss.backward()
+    assert len(calls) == int(prune)
+    assert base._SELECTED == [False] and all(type(b).__name__ != "_RowsOnlyLastBlock" for b in model.transformer.h)
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("family, lora", [("llama", True), ("llama", False), ("gpt-neox", False), ("phi", True)])
+def test_pruned_last_block_gives_the_full_forwards_loss_and_gradients(tiny_factory, family, lora, monkeypatch):
+    from litgpt.config import Config
+
+    from litgpt_ext.training.objectives.orm import ORMObjective
+    from litgpt_ext.training.objectives.sft import SFTObjective
+
+    ckpt = tiny_factory(model=family)
+    torch.manual_seed(0)
+    if lora:
+        from litgpt.lora import GPT, mark_only_lora_as_trainable
+        from litgpt.lora import Config as LoRAConfig
+
+        config = LoRAConfig.from_file(ckpt / "model_config.yaml", lora_r=4, lora_alpha=8, lora_query=True, lora_value=True,
+                                  lora_mlp=True)  # fmt: skip
+        model = GPT(config)
+        model.load_state_dict(torch.load(ckpt / "lit_model.pth"), strict=False)
+        mark_only_lora_as_trainable(model)
+        for name, p in model.named_parameters():  # LoRA B starts at zero: give the adapters a real effect
+            if "lora_B" in name:
+                p.data.normal_(0, 0.02)
+    else:
+        from litgpt.model import GPT
+
+        model = GPT(Config.from_file(ckpt / "model_config.yaml"))
+        model.load_state_dict(torch.load(ckpt / "lit_model.pth"))
+    model.eval()  # no dropout: the two forwards must see the same masks
+    samples = []
+    for n in (9, 14, 6):
+        ids = torch.randint(4, 200, (n,))
+        labels = ids.clone()
+        labels[: n // 2] = -100
+        samples.append({"input_ids": ids, "labels": labels})
+    sft = SFTObjective()
+    batch = sft.collate(samples)
+    full = _loss_and_grads(model, batch, sft, False, monkeypatch)
+    pruned = _loss_and_grads(model, batch, sft, True, monkeypatch)
+    torch.testing.assert_close(pruned[0], full[0], atol=1e-6, rtol=1e-5)
+    assert pruned[1].keys() == full[1].keys() and full[1]
+    for name in full[1]:
+        torch.testing.assert_close(pruned[1][name], full[1][name], atol=1e-6, rtol=1e-4, msg=name)
+    # a reward head on the last token (on_positions) too
+    orm = ORMObjective(head="yes_token", yes_id=5, no_id=6)
+    rows = [{"input_ids": s["input_ids"], "label": i % 2, "group": f"g{i}"} for i, s in enumerate(samples)]
+    batch = orm.collate(rows)
+    full = _loss_and_grads(model, batch, orm, False, monkeypatch)
+    pruned = _loss_and_grads(model, batch, orm, True, monkeypatch)
+    torch.testing.assert_close(pruned[0], full[0], atol=1e-6, rtol=1e-5)
+    for name in full[1]:
+        torch.testing.assert_close(pruned[1][name], full[1][name], atol=1e-6, rtol=1e-4, msg=name)
