@@ -133,17 +133,20 @@ class SFTData(DataModule):
         return train, (val[0] if val else None)
 
     def _style(self, default) -> PromptStyle:
-        if isinstance(self.prompt_style, PromptStyle) and not isinstance(self.prompt_style, str):
-            return resolve_prompt_style(self.prompt_style, self.student_dir) if self.student_dir else self.prompt_style
-        if self.prompt_style is None:
+        """The style to render with: the one given (a litgpt name, ``chat_template``, or a style object, which is
+        bound to the student's template when it is a chat template), else ``default()``."""
+        style = self.prompt_style
+        if style is None:
             return default()
-        if self.prompt_style == "chat_template":
-            if self.student_dir is None:
+        if isinstance(style, str) and style != "chat_template":
+            return style_from_name(style)
+        if self.student_dir is None:
+            if style == "chat_template":
                 raise UserError(
                     "chat_template needs the student checkpoint (set by finetune commands)", field="prompt_style"
                 )
-            return resolve_prompt_style("chat_template", self.student_dir)
-        return style_from_name(self.prompt_style)
+            return style
+        return resolve_prompt_style(style, self.student_dir)
 
     def _setup_text(self, kind: str) -> None:
         if self.tokenizer is None:
