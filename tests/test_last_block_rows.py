@@ -72,3 +72,52 @@ def test_pruned_last_block_gives_the_full_forwards_loss_and_gradients(tiny_facto
     torch.testing.assert_close(pruned[0], full[0], atol=1e-6, rtol=1e-5)
     for name in full[1]:
         torch.testing.assert_close(pruned[1][name], full[1][name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_fused_rms_norm_gives_litgpts_loss_and_gradients(tiny_factory, lora):
+    """F.rms_norm in place of litgpt's RMSNorm forward: the same loss and gradients (norm weights included)."""
+    import copy
+
+    from litgpt.config import Config
+
+    from litgpt_ext.training.fast_norm import fused_rms_norm
+    from litgpt_ext.training.objectives.sft import SFTObjective
+
+    ckpt = tiny_factory()
+    torch.manual_seed(0)
+    if lora:
+        from litgpt.lora import GPT, mark_only_lora_as_trainable
+        from litgpt.lora import Config as LoRAConfig
+
+        model = GPT(LoRAConfig.from_file(ckpt / "model_config.yaml", lora_r=4, lora_alpha=8, lora_query=True,
+                                         lora_value=True))  # fmt: skip
+        model.load_state_dict(torch.load(ckpt / "lit_model.pth"), strict=False)
+        mark_only_lora_as_trainable(model)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.data.normal_(0, 0.02)
+    else:
+        from litgpt.model import GPT
+
+        model = GPT(Config.from_file(ckpt / "model_config.yaml"))
+        model.load_state_dict(torch.load(ckpt / "lit_model.pth"))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "norm" in name:
+                    p.normal_(1.0, 0.1)  # norms that do something
+    model.eval()
+    fused = copy.deepcopy(model)
+    assert fused_rms_norm(fused) == 2 * len(model.transformer.h) + 1
+    sft = SFTObjective()
+    samples = [{"input_ids": torch.randint(4, 200, (n,)), "labels": torch.randint(4, 200, (n,))} for n in (9, 12)]
+    batch = sft.collate(samples)
+    results = []
+    for m in (model, fused):
+        loss, _ = sft.compute(m, batch)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in m.named_parameters() if p.grad is not None}))
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-6, rtol=1e-5)
+    assert results[0][1].keys() == results[1][1].keys() and results[0][1]
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], grad, atol=1e-6, rtol=1e-4, msg=name)
