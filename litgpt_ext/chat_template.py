@@ -68,15 +68,22 @@ def compile_template(source: str):
     return env.from_string(source)
 
 
+def _template_source(checkpoint_dir: Path) -> tuple[str | None, dict]:
+    """The checkpoint's chat template text (``tokenizer_config.json``'s, the ``default`` of a named list, else
+    ``chat_template.jinja``) or None, and the tokenizer config it sits in."""
+    path = Path(checkpoint_dir) / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    source = config.get("chat_template")
+    if source is None and (Path(checkpoint_dir) / "chat_template.jinja").is_file():
+        source = (Path(checkpoint_dir) / "chat_template.jinja").read_text(encoding="utf-8")
+    if isinstance(source, list):
+        source = {t.get("name"): t.get("template") for t in source if isinstance(t, dict)}.get("default")
+    return (source if isinstance(source, str) and source.strip() else None), config
+
+
 def has_chat_template(checkpoint_dir: Path) -> bool:
     """Whether the checkpoint ships a chat template (an instruct model's tokenizer does)."""
-    path = Path(checkpoint_dir) / "tokenizer_config.json"
-    if (Path(checkpoint_dir) / "chat_template.jinja").is_file():
-        return True
-    try:
-        return bool(json.loads(path.read_text(encoding="utf-8")).get("chat_template")) if path.is_file() else False
-    except ValueError:
-        return False
+    return _template_source(checkpoint_dir)[0] is not None
 
 
 class ChatTemplate:
@@ -94,15 +101,8 @@ class ChatTemplate:
     @classmethod
     def from_checkpoint(cls, checkpoint_dir: Path) -> ChatTemplate:
         """The ``chat_template`` of ``checkpoint_dir/tokenizer_config.json`` (a named list: the ``default`` one)."""
-        path = Path(checkpoint_dir) / "tokenizer_config.json"
-        config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-        source = config.get("chat_template")
-        if source is None and (Path(checkpoint_dir) / "chat_template.jinja").is_file():
-            source = (Path(checkpoint_dir) / "chat_template.jinja").read_text(encoding="utf-8")
-        if isinstance(source, list):
-            named = {t.get("name"): t.get("template") for t in source if isinstance(t, dict)}
-            source = named.get("default")
-        if not isinstance(source, str) or not source.strip():
+        source, config = _template_source(checkpoint_dir)
+        if source is None:
             raise UserError(
                 "has no chat_template (tokenizer_config.json or chat_template.jinja): pick a litgpt --prompt_style",
                 path=checkpoint_dir,
@@ -110,7 +110,7 @@ class ChatTemplate:
             )
         names = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
         special = {name: _token_text(config.get(name)) for name in names}
-        return cls(source, special, origin=str(path))
+        return cls(source, special, origin=str(Path(checkpoint_dir) / "tokenizer_config.json"))
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
         from jinja2.exceptions import TemplateError
@@ -126,8 +126,8 @@ class ChatTemplate:
         except TemplateError as err:
             raise UserError(f"chat template: {err}") from None
 
-    def assistant_spans(self, messages: list[dict]) -> tuple[str, list[tuple[int, int, int]]]:
-        """The rendered conversation and ``(start, end, turn index)`` character spans of its assistant turns."""
+    def assistant_spans(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+        """The rendered conversation and the ``(start, end)`` character spans of its assistant turns, in order."""
         text = self.render(messages)
         spans = []
         for i, message in enumerate(messages):
@@ -141,7 +141,7 @@ class ChatTemplate:
                     "rewrites earlier turns), so the assistant's tokens cannot be found; use train_on "
                     "last_assistant with a single exchange, or a litgpt --prompt_style"
                 )
-            spans.append((len(prompt), len(through), i))
+            spans.append((len(prompt), len(through)))
         return text, spans
 
     def end_of_turn(self) -> str:

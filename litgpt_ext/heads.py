@@ -40,3 +40,19 @@ class LastPositionHead(nn.Module):
             return self.head(x)
         rows = torch.arange(x.size(0), device=x.device)
         return self.head(x[rows, self.positions]).unsqueeze(1)
+
+
+def last_block_rows(block: nn.Module, x, cos, sin, flat, mask=None, input_pos=None, input_pos_maxp1=None):
+    """A litgpt ``Block``'s output at the row-major positions ``flat`` only, as ``(N, C)`` rows: attention at every
+    position (its keys and values feed every query), then the residual stream and the MLP — three quarters of a
+    block's work — only at ``flat``. For the last block, whose other positions reach no head, this is exact."""
+    config, width = block.config, x.size(-1)
+    x_normed = block.norm_1(x)
+    attention = block.post_attention_norm(block.attn(x_normed, cos, sin, mask, input_pos, input_pos_maxp1))
+    rows = (attention + x).reshape(-1, width).index_select(0, flat)
+    if config.parallel_residual:
+        normed = x_normed if config.shared_attention_norm else block.norm_2(x)
+        rows_normed = normed.reshape(-1, width).index_select(0, flat)
+    else:
+        rows_normed = block.norm_2(rows)
+    return block.post_mlp_norm(block.mlp(rows_normed)) + rows

@@ -57,17 +57,18 @@ def resolve_prompt_style(
     """
     from litgpt_ext.chat_template import ChatTemplateStyle
 
-    if isinstance(name, ChatTemplateStyle) and name.template is None:
-        return ChatTemplateStyle.from_checkpoint(checkpoint_dir)
+    def bound(style: PromptStyle) -> PromptStyle:  # a chat template style knows its template only from here
+        unbound = isinstance(style, ChatTemplateStyle) and style.template is None
+        return ChatTemplateStyle.from_checkpoint(checkpoint_dir) if unbound else style
+
     if isinstance(name, PromptStyle):
-        return name
+        return bound(name)
     if name == "chat_template":
         return ChatTemplateStyle.from_checkpoint(checkpoint_dir)
     if name not in (None, "auto"):
         return style_from_name(name)
     if has_prompt_style(checkpoint_dir):
-        style = load_prompt_style(checkpoint_dir)
-        return ChatTemplateStyle.from_checkpoint(checkpoint_dir) if isinstance(style, ChatTemplateStyle) else style
+        return bound(load_prompt_style(checkpoint_dir))
     if fallback is not None:
         return fallback()
     if config is None:

@@ -37,6 +37,8 @@ SHAREGPT_ROLES = {
 }
 ChatFormat = Literal["messages", "sharegpt"]
 CHAT_FORMATS = ("messages", "sharegpt")
+CHAT_FIELDS: dict[str, str] = {"messages": "messages", "sharegpt": "conversations"}
+"""The field a row of each chat format keeps its turns in."""
 
 
 @dataclass
@@ -47,19 +49,13 @@ class Conversation:
     where: str
     id: str | None = None
 
-    @property
-    def system(self) -> str | None:
-        return self.messages[0]["content"] if self.messages and self.messages[0]["role"] == "system" else None
-
 
 def chat_format_of(row: object) -> ChatFormat | None:
     """The chat format a row is in, by its shape (None: not a conversation)."""
-    if not isinstance(row, dict):
-        return None
-    if "messages" in row:
-        return "messages"
-    if "conversations" in row:
-        return "sharegpt"
+    if isinstance(row, dict):
+        for kind, field in CHAT_FIELDS.items():
+            if field in row:
+                return kind
     return None
 
 
@@ -119,17 +115,23 @@ def read_conversation(row: object, path, where: str, need_assistant: bool = True
     nothing to learn is an error, not a silent zero-loss sample)."""
     if not isinstance(row, dict):
         raise UserError(f"expected an object, got {type(row).__name__}", path=path, line=where)
-    kind = chat_format_of(row)
-    if kind is None:
+    messages = chat_turns(row, path, where)
+    if messages is None:
         raise UserError(
             "missing (a chat row has 'messages' or 'conversations')", path=path, line=where, field="messages"
         )
-    field = "messages" if kind == "messages" else "conversations"
-    messages = parse_turns(row[field], path, where, field, kind)
     if need_assistant and not any(m["role"] == "assistant" for m in messages):
-        raise UserError("no assistant turn", path=path, line=where, field=field)
+        raise UserError("no assistant turn", path=path, line=where, field=CHAT_FIELDS[chat_format_of(row)])
     ident = row.get("id")
     return Conversation(messages, where, None if ident is None else str(ident))
+
+
+def chat_turns(row: object, path=None, where: str = "") -> list[dict] | None:
+    """A chat row's turns as ``[{"role", "content"}]`` (located errors), or None when the row is not a chat row."""
+    kind = chat_format_of(row)
+    if kind is None:
+        return None
+    return parse_turns(row[CHAT_FIELDS[kind]], path, where, CHAT_FIELDS[kind], kind)
 
 
 def prompt_and_reply(messages: list[dict]) -> tuple[list[dict], str | None]:
@@ -143,17 +145,20 @@ def prompt_and_reply(messages: list[dict]) -> tuple[list[dict], str | None]:
 DATA_FORMATS = ("auto", "alpaca", "qa", "messages", "sharegpt")
 
 
-def _first_row(path: Path):
-    """The first row of a JSON list or JSONL file (None when it has none or cannot be read as JSON)."""
-    from litgpt_ext.data.records import load_json, read_text
+def first_row(path: Path):
+    """The first row of a ``.json`` list (or the object itself), else of a JSONL file, read only up to its first
+    non-empty line (None when there is none or it is not JSON)."""
+    from litgpt_ext.data.records import load_json
 
-    if path.suffix.lower() == ".jsonl":
-        for line in read_text(path).splitlines():
-            if line.strip():
-                try:
-                    return json.loads(line)
-                except ValueError:
-                    return None
+    path = Path(path)
+    if path.suffix.lower() != ".json":
+        with open(path, "rb") as fh:
+            for raw in fh:
+                if raw.strip():
+                    try:
+                        return json.loads(raw)
+                    except ValueError:
+                        return None
         return None
     data = load_json(path)
     if isinstance(data, dict):
@@ -169,7 +174,7 @@ def data_format(path: Path, given: str = "auto") -> str:
         raise UserError(f"use one of {', '.join(DATA_FORMATS)}", field="data.format")
     if given != "auto":
         return given
-    first = _first_row(Path(path))
+    first = first_row(path)
     kind = chat_format_of(first)
     if kind is not None:
         return kind

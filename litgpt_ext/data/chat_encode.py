@@ -12,7 +12,7 @@ generation):
 * :class:`StyleRenderer` (a litgpt prompt style): the first exchange is exactly litgpt's single-turn rendering
   (``style.apply`` with the system prompt, litgpt's BOS rule, the answer followed by EOS), so a one-exchange
   conversation gives the same ids as the same example in alpaca JSON. Later turns use the style's multi-turn form
-  (:data:`MULTI_TURN`: Llama 3's headers, ChatML's ``<|im_start|>`` turns, Gemma's ``<start_of_turn>``); a style
+  (:func:`multi_turn_form`: Llama 3's headers, ChatML's ``<|im_start|>`` turns, Gemma's ``<start_of_turn>``); a style
   with no such form refuses a multi-turn conversation in one line instead of inventing a format.
 
 Truncation (:func:`encode_conversations`): whole turns are dropped from the front (the system prompt stays) until
@@ -29,8 +29,6 @@ from functools import partial
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-import torch
 from litgpt.prompts import PromptStyle
 
 from litgpt_ext.chat_template import ChatTemplateStyle
@@ -126,21 +124,19 @@ class TemplateRenderer(Renderer):
             spans = spans[-1:]
         found = self._ids_and_starts(text)
         if found is None:  # sentencepiece: the spans' pieces, each tokenized on its own
-            cuts = sorted({0, len(text), *(s for s, _, _ in spans), *(e for _, e, _ in spans)})
+            cuts = sorted({0, len(text), *(s for s, _ in spans), *(e for _, e in spans)})
             pieces = [text[a:b] for a, b in zip(cuts, cuts[1:])]
             ids, mask = [], []
-            for (a, _), piece_ids in zip(zip(cuts, cuts[1:]), batch_encode(self.tokenizer, pieces, bos=False)):
-                inside = any(s <= a < e for s, e, _ in spans)
+            for a, piece_ids in zip(cuts, batch_encode(self.tokenizer, pieces, bos=False)):
                 ids += piece_ids
-                mask += [inside] * len(piece_ids)
+                mask += [any(s <= a < e for s, e in spans)] * len(piece_ids)
             return ids, mask
         ids, starts = found
-        bounds = sorted((s, e) for s, e, _ in spans)
-        lefts = [s for s, _ in bounds]
+        lefts = [s for s, _ in spans]  # in order: turn by turn
         mask = []
         for start in starts:
             k = bisect.bisect_right(lefts, start) - 1
-            mask.append(k >= 0 and start < bounds[k][1])
+            mask.append(k >= 0 and start < spans[k][1])
         return ids, mask
 
     def prompt_ids(self, messages):
@@ -291,11 +287,11 @@ def encode_conversations(
     ignore_index: int = -100,
 ) -> tuple[dict, dict]:
     """The packed dataset (:func:`litgpt_ext.data.pretokenized.pack`'s layout) and counts of what was cut."""
-    from litgpt_ext.data.pretokenized import FORMAT
+    from litgpt_ext.data.pretokenized import pack
 
     if train_on not in ("all_assistant", "last_assistant"):
         raise UserError("use all_assistant or last_assistant", field="train_on")
-    flat, labels, lengths, ids = [], [], [], []
+    samples, ids = [], []
     counts = {"turns_dropped": 0, "reply_truncated": 0, "dropped": 0}
     for conv in conversations:
         seq, mask, cut = located(
@@ -307,16 +303,6 @@ def encode_conversations(
             continue
         if cut:
             counts["turns_dropped" if cut == "turns" else "reply_truncated"] += 1
-        flat += seq
-        labels += [t if keep else ignore_index for t, keep in zip(seq, mask)]
-        lengths.append(len(seq))
+        samples.append({"input_ids": seq, "labels": [t if keep else ignore_index for t, keep in zip(seq, mask)]})
         ids.append(conv.id or conv.where)
-    offsets = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(np.array(lengths, dtype=np.int64))])
-    packed = {
-        "format": FORMAT,
-        "input_ids": torch.tensor(flat, dtype=torch.int32),
-        "labels": torch.tensor(labels, dtype=torch.int32),
-        "offsets": torch.from_numpy(offsets),
-        "ids": ids,
-    }
-    return packed, counts
+    return pack(samples, ids), counts

@@ -15,7 +15,7 @@ from typing import Literal
 
 from tqdm import tqdm
 
-from litgpt_ext.data.chat import chat_format_of, parse_turns, prompt_and_reply
+from litgpt_ext.data.chat import chat_turns, prompt_and_reply
 from litgpt_ext.data.records import iter_jsonl, iter_rows
 from litgpt_ext.errors import UserError, require
 from litgpt_ext.evaluate import metrics as m
@@ -74,8 +74,8 @@ def evaluate_generations(
             references = refs.get(rid)
         elif "error" in obj and reference_field not in obj:
             references = None  # an error record carries no fields; counted below
-        elif reference_field not in obj and chat_reply(obj) is not None:
-            references = [chat_reply(obj)]  # a chat row: its final assistant turn
+        elif reference_field not in obj and (reply := chat_reply(obj, input, f"line {n}")) is not None:
+            references = [reply]  # a chat row: its final assistant turn
         else:
             if reference_field not in obj:
                 fields = ", ".join(k for k in obj if k not in ("generations", "finish_reasons", "_line"))
@@ -104,11 +104,8 @@ def evaluate_generations(
 
 def chat_reply(obj: dict, path: Path | None = None, where: str = "") -> str | None:
     """The reference of a chat row (OpenAI ``messages`` / ShareGPT ``conversations``): its final assistant turn."""
-    kind = chat_format_of(obj)
-    if kind is None:
-        return None
-    field = "messages" if kind == "messages" else "conversations"
-    return prompt_and_reply(parse_turns(obj[field], path, where, field, kind))[1]
+    turns = chat_turns(obj, path, where)
+    return None if turns is None else prompt_and_reply(turns)[1]
 
 
 def _reference_list(value, path: Path, where: str, field: str) -> list[str]:
@@ -123,8 +120,8 @@ def _read_references(path: Path, field: str) -> dict[str, list[str]]:
     for where, obj in iter_rows(path):
         if obj.get("id") in (None, ""):
             raise UserError("missing", path=path, line=where, field="id")
-        if field not in obj and chat_reply(obj, path, where) is not None:
-            refs.setdefault(str(obj["id"]), []).append(chat_reply(obj, path, where))
+        if field not in obj and (reply := chat_reply(obj, path, where)) is not None:
+            refs.setdefault(str(obj["id"]), []).append(reply)
             continue
         if field not in obj:
             raise UserError("missing; pass --reference_field", path=path, line=where, field=field)

@@ -156,15 +156,17 @@ def prompt_format(checkpoint_dir: Path, config: Config, reward: dict | None) -> 
 
 def chat_stop_ids(checkpoint_dir: Path, eos_id: int | None) -> list[int]:
     """End-of-turn tokens besides EOS of a student trained with its chat template (e.g. ``<|im_end|>``)."""
-    from litgpt.prompts import has_prompt_style, load_prompt_style
+    from litgpt.prompts import has_prompt_style
     from litgpt.tokenizer import Tokenizer
 
     from litgpt_ext.chat_template import ChatTemplateStyle, stop_ids
     from litgpt_ext.prompts import resolve_prompt_style
 
-    if not has_prompt_style(checkpoint_dir) or not isinstance(load_prompt_style(checkpoint_dir), ChatTemplateStyle):
+    if not has_prompt_style(checkpoint_dir):
         return []
     style = resolve_prompt_style(None, checkpoint_dir)
+    if not isinstance(style, ChatTemplateStyle):
+        return []
     return sorted(stop_ids(style, Tokenizer(checkpoint_dir)) - {eos_id})
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from litgpt_ext.data.chat import chat_format_of
+from litgpt_ext.data.chat import CHAT_FIELDS, chat_format_of, first_row
 from litgpt_ext.data.records import load_json
 from litgpt_ext.errors import UserError
 
@@ -105,8 +105,11 @@ def detect_format(path: Path, input_format: str, field: str, split: str | None) 
     kind = input_format
     data = load_json(path) if path.suffix.lower() == ".json" and kind in ("auto", "qa") else None
     if kind == "auto":
-        first = (data[0] if data else None) if isinstance(data, list) else _first_row(path) if data is None else None
-        chat = chat_format_of(first) if field not in (first if isinstance(first, dict) else {}) else None
+        if isinstance(data, list):
+            first = data[0] if data else None
+        else:  # a JSONL file (data None), or a Q/A object
+            first = first_row(path) if data is None else None
+        chat = None if isinstance(first, dict) and field in first else chat_format_of(first)
         if chat is not None:
             kind = chat
         elif data is not None:
@@ -119,8 +122,8 @@ def detect_format(path: Path, input_format: str, field: str, split: str | None) 
         return InputFormat("prompts", field)
     if kind == "litgpt":
         return InputFormat("litgpt", "instruction", split or path.stem)
-    if kind in ("messages", "sharegpt"):
-        return InputFormat(kind, "messages" if kind == "messages" else "conversations", split or path.stem)
+    if kind in CHAT_FIELDS:
+        return InputFormat(kind, CHAT_FIELDS[kind], split or path.stem)
     data = load_json(path) if data is None else data
     splits = [k for k in ("train", "val", "test") if isinstance(data, dict) and k in data]
     if not splits:
@@ -129,17 +132,6 @@ def detect_format(path: Path, input_format: str, field: str, split: str | None) 
         given = f"--split {split!r} is not in it" if split else "pass --split"
         raise UserError(f"a Q/A file with splits {', '.join(splits)}: {given}", path=path, field="split")
     return InputFormat("qa", "Question", split)
-
-
-def _first_row(path: Path):
-    with open(path, "rb") as fh:
-        for raw in fh:
-            if raw.strip():
-                try:
-                    return json.loads(raw)
-                except ValueError:
-                    return None
-    return None
 
 
 def _rows(path: Path, fmt: InputFormat) -> Iterator[tuple[int, int | str, object]]:

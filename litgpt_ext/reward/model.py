@@ -10,6 +10,7 @@ from litgpt.config import Config
 from litgpt.model import GPT
 
 from litgpt_ext.errors import UserError
+from litgpt_ext.heads import last_block_rows
 from litgpt_ext.training.objectives.orm import CONFIG_FILE, HEAD_FILE, ORMObjective
 
 
@@ -74,20 +75,7 @@ def last_token_hidden(gpt: GPT, input_ids: torch.Tensor, flat: torch.Tensor) -> 
     blocks = list(gpt.transformer.h)
     for i, block in enumerate(blocks[:-1]):
         x = block(x, *rope(i), None)
-    block = blocks[-1]
-    x_normed = block.norm_1(x)
-    attention = block.post_attention_norm(block.attn(x_normed, *rope(len(blocks) - 1), None))
-    if config.parallel_residual:
-        if not config.shared_attention_norm:
-            x_normed = block.norm_2(x)
-        x = attention + x
-        rows_normed = x_normed.reshape(-1, x.size(-1)).index_select(0, flat)
-        rows = x.reshape(-1, x.size(-1)).index_select(0, flat)
-    else:
-        x = attention + x
-        rows = x.reshape(-1, x.size(-1)).index_select(0, flat)
-        rows_normed = block.norm_2(rows)
-    rows = block.post_mlp_norm(block.mlp(rows_normed)) + rows
+    rows = last_block_rows(blocks[-1], x, *rope(len(blocks) - 1), flat)
     return gpt.transformer.ln_f(rows)
 
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from litgpt_ext.heads import swapped_head
+from litgpt_ext.heads import last_block_rows, swapped_head
 
 
 class Objective:
@@ -169,16 +169,7 @@ class _RowsOnlyLastBlock(nn.Module):
         self.block, self.flat = block, flat
 
     def forward(self, x, cos, sin, mask=None, input_pos=None, input_pos_maxp1=None) -> torch.Tensor:
-        block, config, width = self.block, self.block.config, x.size(-1)
-        x_normed = block.norm_1(x)
-        attention = block.post_attention_norm(block.attn(x_normed, cos, sin, mask, input_pos, input_pos_maxp1))
-        rows = (attention + x).reshape(-1, width).index_select(0, self.flat)
-        if config.parallel_residual:
-            normed = x_normed if config.shared_attention_norm else block.norm_2(x)
-            rows_normed = normed.reshape(-1, width).index_select(0, self.flat)
-        else:
-            rows_normed = block.norm_2(rows)
-        return (block.post_mlp_norm(block.mlp(rows_normed)) + rows).unsqueeze(0)
+        return last_block_rows(self.block, x, cos, sin, self.flat, mask, input_pos, input_pos_maxp1).unsqueeze(0)
 
 
 @contextlib.contextmanager
