@@ -233,7 +233,7 @@ def bench_tokenize(n: int, baseline_n: int) -> tuple[list[tuple], float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="small sizes: checks the harness only")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the top-tier runs")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the top-tier runs")
     args = parser.parse_args()
     if args.smoke:
         q_rows, util, util_faults = bench_queries(n=40, rpm=1200, latency=0.05, baseline_n=5)
