@@ -503,3 +503,42 @@ def test_qa_split_and_litgpt_files_are_inputs_with_references_kept(student, tmp_
         _gen(student, DEMO / "qa.json", tmp_path / "x.jsonl")
     with pytest.raises(UserError, match=r"--split 'dev' is not in it"):
         _gen(student, DEMO / "qa.json", tmp_path / "x.jsonl", split="dev")
+
+
+def test_packed_weights_and_compiled_decode_step_give_the_default_greedy_texts(student, tmp_path, capfd):
+    """The CPU speed switches change kernels, not results: ``--pack_weights false`` (plain F.linear) and
+    ``--compile true`` (the decode step compiled once, with symbolic batch and cache length) give the default's
+    greedy texts, as rows leave down to a lone row; the compiled step never compiles a second graph."""
+    inp = _prompts(tmp_path / "p.jsonl", 30, seed=7)
+    runs = {}
+    for name, kw in {"default": {}, "unpacked": {"pack_weights": False}, "compiled": {"compile": True}}.items():
+        _gen(student, inp, tmp_path / f"{name}.jsonl", max_batch_size=7, window=9, **kw)
+        runs[name] = {rid: r["generations"] for rid, r in _by_id(tmp_path / f"{name}.jsonl").items()}
+    assert runs["default"] == runs["unpacked"] == runs["compiled"] and len(runs["default"]) == 30
+    stats = {n: json.loads((tmp_path / f"{n}.stats.json").read_text()) for n in runs}
+    assert stats["default"]["packed_weights"] and not stats["unpacked"]["packed_weights"]
+    assert not stats["compiled"]["packed_weights"] and stats["compiled"]["compile_warmup_s"] > 0
+    err = capfd.readouterr()
+    assert "compiled again" not in err.err and "first call (tracing and compiling) took" in err.out
+
+
+def test_packed_linear_matches_f_linear_and_comes_off(tiny_checkpoint):
+    import torch
+    from litgpt.config import Config
+    from litgpt.model import GPT
+
+    from litgpt_ext.generate.packed_linear import install_packed_linears, packing_available, remove_packed_linears
+
+    if not packing_available(torch.device("cpu"), torch.float32):
+        pytest.skip("this PyTorch has no MKL")
+    model = GPT(Config.from_file(tiny_checkpoint / "model_config.yaml")).eval()
+    x = torch.randint(0, 100, (5, 3))
+    with torch.inference_mode():
+        ref = model(x)
+        assert install_packed_linears(model, 8) == sum(type(m) is torch.nn.Linear for m in model.modules())
+        torch.testing.assert_close(model(x), ref, rtol=1e-5, atol=1e-5)  # 15 rows: the packed path
+        assert model(torch.randint(0, 100, (2, 9))).shape[:2] == (2, 9)  # 18 rows > 2 x 8: F.linear
+    with torch.enable_grad():
+        model(x).sum().backward()  # training never goes through the frozen copy
+    remove_packed_linears(model)
+    assert not any("_packed_weight" in m.__dict__ for m in model.modules())

@@ -69,6 +69,7 @@ class GenerateArgs:
     base_shard: Shard = Shard()
     on_error: str = "record"
     compile: bool = False
+    pack_weights: bool = True
     quiet: bool = False
     max_prompt_length: int | None = None
 
@@ -101,6 +102,7 @@ def generate_batch(
     shard: str | None = None,
     on_error: Literal["record", "stop"] = "record",
     compile: bool = False,
+    pack_weights: bool = True,
 ) -> None:
     """Generate for every prompt of a file with continuous batching; resumable and shardable.
 
@@ -147,7 +149,13 @@ def generate_batch(
         devices: Processes, one per GPU (Fabric); the input is split by global rank.
         shard: ``I/N`` to take every N-th line starting at line I+1 (default: SLURM array variables, if set).
         on_error: ``record`` writes an error line for a bad input line and continues; ``stop`` stops at it.
-        compile: torch.compile the model (GPU).
+        compile: Compile the one-token decode step with ``torch.compile`` (one graph for every batch size and cache
+            length; prefill stays eager). Its warm-up is printed and counted in the tokens/s. It pays where a
+            step is launch-bound (a GPU); on a CPU the packed weights below already give most of it, without the
+            warm-up (README, "Generation speed").
+        pack_weights: On a CPU in fp32, decode-step matmuls use weights packed once for ``max_batch_size`` rows
+            (MKL), about 2x faster GEMMs at that size, for one more copy of the weights in memory. Ignored
+            elsewhere and under ``--compile`` (which packs its own).
     """
     checkpoint_dir = Path(checkpoint_dir)
     input, output = Path(require(input, "input")), Path(require(output, "output"))
@@ -197,6 +205,7 @@ def generate_batch(
         base_shard=base_shard,
         on_error=on_error,
         compile=compile,
+        pack_weights=pack_weights,
         max_prompt_length=max_prompt_length,
     )
     stats = fabric.launch(generate_on, args)
@@ -241,9 +250,7 @@ def generate_on(fabric: L.Fabric, a: GenerateArgs) -> dict:
         model = GPT(config)
     state = torch.load(a.checkpoint_dir / "lit_model.pth", mmap=True, weights_only=True)
     model.load_state_dict(state.get("model", state), assign=True)
-    model = model.to(device=fabric.device, dtype=a.dtype).eval()
-    if a.compile:
-        model = torch.compile(model, dynamic=True)
+    model = model.to(device=fabric.device, dtype=a.dtype).eval().requires_grad_(False)
     settings = Settings(
         max_batch_size=a.max_batch_size,
         max_seq_length=config.block_size,
@@ -256,6 +263,8 @@ def generate_on(fabric: L.Fabric, a: GenerateArgs) -> dict:
         stop=a.stop,
         window=a.window or 8 * a.max_batch_size,
         stop_ids=tuple(sorted(stop_ids(style, tokenizer))),
+        pack_weights=a.pack_weights,
+        compile=a.compile,
     )
     engine = Engine(model, tokenizer, settings, fabric.device, a.dtype)
     writer = JsonlAppender(out_path)
@@ -317,6 +326,9 @@ def generate_on(fabric: L.Fabric, a: GenerateArgs) -> dict:
         f"({stats['tokens'] / max(elapsed, 1e-9):,.0f} tokens/s){cut}{'; ' + failed if failed else ''} "
         f"-> {out_path}" + (f" ({len(done):,} done by earlier runs)" if done else "")
     )
+    warmup = getattr(engine.step, "warmup_s", None)
+    if warmup is not None:
+        fabric.print(f"--compile: the decode step's first call (tracing and compiling) took {warmup:.1f}s of that")
     run_stats = {
         "prompts": stats["prompts"],
         "generated_tokens": stats["tokens"],
@@ -328,6 +340,8 @@ def generate_on(fabric: L.Fabric, a: GenerateArgs) -> dict:
         "dtype": str(a.dtype).removeprefix("torch."),
         "max_batch_size": a.max_batch_size,
         "threads": torch.get_num_threads(),
+        "packed_weights": engine.packed,
+        "compile_warmup_s": None if warmup is None else round(warmup, 3),
     }
     if stats["prompts"]:  # a run that generated nothing (all done already) leaves the measured runs' figures alone
         atomic_write_json(stats_path(out_path), accumulate_stats(stats_path(out_path), run_stats))

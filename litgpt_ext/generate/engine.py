@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 import torch
 
 from litgpt_ext.generate.attention import install_grouped_decode
+from litgpt_ext.generate.compiled_step import CompiledDecode
 from litgpt_ext.generate.kv_cache import install_slot_cache
+from litgpt_ext.generate.packed_linear import install_packed_linears, packing_available
 from litgpt_ext.generate.repetition import History, RepetitionControls
 from litgpt_ext.generate.sampling import row_key, sample, uniforms
 from litgpt_ext.heads import LastPositionHead
@@ -76,6 +78,11 @@ class Settings:
     """Padded tokens per prefill forward (bounds prefill memory)."""
     stop_ids: tuple[int, ...] = ()
     """Tokens that end a generation besides EOS (a chat format's end of turn, e.g. ``<|im_end|>``)."""
+    pack_weights: bool = False
+    """Decode-step matmuls with weights packed for the slot batch (CPU fp32 only; see ``packed_linear``). Only for
+    weights that stay fixed while the engine lives."""
+    compile: bool = False
+    """The decode step under ``torch.compile``, one graph for the run (see ``compiled_step``); fixed weights only."""
 
 
 class Engine:
@@ -83,9 +90,15 @@ class Engine:
         self.model, self.tokenizer, self.s = model, tokenizer, settings
         self.device = device
         self.caches = install_slot_cache(model, settings.max_batch_size, settings.max_seq_length, device, dtype)
-        gpt = getattr(model, "_orig_mod", model)  # under torch.compile
+        gpt = model
         self.head = gpt.lm_head = LastPositionHead(gpt.lm_head)
         install_grouped_decode(gpt)
+        self.packed = settings.pack_weights and not settings.compile and packing_available(device, dtype)
+        if self.packed:
+            install_packed_linears(gpt, settings.max_batch_size)
+        self.step = (
+            CompiledDecode(self._forward, device, settings.max_batch_size) if settings.compile else self._forward
+        )
         self.slots: list[Row | None] = [None] * settings.max_batch_size
         self.eos = tokenizer.eos_id
         self.stops = {t for t in (self.eos, *settings.stop_ids) if t is not None}
@@ -121,7 +134,10 @@ class Engine:
         idx = torch.tensor([r.tokens[-1] for r in rows], device=self.device).unsqueeze(1)
         positions = [r.position for r in rows]
         pos = torch.tensor(positions, device=self.device).unsqueeze(1)
-        return self.model(idx, input_pos=pos, input_pos_maxp1=max(positions) + 1)[:, -1]
+        return self.step(idx, pos, max(positions) + 1)[:, -1]
+
+    def _forward(self, idx: torch.Tensor, pos: torch.Tensor, maxp1: int) -> torch.Tensor:
+        return self.model(idx, input_pos=pos, input_pos_maxp1=maxp1)
 
     @torch.inference_mode()
     def _pack(self) -> list[Row]:

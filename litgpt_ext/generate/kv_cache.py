@@ -13,7 +13,7 @@ writes the prompt, every decode step writes its own position first).
 from __future__ import annotations
 
 import torch
-from litgpt.model import KVCache, batched_index_copy_
+from litgpt.model import KVCache
 
 
 class SlotKVCache(KVCache):
@@ -21,15 +21,25 @@ class SlotKVCache(KVCache):
         shape = (slots, n_query_groups, max_seq_length, head_size)
         super().__init__(shape, shape, device=device, dtype=dtype)
         self.rows: torch.Tensor | None = None
+        self.register_buffer("slots_arange", torch.arange(slots, device=device), persistent=False)
 
     def forward(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.rows is None:  # a decode step over the first k.size(0) slots (the engine packs running rows there)
-            n = k.size(0)
-            return batched_index_copy_(self.k[:n], -2, input_pos, k), batched_index_copy_(self.v[:n], -2, input_pos, v)
+            return self._write_step(input_pos, k, v)
         width = k.size(-2)  # a prefill: positions 0..width-1 of the rows being admitted
         self.k[self.rows, :, :width] = k
         self.v[self.rows, :, :width] = v
         return k, v
+
+    def _write_step(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """One position per row: row i's ``(groups, hs)`` goes to slot i at ``input_pos[i]``, as one ``index_put_``
+        into the whole buffer. (litgpt's ``batched_index_copy_`` loops over rows, and under ``torch.compile`` its
+        in-place write into a *view* of the buffer becomes a copy of the whole cache at every step.)"""
+        n = k.size(0)
+        slots, positions = self.slots_arange[:n], input_pos.view(n)
+        self.k[slots, :, positions] = k[:, :, 0]
+        self.v[slots, :, positions] = v[:, :, 0]
+        return self.k[:n], self.v[:n]
 
     def move(self, src: int, dst: int, length: int) -> None:
         """Copy slot ``src``'s first ``length`` positions into slot ``dst`` (the engine packing its rows)."""

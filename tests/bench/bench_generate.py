@@ -11,9 +11,12 @@ Contenders, interleaved per round (a: A B C, b: A B C, then the next round):
 * ``generate_batch``: continuous batching, ``--max_batch_size 32``;
 * transformers ``generate``: left padding, batches of 32 sorted longest-first (the reference pipeline);
 * litgpt: ``litgpt.generate.base.generate`` one prompt at a time (what ``litgpt generate`` runs), on a subset (a rate).
+On workload (a), generate_batch's speed switches run right after its default in each round: ``--pack_weights false``
+(plain ``F.linear``) and ``--compile true`` (its tokens/s include the compile warm-up; also shown without it).
 Reported: generated tokens/s (EOS and padding excluded), median (min-max) over rounds, the ratios per round, and
 the checks: greedy texts identical to transformers', sampled length distributions side by side.
-Goals: (a) >= 1.5x transformers; (b) >= 2.5x transformers and >= 5x litgpt.
+Goals: (a) >= 1.5x transformers; (b) >= 2.5x transformers and >= 5x litgpt; ``--compile true`` >= 1.3x
+``--compile false`` on (a), warm-up included.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import argparse
 import json
 import os
 import random
-import re
 import statistics
 import sys
 import tempfile
@@ -173,11 +175,13 @@ def _prompts(n: int, tokenizer, max_doc_words: int, seed: int = 1) -> list[dict]
     return rows
 
 
-def bench_ours(ckpt: Path, prompts: list[dict], tmp: Path, w: Workload, batch: int) -> dict:
+def bench_ours(
+    ckpt: Path, prompts: list[dict], tmp: Path, w: Workload, batch: int, flags: tuple[str, ...] = ()
+) -> dict:
     inp, out = tmp / "prompts.jsonl", tmp / f"ours-{w.name}.jsonl"
     inp.write_text("".join(json.dumps({"id": p["id"], "prompt": p["prompt"]}) + "\n" for p in prompts))
     out.unlink(missing_ok=True)
-    result = run_measured(
+    run_measured(
         [
             sys.executable,
             "-m",
@@ -200,17 +204,19 @@ def bench_ours(ckpt: Path, prompts: list[dict], tmp: Path, w: Workload, batch: i
             "32-true",
             "--max_batch_size",
             str(batch),
+            *flags,
         ],
         env={**os.environ, "OMP_NUM_THREADS": str(THREADS)},
     )
-    m = re.search(r"([\d,]+) generated tokens in ([\d.]+)s", result.stdout)
+    stats = json.loads(out.with_name(f"{out.stem}.stats.json").read_text())  # the run's own clock, in ms
     rows = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
-    tokens = int(m.group(1).replace(",", ""))
+    tokens = stats["generated_tokens"]
     return {
-        "rate": tokens / float(m.group(2)),
+        "rate": tokens / stats["seconds"],
         "tokens": tokens,
         "lengths": [rows[p["id"]]["generated_tokens"][0] for p in prompts],
         "texts": [rows[p["id"]]["generations"][0] for p in prompts],
+        "warmup": stats["compile_warmup_s"],
     }
 
 
@@ -260,6 +266,47 @@ def bench_litgpt(model, tok, prompts: list[dict], w: Workload) -> dict:
     return {"rate": sum(lengths) / (time.perf_counter() - t0), "tokens": sum(lengths), "lengths": lengths}
 
 
+SWITCHES = {"--pack_weights false": ("--pack_weights", "false"), "--compile true": ("--compile", "true")}
+"""generate_batch's speed switches, each run beside the default on workload (a) (the default packs weights on CPU)."""
+
+
+def _switch_table(results: dict, w: Workload) -> str:
+    base = results[w.name, "ours"]
+    unpacked, compiled = (results[w.name, flag] for flag in SWITCHES)
+    rows = [("(a) generate_batch", "tok/s", "vs default", "greedy texts = default's")]
+    rows.append(
+        ("default (--compile false, packed weights)", spread([r["rate"] for r in base], "{:,.1f}"), "1.00x", "-")
+    )
+    for flag in SWITCHES:
+        runs = results[w.name, flag]
+        same = sum(a == b for a, b in zip(runs[-1]["texts"], base[-1]["texts"]))
+        rows.append(
+            (
+                flag + (" (warm-up included)" if flag == "--compile true" else ""),
+                spread([r["rate"] for r in runs], "{:,.1f}"),
+                spread([r["rate"] / b["rate"] for r, b in zip(runs, base)], "{:.2f}x"),
+                f"{same} of {len(base[-1]['texts'])}",
+            )
+        )
+    steady = [r["tokens"] / max(r["tokens"] / r["rate"] - r["warmup"], 1e-9) for r in compiled]
+    rows.append(
+        (
+            "--compile true, after its warm-up",
+            spread(steady, "{:,.1f}"),
+            spread([x / b["rate"] for x, b in zip(steady, base)], "{:.2f}x"),
+            "-",
+        )
+    )
+    warm = spread([r["warmup"] for r in compiled], "{:.1f}")
+    verdict = statistics.median(r["rate"] / b["rate"] for r, b in zip(compiled, base))
+    return (
+        table(rows)
+        + f"\n--compile warm-up (first decode call: tracing + compiling): {warm} s; --pack_weights false is the "
+        + f"engine before packing (vs default: {spread([u['rate'] / b['rate'] for u, b in zip(unpacked, base)], '{:.2f}x')})"
+        + f"\ngoal (--compile true >= 1.3x --compile false, warm-up included): {'MET' if verdict >= 1.3 else 'NOT MET'}"
+    )
+
+
 def _quantiles(lengths: list[int]) -> str:
     q = statistics.quantiles(lengths, n=4) if len(lengths) > 1 else [lengths[0]] * 3
     return f"min {min(lengths)} / p25 {q[0]:.0f} / median {q[1]:.0f} / p75 {q[2]:.0f} / max {max(lengths)}"
@@ -298,12 +345,15 @@ def main() -> None:
         lit.load_state_dict(state.get("model", state))
         lit.eval()
         params = sum(t.numel() for t in state.get("model", state).values()) / 1e6
-        results = {(w.name, c): [] for w in workloads for c in ("ours", "hf", "litgpt")}
+        results = {(w.name, c): [] for w in workloads for c in ("ours", "hf", "litgpt", *SWITCHES)}
         for r in range(rounds):
             for w in workloads:
                 print(f"round {r + 1}/{rounds}, workload ({w.name}) ...", flush=True)
                 ps = prompts[w.name]
                 results[w.name, "ours"].append(bench_ours(ckpt, ps, tmp, w, batch))
+                if w.name == "a":
+                    for flag, argv in SWITCHES.items():
+                        results[w.name, flag].append(bench_ours(ckpt, ps, tmp, w, batch, argv))
                 results[w.name, "hf"].append(bench_transformers(hf, hf_tok, lit_tok, ps, w, batch))
                 results[w.name, "litgpt"].append(bench_litgpt(lit, lit_tok, ps[:litgpt_n], w))
     print(
@@ -350,6 +400,7 @@ def main() -> None:
         if w.temperature == 0:
             same = sum(a == b for a, b in zip(ours["texts"], tf["texts"]))
             print(f"({w.name}) greedy texts identical to transformers': {same} of {len(ours['texts'])}")
+    print("\n" + _switch_table(results, workloads[0]))
     if not args.smoke:
         (_, a_tf, _), (_, b_tf, b_lit) = verdicts
         met = a_tf >= 1.5 and b_tf >= 2.5 and b_lit >= 5.0
