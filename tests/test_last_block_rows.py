@@ -121,3 +121,39 @@ def test_fused_rms_norm_gives_litgpts_loss_and_gradients(tiny_factory, lora):
     assert results[0][1].keys() == results[1][1].keys() and results[0][1]
     for name, grad in results[0][1].items():
         torch.testing.assert_close(results[1][1][name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("groups", "parts"),
+    [(2, dict(lora_query=True, lora_value=True)), (4, dict(lora_query=True, lora_value=True)),
+     (2, dict(lora_query=True, lora_key=True, lora_value=True)), (1, dict(lora_key=True))],
+)  # fmt: skip
+def test_lean_lora_qkv_gives_litgpts_outputs_and_gradients(groups, parts):
+    """The one-addmm LoRAQKVLinear forward equals litgpt's (grouped, multi-head and multi-query layouts; any subset
+    of q/k/v), in outputs and in the gradients of lora_A, lora_B and the input; merging still gives the same layer."""
+    import copy
+
+    from litgpt.lora import Config, LoRAQKVLinear
+
+    from litgpt_ext.training.fast_lora import lean_lora_qkv
+
+    torch.manual_seed(0)
+    cfg = Config(n_embd=64, n_head=4, n_query_groups=groups, head_size=16, lora_r=4, lora_alpha=8, **parts)
+    enable = (cfg.lora_query, cfg.lora_key, cfg.lora_value)
+    out = (cfg.n_head + 2 * groups) * cfg.head_size
+    layer = LoRAQKVLinear(64, out, head_size=16, n_head=4, n_query_groups=groups, r=4, lora_alpha=8, enable_lora=enable)
+    torch.nn.init.normal_(layer.lora_B)
+    lean = copy.deepcopy(layer)
+    assert lean_lora_qkv(torch.nn.Sequential(lean)) == 1
+    x = torch.randn(3, 7, 64, requires_grad=True)
+    results = []
+    for m in (layer, lean):
+        y = m(x)
+        grads = torch.autograd.grad(y.square().sum(), [m.lora_A, m.lora_B, x])
+        results.append((y.detach(), grads))
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-6, rtol=1e-5)
+    for a, b in zip(results[0][1], results[1][1]):  # float rounding of sums in another order
+        torch.testing.assert_close(b, a, atol=1e-6 * a.abs().max().item(), rtol=1e-4)
+    lean.merge()
+    layer.merge()
+    torch.testing.assert_close(lean(x), layer(x), atol=1e-6, rtol=1e-5)

@@ -300,6 +300,10 @@ def make_fabric(
 def build_model(fabric: L.Fabric, spec: ModelSpec, objective: Objective) -> torch.nn.Module:
     from lightning.fabric.strategies import FSDPStrategy
 
+    if fabric.device.type == "cpu":
+        from litgpt_ext.malloc_tuning import reuse_freed_memory
+
+        reuse_freed_memory()  # activations reuse the last step's pages (no page faults per step)
     # Skip random init only where FSDP materialises parameters itself (reset_parameters); elsewhere new weights
     # that the base checkpoint does not hold (LoRA A/B, heads) would stay uninitialised memory.
     empty_init = isinstance(fabric.strategy, FSDPStrategy)
@@ -319,9 +323,11 @@ def build_model(fabric: L.Fabric, spec: ModelSpec, objective: Objective) -> torc
             model = GPT(config)
         apply_freezing(model, spec.frozen_groups, spec.layers_not_to_freeze)
     objective.prepare_model(model)
+    from litgpt_ext.training.fast_lora import lean_lora_qkv
     from litgpt_ext.training.fast_norm import fused_rms_norm
 
     fused_rms_norm(model)  # one op instead of litgpt's five passes (same result)
+    lean_lora_qkv(model)  # one addmm instead of litgpt's zero-padding plumbing (same result)
     fabric.print(parameter_table(model))
     if not any(p.requires_grad for p in model.parameters()):
         raise UserError("every parameter is frozen; nothing to train", field="freeze_*")
