@@ -300,10 +300,6 @@ def make_fabric(
 def build_model(fabric: L.Fabric, spec: ModelSpec, objective: Objective) -> torch.nn.Module:
     from lightning.fabric.strategies import FSDPStrategy
 
-    if fabric.device.type == "cpu":
-        from litgpt_ext.malloc_tuning import reuse_freed_memory
-
-        reuse_freed_memory()  # activations reuse the last step's pages (no page faults per step)
     # Skip random init only where FSDP materialises parameters itself (reset_parameters); elsewhere new weights
     # that the base checkpoint does not hold (LoRA A/B, heads) would stay uninitialised memory.
     empty_init = isinstance(fabric.strategy, FSDPStrategy)

@@ -246,10 +246,6 @@ def generate_on(fabric: L.Fabric, a: GenerateArgs) -> dict:
         return record[field]
 
     done = {str(r["id"]) for r in read_jsonl_repairing(out_path)}
-    if fabric.device.type == "cpu":
-        from litgpt_ext.malloc_tuning import reuse_freed_memory
-
-        reuse_freed_memory()  # a prefill's activations reuse the last one's pages
     with fabric.init_module(empty_init=True):
         model = GPT(config)
     state = torch.load(a.checkpoint_dir / "lit_model.pth", mmap=True, weights_only=True)
