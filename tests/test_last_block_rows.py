@@ -157,3 +157,80 @@ def test_lean_lora_qkv_gives_litgpts_outputs_and_gradients(groups, parts):
     lean.merge()
     layer.merge()
     torch.testing.assert_close(lean(x), layer(x), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("family", "groups", "lora"),
+    [("llama", 2, True), ("llama", 1, False), ("llama", 4, True), ("gpt-neox", None, False), ("mistral", 2, True)],
+)
+def test_grouped_training_attention_gives_litgpts_loss_and_gradients(tiny_factory, family, groups, lora):
+    """SDPA on grouped keys/values (no per-head copies, no empty rope concatenation) in place of litgpt's training
+    attention: the same loss and gradients for grouped, multi-query and multi-head models, partial rope (gpt-neox)
+    and LoRA; sliding-window blocks (mistral's tiny config slides) keep litgpt's forward."""
+    import copy
+
+    from litgpt_ext.training.fast_attention import grouped_training_attention
+    from litgpt_ext.training.objectives.sft import SFTObjective
+
+    ckpt = tiny_factory(family, **({} if groups is None else {"n_query_groups": groups}))
+    torch.manual_seed(0)
+    if lora:
+        from litgpt.lora import GPT, Config, mark_only_lora_as_trainable
+
+        model = GPT(Config.from_file(ckpt / "model_config.yaml", lora_r=4, lora_alpha=8, lora_query=True,
+                                     lora_value=True))  # fmt: skip
+        model.load_state_dict(torch.load(ckpt / "lit_model.pth"), strict=False)
+        mark_only_lora_as_trainable(model)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.data.normal_(0, 0.02)
+    else:
+        from litgpt.config import Config
+        from litgpt.model import GPT
+
+        model = GPT(Config.from_file(ckpt / "model_config.yaml"))
+        model.load_state_dict(torch.load(ckpt / "lit_model.pth"))
+    model.eval()
+    fast = copy.deepcopy(model)
+    changed = grouped_training_attention(fast)
+    sliding = sum(block.attn.apply_sliding_window_attention for block in model.transformer.h)
+    assert changed == len(model.transformer.h) - sliding and (changed > 0) == (family != "mistral")
+    sft = SFTObjective()
+    samples = [{"input_ids": torch.randint(4, 200, (n,)), "labels": torch.randint(4, 200, (n,))} for n in (9, 14)]
+    batch = sft.collate(samples)
+    results = []
+    for m in (model, fast):
+        loss, _ = sft.compute(m, batch)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in m.named_parameters() if p.grad is not None}))
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-6, rtol=1e-5)
+    assert results[0][1].keys() == results[1][1].keys() and results[0][1]
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_lean_swiglu_gives_litgpts_outputs_and_gradients_and_keeps_two_activations():
+    from litgpt.config import Config
+    from litgpt.model import LLaMAMLP
+
+    from litgpt_ext.training.fast_mlp import lean_swiglu
+
+    torch.manual_seed(0)
+    mlp = LLaMAMLP(Config(n_embd=32, intermediate_size=48, bias=False))
+    lean = LLaMAMLP(Config(n_embd=32, intermediate_size=48, bias=False))
+    lean.load_state_dict(mlp.state_dict())
+    assert lean_swiglu(torch.nn.Sequential(lean)) == 1
+    x = torch.randn(3, 5, 32, requires_grad=True)
+    results = []
+    for m in (mlp, lean):
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            y = m(x)
+        grads = torch.autograd.grad(y.square().sum(), [x, *m.parameters()])
+        results.append((y.detach(), grads, sum(n for n in saved if n == 3 * 5 * 48)))
+    torch.testing.assert_close(results[1][0], results[0][0])
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(b, a, atol=1e-6 * a.abs().max().item(), rtol=1e-5)
+    assert results[1][2] == results[0][2] - 3 * 5 * 48  # one activation-sized tensor fewer kept for backward
+    with torch.no_grad():
+        torch.testing.assert_close(lean(x), mlp(x))

@@ -3,7 +3,7 @@
 On-policy distillation samples the batch's answers from the *current* student (LoRA layers included) between two
 optimizer steps. The engine needs slot KV caches, a last-position LM head and the grouped decode step installed on
 the model; :func:`engine_on` installs them for one call and puts the model back exactly as it was (head, attention
-forwards, caches, context length, train/eval mode), so the next training forward is the one it would have been.
+forwards, the training forwards included, caches, context length, train/eval mode), so the next training forward is the one it would have been.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def engine_on(model: nn.Module, tokenizer, settings: Settings) -> Iterator[Engin
     """An :class:`Engine` on ``model`` for the duration of the block (see the module docstring)."""
     gpt = unwrap(model)
     head, context, was_training = gpt.lm_head, gpt.max_seq_length, gpt.training
+    forwards = [block.attn.__dict__.get("forward") for block in gpt.transformer.h]  # a training forward, if any
     parameter = next(gpt.parameters())
     gpt.eval()
     try:
@@ -45,8 +46,10 @@ def engine_on(model: nn.Module, tokenizer, settings: Settings) -> Iterator[Engin
     finally:
         gpt.lm_head = head
         gpt.clear_kv_cache()
-        for block in gpt.transformer.h:
+        for block, forward in zip(gpt.transformer.h, forwards, strict=True):
             block.attn.__dict__.pop("forward", None)  # the grouped decode step is an instance attribute
+            if forward is not None:
+                block.attn.forward = forward
         gpt.max_seq_length = context
         gpt.train(was_training)
 
