@@ -224,7 +224,7 @@ def test_lean_swiglu_gives_litgpts_outputs_and_gradients_and_keeps_two_activatio
     results = []
     for m in (mlp, lean):
         saved = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, saved=saved: saved.append(t.numel()) or t, lambda t: t):
             y = m(x)
         grads = torch.autograd.grad(y.square().sum(), [x, *m.parameters()])
         results.append((y.detach(), grads, sum(n for n in saved if n == 3 * 5 * 48)))
