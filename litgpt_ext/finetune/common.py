@@ -26,7 +26,7 @@ from litgpt_ext.training.args import CheckpointArgs, EvalArgs, TrainArgs
 from litgpt_ext.training.checkpoint import CheckpointWriter, find_resume_dir
 from litgpt_ext.training.freeze import apply_freezing, parameter_table
 from litgpt_ext.training.loop import fit
-from litgpt_ext.training.memory import fix_mmap_threshold
+from litgpt_ext.training.memory import keep_freed_memory
 from litgpt_ext.training.objectives.base import Objective
 
 Mode = Literal["lora", "full"]
@@ -463,7 +463,7 @@ class LaunchPlan:
 def _main(fabric: L.Fabric, plan: LaunchPlan) -> None:
     fabric.seed_everything(plan.seed)
     if fabric.device.type == "cpu":
-        fix_mmap_threshold()
+        keep_freed_memory()
     if fabric.global_rank == 0:
         plan.out_dir.mkdir(parents=True, exist_ok=True)
     model = fabric.setup_module(build_model(fabric, plan.spec, plan.objective))
