@@ -74,46 +74,37 @@ def test_pruned_last_block_gives_the_full_forwards_loss_and_gradients(tiny_facto
         torch.testing.assert_close(pruned[1][name], full[1][name], atol=1e-6, rtol=1e-4, msg=name)
 
 
-@pytest.mark.parametrize("lora", [False, True])
-def test_fused_rms_norm_gives_litgpts_loss_and_gradients(tiny_factory, lora):
-    """F.rms_norm in place of litgpt's RMSNorm forward: the same loss and gradients (norm weights included)."""
-    import copy
-
-    from litgpt.config import Config
-
-    from litgpt_ext.training.fast_norm import fused_rms_norm
-    from litgpt_ext.training.objectives.sft import SFTObjective
-
-    ckpt = tiny_factory()
+def _tiny_model(ckpt, lora: bool):
+    """The tiny checkpoint as a litgpt model in eval mode: LoRA on q/v with a non-zero B (so LoRA changes the
+    output), or plain."""
     torch.manual_seed(0)
     if lora:
-        from litgpt.lora import GPT, mark_only_lora_as_trainable
-        from litgpt.lora import Config as LoRAConfig
+        from litgpt.lora import GPT, Config, mark_only_lora_as_trainable
 
-        model = GPT(LoRAConfig.from_file(ckpt / "model_config.yaml", lora_r=4, lora_alpha=8, lora_query=True,
-                                         lora_value=True))  # fmt: skip
+        model = GPT(Config.from_file(ckpt / "model_config.yaml", lora_r=4, lora_alpha=8, lora_query=True,
+                                     lora_value=True))  # fmt: skip
         model.load_state_dict(torch.load(ckpt / "lit_model.pth"), strict=False)
         mark_only_lora_as_trainable(model)
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.data.normal_(0, 0.02)
     else:
+        from litgpt.config import Config
         from litgpt.model import GPT
 
         model = GPT(Config.from_file(ckpt / "model_config.yaml"))
         model.load_state_dict(torch.load(ckpt / "lit_model.pth"))
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if "norm" in name:
-                    p.normal_(1.0, 0.1)  # norms that do something
-    model.eval()
-    fused = copy.deepcopy(model)
-    assert fused_rms_norm(fused) == 2 * len(model.transformer.h) + 1
+    return model.eval()
+
+
+def _assert_same_sft_loss_and_gradients(model, changed, lengths=(9, 12)):
+    from litgpt_ext.training.objectives.sft import SFTObjective
+
     sft = SFTObjective()
-    samples = [{"input_ids": torch.randint(4, 200, (n,)), "labels": torch.randint(4, 200, (n,))} for n in (9, 12)]
+    samples = [{"input_ids": torch.randint(4, 200, (n,)), "labels": torch.randint(4, 200, (n,))} for n in lengths]
     batch = sft.collate(samples)
     results = []
-    for m in (model, fused):
+    for m in (model, changed):
         loss, _ = sft.compute(m, batch)
         loss.backward()
         results.append((loss.detach(), {n: p.grad for n, p in m.named_parameters() if p.grad is not None}))
@@ -121,6 +112,24 @@ def test_fused_rms_norm_gives_litgpts_loss_and_gradients(tiny_factory, lora):
     assert results[0][1].keys() == results[1][1].keys() and results[0][1]
     for name, grad in results[0][1].items():
         torch.testing.assert_close(results[1][1][name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_fused_rms_norm_gives_litgpts_loss_and_gradients(tiny_factory, lora):
+    """F.rms_norm in place of litgpt's RMSNorm forward: the same loss and gradients (norm weights included)."""
+    import copy
+
+    from litgpt_ext.training.fast_norm import fused_rms_norm
+
+    model = _tiny_model(tiny_factory(), lora)
+    if not lora:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "norm" in name:
+                    p.normal_(1.0, 0.1)  # norms that do something
+    fused = copy.deepcopy(model)
+    assert fused_rms_norm(fused) == 2 * len(model.transformer.h) + 1
+    _assert_same_sft_loss_and_gradients(model, fused)
 
 
 @pytest.mark.parametrize(
@@ -170,43 +179,13 @@ def test_grouped_training_attention_gives_litgpts_loss_and_gradients(tiny_factor
     import copy
 
     from litgpt_ext.training.fast_attention import grouped_training_attention
-    from litgpt_ext.training.objectives.sft import SFTObjective
 
-    ckpt = tiny_factory(family, **({} if groups is None else {"n_query_groups": groups}))
-    torch.manual_seed(0)
-    if lora:
-        from litgpt.lora import GPT, Config, mark_only_lora_as_trainable
-
-        model = GPT(Config.from_file(ckpt / "model_config.yaml", lora_r=4, lora_alpha=8, lora_query=True,
-                                     lora_value=True))  # fmt: skip
-        model.load_state_dict(torch.load(ckpt / "lit_model.pth"), strict=False)
-        mark_only_lora_as_trainable(model)
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.data.normal_(0, 0.02)
-    else:
-        from litgpt.config import Config
-        from litgpt.model import GPT
-
-        model = GPT(Config.from_file(ckpt / "model_config.yaml"))
-        model.load_state_dict(torch.load(ckpt / "lit_model.pth"))
-    model.eval()
+    model = _tiny_model(tiny_factory(family, **({} if groups is None else {"n_query_groups": groups})), lora)
     fast = copy.deepcopy(model)
     changed = grouped_training_attention(fast)
     sliding = sum(block.attn.apply_sliding_window_attention for block in model.transformer.h)
     assert changed == len(model.transformer.h) - sliding and (changed > 0) == (family != "mistral")
-    sft = SFTObjective()
-    samples = [{"input_ids": torch.randint(4, 200, (n,)), "labels": torch.randint(4, 200, (n,))} for n in (9, 14)]
-    batch = sft.collate(samples)
-    results = []
-    for m in (model, fast):
-        loss, _ = sft.compute(m, batch)
-        loss.backward()
-        results.append((loss.detach(), {n: p.grad for n, p in m.named_parameters() if p.grad is not None}))
-    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-6, rtol=1e-5)
-    assert results[0][1].keys() == results[1][1].keys() and results[0][1]
-    for name, grad in results[0][1].items():
-        torch.testing.assert_close(results[1][1][name], grad, atol=1e-6, rtol=1e-4, msg=name)
+    _assert_same_sft_loss_and_gradients(model, fast, lengths=(9, 14))
 
 
 def test_lean_swiglu_gives_litgpts_outputs_and_gradients_and_keeps_two_activations():
