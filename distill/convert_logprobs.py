@@ -84,7 +84,9 @@ class ApiLogprobData:
 
     def add(self, split: str, rid: str, instruction: str, input_text: str, content) -> tuple[str, dict] | None:
         """Add one answer; returns ``(reason, details)`` when it cannot be used (the caller quarantines it)."""
-        from litgpt_ext.data.encode import encode_prompt_response
+        from litgpt_ext.chat_template import encode_bos
+        from litgpt_ext.data.encode import encode_prompt_response, encode_text
+        from litgpt_ext.prompts import apply_style
 
         if not isinstance(content, list) or not content:
             return "no_logprobs", {}
@@ -96,7 +98,9 @@ class ApiLogprobData:
             return "unmapped_answer", {"mapped_share": round(share, 4)}
         if share < self.min_mapped:
             return "low_mapped", {"mapped_share": round(share, 4), "min_mapped": self.min_mapped}
-        prompt_ids = self.tokenizer.encode(self.style.apply(prompt=instruction, input=input_text)).tolist()
+        prompt_ids = encode_text(
+            self.tokenizer, apply_style(self.style, instruction, input_text), encode_bos(self.style)
+        )
         encoded = encode_prompt_response(prompt_ids, answer, self.tokenizer.eos_id, self.tokenizer.bos_id)
         if len(encoded.input_ids) > self.block_size:
             return "too_long", {"tokens": len(encoded.input_ids), "student_context": self.block_size}
@@ -151,6 +155,7 @@ class ApiLogprobData:
         """train.pt / val.pt / prompt_style.yaml in ``out_dir``, the store in ``store_dir`` (manifest last)."""
         from litgpt.prompts import save_prompt_style
 
+        from litgpt_ext.checkpoint_files import tokenizer_record
         from litgpt_ext.data.pretokenized import load_pretokenized, pack
         from litgpt_ext.io import atomic_path
         from litgpt_ext.kd.store import FORMAT, dataset_fingerprint, save_split, tokenizer_fingerprint, write_manifest
@@ -158,7 +163,9 @@ class ApiLogprobData:
         fingerprints, positions = {}, {}
         for split in ("train", "val"):
             with atomic_path(Path(out_dir) / f"{split}.pt") as tmp:
-                torch.save(pack(self.samples[split], self.ids[split]), tmp)
+                packed = pack(self.samples[split], self.ids[split])
+                packed["tokenizer"] = tokenizer_record(self.tokenizer, self.student_dir)
+                torch.save(packed, tmp)
             loaded = load_pretokenized(Path(out_dir) / f"{split}.pt", -100)  # exactly what finetune_kd will read
             fingerprints[split] = {
                 "fingerprint": dataset_fingerprint(loaded),

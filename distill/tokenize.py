@@ -15,6 +15,7 @@ import torch
 from litgpt.prompts import PromptStyle, save_prompt_style
 from litgpt.tokenizer import Tokenizer
 
+from litgpt_ext.checkpoint_files import tokenizer_record
 from litgpt_ext.checks import at_least, check_checkpoint_dir, fit_to_context
 from litgpt_ext.data.chat import CHAT_FORMATS, data_format, load_conversations
 from litgpt_ext.data.chat_encode import encode_conversations, renderer_for
@@ -22,7 +23,7 @@ from litgpt_ext.data.fast_encode import encode_packed
 from litgpt_ext.data.records import load_columns
 from litgpt_ext.errors import UserError, require
 from litgpt_ext.io import atomic_path, atomic_write_json
-from litgpt_ext.prompts import chat_data_style, data_style, resolve_prompt_style
+from litgpt_ext.prompts import data_style, resolve_prompt_style
 
 
 def _percentiles(lengths: torch.Tensor) -> dict[str, int]:
@@ -62,6 +63,7 @@ def tokenize_split(
         mask_prompt=mask_prompt,
         ignore_index=ignore_index,
         ids=cols.id,
+        source=source,
     )
     return packed, _finish_stats(packed, stats, t0, t1)
 
@@ -95,9 +97,9 @@ def distill_tokenize(
             val.jsonl) of chat rows, as ``distill_convert --format messages`` writes them.
         checkpoint_dir: The student checkpoint (its tokenizer, and its prompt_style.yaml if present).
         out_dir: Where train.pt / val.pt / prompt_style.yaml / tokenize_stats.json go (default: data_dir).
-        prompt_style: litgpt prompt style name, or ``chat_template`` (the checkpoint's Jinja template). Default:
-            the checkpoint's prompt_style.yaml, else for chat data the checkpoint's chat template if it has one,
-            else alpaca.
+        prompt_style: litgpt prompt style name, ``chat_template`` (the checkpoint's Jinja template) or ``auto``:
+            the checkpoint's prompt_style.yaml, else its chat template, else litgpt's style for the model's name,
+            else alpaca (a base model). The choice and its reason are printed.
         max_seq_length: Truncate longer samples (prompt first, answer kept); also the length used in training.
             Default and upper bound: the student's context (``block_size``); a larger value is lowered with a
             warning.
@@ -123,14 +125,14 @@ def distill_tokenize(
     kind = data_format(sources["train"], format)
     chat = (kind, train_on) if kind in CHAT_FORMATS else None
     tokenizer = Tokenizer(checkpoint_dir)
-    # explicit name -> the checkpoint's prompt_style.yaml -> alpaca (SFTData's default for litgpt JSON), or for
-    # chat data the checkpoint's own chat template
-    fallback = (lambda: chat_data_style(checkpoint_dir)) if chat else (lambda: data_style("litgpt"))
-    style = resolve_prompt_style(prompt_style, checkpoint_dir, fallback=fallback)
+    # explicit name -> the checkpoint's prompt_style.yaml -> its chat template -> litgpt's style for its name ->
+    # alpaca (SFTData's default for litgpt JSON), as finetune_sft would pick it
+    style = resolve_prompt_style(prompt_style, checkpoint_dir, fallback=lambda: data_style("litgpt"))
     report = {"prompt_style": type(style).__name__, "max_seq_length": max_seq_length, "format": kind}
     t0 = time.perf_counter()
     for split, source in sources.items():
         packed, stats = tokenize_split(source, tokenizer, style, max_seq_length, mask_prompt, ignore_index, chat)
+        packed["tokenizer"] = tokenizer_record(tokenizer, checkpoint_dir)
         t_write = time.perf_counter()
         with atomic_path(out_dir / f"{split}.pt") as tmp:
             torch.save(packed, tmp)

@@ -69,12 +69,12 @@ def compile_template(source: str):
 
 
 def _template_source(checkpoint_dir: Path) -> tuple[str | None, dict]:
-    """The checkpoint's chat template text (``tokenizer_config.json``'s, the ``default`` of a named list, else
-    ``chat_template.jinja``) or None, and the tokenizer config it sits in."""
+    """The checkpoint's chat template text (``chat_template.jinja``, else ``tokenizer_config.json``'s, the
+    ``default`` of a named list) or None, and the tokenizer config beside it."""
     path = Path(checkpoint_dir) / "tokenizer_config.json"
     config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     source = config.get("chat_template")
-    if source is None and (Path(checkpoint_dir) / "chat_template.jinja").is_file():
+    if (Path(checkpoint_dir) / "chat_template.jinja").is_file():  # transformers reads this one first, too
         source = (Path(checkpoint_dir) / "chat_template.jinja").read_text(encoding="utf-8")
     if isinstance(source, list):
         source = {t.get("name"): t.get("template") for t in source if isinstance(t, dict)}.get("default")
@@ -83,7 +83,12 @@ def _template_source(checkpoint_dir: Path) -> tuple[str | None, dict]:
 
 def has_chat_template(checkpoint_dir: Path) -> bool:
     """Whether the checkpoint ships a chat template (an instruct model's tokenizer does)."""
-    return _template_source(checkpoint_dir)[0] is not None
+    return chat_template_text(checkpoint_dir) is not None
+
+
+def chat_template_text(checkpoint_dir: Path) -> str | None:
+    """The checkpoint's chat template as written, or None."""
+    return _template_source(checkpoint_dir)[0]
 
 
 class ChatTemplate:

@@ -48,42 +48,71 @@ def data_style(kind: str) -> PromptStyle:
 def resolve_prompt_style(
     name: str | PromptStyle | None, checkpoint_dir: Path, config=None, fallback=None
 ) -> PromptStyle:
-    """The style a command applies to prompts, decided the way ``litgpt generate`` decides it.
+    """The style a command applies to prompts; the first time a process picks one for a checkpoint, one line says
+    which and why (see :func:`choose_prompt_style`)."""
+    style, reason = choose_prompt_style(name, checkpoint_dir, config, fallback)
+    key = (str(Path(checkpoint_dir).resolve()), type(style).__name__, reason)
+    if key not in _announced:
+        _announced.add(key)
+        print(f"prompt style: {type(style).__name__} ({reason})", flush=True)
+    return style
 
-    ``None`` or ``auto``: the checkpoint's ``prompt_style.yaml`` (what it was finetuned with), else ``fallback()``
-    when given (e.g. :func:`data_style` of the input's format), else litgpt's style for the model's name (the
-    raw text for unknown models); ``default``: the raw text; ``chat_template``: the checkpoint's own Jinja chat
-    template (:class:`litgpt_ext.chat_template.ChatTemplateStyle`); else a litgpt style name.
+
+_announced: set[tuple[str, str, str]] = set()
+
+
+def choose_prompt_style(
+    name: str | PromptStyle | None, checkpoint_dir: Path, config=None, fallback=None
+) -> tuple[PromptStyle, str]:
+    """``(style, why)``: the style a command applies to prompts, decided as a user of an instruct model expects.
+
+    An explicit name (``default``: the raw text; ``chat_template``: the checkpoint's own Jinja template; else a
+    litgpt style name) is used as given. ``None`` or ``auto`` look, in order, at the checkpoint's
+    ``prompt_style.yaml`` (what it was finetuned with), its chat template (``chat_template.jinja`` or
+    ``tokenizer_config.json``: an instruct model is trained and prompted in its own format), litgpt's style for the
+    model's name (what ``litgpt generate`` / ``chat`` use); only a base model with none of these gets ``fallback()``
+    (the data format's default, :func:`data_style`: Alpaca for litgpt JSON) or else the raw text.
     """
-    from litgpt_ext.chat_template import ChatTemplateStyle
+    from litgpt_ext.chat_template import ChatTemplateStyle, has_chat_template
 
     def bound(style: PromptStyle) -> PromptStyle:  # a chat template style knows its template only from here
         unbound = isinstance(style, ChatTemplateStyle) and style.template is None
         return ChatTemplateStyle.from_checkpoint(checkpoint_dir) if unbound else style
 
     if isinstance(name, PromptStyle):
-        return bound(name)
+        return bound(name), "as given"
     if name == "chat_template":
-        return ChatTemplateStyle.from_checkpoint(checkpoint_dir)
+        return ChatTemplateStyle.from_checkpoint(checkpoint_dir), "--prompt_style chat_template"
     if name not in (None, "auto"):
-        return style_from_name(name)
+        return style_from_name(name), f"--prompt_style {name}"
     if has_prompt_style(checkpoint_dir):
-        return bound(load_prompt_style(checkpoint_dir))
-    if fallback is not None:
-        return fallback()
+        return bound(load_prompt_style(checkpoint_dir)), f"{Path(checkpoint_dir) / 'prompt_style.yaml'}"
+    if has_chat_template(checkpoint_dir):
+        return ChatTemplateStyle.from_checkpoint(checkpoint_dir), f"the chat template of {checkpoint_dir}"
     if config is None:
         from litgpt.config import Config
 
         config = Config.from_file(Path(checkpoint_dir) / "model_config.yaml")
-    return PromptStyle.from_config(config)
+    from litgpt.prompts import Default
+
+    style = PromptStyle.from_config(config)
+    if type(style) not in (PromptStyle, Default):
+        return style, f"litgpt's style for {config.name}"
+    if fallback is not None:
+        return fallback(), f"{config.name} has no prompt_style.yaml, chat template or litgpt style: the data's default"
+    return style, f"{config.name} has no prompt_style.yaml, chat template or litgpt style: the raw text"
 
 
 def apply_style(style: PromptStyle, prompt: str, input: str = "", system: str | None = None) -> str:
     """``style.apply`` with an optional litgpt ``input`` and system prompt.
 
-    Chat styles place a system prompt themselves; styles that have no place for one (the raw text, Alpaca's fixed
-    header, Q/A) would drop it silently, so for those it is put before the prompt, separated by a blank line.
+    Only Alpaca-like styles have a place for ``input``; litgpt's chat styles (and a chat template) take the
+    instruction alone and would drop it silently, so for those it follows the instruction after a blank line.
+    Likewise chat styles place a system prompt themselves; styles that have no place for one (the raw text,
+    Alpaca's fixed header, Q/A) would drop it, so for those it is put before the prompt, separated by a blank line.
     """
+    if input and not _keeps_input(style):
+        prompt, input = f"{prompt}\n\n{input}", ""
     extra = {"input": input} if input else {}
     if not system:
         return style.apply(prompt, **extra)
@@ -93,11 +122,6 @@ def apply_style(style: PromptStyle, prompt: str, input: str = "", system: str | 
     return style.apply(f"{system}\n\n{prompt}", **extra)
 
 
-def chat_data_style(checkpoint_dir: Path) -> PromptStyle:
-    """The style chat data is rendered with when none is given: the checkpoint's own chat template when it has
-    one (an instruct student), else alpaca (single-turn conversations only)."""
-    from litgpt_ext.chat_template import ChatTemplateStyle, has_chat_template
-
-    if has_chat_template(checkpoint_dir):
-        return ChatTemplateStyle.from_checkpoint(checkpoint_dir)
-    return data_style("litgpt")
+def _keeps_input(style: PromptStyle) -> bool:
+    probe = "\ue001INPUT\ue001"
+    return probe in style.apply("x", input=probe)

@@ -85,9 +85,10 @@ def test_prompt_style_system_and_input_are_applied(tokenizer, tmp_path):
     prompt = tokenizer.decode(data.train_dataset[0]["prompt_ids"])
     # Alpaca's system prompt replaces its header (litgpt's own behaviour); the input gets its section
     assert prompt.startswith("Be brief.### Instruction:\nSummarize.") and "### Input:\nA long text." in prompt
-    # the raw style has no place for a system prompt: it goes before the prompt instead of being dropped
+    # the raw style has no place for a system prompt or an input: the system prompt goes before the prompt and the
+    # input after it instead of being dropped
     raw = _load(tokenizer, tmp_path, style=PromptStyle())
-    assert tokenizer.decode(raw.train_dataset[0]["prompt_ids"]) == "Be brief.\n\nSummarize."
+    assert tokenizer.decode(raw.train_dataset[0]["prompt_ids"]) == "Be brief.\n\nSummarize.\n\nA long text."
 
 
 def test_truncation_keeps_the_prompt_end_and_cuts_responses(tokenizer, tmp_path):

@@ -33,7 +33,7 @@ from litgpt.prompts import PromptStyle
 
 from litgpt_ext.chat_template import ChatTemplateStyle
 from litgpt_ext.data.chat import Conversation
-from litgpt_ext.data.encode import batch_encode
+from litgpt_ext.data.encode import batch_encode, with_eos
 from litgpt_ext.errors import UserError
 from litgpt_ext.prompts import apply_style
 
@@ -208,8 +208,8 @@ class StyleRenderer(Renderer):
         out, fi, ri = [], iter(first), iter(rest)
         for _, kind in pieces:
             ids = next(fi) if kind == "first" else next(ri)
-            if kind == "reply" and tok.eos_id is not None:
-                ids = ids + [tok.eos_id]
+            if kind == "reply":
+                ids = with_eos(ids, tok.eos_id)
             out.append((ids, kind))
         return out
 

@@ -65,27 +65,42 @@ def keep_end(ids: list[int], limit: int, bos_id: int | None) -> list[int]:
     return head + ids[len(ids) - (limit - len(head)) :] if limit > len(head) else head
 
 
-def _litgpt_specials(tokens: list[int], bos: bool | None, use_bos: bool, bos_id, eos_id) -> list[int]:
-    """litgpt ``Tokenizer.encode``'s BOS/EOS rules (eos=False), applied to an already-encoded id list."""
-    if bos or (bos is None and use_bos):
-        if bos_id is None:
+def with_bos(ids: list[int], bos: bool | None, tokenizer) -> list[int]:
+    """litgpt's BOS rule on ids of text encoded without added special tokens: a BOS in front when ``bos`` (or,
+    for ``None``, the tokenizer's ``use_bos``) asks for one and the text does not already begin with it.
+
+    Unlike litgpt's ``Tokenizer.encode``, nothing the text itself holds is removed or doubled: a ChatML prompt whose
+    ``<|im_start|>`` is also the BOS token keeps it with ``bos=False``, and a tokenizer whose post-processor adds BOS
+    (Llama 3's) does not give a prompt that starts with ``<|begin_of_text|>`` a second one. The ids are those of
+    transformers' ``tokenizer(text, add_special_tokens=False)`` (and ``apply_chat_template``), plus that BOS."""
+    if bos or (bos is None and tokenizer.use_bos):
+        if tokenizer.bos_id is None:
             raise NotImplementedError("This tokenizer does not have a defined bos token.")
-        if not tokens or tokens[0] != bos_id:
-            tokens = [bos_id] + tokens
-    elif tokens and tokens[0] == bos_id:
-        tokens = tokens[1:]
-    if tokens and tokens[-1] == eos_id:
-        tokens = tokens[:-1]
-    return tokens
+        if ids[:1] != [tokenizer.bos_id]:
+            return [tokenizer.bos_id, *ids]
+    return ids
+
+
+def raw_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Ids of many strings without added special tokens (special-token strings in the text are still parsed),
+    encoded by the backend's threads (Rust for HF ``tokenizers``, C++ for sentencepiece)."""
+    if tokenizer.backend == "huggingface":
+        return [e.ids for e in tokenizer.processor.encode_batch_fast(texts, add_special_tokens=False)]
+    if tokenizer.backend == "sentencepiece":
+        return [list(ids) for ids in tokenizer.processor.encode(texts, num_threads=-1)]
+    raise NotImplementedError(f"tokenizer backend {tokenizer.backend!r}")
 
 
 def batch_encode(tokenizer, texts: list[str], bos: bool | None) -> list[list[int]]:
-    """Encode many strings at once with the backend's parallel batch API (Rust threads for HF ``tokenizers``,
-    C++ threads for sentencepiece); ids equal ``tokenizer.encode(text, bos=bos).tolist()`` for each text."""
-    if tokenizer.backend == "huggingface":
-        raw = [e.ids for e in tokenizer.processor.encode_batch(texts)]
-    elif tokenizer.backend == "sentencepiece":
-        raw = tokenizer.processor.encode(texts, num_threads=-1)
-    else:
-        raw = [tokenizer.encode(t, bos=False).tolist() for t in texts]
-    return [_litgpt_specials(list(ids), bos, tokenizer.use_bos, tokenizer.bos_id, tokenizer.eos_id) for ids in raw]
+    """:func:`encode_text` of many strings at once."""
+    return [with_bos(ids, bos, tokenizer) for ids in raw_ids(tokenizer, texts)]
+
+
+def encode_text(tokenizer, text: str, bos: bool | None = None) -> list[int]:
+    """The ids every command feeds the model for ``text``: see :func:`with_bos`."""
+    return batch_encode(tokenizer, [text], bos)[0]
+
+
+def with_eos(ids: list[int], eos_id: int | None) -> list[int]:
+    """An answer's ids ending in EOS (once), so the student learns to stop."""
+    return ids if eos_id is None or ids[-1:] == [eos_id] else [*ids, eos_id]

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from litgpt_ext.data.encode import _litgpt_specials, batch_encode, encode_prompt_response
+from litgpt_ext.data.encode import encode_prompt_response, encode_text, raw_ids, with_bos, with_eos
+from litgpt_ext.prompts import apply_style
 
 _SENTINELS = {"instruction": "\ue000INSTRUCTION\ue000", "input": "\ue000INPUT\ue000"}
 CHECK_RECORDS = 256
@@ -96,7 +97,7 @@ class RawEncoder:
 
     def __call__(self, texts: list[str]) -> list[list[int]]:
         if self.tokenizer.backend != "huggingface":
-            return batch_encode(self.tokenizer, texts, bos=False)
+            return raw_ids(self.tokenizer, texts)
         out: list[list[int] | None] = [None] * len(texts)
         rest = []
         for i, text in enumerate(texts):
@@ -134,7 +135,7 @@ class TemplatePlan:
 
 
 def make_plan(encode: RawEncoder, style, with_input: bool) -> TemplatePlan | None:
-    text = style.apply(prompt=_SENTINELS["instruction"], input=_SENTINELS["input"] if with_input else "")
+    text = apply_style(style, _SENTINELS["instruction"], _SENTINELS["input"] if with_input else "")
     positions = sorted((text.find(s), name) for name, s in _SENTINELS.items() if s in text)
     if not positions or text.count("\ue000") != 2 * len(positions) or positions[0][1] != "instruction":
         return None
@@ -181,7 +182,7 @@ class PromptEncoder:
                     ids += plan.constant_ids[j + 1]
                 out[i] = ids
         if plain:
-            texts = [self.style.apply(prompt=instructions[i], input=inputs[i]) for i in plain]
+            texts = [apply_style(self.style, instructions[i], inputs[i]) for i in plain]
             for i, ids in zip(plain, self.encode_raw(texts)):
                 out[i] = ids
         return out
@@ -211,21 +212,21 @@ def _encode_chunk(start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, 
         _encoders = (raw, PromptEncoder(raw, job.style))
     encode_raw, prompt_encoder = _encoders
     tok, stop = job.tokenizer, start + CHUNK
-    bos_id, eos_id, use_bos = tok.bos_id, tok.eos_id, tok.use_bos
+    bos_id, eos_id = tok.bos_id, tok.eos_id
     prompts = prompt_encoder.encode(job.instructions[start:stop], job.inputs[start:stop])
     responses = encode_raw(job.outputs[start:stop])
     flat: list[int] = []
     prompt_lens, seq_lens = array("q"), array("q")
     prompt_cut = response_cut = 0
     for n, (p_raw, r_raw) in enumerate(zip(prompts, responses), start=start):
-        p = _litgpt_specials(p_raw, None, use_bos, bos_id, eos_id)
-        r = _litgpt_specials(r_raw, False, use_bos, bos_id, eos_id)
-        if n < CHECK_RECORDS:  # cross-check the fast path against litgpt's own tokenizer
-            full = job.style.apply(prompt=job.instructions[n], input=job.inputs[n])
-            if p != tok.encode(full).tolist() or r != tok.encode(job.outputs[n], bos=False).tolist():
-                raise RuntimeError(f"fast tokenization differs from litgpt's on record {n + 1}: please report it")
-        if eos_id is not None and (not r or r[-1] != eos_id):
-            r = r + [eos_id]
+        p = with_bos(p_raw, None, tok)
+        r = with_eos(r_raw, eos_id)
+        if n < CHECK_RECORDS:  # cross-check the fast path against plain tokenization of the rendered prompt
+            full = apply_style(job.style, job.instructions[n], job.inputs[n])
+            if p != encode_text(tok, full) or r != with_eos(encode_text(tok, job.outputs[n], bos=False), eos_id):
+                raise RuntimeError(
+                    f"fast tokenization differs from plain tokenization on record {n + 1}: please report it"
+                )
         if job.max_seq_length and len(p) + len(r) > job.max_seq_length:
             enc = encode_prompt_response(
                 p,
@@ -265,12 +266,20 @@ def encode_packed(
     ignore_index: int = -100,
     ids: list[str] | None = None,
     num_workers: int | None = None,
+    source=None,
 ) -> tuple[dict, dict]:
     """The packed dataset (see :func:`litgpt_ext.data.pretokenized.pack`) and truncation stats.
 
-    Large inputs are split into chunks over ``num_workers`` forked processes (default: one per CPU core)."""
+    Large inputs are split into chunks over ``num_workers`` forked processes (default: one per CPU core). Under a
+    chat template each record is the one-exchange conversation it stands for (:func:`encode_as_conversations`)."""
     global _job, _encoders
+    from litgpt_ext.chat_template import ChatTemplateStyle
     from litgpt_ext.data.pretokenized import FORMAT
+
+    if isinstance(style, ChatTemplateStyle):
+        return encode_as_conversations(
+            tokenizer, style, instructions, inputs, outputs, max_seq_length, mask_prompt, ignore_index, ids, source
+        )
 
     _job = _Job(tokenizer, style, instructions, inputs, outputs, max_seq_length, ignore_index)
     starts = list(range(0, len(outputs), CHUNK))
@@ -302,3 +311,35 @@ def encode_packed(
         "ids": ids,
     }
     return packed, {"prompt_truncated": sum(p[3] for p in parts), "response_truncated": sum(p[4] for p in parts)}
+
+
+def encode_as_conversations(
+    tokenizer, style, instructions, inputs, outputs, max_seq_length, mask_prompt, ignore_index, ids, source
+) -> tuple[dict, dict]:
+    """litgpt JSON records under a chat template: ``[user: instruction (+ input), assistant: output]`` rendered by
+    the template, so the answer ends with the template's end of turn and the ids are transformers'
+    ``apply_chat_template`` ids of that conversation (chat data's truncation rules apply)."""
+    from litgpt_ext.data.chat import Conversation
+    from litgpt_ext.data.chat_encode import encode_conversations, renderer_for
+
+    conversations = [
+        Conversation(
+            [
+                {"role": "user", "content": f"{ins}\n\n{inp}" if inp else ins},
+                {"role": "assistant", "content": out},
+            ],
+            where=f"record {n + 1}",
+            id=ids[n] if ids else None,
+        )
+        for n, (ins, inp, out) in enumerate(zip(instructions, inputs, outputs))
+    ]
+    packed, counts = encode_conversations(
+        renderer_for(style, tokenizer), conversations, source, max_seq_length, "all_assistant", ignore_index
+    )
+    if not mask_prompt:
+        packed["labels"] = packed["input_ids"].clone()
+    return packed, {
+        "prompt_truncated": 0,
+        "response_truncated": counts["reply_truncated"],
+        "dropped": counts["dropped"],
+    }

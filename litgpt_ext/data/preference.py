@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from litgpt_ext.chat_template import ChatTemplateStyle
 from litgpt_ext.data.chat import parse_turns
 from litgpt_ext.data.chat_encode import located, renderer_for
-from litgpt_ext.data.encode import batch_encode, keep_end
+from litgpt_ext.data.encode import batch_encode, keep_end, with_eos
 from litgpt_ext.data.records import iter_rows, text_field
 from litgpt_ext.data.split import split_by_key
 from litgpt_ext.errors import UserError
@@ -299,7 +299,6 @@ class PreferenceData(DataModule):
         Text prompts under a litgpt style are batch-encoded (litgpt's BOS rule, EOS after each answer); turns,
         and everything under a chat template, go through :mod:`litgpt_ext.data.chat_encode`."""
         tok, style = self.tokenizer, self.prompt_style
-        eos = [tok.eos_id] if tok.eos_id is not None else []
         by_turns = isinstance(style, ChatTemplateStyle)
         plain = [i for i, p in enumerate(pairs) if not by_turns and p.messages is None]
         prompts, chosen, rejected = [None] * len(pairs), [None] * len(pairs), [None] * len(pairs)
@@ -309,7 +308,7 @@ class PreferenceData(DataModule):
                 prompts[i] = ids
             for out, attr in ((chosen, "chosen"), (rejected, "rejected")):
                 for i, ids in zip(plain, batch_encode(tok, [getattr(pairs[i], attr) for i in plain], bos=False)):
-                    out[i] = ids + eos
+                    out[i] = with_eos(ids, tok.eos_id)
         renderer = renderer_for(style, tok)
         for i, pair in enumerate(pairs):
             if prompts[i] is not None:

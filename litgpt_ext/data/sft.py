@@ -32,7 +32,7 @@ from litgpt_ext.data.pretokenized import PackedSamples, load_pretokenized
 from litgpt_ext.data.records import Example, columns_of, is_qa_file, load_examples, load_json
 from litgpt_ext.data.split import split_off, split_order
 from litgpt_ext.errors import UserError
-from litgpt_ext.prompts import chat_data_style, data_style, resolve_prompt_style, style_from_name
+from litgpt_ext.prompts import data_style, resolve_prompt_style, style_from_name
 
 Sample = dict[str, torch.Tensor]
 
@@ -112,9 +112,15 @@ class SFTData(DataModule):
         return None
 
     def _setup_pretokenized(self) -> None:
-        train = load_pretokenized(self.path / "train.pt", self.ignore_index)
+        limit = None
+        if self.student_dir is not None:
+            from litgpt_ext.checks import _config_value
+
+            limit = _config_value(self.student_dir, "padded_vocab_size")
+        check = {"tokenizer": self.tokenizer, "vocab_limit": limit}
+        train = load_pretokenized(self.path / "train.pt", self.ignore_index, **check)
         if (self.path / "val.pt").is_file():
-            val = load_pretokenized(self.path / "val.pt", self.ignore_index)
+            val = load_pretokenized(self.path / "val.pt", self.ignore_index, **check)
         else:
             train_idx, val_idx = split_order(len(train), self.val_split_fraction, self.seed)
             train, val = train.subset(train_idx), train.subset(val_idx)
@@ -132,21 +138,22 @@ class SFTData(DataModule):
         val = [self.path / f"val{suffix}" for suffix in (".json", ".jsonl") if (self.path / f"val{suffix}").is_file()]
         return train, (val[0] if val else None)
 
-    def _style(self, default) -> PromptStyle:
+    def _style(self, kind: str) -> PromptStyle:
         """The style to render with: the one given (a litgpt name, ``chat_template``, or a style object, which is
-        bound to the student's template when it is a chat template), else ``default()``."""
+        bound to the student's template when it is a chat template), else the student's own
+        (:func:`litgpt_ext.prompts.choose_prompt_style`), else the data format's default (:func:`data_style`)."""
         style = self.prompt_style
+        if self.student_dir is not None:
+            return resolve_prompt_style(style, self.student_dir, fallback=lambda: data_style(kind))
         if style is None:
-            return default()
-        if isinstance(style, str) and style != "chat_template":
-            return style_from_name(style)
-        if self.student_dir is None:
+            return data_style(kind)
+        if isinstance(style, str):
             if style == "chat_template":
                 raise UserError(
                     "chat_template needs the student checkpoint (set by finetune commands)", field="prompt_style"
                 )
-            return style
-        return resolve_prompt_style(style, self.student_dir)
+            return style_from_name(style)
+        return style
 
     def _setup_text(self, kind: str) -> None:
         if self.tokenizer is None:
@@ -163,16 +170,14 @@ class SFTData(DataModule):
         else:
             splits = load_examples(self.path)
             qa = self.path.suffix == ".json" and is_qa_file(load_json(self.path))
-        self.prompt_style = self._style(lambda: data_style("qa" if qa else "litgpt"))
+        self.prompt_style = self._style("qa" if qa else "litgpt")
         if "val" not in splits:
             splits["train"], splits["val"] = split_off(splits["train"], self.val_split_fraction, self.seed)
         self.train_dataset = self._encode(splits["train"], "train")
         self.val_dataset = self._encode(splits["val"], "val")
 
     def _setup_chat(self, train_file: Path, val_file: Path | None, kind: str) -> None:
-        self.prompt_style = self._style(
-            lambda: chat_data_style(self.student_dir) if self.student_dir else data_style("litgpt")
-        )
+        self.prompt_style = self._style("litgpt")
         renderer = renderer_for(self.prompt_style, self.tokenizer)
         splits = {"train": (train_file, load_conversations(train_file, kind))}
         if val_file is not None:
@@ -200,6 +205,7 @@ class SFTData(DataModule):
             mask_prompt=self.mask_prompt,
             ignore_index=self.ignore_index,
             ids=cols.id,
+            source=self.path,
         )
         self.stats[f"{split}_prompt_truncated"] = stats["prompt_truncated"]
         self.stats[f"{split}_response_truncated"] = stats["response_truncated"]

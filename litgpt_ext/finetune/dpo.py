@@ -107,8 +107,9 @@ def setup(
             before training, stored in out_dir/reference_logps/ and reused by --resume) or ``live`` (a frozen model
             held in memory and run every step).
         ref_checkpoint_dir: A different reference model (default: the starting checkpoint).
-        prompt_style: Prompt style for the pairs' prompts: a litgpt style name or ``default`` for the raw text (default:
-            the checkpoint's prompt_style.yaml, as litgpt generate uses it).
+        prompt_style: Prompt style for the pairs' prompts: a litgpt style name, ``chat_template`` or ``default`` for
+            the raw text; ``auto``: the checkpoint's prompt_style.yaml, else its chat template, else litgpt's style for
+            its name (printed with the reason).
         max_prompt_length: Keep at most this many prompt tokens (BOS and the prompt's end are kept).
         max_length: Cut each prompt + answer to this many tokens (answers are cut; pairs whose prompt alone is this
             long are dropped).

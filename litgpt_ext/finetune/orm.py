@@ -10,6 +10,7 @@ from litgpt.data import DataModule
 from litgpt.types import LoggerChoice
 
 from litgpt_ext.checks import check_checkpoint_dir
+from litgpt_ext.data.encode import encode_text
 from litgpt_ext.errors import UserError
 from litgpt_ext.finetune.common import Quantize, Strategy, model_spec, run
 from litgpt_ext.hparams import hyperparameters
@@ -20,7 +21,7 @@ ANSWER_VARIANTS = (" Yes", "Yes", " yes", "yes", " YES", " No", "No", " no", "no
 
 
 def single_token(tokenizer, text: str) -> int | None:
-    ids = tokenizer.encode(text, bos=False, eos=False).tolist()
+    ids = encode_text(tokenizer, text, bos=False)
     return ids[0] if len(ids) == 1 else None
 
 
@@ -32,7 +33,7 @@ def answer_token_ids(tokenizer, yes: str, no: str) -> tuple[int, int]:
         if token is None:
             singles = [repr(v) for v in ANSWER_VARIANTS if single_token(tokenizer, v) is not None]
             hint = f"single-token alternatives: {', '.join(singles)}" if singles else "no yes/no variant is one token"
-            n = len(tokenizer.encode(text, bos=False, eos=False))
+            n = len(encode_text(tokenizer, text, bos=False))
             raise UserError(f"{text!r} is {n} tokens of this tokenizer, not one ({hint})", field=flag)
         found[flag] = token
     if found["yes_token"] == found["no_token"]:

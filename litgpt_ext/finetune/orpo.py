@@ -85,8 +85,9 @@ def setup(
         beta: Weight of the odds-ratio term (ORPO's lambda).
         nll_on: Tokens of the chosen sequence the NLL term covers: ``prompt_and_response`` (TRL's ORPOTrainer, the
             default, so numbers compare with TRL runs) or ``response`` (the paper's formula).
-        prompt_style: Prompt style for the pairs' prompts: a litgpt style name or ``default`` for the raw text (default:
-            the checkpoint's prompt_style.yaml, as litgpt generate uses it).
+        prompt_style: Prompt style for the pairs' prompts: a litgpt style name, ``chat_template`` or ``default`` for
+            the raw text; ``auto``: the checkpoint's prompt_style.yaml, else its chat template, else litgpt's style for
+            its name (printed with the reason).
         max_prompt_length: Keep at most this many prompt tokens (BOS and the prompt's end are kept).
         max_length: Cut each prompt + answer to this many tokens (answers are cut; pairs whose prompt alone is this
             long are dropped).

@@ -19,13 +19,13 @@ from litgpt_ext.chat_template import encode_bos, stop_ids
 from litgpt_ext.checks import above, at_least, check_checkpoint_dir, within
 from litgpt_ext.data.chat import CHAT_FORMATS, parse_turns, prompt_and_reply
 from litgpt_ext.data.chat_encode import located, renderer_for
-from litgpt_ext.data.encode import keep_end
+from litgpt_ext.data.encode import encode_text, keep_end
 from litgpt_ext.errors import EXIT_INCOMPLETE, UserError, require
 from litgpt_ext.generate.engine import Engine, Job, Settings
 from litgpt_ext.generate.inputs import InputFormat, PromptRecord, Shard, detect_format, parse_shard, read_prompts
 from litgpt_ext.generate.repetition import RepetitionControls
 from litgpt_ext.io import JsonlAppender, atomic_write_json, read_jsonl_repairing
-from litgpt_ext.prompts import apply_style, chat_data_style, data_style, resolve_prompt_style
+from litgpt_ext.prompts import apply_style, data_style, resolve_prompt_style
 from litgpt_ext.templates import load_template
 
 DTYPES = {
@@ -121,10 +121,11 @@ def generate_batch(
         field: The record field holding the prompt text of a JSONL of prompts (a record's `input` and `system`
             fields, when present, go through the prompt style too, as in training).
         prompt_template: Instead of --field: a template file with ``{field}`` placeholders (see prompts/README.md).
-        prompt_style: litgpt prompt style applied to the prompt text: ``auto`` (the checkpoint's, as litgpt
-            generate does; for a training file and a checkpoint without one, the style finetune_sft trains that
-            format with: QA for Q/A, alpaca for litgpt JSON, its chat template for chat rows), a style name,
-            ``chat_template`` (the checkpoint's Jinja template), or ``default`` for the raw text.
+        prompt_style: litgpt prompt style applied to the prompt text: ``auto`` (the checkpoint's prompt_style.yaml,
+            else its chat template, else litgpt's style for its name; for a training file and a base checkpoint
+            with none of these, the style finetune_sft trains that format with: QA for Q/A, alpaca for litgpt
+            JSON), a style name, ``chat_template`` (the checkpoint's Jinja template), or ``default`` for the raw
+            text. The choice and its reason are printed.
         passthrough: Record fields copied into each output line (a training file's rows are kept whole).
         max_new_tokens: Tokens generated at most per sample.
         min_new_tokens: EOS cannot end a sample before this many tokens (transformers' ``min_new_tokens``: the
@@ -220,10 +221,12 @@ def generate_on(fabric: L.Fabric, a: GenerateArgs) -> dict:
     out_path = shard_output(a.output, shard)
     config = Config.from_file(a.checkpoint_dir / "model_config.yaml")
     tokenizer = Tokenizer(a.checkpoint_dir)
-    fallback = (lambda: data_style(a.fmt.kind)) if a.fmt.keeps_fields else None
     chat = a.fmt.kind in CHAT_FORMATS
+    fallback = None
     if chat:
-        fallback = lambda: chat_data_style(a.checkpoint_dir)  # noqa: E731
+        fallback = lambda: data_style("litgpt")  # noqa: E731
+    elif a.fmt.keeps_fields:
+        fallback = lambda: data_style(a.fmt.kind)  # noqa: E731
     style = resolve_prompt_style(a.prompt_style, a.checkpoint_dir, config, fallback=fallback)
     renderer = renderer_for(style, tokenizer)
     template = None
@@ -267,6 +270,7 @@ def generate_on(fabric: L.Fabric, a: GenerateArgs) -> dict:
         compile=a.compile,
     )
     engine = Engine(model, tokenizer, settings, fabric.device, a.dtype)
+    existed = out_path.exists()
     writer = JsonlAppender(out_path)
     stats = {"prompts": 0, "errors": 0, "tokens": 0, "truncated": 0}
     bar = tqdm(
@@ -317,6 +321,8 @@ def generate_on(fabric: L.Fabric, a: GenerateArgs) -> dict:
     finally:
         writer.close()
         bar.close()
+        if not existed and out_path.is_file() and not out_path.stat().st_size:
+            out_path.unlink()  # stopped before its first line (--on_error stop): leave nothing behind
     elapsed = time.perf_counter() - t0
     rows = stats["prompts"] + stats["errors"]
     failed = f"{stats['errors']:,} of {rows:,} rows failed (error records in the output)" if stats["errors"] else ""
@@ -383,7 +389,7 @@ def _make_job(item: PromptRecord, a: GenerateArgs, style, tokenizer, config, ren
             extra_input if isinstance(extra_input, str) else "",
             system if isinstance(system, str) else None,
         )
-        prompt_ids = tokenizer.encode(text, bos=encode_bos(style)).tolist()
+        prompt_ids = encode_text(tokenizer, text, encode_bos(style))
     truncated = a.max_prompt_length is not None and len(prompt_ids) > a.max_prompt_length
     if truncated:
         prompt_ids = keep_end(prompt_ids, a.max_prompt_length, tokenizer.bos_id)
