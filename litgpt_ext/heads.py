@@ -55,4 +55,5 @@ def last_block_rows(block: nn.Module, x, cos, sin, flat, mask=None, input_pos=No
         rows_normed = normed.reshape(-1, width).index_select(0, flat)
     else:
         rows_normed = block.norm_2(rows)
-    return block.post_mlp_norm(block.mlp(rows_normed)) + rows
+    # the MLP sees (1, N, C): an MoE layer (LLaMAMoE) unpacks B, T, C and routes each row on its own
+    return block.post_mlp_norm(block.mlp(rows_normed.unsqueeze(0)).squeeze(0)) + rows

@@ -126,16 +126,48 @@ def _train_sentencepiece(corpus: Path, vocab_size: int, out_dir: Path) -> int:
 
 def _copy_tokenizer(source: Path, out_dir: Path) -> int:
     """The tokenizer files of ``source`` (a checkpoint) in ``out_dir``; returns its vocabulary size."""
-    import shutil
-
     from litgpt.tokenizer import Tokenizer
 
-    files = [n for n in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json") if (source / n).is_file()]
-    if not any(n in files for n in ("tokenizer.json", "tokenizer.model")):
+    from litgpt_ext.checkpoint_files import copy_tokenizer_files
+
+    if not any((source / n).is_file() for n in ("tokenizer.json", "tokenizer.model")):
         raise UserError("has no tokenizer.json or tokenizer.model", path=source, field="tokenizer_from")
-    for name in files:
-        shutil.copyfile(source / name, out_dir / name)
+    copy_tokenizer_files(source, out_dir)
     return Tokenizer(out_dir).vocab_size
+
+
+SIZE_FIELDS = ("name", "block_size", "n_layer", "n_embd", "vocab_size", "padded_vocab_size", "n_head", "head_size",
+               "intermediate_size", "rope_n_elem", "padding_multiple")  # fmt: skip
+
+
+def scaled_down(name: str, n_layer: int, block_size: int) -> dict:
+    """The architecture fields of litgpt's config ``name`` (what makes it that family), sized for a tiny model: at
+    most 4 experts with 2 per token, a sliding window of a quarter of the context, a layer pattern with both kinds
+    of layers where the real model mixes them."""
+    import dataclasses
+
+    from litgpt.config import Config
+
+    try:
+        big = Config.from_name(name)
+    except (ValueError, KeyError):
+        raise UserError(f"{name!r} is not a litgpt config name", field="like") from None
+    if big.latent_attention:
+        raise UserError(f"{name!r} uses latent attention, which has no tiny version here", field="like")
+    arch = {k: v for k, v in dataclasses.asdict(big).items() if k not in SIZE_FIELDS}
+    arch["mha"] = big.n_query_groups == big.n_head
+    if big.n_expert:
+        arch.update(n_expert=min(4, big.n_expert), n_expert_per_token=min(2, big.n_expert_per_token))
+        arch.update(n_expert_groups=None, n_topk_groups=None, n_topk_scores_per_group=None, first_k_dense_replace=None)
+        arch["n_shared_expert"] = min(1, big.n_shared_expert) if big.n_shared_expert else None
+    if big.sliding_window_size:
+        arch["sliding_window_size"] = min(big.sliding_window_size, max(4, block_size // 4))
+    for key in ("sliding_window_indices", "rope_indices"):
+        pattern = arch.get(key)
+        if pattern:
+            mixed = len(set(pattern)) > 1
+            arch[key] = [1] * (n_layer - 1) + [0] if mixed and n_layer > 1 else [pattern[0]] * n_layer
+    return arch
 
 
 def _init_weights(model: torch.nn.Module, n_layer: int) -> None:
@@ -168,6 +200,7 @@ def make_tiny_checkpoint(
     tokenizer_from: Path | None = None,
     special_tokens: list[str] | None = None,
     chat_template: str | None = None,
+    like: str | None = None,
 ) -> Path:
     """Write a random-init litgpt checkpoint with a tokenizer trained on a local text corpus (nothing downloaded).
 
@@ -194,6 +227,9 @@ def make_tiny_checkpoint(
             ``[<|im_start|>, <|im_end|>]``), each one id.
         chat_template: A Jinja chat template (text, or a file holding it) for ``tokenizer_config.json``, so the
             tiny model stands in for an instruct student (``--prompt_style chat_template``).
+        like: A litgpt config name (``Qwen3-30B-A3B``, ``Gemma-2-2b``, ...): the tiny model has that model's
+            architecture (MoE, qk-norm, softcapping, sliding-window layers, RoPE scaling, biases) and name at the
+            size the other flags give; --model is then unused.
     """
     from litgpt.config import Config
     from litgpt.model import GPT
@@ -212,13 +248,21 @@ def make_tiny_checkpoint(
     at_least("padded_vocab_size", padded_vocab_size, 1)
     if n_embd % n_head:
         raise UserError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})", field="n_embd")
-    family = dict(FAMILIES[model])
-    llama_like = family.get("mlp_class_name") == "LLaMAMLP"
+    family = dict(FAMILIES[model]) if like is None else scaled_down(like, n_layer, block_size)
+    llama_like = family.get("mlp_class_name") in ("LLaMAMLP", "GemmaMLP", "LLaMAMoE")
     if n_query_groups is None:
         n_query_groups = max(1, n_head // 2) if llama_like else n_head
+    if like is not None and family.pop("n_query_groups") == 1:  # multi-query stays multi-query
+        n_query_groups = 1
+    if like is not None and family.pop("mha"):
+        n_query_groups = n_head
     if intermediate_size is None:
         intermediate_size = 64 * math.ceil(8 * n_embd / 3 / 64) if llama_like else 4 * n_embd
-    if model == "mistral":
+    if family.get("moe_intermediate_size"):
+        family["moe_intermediate_size"] = intermediate_size // 2
+    if family.get("attention_scores_scalar"):
+        family["attention_scores_scalar"] = n_embd // n_head
+    if model == "mistral" and like is None:
         family["sliding_window_size"] = block_size
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -239,7 +283,7 @@ def make_tiny_checkpoint(
         atomic_write_json(config_path, {**json.loads(config_path.read_text()), "chat_template": source})
 
     config = Config(
-        name=f"tiny-{model}",
+        name=like or f"tiny-{model}",
         block_size=block_size,
         vocab_size=actual_vocab,
         padded_vocab_size=max(padded_vocab_size or 0, 64 * math.ceil(actual_vocab / 64)),
@@ -261,7 +305,7 @@ def make_tiny_checkpoint(
     )
     n_params = sum(p.numel() for p in gpt.parameters())
     print(
-        f"tiny {model} checkpoint: {n_params / 1e6:.2f}M params, vocab {actual_vocab} ({tokenizer}), "
+        f"tiny {like or model} checkpoint: {n_params / 1e6:.2f}M params, vocab {actual_vocab} ({tokenizer}), "
         f"{n_layer} layers -> {out_dir}"
     )
     return out_dir

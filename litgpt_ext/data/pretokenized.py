@@ -132,7 +132,45 @@ def _validate_list(path: Path, rows: list, ignore_index: int) -> PackedSamples:
     return PackedSamples(packed["input_ids"], packed["labels"], packed["offsets"], packed["ids"])
 
 
-def load_pretokenized(path: Path, ignore_index: int = -100) -> PackedSamples:
+def check_tokenizer(path: Path, data: dict | list, samples: PackedSamples, tokenizer, vocab_limit: int | None) -> None:
+    """The file was tokenized with ``tokenizer``'s vocabulary: its record says so (``distill_tokenize`` writes one),
+    and — for files without one — no id is past the model's embedding (``vocab_limit`` rows)."""
+    from litgpt_ext.checkpoint_files import vocabulary_fingerprint
+
+    record = data.get("tokenizer") if isinstance(data, dict) else None
+    if (
+        isinstance(record, dict)
+        and tokenizer is not None
+        and record.get("fingerprint") != vocabulary_fingerprint(tokenizer)
+    ):
+        raise UserError(
+            f"tokenized with another tokenizer ({record.get('checkpoint')}, {record.get('vocab_size')} tokens) "
+            f"than the model's ({tokenizer.model_name}): run distill_tokenize with this model's --checkpoint_dir",
+            path=path,
+            field="tokenizer",
+        )
+    if vocab_limit is not None and len(samples.input_ids):
+        top = int(samples.input_ids.max())
+        if top >= vocab_limit:
+            raise UserError(
+                f"token id {top} is past the model's vocabulary ({vocab_limit} ids): the file was tokenized for "
+                "another model; run distill_tokenize with this model's --checkpoint_dir",
+                path=path,
+                field="input_ids",
+            )
+
+
+def load_pretokenized(
+    path: Path, ignore_index: int = -100, tokenizer=None, vocab_limit: int | None = None
+) -> PackedSamples:
+    """The samples of a ``.pt`` file, validated; with ``tokenizer`` / ``vocab_limit`` (the model that will read
+    them), checked to be in its vocabulary (:func:`check_tokenizer`)."""
+    samples, data = _load(path, ignore_index)
+    check_tokenizer(path, data, samples, tokenizer, vocab_limit)
+    return samples
+
+
+def _load(path: Path, ignore_index: int) -> tuple[PackedSamples, dict | list]:
     try:
         data = torch.load(path, weights_only=True)
     except FileNotFoundError:
@@ -140,9 +178,9 @@ def load_pretokenized(path: Path, ignore_index: int = -100) -> PackedSamples:
     except Exception as err:
         raise UserError(f"not a readable torch file ({type(err).__name__})", path=path) from None
     if isinstance(data, dict) and data.get("format") == FORMAT:
-        return _validate_packed(path, data, ignore_index)
+        return _validate_packed(path, data, ignore_index), data
     if isinstance(data, list):
-        return _validate_list(path, data, ignore_index)
+        return _validate_list(path, data, ignore_index), data
     raise UserError(
         f"expected a list of records or a {FORMAT} dict, got {type(data).__name__}", path=path, line="top level"
     )

@@ -91,8 +91,9 @@ def export_hf(
     reward = reward_head(checkpoint_dir)
     prompt, template = prompt_format(checkpoint_dir, config, reward)
     try:
+        tied = False
         if format == "full":
-            target_dtype = _export_full(
+            target_dtype, tied = _export_full(
                 checkpoint_dir, partial, config, family, dtype, parse_size(max_shard_size), reward
             )
         else:
@@ -100,7 +101,7 @@ def export_hf(
         write_model_card(partial, checkpoint_dir, family.name, format, hparams, base_model, reward, prompt)
         if format == "full":
             ids = export_tokenizer(checkpoint_dir, partial, config.block_size, template)
-            hf = hf_config(config, family, target_dtype, ids["bos_token_id"], ids["eos_token_id"])
+            hf = hf_config(config, family, target_dtype, ids["bos_token_id"], ids["eos_token_id"], tied)
             if reward is not None:
                 hf = classification_config(hf, family, reward, ids["pad_token_id"])
             atomic_write_json(partial / "config.json", hf)
@@ -227,7 +228,13 @@ def score_tensors(reward: dict) -> dict[str, torch.Tensor]:
     return {"score.weight": weight}
 
 
-def _export_full(checkpoint_dir, out, config, family, dtype, max_bytes, reward: dict | None = None) -> torch.dtype:
+def _export_full(
+    checkpoint_dir, out, config, family, dtype, max_bytes, reward: dict | None = None
+) -> tuple[torch.dtype, bool]:
+    """The weights in safetensors shards; returns their dtype and whether the LM head is written as tied to the
+    embedding (:mod:`litgpt_ext.model.tied`: then ``lm_head.weight`` is left out, as transformers saves it)."""
+    from litgpt_ext.model.tied import HEAD, state_is_tied
+
     _merge_if_needed(checkpoint_dir)
     state = _load_state(checkpoint_dir / "lit_model.pth")
     if any("lora_" in k for k in state):
@@ -236,9 +243,12 @@ def _export_full(checkpoint_dir, out, config, family, dtype, max_bytes, reward: 
             path=checkpoint_dir / "lit_model.pth",
             field="checkpoint_dir",
         )
+    tied = reward is None and state_is_tied(state)
     target = DTYPES[dtype] if dtype else next(iter(state.values())).dtype
     writer = ShardWriter(out, max_bytes)
     for name, tensor in state.items():
+        if tied and name == HEAD:
+            continue
         for hf_name, value in convert_tensor(family, config, name, tensor).items():
             if reward is not None and hf_name == "lm_head.weight":
                 continue  # a sequence classifier has a score head instead
@@ -247,7 +257,7 @@ def _export_full(checkpoint_dir, out, config, family, dtype, max_bytes, reward: 
         for name, value in score_tensors(reward).items():
             writer.add(name, value.to(target))
     writer.close()
-    return target
+    return target, tied
 
 
 def _export_peft(checkpoint_dir, out, config, family, dtype, hparams, base_model, reward=None) -> torch.dtype:

@@ -86,8 +86,10 @@ def _act(config: Config) -> str:
     return "gelu_new" if config.gelu_approximate == "tanh" else "gelu"
 
 
-def hf_config(config: Config, family: Family, dtype: torch.dtype, bos_id: int | None, eos_id: int | None) -> dict:
-    """The ``config.json`` transformers reads for this family."""
+def hf_config(
+    config: Config, family: Family, dtype: torch.dtype, bos_id: int | None, eos_id: int | None, tied: bool = False
+) -> dict:
+    """The ``config.json`` transformers reads for this family (``tied``: the LM head is the input embedding)."""
     common = {
         "architectures": [family.architecture],
         "model_type": family.model_type,
@@ -98,7 +100,7 @@ def hf_config(config: Config, family: Family, dtype: torch.dtype, bos_id: int | 
         "num_attention_heads": config.n_head,
         "max_position_embeddings": config.block_size,
         "hidden_act": _act(config),
-        "tie_word_embeddings": False,
+        "tie_word_embeddings": tied,
         "torch_dtype": str(dtype).removeprefix("torch."),
         "bos_token_id": bos_id,
         "eos_token_id": eos_id,

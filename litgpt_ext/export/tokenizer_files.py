@@ -87,14 +87,13 @@ def chosen_chat_template(checkpoint_dir: Path, style) -> tuple[str | None, str]:
     the checkpoint's template, if any, stays as it is."""
     from litgpt.prompts import has_prompt_style
 
-    from litgpt_ext.chat_template import ChatTemplateStyle
+    from litgpt_ext.chat_template import ChatTemplateStyle, chat_template_text
     from litgpt_ext.export.chat_template import chat_template, render
 
     if isinstance(style, ChatTemplateStyle):
         return style.template.source, "the checkpoint's own chat template, which it was trained with"
     tok = Tokenizer(checkpoint_dir)
-    src = checkpoint_dir / "tokenizer_config.json"
-    original = json.loads(src.read_text()).get("chat_template") if src.is_file() else None
+    original = chat_template_text(checkpoint_dir)
     if not has_prompt_style(checkpoint_dir):
         return original, "the checkpoint's own" if original else "none in the checkpoint"
     ours = chat_template(style, add_bos=bool(tok.use_bos and tok.bos_id is not None))

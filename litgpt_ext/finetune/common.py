@@ -314,9 +314,14 @@ def build_model(fabric: L.Fabric, spec: ModelSpec, objective: Objective) -> torc
         from litgpt.config import Config
         from litgpt.model import GPT
 
+        from litgpt_ext.model.tied import checkpoint_is_tied, tie_embeddings
+
         config = Config.from_file(spec.checkpoint_dir / "model_config.yaml")
         with fabric.init_module(empty_init=empty_init):
             model = GPT(config)
+        if checkpoint_is_tied(spec.checkpoint_dir):  # stays tied (one parameter), as the model was made
+            tie_embeddings(model)
+            fabric.print("tied embeddings: lm_head shares transformer.wte's weight")
         apply_freezing(model, spec.frozen_groups, spec.layers_not_to_freeze)
     objective.prepare_model(model)
     from litgpt_ext.training.fast_attention import grouped_training_attention

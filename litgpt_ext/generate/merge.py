@@ -30,17 +30,16 @@ def generate_merge(inputs: list[Path] | None = None, output: Path | None = None)
         list(read_jsonl_repairing(path))  # repair a torn tail first
         offset = 0
         with open(path, "rb") as fh:
-            for raw in fh:
+            for number, raw in enumerate(fh, start=1):
                 if raw.strip():
-                    row = json.loads(raw)
-                    index.append((row["_line"], n, offset, len(raw), str(row["id"])))
+                    index.append((*_line_and_id(raw, path, number), n, offset, len(raw)))
                 offset += len(raw)
     index.sort()
     seen, written = set(), 0
     handles = [open(p, "rb") for p in inputs]
     try:
         with atomic_path(output) as tmp, open(tmp, "wb") as out:
-            for _, n, offset, length, rid in index:
+            for _, rid, n, offset, length in index:
                 if rid in seen:
                     continue
                 seen.add(rid)
@@ -51,3 +50,25 @@ def generate_merge(inputs: list[Path] | None = None, output: Path | None = None)
         for h in handles:
             h.close()
     print(f"merged {written:,} lines from {len(inputs)} file(s) -> {output}")
+
+
+def _line_and_id(raw: bytes, path: Path, number: int) -> tuple[int, str]:
+    """A shard row's input line (``_line``, which generate_batch and orm_score write) and its ``id``."""
+    try:
+        row = json.loads(raw)
+    except ValueError:
+        raise UserError("not valid JSON", path=path, line=number) from None
+    if not isinstance(row, dict):
+        raise UserError("expected a JSON object", path=path, line=number)
+    for key in ("_line", "id"):
+        if key not in row:
+            raise UserError(
+                "missing (generate_merge joins the shard files of generate_batch / orm_score, whose rows carry the "
+                "input line and id)",
+                path=path,
+                line=number,
+                field=key,
+            )
+    if not isinstance(row["_line"], int):
+        raise UserError("expected the input line number (an integer)", path=path, line=number, field="_line")
+    return row["_line"], str(row["id"])

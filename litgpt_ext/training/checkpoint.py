@@ -22,8 +22,8 @@ import yaml
 from lightning.fabric.strategies import FSDPStrategy
 from litgpt.lora import lora_filter
 from litgpt.prompts import PromptStyle, save_prompt_style
-from litgpt.utils import copy_config_files
 
+from litgpt_ext.checkpoint_files import copy_checkpoint_files
 from litgpt_ext.io import atomic_write_text
 from litgpt_ext.training.objectives.base import unwrap
 
@@ -103,7 +103,7 @@ class CheckpointWriter:
             torch.save(self._plain(unwrap(model).state_dict()), directory / "lit_model.pth")
 
     def _save_metadata(self, directory: Path) -> None:
-        copy_config_files(self.source_dir, directory)
+        copy_checkpoint_files(self.source_dir, directory)
         atomic_write_text(directory / "hyperparameters.yaml", yaml.safe_dump(self.hparams, sort_keys=False))
         if self.prompt_style is not None:
             save_prompt_style(self.prompt_style, directory)
