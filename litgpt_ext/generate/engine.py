@@ -23,6 +23,9 @@ from litgpt_ext.generate.repetition import History, RepetitionControls
 from litgpt_ext.generate.sampling import row_key, sample, uniforms
 from litgpt_ext.heads import LastPositionHead
 
+CACHE_STEP = 256
+"""The KV cache grows in multiples of this many positions per slot."""
+
 
 @dataclass
 class Job:
@@ -89,7 +92,11 @@ class Engine:
     def __init__(self, model, tokenizer, settings: Settings, device: torch.device, dtype: torch.dtype) -> None:
         self.model, self.tokenizer, self.s = model, tokenizer, settings
         self.device = device
-        self.caches = install_slot_cache(model, settings.max_batch_size, settings.max_seq_length, device, dtype)
+        # a compiled step keeps one graph only with a cache that never changes shape: the whole context up front
+        capacity = settings.max_seq_length if settings.compile else CACHE_STEP
+        self.caches = install_slot_cache(
+            model, settings.max_batch_size, capacity, settings.max_seq_length, device, dtype
+        )
         gpt = model
         self.head = gpt.lm_head = LastPositionHead(gpt.lm_head)
         install_grouped_decode(gpt)
@@ -167,7 +174,7 @@ class Engine:
                 young = torch.tensor(young, device=logits.device)
                 logits = logits.index_put(
                     (young.repeat_interleave(len(stops)), stops.repeat(len(young))),
-                    torch.tensor(float("-inf"), device=logits.device),
+                    torch.tensor(float("-inf"), device=logits.device, dtype=logits.dtype),
                 )
         keys = torch.tensor([r.key for r in rows], device=logits.device)
         steps = torch.tensor([len(r.tokens) for r in rows], device=logits.device)
@@ -243,11 +250,23 @@ class Engine:
                 continue
             self._advance(list(enumerate(rows)), self._sample(self._decode(rows), rows), emit)
 
+    def _reserve(self, rows: list[Row]) -> None:
+        """Cache room for every position these rows can reach (prompt + max_new_tokens, within the context), grown
+        in steps of at least half the current size so a stream of slowly longer prompts copies the cache rarely."""
+        need = min(self.s.max_seq_length, max(len(r.job.prompt_ids) + r.job.max_new_tokens for r in rows))
+        have = self.caches[0].capacity
+        if need <= have:
+            return
+        grown = min(self.s.max_seq_length, CACHE_STEP * -(-max(need, have + have // 2) // CACHE_STEP))
+        for cache in self.caches:
+            cache.grow(grown)
+
     def _admit(self, free: list[int], window: list, emit: Callable[[Job], None]) -> None:
         admitted = []
         while free and window:
             _, _, row = heapq.heappop(window)
             admitted.append((free.pop(0), row))
+        self._reserve([row for _, row in admitted])
         start = 0
         while start < len(admitted):  # longest first, so each prefill group pads little
             width = len(admitted[start][1].job.prompt_ids)

@@ -1,5 +1,7 @@
 """A KV cache whose rows are *slots*: a prompt owns one slot from its prefill until it finishes, then the slot is
-given to the next prompt. Preallocated once, ``(slots, n_query_groups, max_seq_length, head_size)`` per layer.
+given to the next prompt. ``(slots, n_query_groups, capacity, head_size)`` per layer, where the capacity (positions
+per slot) grows with the longest prompt + answer admitted so far, up to the model's context: a model with an 8,192-token
+context and 32 slots would otherwise allocate its whole 12 GB cache (SmolLM2-135M) to answer 100-token prompts.
 
 It plugs into litgpt's attention unchanged (a ``litgpt.model.KVCache`` subclass): the engine sets ``rows`` before a
 forward — ``None`` for a decode step over the first B slots (B = the step's batch: the engine keeps its running rows
@@ -41,6 +43,20 @@ class SlotKVCache(KVCache):
         self.v[slots, :, positions] = v[:, :, 0]
         return self.k[:n], self.v[:n]
 
+    @property
+    def capacity(self) -> int:
+        return self.k.size(2)
+
+    def grow(self, capacity: int) -> None:
+        """At least ``capacity`` positions per slot, what was cached kept."""
+        if capacity <= self.capacity:
+            return
+        for name in ("k", "v"):
+            old = getattr(self, name)
+            new = old.new_zeros((*old.shape[:2], capacity, old.size(3)))
+            new[:, :, : old.size(2)] = old
+            setattr(self, name, new)
+
     def move(self, src: int, dst: int, length: int) -> None:
         """Copy slot ``src``'s first ``length`` positions into slot ``dst`` (the engine packing its rows)."""
         self.k[dst, :, :length] = self.k[src, :, :length]
@@ -54,28 +70,32 @@ def sliding_window_mask(max_seq_length: int, window: int, device) -> torch.Tenso
     return ((j <= i) & (j > i - window)).view(1, 1, max_seq_length, max_seq_length)
 
 
-def install_slot_cache(model, slots: int, max_seq_length: int, device, dtype) -> list[SlotKVCache]:
-    """Give every attention block a slot cache (and the model its mask cache).
+def install_slot_cache(model, slots: int, capacity: int, context: int, device, dtype) -> list[SlotKVCache]:
+    """Give every attention block a slot cache of ``capacity`` positions per slot (see :meth:`SlotKVCache.grow`),
+    and the model its rope and mask caches over ``context`` positions (the longest sequence a row can reach).
 
     litgpt enforces a sliding window only through its ring-buffer cache; slots keep whole sequences, so the window
     goes into the mask instead (every layer must slide: models that mix windowed and global layers are refused).
     """
+    from litgpt.model import build_mask_cache
+
     from litgpt_ext.errors import UserError
 
-    model.max_seq_length = max_seq_length
-    model.set_kv_cache(batch_size=1, max_seq_length=max_seq_length, device=device, dtype=dtype)  # mask + rope
+    model.max_seq_length = context
     sliding = [block.attn.apply_sliding_window_attention for block in model.transformer.h]
     window = model.config.sliding_window_size
-    if any(sliding) and window and window < max_seq_length:
+    if any(sliding) and window and window < context:
         if not all(sliding):
             raise UserError(
                 "models that mix sliding-window and global attention layers are not supported", field="checkpoint_dir"
             )
-        model.mask_cache = sliding_window_mask(max_seq_length, window, device)
+        model.mask_cache = sliding_window_mask(context, window, device)
+    else:
+        model.mask_cache = build_mask_cache(context, device)
     caches = []
     for block in model.transformer.h:
         cfg = block.attn.config
-        cache = SlotKVCache(slots, cfg.n_query_groups, max_seq_length, cfg.head_size, device, dtype)
+        cache = SlotKVCache(slots, cfg.n_query_groups, min(capacity, context), cfg.head_size, device, dtype)
         block.attn.kv_cache = cache
         caches.append(cache)
     return caches
