@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 CONSTRAINTS := .ci/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 SHELL := /bin/bash
@@ -10,66 +11,75 @@ SHELL := /bin/bash
 # pip prints one warning per missing local index folder on some machines; keep its real output only.
 QUIET_PIP := 2>&1 | { grep -v "is ignored" || true; }
 
-.PHONY: help install demo test lint format clean bench-sft bench-teacher bench-generate bench-dpo bench-sql-label bench-orm bench-prm bench-kd
+.PHONY: help install install-test demo test lint format clean bench-sft bench-teacher bench-generate bench-dpo bench-sql-label bench-orm bench-prm bench-kd
 .PHONY: teacher convert tokenize student export generate heldout fidelity report task-env FORCE
 .DEFAULT_GOAL := help
 
 install: $(STAMP)
+install-test: $(TEST_STAMP)
 
 # torch first (the local CPU wheel here, the CUDA build on a GPU machine), then the project with a constraints
 # file that pins torch, so no dependency can upgrade it. Re-runs only when pyproject.toml or the pins change.
+# `install` is what the toolchain and the demo need (the gguf extra: convert_gguf makes the demo's real student);
+# `install-test` adds the test extras (transformers' trainers, TRL, loggers, linters) on top.
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -c $(CONSTRAINTS) "torch==2.13.0" $(QUIET_PIP)
-	$(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[test]" $(QUIET_PIP)
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[gguf]" $(QUIET_PIP)
 	$(BIN)/python -c "import torch, litgpt, litgpt_ext, distill; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 
-# The demo task's pipeline through the same targets a user's task uses (up to the fidelity + cost report), then the
-# stages outside a task pipeline
-# (Q/A SFT, preference pairs + DPO, text-to-SQL labels + reward model).
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[test,gguf]" $(QUIET_PIP)
+	touch $(TEST_STAMP)
+
+# The demo task's pipeline on the real SmolLM2 student through the same targets a user's task uses (up to the
+# fidelity + cost report), the same task on a tiny student (the teacher's answers come from the first run's cache),
+# then the stages outside a task pipeline on the tiny one (Q/A SFT, preference pairs + DPO, text-to-SQL labels +
+# reward models, logit distillation).
 demo: install
 	$(MAKE) --no-print-directory -j2 report TASK=demo
+	$(MAKE) --no-print-directory -j2 report TASK=demo-tiny RESPONSES=artifacts/runs/demo/responses.jsonl
 	$(BIN)/python -m distill.demo
 
-test: install
+test: install-test
 	$(BIN)/ruff check -q .
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 tests
 
-lint: install
+lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/shellcheck jobs/*.sbatch jobs/*.sh .ci/run
 
-format: install
+format: install-test
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
 clean:
 	rm -rf out artifacts/runs .pytest_cache .ruff_cache build dist *.egg-info
 
-bench-sft: install
+bench-sft: install-test
 	$(BIN)/python -m tests.bench.bench_sft
 
-bench-teacher: install
+bench-teacher: install-test
 	$(BIN)/python -m tests.bench.bench_teacher
 
-bench-generate: install
+bench-generate: install-test
 	$(BIN)/python -m tests.bench.bench_generate
 
-bench-dpo: install
+bench-dpo: install-test
 	$(BIN)/python -m tests.bench.bench_dpo
 
-bench-sql-label: install
+bench-sql-label: install-test
 	$(BIN)/python -m tests.bench.bench_sql_label
 
-bench-orm: install
+bench-orm: install-test
 	$(BIN)/python -m tests.bench.bench_orm
 
-bench-prm: install
+bench-prm: install-test
 	$(BIN)/python -m tests.bench.bench_prm
 
-bench-kd: install
+bench-kd: install-test
 	$(BIN)/python -m tests.bench.bench_kd
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -157,6 +167,8 @@ $(STAMPS)/heldout-teacher.done: $(HELDOUT) $(TEACHER_PROMPT) $(STAMPS)/teacher.s
 	$(TEACHER_WRAP) $(LITGPT_EXT) distill_query --records $(HELDOUT) --prompt $(TEACHER_PROMPT) \
 	    --model $(TEACHER_MODEL) --out $(RESPONSES) $(TEACHER_FLAGS)
 	touch $@
+
+$(HELDOUT_DIR)/prompts.jsonl: $(HELDOUT_DIR)/train.json ;  # written by distill_convert too
 
 $(HELDOUT_DIR)/train.json: $(STAMPS)/heldout-teacher.done $(STUDENT_PROMPT) $(STAMPS)/convert.settings | $(STAMP)
 	$(LITGPT_EXT) distill_convert --records $(HELDOUT) --responses $(RESPONSES) --out_dir $(HELDOUT_DIR) \

@@ -1,9 +1,11 @@
-"""``make demo``, after the demo task's pipeline (``make report TASK=demo``, see ``artifacts/tasks/demo.mk``: teacher,
-distilled student, its fidelity on held-out records and the cost/speed report): the stages outside a task pipeline —
-Q/A SFT with test-split evaluation, exports, batch generation in shards scored by hand, preference pairs + DPO,
-text-to-SQL labels and an outcome reward model — offline, on the embedded data and the tiny student the pipeline
-made. It ends with the three tables users decide by: the Q/A student on its test split, the distilled student's
-fidelity to the teacher, and teacher cost vs student speed.
+"""``make demo``, after the demo task's pipeline on the real SmolLM2-135M-Instruct student (``make report TASK=demo``,
+see ``artifacts/tasks/demo.mk``: teacher, LoRA-distilled student in its chat template, its fidelity on held-out
+records next to the untrained instruct model, the cost/speed report) and the same task on a tiny random-init student
+(``TASK=demo-tiny``): the stages outside a task pipeline — Q/A SFT with test-split evaluation, exports, batch
+generation in shards scored by hand, preference pairs + DPO, text-to-SQL labels and reward models, logit
+distillation — offline, on the embedded data and the tiny students (each stage needs a second model or many runs,
+which a CPU affords at that size). It ends with the tables users decide by: the Q/A student on its test split, the
+real student's fidelity to the teacher, teacher cost vs student speed, and the distillation comparison.
 
 Each stage is the real ``litgpt-ext`` command a user would type (run as a subprocess), so the demo doubles as a
 copy-paste guide. Outputs go to ``artifacts/runs/demo/`` (git-ignored); a summary is printed at the end.
@@ -20,6 +22,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DATA = REPO / "artifacts" / "demo"
 RUN = REPO / "artifacts" / "runs" / "demo"
+TINY = RUN / "tiny"
+"""The demo task on the tiny student (``make report TASK=demo-tiny``): the base of the stages here."""
 
 
 def litgpt_ext(*args: object) -> None:
@@ -66,20 +70,23 @@ def rel(path: Path) -> str:
 
 
 def main() -> None:
-    """The stages outside a task pipeline, after the demo task's pipeline (``make report TASK=demo``: teacher,
-    convert, tokenize, student, export, generate, fidelity, report), which ``make demo`` runs first."""
-    student, report = RUN / "student", RUN / "report.json"
-    if not report.is_file():
-        raise SystemExit(f"{rel(report)} is missing: run `make demo` (it runs the demo task's pipeline first)")
+    """The stages outside a task pipeline, after the demo tasks' pipelines (``make report TASK=demo`` and
+    ``TASK=demo-tiny``: teacher, convert, tokenize, student, export, generate, fidelity, report), which ``make demo``
+    runs first."""
+    student, report = TINY / "student", RUN / "report.json"
+    for needed in (report, TINY / "report.json"):
+        if not needed.is_file():
+            raise SystemExit(f"{rel(needed)} is missing: run `make demo` (it runs the demo tasks' pipelines first)")
     summary = [
-        ("tiny student checkpoint", student),
+        ("SmolLM2-135M-Instruct (the real student)", REPO / "checkpoints" / "HuggingFaceTB" / "SmolLM2-135M-Instruct"),
         ("teacher responses (cache)", RUN / "responses.jsonl"),
-        ("distilled litgpt JSON + train.pt", RUN / "distilled"),
-        ("student trained on distilled data", RUN / "sft-distilled" / "final"),
-        ("distilled student for Hugging Face", RUN / "hf-distilled"),
-        ("distilled student's generations", RUN / "distilled_generations.jsonl"),
+        ("distilled chat-template data (train.pt)", RUN / "distilled"),
+        ("SmolLM2 + LoRA trained on distilled data", RUN / "sft-distilled" / "final"),
+        ("distilled SmolLM2 for Hugging Face", RUN / "hf-distilled"),
         ("fidelity on held-out records (per row)", RUN / "fidelity" / "rows.csv"),
         ("fidelity + cost/speed report", report),
+        ("tiny student checkpoint", student),
+        ("tiny student trained on distilled data", TINY / "sft-distilled" / "final"),
     ]
     for stage in STAGES:
         summary.extend(stage(student))
@@ -200,7 +207,7 @@ def _export_stage(student: Path) -> list[tuple[str, Path]]:
     litgpt_ext_side_by_side(
         ("export_hf", rel(RUN / "sft" / "final"), "--out_dir", rel(hf), "--overwrite", "true"),
         ("export_hf", rel(RUN / "dpo" / "final"), "--out_dir", rel(adapter), "--format", "peft", "--base_model",
-         rel(RUN / "hf-distilled"), "--overwrite", "true"),
+         rel(TINY / "hf-distilled"), "--overwrite", "true"),
     )  # fmt: skip
     return [("Hugging Face model", hf), ("PEFT adapter (DPO) on the distilled student", adapter)]
 
@@ -238,11 +245,11 @@ def _preference_stage(student: Path) -> list[tuple[str, Path]]:
 
     from distill.teacher.fake_server import FakeOpenAI, ServerConfig
 
-    data, samples, pairs = RUN / "distilled", RUN / "student_samples.jsonl", RUN / "pairs.jsonl"
+    data, samples, pairs = TINY / "distilled", RUN / "student_samples.jsonl", RUN / "pairs.jsonl"
     samples.unlink(missing_ok=True)  # the student was just retrained: earlier samples are stale
     litgpt_ext(
         "generate_batch",
-        rel(RUN / "sft-distilled" / "final"),
+        rel(TINY / "sft-distilled" / "final"),
         "--input",
         rel(data / "prompts.jsonl"),
         "--output",
@@ -299,7 +306,7 @@ def _preference_stage(student: Path) -> list[tuple[str, Path]]:
     out = RUN / "dpo"
     litgpt_ext(
         "finetune_dpo",
-        rel(RUN / "sft-distilled" / "final"),
+        rel(TINY / "sft-distilled" / "final"),
         "--data",
         "PreferenceData",
         "--data.path",
@@ -512,14 +519,15 @@ def _kd_stage(student: Path) -> list[tuple[str, Path]]:
     from litgpt_ext.io import atomic_write_json
 
     kd = RUN / "kd"
-    teacher, data = RUN / "sft-distilled" / "final", kd / "data"
+    teacher, data = TINY / "sft-distilled" / "final", kd / "data"
     # the teacher's answers (the pipeline's generate and fidelity stages) as litgpt JSON: train on the training
     # prompts' answers, measure on the held-out ones
     print("\n# the teacher's greedy answers as litgpt JSON (train.json: training prompts, val.json: held-out)")
     atomic_write_json(
-        data / "train.json", teacher_text_data(RUN / "distilled" / "prompts.jsonl", RUN / "distilled_generations.jsonl")
+        data / "train.json",
+        teacher_text_data(TINY / "distilled" / "prompts.jsonl", TINY / "distilled_generations.jsonl"),
     )
-    atomic_write_json(data / "val.json", teacher_text_data(RUN / "heldout" / "prompts.jsonl", RUN / "fidelity.jsonl"))
+    atomic_write_json(data / "val.json", teacher_text_data(TINY / "heldout" / "prompts.jsonl", TINY / "fidelity.jsonl"))
     small = kd / "student"
     if not (small / "lit_model.pth").is_file():
         litgpt_ext("make_tiny_checkpoint", "--out_dir", rel(small), "--n_layer", 1, "--n_embd", 64, "--n_head", 4,
@@ -548,13 +556,13 @@ def _kd_stage(student: Path) -> list[tuple[str, Path]]:
     litgpt_ext_side_by_side(
         *[("evaluate_kd", rel(out / "final"), "--teacher", rel(teacher), "--data", rel(data), "--data.prompt_style",
            "default", "--split", "val", "--output", rel(kd / f"{name}.kl.json")) for name, out in runs.items()],
-        *[("generate_batch", rel(out / "final"), "--input", rel(RUN / "heldout" / "prompts.jsonl"), "--output",
+        *[("generate_batch", rel(out / "final"), "--input", rel(TINY / "heldout" / "prompts.jsonl"), "--output",
            rel(kd / f"{name}.heldout.jsonl"), "--max_new_tokens", 32, "--temperature", 0, "--precision", "32-true")
           for name, out in runs.items()],
     )  # fmt: skip
     litgpt_ext_side_by_side(
         *[("evaluate_generations", "--input", rel(kd / f"{name}.heldout.jsonl"), "--reference",
-           rel(RUN / "fidelity.jsonl"), "--reference_field", "generations", "--items", "lines", "--output_dir",
+           rel(TINY / "fidelity.jsonl"), "--reference_field", "generations", "--items", "lines", "--output_dir",
            rel(kd / f"{name}.fidelity")) for name in runs]
     )  # fmt: skip
     table = {}

@@ -57,7 +57,7 @@ def test_submit_pipeline_chains_every_stage_with_afterok_and_exports_the_task(tm
     env, calls_dir = _stand_ins(tmp_path, "sbatch")
     env["GENERATE_SHARDS"] = "4"
     env["FINETUNE_NODES"] = "2"
-    done = _bash("submit_pipeline.sh", env, "demo")
+    done = _bash("submit_pipeline.sh", env, "demo-tiny")
     assert done.returncode == 0, done.stderr
     calls = _calls(calls_dir)
     scripts = [args[-1] for args, _ in calls]
@@ -73,21 +73,21 @@ def test_submit_pipeline_chains_every_stage_with_afterok_and_exports_the_task(tm
         assert args[0] == "sbatch" and "--parsable" in args and "--export=ALL" in args
         dependency = [a for a in args if a.startswith("--dependency=")]
         assert dependency == ([] if n == 0 else [f"--dependency=afterok:{ids[n - 1]}"])  # each waits for the last
-        assert job_env["TASK"] == "demo" and job_env["OPENAI_API_KEY"] == "sk-secret-from-the-shell"
+        assert job_env["TASK"] == "demo-tiny" and job_env["OPENAI_API_KEY"] == "sk-secret-from-the-shell"
         assert not any("sk-secret" in a for a in args)  # the key travels in the environment only
     finetune_args, finetune_env = calls[2]
     assert "--nodes=2" in finetune_args
-    assert finetune_env["STUDENT"] == "artifacts/runs/demo/student"
-    assert finetune_env["FINETUNE_CONFIG"] == "artifacts/tasks/demo-finetune.yaml"
-    assert finetune_env["FINETUNE_DIR"] == "artifacts/runs/demo/sft-distilled"
-    assert finetune_env["HF_DIR"] == "artifacts/runs/demo/hf-distilled"
+    assert finetune_env["STUDENT"] == "artifacts/runs/demo/tiny/student"
+    assert finetune_env["FINETUNE_CONFIG"] == "artifacts/tasks/demo-tiny-finetune.yaml"
+    assert finetune_env["FINETUNE_DIR"] == "artifacts/runs/demo/tiny/sft-distilled"
+    assert finetune_env["HF_DIR"] == "artifacts/runs/demo/tiny/hf-distilled"
     generate_args, generate_env = calls[3]
     assert "--array=0-3" in generate_args
-    assert generate_env["CHECKPOINT"] == "artifacts/runs/demo/sft-distilled/final"
-    assert generate_env["INPUT"] == "artifacts/runs/demo/distilled/prompts.jsonl"
-    assert generate_env["OUTPUT"] == "artifacts/runs/demo/distilled_generations.jsonl"
+    assert generate_env["CHECKPOINT"] == "artifacts/runs/demo/tiny/sft-distilled/final"
+    assert generate_env["INPUT"] == "artifacts/runs/demo/tiny/distilled/prompts.jsonl"
+    assert generate_env["OUTPUT"] == "artifacts/runs/demo/tiny/distilled_generations.jsonl"
     assert generate_env["EXTRA_ARGS"] == "--max_new_tokens 32 --temperature 0 --precision 32-true"
-    assert calls[4][1]["OUTPUT"] == "artifacts/runs/demo/distilled_generations.jsonl"
+    assert calls[4][1]["OUTPUT"] == "artifacts/runs/demo/tiny/distilled_generations.jsonl"
     assert f"merge {ids[4]}" in done.stdout
 
 

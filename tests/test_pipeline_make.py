@@ -1,4 +1,4 @@
-"""The pipeline make targets on the demo task, for real (the stand-in teacher server, the tiny student), in a
+"""The pipeline make targets on the tiny demo task, for real (the stand-in teacher server, the tiny student), in a
 temporary RUN folder: the whole chain, a rerun that does nothing, a changed teacher prompt that re-runs from the
 teacher stage, stale outputs moved aside, and a failed teacher stage that stops the chain."""
 
@@ -28,7 +28,7 @@ def test_pipeline_targets_run_the_chain_once_and_rerun_from_what_changed(tmp_pat
     # a long RUN path: settings stamps over 200 bytes once hit a GNU make 4.3 $(file <) bug (every stage reran)
     run, prompt = tmp_path / ("long-folder-name-" * 8) / "run", tmp_path / "teacher_prompt.md"
     prompt.write_text((REPO / "prompts" / "search_queries.md").read_text())
-    task = ["TASK=demo", f"RUN={run}", f"RECORDS={_first_records(tmp_path)}", f"TEACHER_PROMPT={prompt}"]
+    task = ["TASK=demo-tiny", f"RUN={run}", f"RECORDS={_first_records(tmp_path)}", f"TEACHER_PROMPT={prompt}"]
     task.append("FINETUNE_FLAGS=--train.max_steps 2")
     chain = ["distill_query", "distill_convert", "distill_tokenize", "finetune_sft", "export_hf", "generate_batch"]
 
@@ -70,7 +70,7 @@ def test_a_teacher_stage_that_cannot_finish_stops_the_chain(tmp_path):
     run = tmp_path / "run"
     done = run_make(
         "generate",
-        "TASK=demo",
+        "TASK=demo-tiny",
         f"RUN={run}",
         f"RECORDS={_first_records(tmp_path)}",
         "TEACHER_WRAP=",
@@ -85,13 +85,13 @@ def test_a_teacher_stage_that_cannot_finish_stops_the_chain(tmp_path):
 
 
 def test_the_distilled_student_reproduces_the_teacher_on_held_out_records(tmp_path):
-    """`make report` on the demo task with a shorter finetune (220 steps instead of 300): the student's items on
+    """`make report` on the tiny demo task with a shorter finetune (220 steps instead of 300): the student's items on
     the 80 held-out records reach F1 >= 0.6 against the teacher's (a broken pipeline — wrong references, prompts or
     parser, no learning — stays near the untrained student's 0), and the report prices the teacher's 400 answers
     next to the student's measured throughput."""
     run = tmp_path / "run"
     task = [
-        "TASK=demo",
+        "TASK=demo-tiny",
         f"RUN={run}",
         "FINETUNE_FLAGS=--train.max_steps 220",
         "TEACHER_FLAGS=--rpm 20000 --concurrency 16 --timeout 0.5",
@@ -117,7 +117,7 @@ def test_settings_stamps_of_any_length_are_up_to_date_once_written(tmp_path):
     stale = []
     for n in range(0, 240, 8):
         folder = tmp_path / ("x" * (n + 1))
-        task = ["TASK=demo", f"RUN={folder}/run", f"RECORDS={folder}/records.jsonl"]
+        task = ["TASK=demo-tiny", f"RUN={folder}/run", f"RECORDS={folder}/records.jsonl"]
         for stage in ("teacher", "convert", "student", "generate"):
             stamp = f"{folder}/run/.make/{stage}.settings"
             assert run_make(stamp, *task).returncode == 0

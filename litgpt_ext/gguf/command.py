@@ -31,6 +31,15 @@ ROUND_TRIP_PROBES = [
 ]
 
 
+def require_extra() -> None:
+    """gguf (to read the file) and transformers (to dequantize it) are the ``gguf`` extra of this package."""
+    import importlib.util
+
+    missing = [m for m in ("gguf", "transformers") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"needs {' and '.join(missing)}: pip install 'litgpt-distill[gguf]'", field="convert_gguf")
+
+
 def _shape(info: GGUFInfo) -> dict:
     """The GGUF hyperparameters under litgpt's ``Config`` names."""
     return {
@@ -117,6 +126,7 @@ def convert_gguf(
         overwrite: Replace a non-empty out_dir.
     """
     started = time.perf_counter()
+    require_extra()
     info = read_gguf(Path(gguf_file))
     check_convertible(info)
     config = litgpt_config(info, model_name)

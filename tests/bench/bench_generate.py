@@ -17,6 +17,13 @@ Reported: generated tokens/s (EOS and padding excluded), median (min-max) over r
 the checks: greedy texts identical to transformers', sampled length distributions side by side.
 Goals: (a) >= 1.5x transformers; (b) >= 2.5x transformers and >= 5x litgpt; ``--compile true`` >= 1.3x
 ``--compile false`` on (a), warm-up included.
+
+``--checkpoint DIR`` runs the contenders on a real instruct checkpoint instead (``make bench-real``:
+SmolLM2-135M-Instruct): the same questions as chat rows through the model's own chat template (ours reads
+``messages`` rows; transformers and litgpt get the template's text, tokenized without added special tokens: the same
+ids), transformers on ``export_hf``'s folder of it; (a) 48 prompts, 48 greedy tokens each; (b) 64 prompts, T=0.8 top-k
+200, up to 96 tokens, the model stopping where it answers. Goals there: (a) >= 2x transformers, (b) >= 4x, greedy texts
+identical. ``--precision bf16-true`` on a GPU runs every contender there in bf16.
 """
 
 from __future__ import annotations
@@ -161,12 +168,41 @@ def _train_student(tmp: Path, smoke: bool) -> tuple[Path, Path]:
     return tmp / "sft" / "final", tmp / "hf"
 
 
-def _prompts(n: int, tokenizer, max_doc_words: int, seed: int = 1) -> list[dict]:
+@dataclass(frozen=True)
+class Prompting:
+    """How a question reaches each contender as the same token ids: the toy student's Q/A style, or a real
+    instruct model's chat template (``chat``)."""
+
+    chat: object | None = None
+
+    def text(self, question: str) -> str:
+        if self.chat is None:
+            return STYLE.format(question)
+        return self.chat.render([{"role": "user", "content": question}], add_generation_prompt=True)
+
+    def row(self, p: dict) -> dict:
+        """The input line of generate_batch."""
+        if self.chat is None:
+            return {"id": p["id"], "prompt": p["prompt"]}
+        return {"id": p["id"], "messages": [{"role": "user", "content": p["prompt"]}]}
+
+    def lit_ids(self, lit_tok, question: str) -> list[int]:
+        from litgpt_ext.data.encode import encode_text
+
+        return encode_text(lit_tok, self.text(question), bos=False if self.chat is not None else None)
+
+    def hf_batch(self, tok, questions: list[str], device):
+        enc = tok([self.text(q) for q in questions], return_tensors="pt", padding=True,
+                  add_special_tokens=self.chat is None)  # fmt: skip
+        return {k: v.to(device) for k, v in enc.items()}
+
+
+def _prompts(n: int, tokenizer, max_doc_words: int, prompting: Prompting, seed: int = 1) -> list[dict]:
     words = (REPO / "artifacts/demo/corpus.txt").read_text().split()
     rng = random.Random(seed)
     rows = []
     for i, row in enumerate(_data(10 * n, seed, words, max_doc_words)):
-        length = len(tokenizer.encode(STYLE.format(row["Question"])))
+        length = len(prompting.lit_ids(tokenizer, row["Question"]))
         if 16 <= length <= 512:
             rows.append({"id": str(i), "prompt": row["Question"], "tokens": length})
         if len(rows) == n:
@@ -176,10 +212,17 @@ def _prompts(n: int, tokenizer, max_doc_words: int, seed: int = 1) -> list[dict]
 
 
 def bench_ours(
-    ckpt: Path, prompts: list[dict], tmp: Path, w: Workload, batch: int, flags: tuple[str, ...] = ()
+    ckpt: Path,
+    prompts: list[dict],
+    tmp: Path,
+    w: Workload,
+    batch: int,
+    prompting: Prompting,
+    precision: str,
+    flags: tuple[str, ...] = (),
 ) -> dict:
     inp, out = tmp / "prompts.jsonl", tmp / f"ours-{w.name}.jsonl"
-    inp.write_text("".join(json.dumps({"id": p["id"], "prompt": p["prompt"]}) + "\n" for p in prompts))
+    inp.write_text("".join(json.dumps(prompting.row(p)) + "\n" for p in prompts))
     out.unlink(missing_ok=True)
     run_measured(
         [
@@ -201,7 +244,7 @@ def bench_ours(
             "--top_k",
             str(w.top_k) if w.top_k else "null",
             "--precision",
-            "32-true",
+            precision,
             "--max_batch_size",
             str(batch),
             *flags,
@@ -221,14 +264,15 @@ def bench_ours(
 
 
 @torch.inference_mode()
-def bench_transformers(model, tok, lit_tok, prompts: list[dict], w: Workload, batch: int) -> dict:
+def bench_transformers(model, tok, lit_tok, prompts: list[dict], w: Workload, batch: int, prompting: Prompting) -> dict:
     ordered = sorted(range(len(prompts)), key=lambda i: -prompts[i]["tokens"])
     lengths, texts = [0] * len(prompts), [""] * len(prompts)
     sampling = {"do_sample": True, "temperature": w.temperature, "top_k": w.top_k, "top_p": 1.0}
+    _sync(model.device)
     t0 = time.perf_counter()
     for start in range(0, len(ordered), batch):
         group = ordered[start : start + batch]
-        enc = tok([STYLE.format(prompts[i]["prompt"]) for i in group], return_tensors="pt", padding=True)
+        enc = prompting.hf_batch(tok, [prompts[i]["prompt"] for i in group], model.device)
         out = model.generate(
             **enc,
             max_new_tokens=w.max_new,
@@ -240,18 +284,26 @@ def bench_transformers(model, tok, lit_tok, prompts: list[dict], w: Workload, ba
         for i, row in zip(group, out[:, enc["input_ids"].shape[1] :].tolist()):
             lengths[i] = row.index(tok.eos_token_id) if tok.eos_token_id in row else len(row)
             texts[i] = lit_tok.decode(torch.tensor(row[: lengths[i]]))
+    _sync(model.device)
     elapsed = time.perf_counter() - t0
     return {"rate": sum(lengths) / elapsed, "tokens": sum(lengths), "lengths": lengths, "texts": texts}
 
 
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
 @torch.inference_mode()
-def bench_litgpt(model, tok, prompts: list[dict], w: Workload) -> dict:
+def bench_litgpt(model, tok, prompts: list[dict], w: Workload, prompting: Prompting) -> dict:
     from litgpt.generate.base import generate
 
+    device = next(model.parameters()).device
+    _sync(device)
     lengths, t0 = [], time.perf_counter()
     for p in prompts:
-        ids = tok.encode(STYLE.format(p["prompt"]))
-        model.set_kv_cache(batch_size=1, max_seq_length=len(ids) + w.max_new)
+        ids = torch.tensor(prompting.lit_ids(tok, p["prompt"]), device=device)
+        model.set_kv_cache(batch_size=1, max_seq_length=len(ids) + w.max_new, device=device)
         out = generate(
             model,
             ids,
@@ -263,6 +315,7 @@ def bench_litgpt(model, tok, prompts: list[dict], w: Workload) -> dict:
         new = out[len(ids) :].tolist()
         lengths.append(len(new) - (1 if new and new[-1] == tok.eos_id and not w.min_new else 0))
         model.clear_kv_cache()
+    _sync(device)
     return {"rate": sum(lengths) / (time.perf_counter() - t0), "tokens": sum(lengths), "lengths": lengths}
 
 
@@ -316,48 +369,72 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny model, few prompts: checks the harness only")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median and min-max reported)")
-    parser.add_argument("--prompts", type=int, default=128, help="prompts per workload")
+    parser.add_argument("--prompts", type=int, help="prompts per workload (default: 128; 48 / 64 with --checkpoint)")
+    parser.add_argument("--checkpoint", type=Path, help="a real instruct litgpt checkpoint (see the module docstring)")
+    parser.add_argument("--precision", default="32-true", help="every contender's precision (bf16-true on a GPU)")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
-    n, litgpt_n, batch = (12, 3, 8) if args.smoke else (args.prompts, 12, 32)
+    real = args.checkpoint is not None
     rounds = 1 if args.smoke else args.rounds
+    batch = 8 if args.smoke else 32
+    if args.smoke:
+        sizes = {"a": (12, 16), "b": (12, 24)}
+    elif real:
+        sizes = {"a": (args.prompts or 48, 48), "b": (args.prompts or 64, 96)}
+    else:
+        sizes = {"a": (args.prompts or 128, 128), "b": (args.prompts or 128, 256)}
+    litgpt_n = 3 if args.smoke else 12
     workloads = [
-        Workload("a", 400, 16 if args.smoke else 128, 16 if args.smoke else 128, 0.0, None),
-        Workload("b", TRAIN_DOC_WORDS, 24 if args.smoke else 256, 0, 0.8, 200),
+        Workload("a", 400, sizes["a"][1], sizes["a"][1], 0.0, None),
+        Workload("b", 60 if real else TRAIN_DOC_WORDS, sizes["b"][1], 0, 0.8, 200),
     ]
+    dtype = {"32-true": torch.float32, "bf16-true": torch.bfloat16, "16-true": torch.float16}[args.precision]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        ckpt, hf_dir = _train_student(tmp, args.smoke)
+        if real:
+            ckpt, hf_dir = args.checkpoint, tmp / "hf"
+            run_measured([sys.executable, "-m", "litgpt_ext", "export_hf", str(ckpt), "--out_dir", str(hf_dir)])
+        else:
+            ckpt, hf_dir = _train_student(tmp, args.smoke)
         from litgpt.config import Config
         from litgpt.model import GPT
         from litgpt.tokenizer import Tokenizer
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from litgpt_ext.chat_template import ChatTemplate
+
+        prompting = Prompting(ChatTemplate.from_checkpoint(ckpt) if real else None)
         lit_tok = Tokenizer(ckpt)
-        prompts = {w.name: _prompts(n, lit_tok, w.doc_words) for w in workloads}
-        hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+        prompts = {w.name: _prompts(sizes[w.name][0], lit_tok, w.doc_words, prompting) for w in workloads}
+        hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dtype).to(device).eval()
         hf_tok = AutoTokenizer.from_pretrained(hf_dir)
         hf_tok.padding_side = "left"
         hf_tok.pad_token = hf_tok.pad_token or hf_tok.eos_token
         lit = GPT(Config.from_file(ckpt / "model_config.yaml"))
         state = torch.load(ckpt / "lit_model.pth", weights_only=True)
         lit.load_state_dict(state.get("model", state))
-        lit.eval()
-        params = sum(t.numel() for t in state.get("model", state).values()) / 1e6
+        lit = lit.to(device=device, dtype=dtype).eval()
+        params = sum({t.data_ptr(): t.numel() for t in state.get("model", state).values()}.values()) / 1e6
         results = {(w.name, c): [] for w in workloads for c in ("ours", "hf", "litgpt", *SWITCHES)}
         for r in range(rounds):
             for w in workloads:
                 print(f"round {r + 1}/{rounds}, workload ({w.name}) ...", flush=True)
                 ps = prompts[w.name]
-                results[w.name, "ours"].append(bench_ours(ckpt, ps, tmp, w, batch))
+                results[w.name, "ours"].append(bench_ours(ckpt, ps, tmp, w, batch, prompting, args.precision))
                 if w.name == "a":
                     for flag, argv in SWITCHES.items():
-                        results[w.name, flag].append(bench_ours(ckpt, ps, tmp, w, batch, argv))
-                results[w.name, "hf"].append(bench_transformers(hf, hf_tok, lit_tok, ps, w, batch))
-                results[w.name, "litgpt"].append(bench_litgpt(lit, lit_tok, ps[:litgpt_n], w))
+                        results[w.name, flag].append(
+                            bench_ours(ckpt, ps, tmp, w, batch, prompting, args.precision, argv)
+                        )
+                results[w.name, "hf"].append(bench_transformers(hf, hf_tok, lit_tok, ps, w, batch, prompting))
+                results[w.name, "litgpt"].append(bench_litgpt(lit, lit_tok, ps[:litgpt_n], w, prompting))
+    model = (
+        f"{args.checkpoint.name} ({params:.0f}M params, its chat template)" if real else f"{params:.0f}M-param model"
+    )
     print(
-        f"\nbench-generate: {params:.0f}M-param model, batch {batch}, fp32, torch threads {THREADS}, {rounds} "
+        f"\nbench-generate: {model}, batch {batch}, {args.precision} on {device.type}, torch threads {THREADS}, {rounds} "
         f"interleaved round(s), median (min-max); litgpt one prompt at a time on the first {litgpt_n} prompts"
     )
     for w in workloads:
@@ -403,10 +480,14 @@ def main() -> None:
     print("\n" + _switch_table(results, workloads[0]))
     if not args.smoke:
         (_, a_tf, _), (_, b_tf, b_lit) = verdicts
-        met = a_tf >= 1.5 and b_tf >= 2.5 and b_lit >= 5.0
-        print(
-            f"goal ((a) >= 1.5x transformers; (b) >= 2.5x transformers and >= 5x litgpt): {'MET' if met else 'NOT MET'}"
-        )
+        if real:
+            same = all(a == b for a, b in zip(results["a", "ours"][-1]["texts"], results["a", "hf"][-1]["texts"]))
+            met = a_tf >= 2 and b_tf >= 4 and same
+            goal = "(a) >= 2x transformers; (b) >= 4x transformers; greedy texts identical"
+        else:
+            met = a_tf >= 1.5 and b_tf >= 2.5 and b_lit >= 5.0
+            goal = "(a) >= 1.5x transformers; (b) >= 2.5x transformers and >= 5x litgpt"
+        print(f"goal ({goal}): {'MET' if met else 'NOT MET'}")
 
 
 if __name__ == "__main__":
