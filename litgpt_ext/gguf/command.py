@@ -32,10 +32,10 @@ ROUND_TRIP_PROBES = [
 
 
 def require_extra() -> None:
-    """gguf (to read the file) and transformers (to dequantize it) are the ``gguf`` extra of this package."""
+    """gguf (to read the file), transformers and accelerate (to dequantize it): the ``gguf`` extra of this package."""
     import importlib.util
 
-    missing = [m for m in ("gguf", "transformers") if importlib.util.find_spec(m) is None]
+    missing = [m for m in ("gguf", "transformers", "accelerate") if importlib.util.find_spec(m) is None]
     if missing:
         raise UserError(f"needs {' and '.join(missing)}: pip install 'litgpt-distill[gguf]'", field="convert_gguf")
 
