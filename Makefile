@@ -36,9 +36,10 @@ $(TEST_STAMP): $(STAMP)
 # The demo task's pipeline on the real SmolLM2 student through the same targets a user's task uses (up to the
 # fidelity + cost report), the same task on a tiny student (the teacher's answers come from the first run's cache),
 # then the stages outside a task pipeline on the tiny one (Q/A SFT, preference pairs + DPO, text-to-SQL labels +
-# reward models, logit distillation).
+# reward models, logit distillation). The real task runs one stage at a time: two torch processes on two cores
+# (its training beside the untrained model's generation) take twice as long as one after the other.
 demo: install
-	$(MAKE) --no-print-directory -j2 report TASK=demo
+	$(MAKE) --no-print-directory report TASK=demo
 	$(MAKE) --no-print-directory -j2 report TASK=demo-tiny RESPONSES=artifacts/runs/demo/responses.jsonl
 	$(BIN)/python -m distill.demo
 
