@@ -183,8 +183,17 @@ evaluate_student = rm -f $(RUN)/$(2).jsonl && \
 	$(LITGPT_EXT) evaluate_generations --input $(RUN)/$(2).jsonl --reference $(HELDOUT_DIR)/train.json \
 	    --reference_field output --items $(ITEMS) --output_dir $(RUN)/$(2)
 
+# When the generate stage already generates for the held-out prompts with the fidelity settings (a task whose
+# GENERATE_INPUT is $(HELDOUT_DIR)/prompts.jsonl and no FIDELITY_FLAGS), its output is scored instead of generating
+# the same answers twice.
+ifeq ($(GENERATE_INPUT)|$(strip $(FIDELITY_FLAGS)),$(HELDOUT_DIR)/prompts.jsonl|)
+$(FIDELITY_DIR)/metrics.json: $(STAMPS)/generate.done $(HELDOUT_DIR)/train.json $(STAMPS)/fidelity.settings | $(STAMP)
+	$(LITGPT_EXT) evaluate_generations --input $(GENERATIONS) --reference $(HELDOUT_DIR)/train.json \
+	    --reference_field output --items $(ITEMS) --output_dir $(FIDELITY_DIR)
+else
 $(FIDELITY_DIR)/metrics.json: $(FINAL_CKPT) $(HELDOUT_DIR)/train.json $(STAMPS)/fidelity.settings | $(STAMP)
 	$(call evaluate_student,$(FINETUNE_DIR)/final,$(notdir $(FIDELITY_DIR)))
+endif
 
 $(RUN)/untrained/metrics.json: $(STUDENT_CKPT) $(HELDOUT_DIR)/train.json $(STAMPS)/fidelity.settings | $(STAMP)
 	$(call evaluate_student,$(STUDENT),untrained)
