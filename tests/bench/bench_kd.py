@@ -20,6 +20,10 @@ loss, up to --max_new_tokens new tokens, LoRA. Measured: optimizer steps per sec
 (generation included), peak RSS, and the generated-length distribution of each side (a random-init student rarely
 samples EOS, so most completions run to the limit: the table says how many). Goal: steps/s ratio >= 3 at a peak
 RSS ratio <= 1.
+
+``--checkpoint DIR`` makes that real checkpoint the teacher (``make bench-real``: SmolLM2-135M-Instruct, 30 layers,
+a 49,152-token vocabulary) of a random-init student on its tokenizer (6 layers, 384 wide), off-policy workload by
+default; ``--precision`` sets every contender's precision (bf16-true on a GPU).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import torch
 from tests.bench.common import REPO, run_measured, spread, table
 
 PY = sys.executable
+PRECISION = "32-true"
 
 
 def make_examples(path: Path, n: int, seed: int = 0) -> None:
@@ -70,7 +75,7 @@ def ours(student, data, out, steps, micro, accum, lora, source: list[str], extra
     args = [
         PY, "-m", "litgpt_ext", "finetune_kd", str(student), *source, "--data", str(data),
         "--data.prompt_style", "default", "--data.val_split_fraction", "0.02", "--out_dir", str(out),
-        "--precision", "32-true", "--kd_ratio", "1.0", "--beta", "0.5",
+        "--precision", PRECISION, "--kd_ratio", "1.0", "--beta", "0.5",
         "--train.micro_batch_size", str(micro), "--train.global_batch_size", str(micro * accum),
         "--train.max_steps", str(steps), "--train.epochs", "null", "--train.lr_warmup_steps", "0",
         "--train.save_interval", "100000", "--eval.interval", "100000", "--eval.final_validation", "false",
@@ -115,7 +120,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workload", choices=("all", "offpolicy", "onpolicy"), default="all")
     parser.add_argument("--max_new_tokens", type=int, default=32, help="on-policy: longest sampled completion")
+    parser.add_argument("--checkpoint", type=Path, help="a real litgpt checkpoint as the teacher")
+    parser.add_argument("--precision", default="32-true", help="every contender's precision")
     args = parser.parse_args()
+    global PRECISION
+    PRECISION = args.precision
+    real = args.checkpoint is not None
+    if real and args.workload == "all":
+        args.workload = "offpolicy"
     steps, rounds = (2, 1) if args.smoke else (args.steps, args.rounds)
     new_tokens = 4 if args.smoke else args.max_new_tokens
     micro, accum = 2, 4
@@ -128,12 +140,18 @@ def main() -> None:
                     "--padded_vocab_size", "32000"]  # fmt: skip
             deep = ["--n_layer", "12"]
         student, teacher = tmp / "student", tmp / "teacher"
-        run_measured([PY, "-m", "litgpt_ext", "make_tiny_checkpoint", "--out_dir", str(student), *size,
-                      "--block_size", "1024"])  # fmt: skip
-        run_measured([PY, "-m", "litgpt_ext", "make_tiny_checkpoint", "--out_dir", str(teacher), *size, *deep,
-                      "--block_size", "1024", "--tokenizer_from", str(student), "--seed", "3"])  # fmt: skip
+        if real:
+            teacher = args.checkpoint
+            run_measured([PY, "-m", "litgpt_ext", "make_tiny_checkpoint", "--out_dir", str(student), *size[:6],
+                          "--block_size", "1024", "--tokenizer_from", str(teacher)])  # fmt: skip
+        else:
+            run_measured([PY, "-m", "litgpt_ext", "make_tiny_checkpoint", "--out_dir", str(student), *size,
+                          "--block_size", "1024"])  # fmt: skip
+            run_measured([PY, "-m", "litgpt_ext", "make_tiny_checkpoint", "--out_dir", str(teacher), *size, *deep,
+                          "--block_size", "1024", "--tokenizer_from", str(student), "--seed", "3"])  # fmt: skip
         for ckpt in (student, teacher):
-            run_measured([PY, "-m", "litgpt_ext", "export_hf", str(ckpt), "--out_dir", str(tmp / f"{ckpt.name}-hf")])
+            hf = tmp / ("teacher-hf" if ckpt == teacher else "student-hf")
+            run_measured([PY, "-m", "litgpt_ext", "export_hf", str(ckpt), "--out_dir", str(hf)])
         data = tmp / "data.json"
         make_examples(data, 400)
         tokenized(student, data, tmp / "samples.pt")
@@ -145,7 +163,7 @@ def main() -> None:
         logprobs = run_measured([PY, "-m", "litgpt_ext", "distill_logprobs", str(teacher), "--data", str(data),
                                  "--data.prompt_style", "default", "--data.val_split_fraction", "0.02",
                                  "--student", str(student), "--top_k", "20", "--out", str(store),
-                                 "--precision", "32-true"])  # fmt: skip
+                                 "--precision", PRECISION])  # fmt: skip
         rate = [line for line in logprobs.stdout.splitlines() if "positions/s" in line][-1]
         results: dict[str, list[dict]] = {}
         modes = ("lora",) if args.smoke else ("lora", "full")
@@ -166,7 +184,8 @@ def main() -> None:
     header = (
         "bench-kd (smoke)"
         if args.smoke
-        else f"bench-kd: ~35M student, ~70M teacher (12 layers), 32k vocab, fp32, CPU; {steps} steps x "
+        else f"bench-kd: {'a 6-layer student of ' + args.checkpoint.name if real else '~35M student, ~70M teacher (12 layers), 32k vocab'}, "
+        f"{PRECISION}, {'CUDA' if torch.cuda.is_available() else 'CPU'}; {steps} steps x "
         f"{micro * accum} examples (micro-batch {micro}); {rounds} interleaved rounds: median (min-max)"
     )
     print("\n" + header)
