@@ -66,3 +66,42 @@ def test_finetune_sft_trains_an_moe_model(moe, tmp_path, mode):
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
     losses = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert len(losses) == 3 and all(0 < v < 20 for v in losses)
+
+
+def test_data_tokenized_for_another_model_is_refused_in_one_line(tiny_factory, tmp_path):
+    """train.pt records the tokenizer it was made with: a finetune of a model with another vocabulary stops at start
+    (and an old file without the record is caught by its ids past the model's embedding)."""
+    other, student = tiny_factory(vocab_size=1024), tiny_factory()
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [{"instruction": f"Question {i}?", "output": f"Answer {i}."} for i in range(8)]
+    (data / "train.json").write_text(json.dumps(rows[:6]))
+    (data / "val.json").write_text(json.dumps(rows[6:]))
+    done = run_cli("distill_tokenize", "--data_dir", data, "--checkpoint_dir", other)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    def finetune():
+        return run_cli("finetune_sft", student, "--data", data, "--out_dir", tmp_path / "out", "--mode", "full",
+                       "--train.max_steps", "1", "--precision", "32-true")  # fmt: skip
+
+    result = finetune()
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {data / 'train.pt'}: tokenizer: tokenized with "
+                                                             f"another tokenizer ({other}")  # fmt: skip
+    for split in ("train", "val"):  # a file of an older version: no record, ids past the 512-row embedding
+        packed = torch.load(data / f"{split}.pt", weights_only=True)
+        packed.pop("tokenizer")
+        packed["input_ids"][0] = 1000
+        torch.save(packed, data / f"{split}.pt")
+    result = finetune()
+    assert result.returncode == 2 and "token id 1000 is past the model's vocabulary (512 ids)" in result.stderr
+    assert not (tmp_path / "out" / "final").exists()
+
+
+def test_generate_merge_names_the_row_without_its_line_number(tmp_path):
+    shard = tmp_path / "shard.jsonl"
+    shard.write_text(json.dumps({"id": "a", "_line": 1, "generations": ["x"]}) + "\n" + json.dumps({"id": "b"}) + "\n")
+    result = run_cli("generate_merge", "--inputs", f"[{shard}]", "--output", tmp_path / "merged.jsonl")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {shard}:2: _line: missing")
+    assert not (tmp_path / "merged.jsonl").exists()

@@ -372,6 +372,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, help="prompts per workload (default: 128; 48 / 64 with --checkpoint)")
     parser.add_argument("--checkpoint", type=Path, help="a real instruct litgpt checkpoint (see the module docstring)")
     parser.add_argument("--precision", default="32-true", help="every contender's precision (bf16-true on a GPU)")
+    parser.add_argument("--skip_switches", action="store_true", help="leave out the --pack_weights/--compile runs")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     real = args.checkpoint is not None
@@ -384,7 +385,8 @@ def main() -> None:
     else:
         sizes = {"a": (args.prompts or 128, 128), "b": (args.prompts or 128, 256)}
     litgpt_n = 3 if args.smoke else 12
-    switches = not (args.smoke and real)  # a smoke run of the --checkpoint path checks the chat-row harness only
+    # (a smoke run of the --checkpoint path checks the chat-row harness only)
+    switches = not (args.smoke and real) and not args.skip_switches
     workloads = [
         Workload("a", 400, sizes["a"][1], sizes["a"][1], 0.0, None),
         Workload("b", 60 if real else TRAIN_DOC_WORDS, sizes["b"][1], 0, 0.8, 200),
