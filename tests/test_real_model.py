@@ -249,6 +249,10 @@ def test_export_full_and_peft_load_in_transformers_with_litgpts_logits(lora_run,
     from litgpt_ext.prompts import resolve_prompt_style
 
     renderer = renderer_for(resolve_prompt_style(None, final), Tokenizer(final))
+    from litgpt_ext.data.encode import encode_text
+
+    for text in TEXTS[:3]:  # plain text too: the export's tokenizer follows litgpt's BOS rule for this checkpoint
+        assert tok(text)["input_ids"] == encode_text(Tokenizer(final), text), text
     assert (
         tok.apply_chat_template(conversation, tokenize=True)["input_ids"]
         == renderer.encode(conversation, "all_assistant")[0]
