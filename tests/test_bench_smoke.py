@@ -40,6 +40,9 @@ from conftest import REPO
                 "ours steps/s",
                 "on-policy, lora",
                 "generated lengths",
+                "bench-kd divergences",
+                "skew reverse KL (alpha 0.1)",
+                "adaptive KL (mu 0.5)",
             ],
         ),  # fmt: skip
     ],

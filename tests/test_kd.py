@@ -58,13 +58,15 @@ def test_top_k_buckets_keep_the_rest_of_the_mass_and_k_equal_vocab_is_the_full_l
 
 # -- the blockwise heads -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("lora", [True, False])
-@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
-def test_blockwise_and_fused_heads_give_autograds_gradients(pair, monkeypatch, lora, beta):
+@pytest.mark.parametrize(
+    "divergence, beta", [("gjsd", 0.0), ("gjsd", 0.5), ("gjsd", 1.0), ("skew_kl", 0.0), ("skew_rkl", 0.0), ("akl", 0.0)]
+)
+def test_blockwise_and_fused_heads_give_autograds_gradients(pair, monkeypatch, lora, divergence, beta):
     """The frozen-head path (LoRA without lora_head: backward done in the forward) and the trainable-head path
     (checkpointed blocks) against a plain full-logits implementation: same loss, same gradients."""
     teacher_dir, student_dir = pair
     teacher = LocalTeacher(teacher_dir)
-    kd = KDSettings(beta=beta, temperature=2.0, kd_ratio=0.3)
+    kd = KDSettings(beta=beta, temperature=2.0, kd_ratio=0.3, divergence=divergence)
     batch = _batch(student_dir)
     index = batch["answer_index"]
     targets = batch["labels"][:, 1:].reshape(-1).index_select(0, index)

@@ -18,15 +18,24 @@ from litgpt_ext.finetune.common import Quantize, Strategy, model_spec, run
 from litgpt_ext.generate.on_model import GenArgs
 from litgpt_ext.hparams import hyperparameters
 from litgpt_ext.training.args import CheckpointArgs, EvalArgs, TrainArgs
-from litgpt_ext.training.objectives.kd import KDObjective, KDSettings
+from litgpt_ext.training.objectives.kd import DIVERGENCES, KDObjective, KDSettings
 from litgpt_ext.training.onpolicy import OnPolicy
 
 
-def check_kd_numbers(beta: float, temperature: float, kd_ratio: float) -> None:
+def check_kd_numbers(
+    beta: float, temperature: float, kd_ratio: float, divergence: str = "gjsd", skew_alpha=0.1, akl_mu=0.5
+) -> None:
     within("beta", beta, 0.0, 1.0)
     within("kd_ratio", kd_ratio, 0.0, 1.0)
     if not temperature > 0:
         raise UserError(f"must be > 0, got {temperature}", field="temperature")
+    if divergence not in DIVERGENCES:
+        raise UserError(f"must be one of {', '.join(DIVERGENCES)}, got {divergence!r}", field="divergence")
+    if divergence != "gjsd" and beta != 0:
+        raise UserError(f"chooses within --divergence gjsd only (got --divergence {divergence})", field="beta")
+    if not 0 < skew_alpha < 1:
+        raise UserError(f"must be in (0, 1), got {skew_alpha}", field="skew_alpha")
+    within("akl_mu", akl_mu, 0.0, 1.0, low_open=True)
 
 
 def check_onpolicy(lmbda: float, seq_kd: bool, gen: GenArgs, server: ServerArgs, teacher, teacher_url) -> None:
@@ -119,6 +128,9 @@ def setup(
     kd_ratio: float = 0.5,
     scale_by_t2: bool = True,
     topk_tail: bool = True,
+    divergence: Literal["gjsd", "skew_kl", "skew_rkl", "akl"] = "gjsd",
+    skew_alpha: float = 0.1,
+    akl_mu: float = 0.5,
     lmbda: float = 0.0,
     seq_kd: bool = False,
     gen: GenArgs = GenArgs(),
@@ -166,7 +178,7 @@ def setup(
     """Logit distillation: train a student on a teacher's next-token distributions at the answer positions.
 
     ``loss = (1 - kd_ratio) * CE(labels) + kd_ratio * temperature**2 * D(teacher, student)`` per answer token, with
-    D chosen by ``--beta`` as in TRL's GKD. The teacher is a litgpt checkpoint run frozen beside the student
+    D chosen by ``--beta`` as in TRL's GKD, or by ``--divergence`` (skew KL, skew reverse KL, adaptive KL). The teacher is a litgpt checkpoint run frozen beside the student
     (``--teacher``) or its stored top-k log-probs (``--teacher_logprobs``, from distill_logprobs). Metrics: kd_loss,
     ce_loss, kl_teacher_student, top1_agreement (train and val_), teacher_ce (val).
 
@@ -189,6 +201,11 @@ def setup(
             temperatures; TRL's GKD does not.
         topk_tail: With --teacher_logprobs: compare the teacher's k tokens plus one bucket for the rest of each
             distribution's mass (TRL's loss_add_tail); false renormalises both over the k tokens.
+        divergence: ``gjsd`` (GKD's family, chosen by --beta), ``skew_kl`` KL(teacher || a*teacher + (1-a)*student)
+            or ``skew_rkl`` KL(student || a*student + (1-a)*teacher) (DistiLLM; a = --skew_alpha), or ``akl``
+            (adaptive KL: forward and reverse KL weighted by the teacher-student gaps in the teacher's head and tail).
+        skew_alpha: The skew divergences' mixture weight a, in (0, 1); 0.1 as in DistiLLM.
+        akl_mu: AKL's head: the teacher's most likely tokens up to this cumulative probability (0.5 as in the paper).
         lmbda: On-policy share (GKD's lambda): the probability, per micro-batch, that its answers are replaced by the
             current student's own samples (drawn by generate_batch's engine with --gen.*) and scored by the teacher.
             0 = off-policy (the data's answers); 1 = always on-policy (with --beta 1, reverse KL, the usual choice).
@@ -241,10 +258,10 @@ def setup(
     """
     hparams = hyperparameters(setup, locals())
     spec = model_spec(checkpoint_dir, mode, locals())
-    check_kd_numbers(beta, temperature, kd_ratio)
+    check_kd_numbers(beta, temperature, kd_ratio, divergence, skew_alpha, akl_mu)
     check_onpolicy(lmbda, seq_kd, gen, server, teacher, teacher_url)
     check_checkpoint_dir(spec.checkpoint_dir)
-    kd = KDSettings(beta, temperature, kd_ratio, scale_by_t2, topk_tail)
+    kd = KDSettings(beta, temperature, kd_ratio, scale_by_t2, topk_tail, divergence, skew_alpha, akl_mu)
     source = make_teacher(
         spec.checkpoint_dir, teacher, teacher_logprobs, teacher_precision, kd, teacher_url, teacher_model, server
     )

@@ -21,6 +21,9 @@ loss, up to --max_new_tokens new tokens, LoRA. Measured: optimizer steps per sec
 samples EOS, so most completions run to the limit: the table says how many). Goal: steps/s ratio >= 3 at a peak
 RSS ratio <= 1.
 
+Divergences (``--workload divergences``, also part of ``all``): ours online, LoRA, forward KL next to each other
+``--divergence`` (skew KL, skew reverse KL, adaptive KL) on the same models and steps, interleaved: what each costs.
+
 ``--checkpoint DIR`` makes that real checkpoint the teacher (``make bench-real``: SmolLM2-135M-Instruct, 30 layers,
 a 49,152-token vocabulary) of a random-init student on its tokenizer (6 layers, 384 wide), off-policy workload by
 default; ``--precision`` sets every contender's precision (bf16-true on a GPU).
@@ -71,11 +74,12 @@ def tokenized(student: Path, data: Path, out: Path) -> None:
     torch.save(samples, out)
 
 
-def ours(student, data, out, steps, micro, accum, lora, source: list[str], extra: tuple[str, ...] = ()) -> dict:
+def ours(student, data, out, steps, micro, accum, lora, source: list[str], extra: tuple[str, ...] = (),
+         loss: tuple[str, ...] = ("--beta", "0.5")) -> dict:  # fmt: skip
     args = [
         PY, "-m", "litgpt_ext", "finetune_kd", str(student), *source, "--data", str(data),
         "--data.prompt_style", "default", "--data.val_split_fraction", "0.02", "--out_dir", str(out),
-        "--precision", PRECISION, "--kd_ratio", "1.0", "--beta", "0.5",
+        "--precision", PRECISION, "--kd_ratio", "1.0", *loss,
         "--train.micro_batch_size", str(micro), "--train.global_batch_size", str(micro * accum),
         "--train.max_steps", str(steps), "--train.epochs", "null", "--train.lr_warmup_steps", "0",
         "--train.save_interval", "100000", "--eval.interval", "100000", "--eval.final_validation", "false",
@@ -118,7 +122,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny models, 2 steps, 1 round: checks the harness only")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--workload", choices=("all", "offpolicy", "onpolicy"), default="all")
+    parser.add_argument("--workload", choices=("all", "offpolicy", "onpolicy", "divergences"), default="all")
     parser.add_argument("--max_new_tokens", type=int, default=32, help="on-policy: longest sampled completion")
     parser.add_argument("--checkpoint", type=Path, help="a real litgpt checkpoint as the teacher")
     parser.add_argument("--precision", default="32-true", help="every contender's precision")
@@ -155,6 +159,10 @@ def main() -> None:
         data = tmp / "data.json"
         make_examples(data, 400)
         tokenized(student, data, tmp / "samples.pt")
+        if args.workload in ("all", "divergences"):
+            divergences(tmp, student, teacher, data, steps, micro, accum, rounds, args.smoke)
+        if args.workload == "divergences":
+            return
         if args.workload in ("all", "onpolicy"):
             onpolicy(tmp, student, teacher, data, steps, micro, accum, rounds, new_tokens, args.smoke)
         if args.workload == "onpolicy":
@@ -212,6 +220,26 @@ def main() -> None:
         print(
             f"goal (tokens/s ratio >= 2 and peak RSS ratio <= 0.6, LoRA and full): {'MET' if all(verdicts) else 'NOT MET'}"
         )
+
+
+def divergences(tmp, student, teacher, data, steps, micro, accum, rounds, smoke) -> None:
+    """What each ``--divergence`` costs next to forward KL: ours online, LoRA, the same steps, interleaved."""
+    names = {"forward KL (--beta 0)": ("--beta", "0.0"), "skew KL (alpha 0.1)": ("--divergence", "skew_kl"),
+             "skew reverse KL (alpha 0.1)": ("--divergence", "skew_rkl"), "adaptive KL (mu 0.5)": ("--divergence", "akl")}  # fmt: skip
+    results: dict[str, list[dict]] = {name: [] for name in names}
+    for r in range(rounds):
+        for i, (name, loss) in enumerate(names.items()):
+            results[name].append(ours(student, data, tmp / f"div-{i}-{r}", steps, micro, accum, True,
+                                      ["--teacher", str(teacher)], loss=loss))  # fmt: skip
+            print(f"round {r + 1}/{rounds} {name}: {results[name][-1]}", flush=True)
+    base = results["forward KL (--beta 0)"]
+    print(f"\nbench-kd divergences{' (smoke)' if smoke else ''}: ours online, LoRA, {steps} steps x "
+          f"{micro * accum} examples; {rounds} interleaved rounds: median (min-max)")  # fmt: skip
+    rows = [("divergence", "tokens/s", "vs forward KL", "peak RSS MB")]
+    for name, runs in results.items():
+        rows.append((name, spread([x["tps"] for x in runs]),
+                     spread([x["tps"] / b["tps"] for x, b in zip(runs, base)], "{:.2f}"), spread([x["rss"] for x in runs])))  # fmt: skip
+    print(table(rows))
 
 
 def onpolicy(tmp, student, teacher, data, steps, micro, accum, rounds, new_tokens, smoke) -> None:

@@ -8,6 +8,15 @@ al. 2024, eq. 1):
 * ``β = 1`` — reverse KL ``KL(p_s ‖ p_t) = Σ p_s (s − t)`` (mode-seeking; the usual choice on-policy);
 * else — with the mixture ``m = (1 − β) p_s + β p_t``: ``β KL(p_t ‖ m) + (1 − β) KL(p_s ‖ m)``.
 
+``--divergence`` chooses other divergences of the same two distributions (``p`` the teacher's, ``q`` the student's):
+
+* ``skew_kl`` — ``KL(p ‖ a·p + (1 − a)·q)`` and ``skew_rkl`` — ``KL(q ‖ a·q + (1 − a)·p)`` (DistiLLM, Ko et al.,
+  ICML 2024; ``a`` = ``--skew_alpha``, 0.1 as there): the mixture keeps the ratio bounded where the student puts
+  almost no mass, which is what makes plain KL's gradients explode early on; ``a → 0`` is forward / reverse KL;
+* ``akl`` — adaptive KL (Wu et al., 2024): ``w_head · KL(p ‖ q) + w_tail · KL(q ‖ p)``, the weights the shares of
+  ``Σ|p − q|`` in the teacher's *head* (its most likely tokens up to cumulative probability ``--akl_mu``, the top
+  token always) and in the rest, taken without gradient: forward KL fits the head, reverse KL the tail.
+
 The objective is ``loss = (1 − α) · CE(labels) + α · τ² · D`` (``α`` is torchtune's ``kd_ratio``; the ``τ²`` factor,
 ``--scale_by_t2``, keeps gradient magnitudes comparable across temperatures as in Hinton et al. — TRL's GKD does not
 apply it), each term a mean over the answer positions. The cross-entropy is at temperature 1.
@@ -54,6 +63,63 @@ def generalized_jsd(student_logps: torch.Tensor, teacher_logps: torch.Tensor, be
     b = torch.tensor(beta, dtype=student_logps.dtype, device=student_logps.device)
     mixture = torch.logsumexp(torch.stack([student_logps + torch.log1p(-b), teacher_logps + torch.log(b)]), dim=0)
     return beta * _kl_terms(teacher_logps, mixture) + (1 - beta) * _kl_terms(student_logps, mixture)
+
+
+def _mixture(log_a: torch.Tensor, log_b: torch.Tensor, weight: float) -> torch.Tensor:
+    """``log(weight · a + (1 − weight) · b)`` from log-probabilities. Where neither has mass (an empty top-k
+    bucket) the result is a huge negative number rather than ``-inf``: a ``logsumexp`` of two ``-inf`` has a NaN
+    gradient, and a zero weight times NaN is still NaN."""
+    w = torch.tensor(weight, dtype=log_a.dtype, device=log_a.device)
+    both = torch.stack([log_a + torch.log(w), log_b + torch.log1p(-w)]).clamp(min=torch.finfo(log_a.dtype).min)
+    return torch.logsumexp(both, dim=0)
+
+
+def skew_kl(student_logps: torch.Tensor, teacher_logps: torch.Tensor, alpha: float) -> torch.Tensor:
+    """DistiLLM's skew KL ``KL(p ‖ α·p + (1 − α)·q)`` per position (``p`` teacher, ``q`` student); ``α = 0`` is
+    forward KL. Its value is the KL itself (DistiLLM's code drops ``p``'s entropy, a constant in the gradient)."""
+    return _kl_terms(teacher_logps, _mixture(teacher_logps, student_logps, alpha))
+
+
+def skew_reverse_kl(student_logps: torch.Tensor, teacher_logps: torch.Tensor, alpha: float) -> torch.Tensor:
+    """DistiLLM's skew reverse KL ``KL(q ‖ α·q + (1 − α)·p)`` per position; ``α = 0`` is reverse KL."""
+    return _kl_terms(student_logps, _mixture(student_logps, teacher_logps, alpha))
+
+
+def adaptive_kl(student_logps: torch.Tensor, teacher_logps: torch.Tensor, mu: float) -> torch.Tensor:
+    """AKL (Wu et al., 2024) per position: ``g_head / g · KL(p ‖ q) + g_tail / g · KL(q ‖ p)``.
+
+    The teacher's tokens sorted by probability; the head is the prefix whose cumulative probability stays within
+    ``mu`` (the most likely token always belongs to it), the tail the rest; ``g_head`` and ``g_tail`` are
+    ``Σ |p − q|`` over each and ``g`` their sum (0/0 → 0: equal distributions have nothing to fit). The weights are
+    constants for the gradient, as in the paper's code. With a top-k store the tail bucket is one token of the
+    sorted order."""
+    with torch.no_grad():
+        p_sorted, order = teacher_logps.exp().sort(dim=-1, descending=True)
+        gap = (p_sorted - student_logps.exp().gather(-1, order)).abs()
+        tail = p_sorted.cumsum(-1) > mu
+        tail[..., 0] = False
+        g_tail = gap.masked_fill(~tail, 0).sum(-1)
+        g_all = gap.sum(-1)
+        w_tail = torch.where(g_all > 0, g_tail / g_all.clamp(min=torch.finfo(g_all.dtype).tiny), 0.0)
+        w_head = torch.where(g_all > 0, 1 - w_tail, 0.0)
+    return w_head * _kl_terms(teacher_logps, student_logps) + w_tail * _kl_terms(student_logps, teacher_logps)
+
+
+DIVERGENCES = ("gjsd", "skew_kl", "skew_rkl", "akl")
+"""``--divergence`` choices: ``gjsd`` is GKD's family, chosen within by ``--beta`` (0 forward KL, 1 reverse KL)."""
+
+
+def divergence(student_logps: torch.Tensor, teacher_logps: torch.Tensor, kd: KDSettings) -> torch.Tensor:
+    """The divergence ``kd`` names, per position, of ``(..., V)`` log-probabilities."""
+    if kd.divergence == "gjsd":
+        return generalized_jsd(student_logps, teacher_logps, kd.beta)
+    if kd.divergence == "skew_kl":
+        return skew_kl(student_logps, teacher_logps, kd.skew_alpha)
+    if kd.divergence == "skew_rkl":
+        return skew_reverse_kl(student_logps, teacher_logps, kd.skew_alpha)
+    if kd.divergence == "akl":
+        return adaptive_kl(student_logps, teacher_logps, kd.akl_mu)
+    raise ValueError(f"unknown divergence {kd.divergence!r}; one of {DIVERGENCES}")
 
 
 def jsd_loss(
@@ -103,6 +169,16 @@ class KDSettings:
     kd_ratio: float = 0.5
     scale_by_t2: bool = True
     topk_tail: bool = True
+    divergence: str = "gjsd"
+    """One of :data:`DIVERGENCES`."""
+    skew_alpha: float = 0.1
+    """The skew divergences' mixture weight, in (0, 1)."""
+    akl_mu: float = 0.5
+    """AKL's head: the teacher's tokens up to this cumulative probability."""
+
+    @property
+    def is_forward_kl(self) -> bool:
+        return self.divergence == "gjsd" and self.beta == 0
 
     @property
     def scale(self) -> float:
@@ -160,13 +236,13 @@ def block_losses(
             t = F.log_softmax(stored * (store_temperature / tau), dim=-1)
             pad = teacher.ids < 0
             s = F.log_softmax(s.gather(1, teacher.ids.clamp(min=0)).masked_fill(pad, NEG_INF), dim=-1)
-    divergence = generalized_jsd(s, t, kd.beta)
-    loss = (1 - kd.kd_ratio) * ce + kd.kd_ratio * kd.scale * divergence
+    value = divergence(s, t, kd)
+    loss = (1 - kd.kd_ratio) * ce + kd.kd_ratio * kd.scale * value
     with torch.no_grad():
         metrics = {
-            "kd": divergence.detach(),
+            "kd": value.detach(),
             "ce": ce.detach(),
-            "kl_teacher_student": (divergence if kd.beta == 0 else generalized_jsd(s, t, 0.0)).detach(),
+            "kl_teacher_student": (value if kd.is_forward_kl else generalized_jsd(s, t, 0.0)).detach(),
             "top1": (student_logits.argmax(-1) == teacher_top).float(),
             "teacher_ce": teacher_ce.detach(),
         }
@@ -304,8 +380,13 @@ class KDObjective(Objective):
             "kd_ratio": self.kd.kd_ratio,
             "scale_by_t2": self.kd.scale_by_t2,
             "topk_tail": self.kd.topk_tail,
+            "divergence": self.kd.divergence,
             "teacher": self.teacher.describe(),
         }
+        if self.kd.divergence in ("skew_kl", "skew_rkl"):
+            config["skew_alpha"] = self.kd.skew_alpha
+        if self.kd.divergence == "akl":
+            config["akl_mu"] = self.kd.akl_mu
         if self.sampler is not None:
             policy = self.sampler.policy
             config |= {"lmbda": policy.lmbda, "seq_kd": policy.seq_kd, "gen": vars(policy.gen)}
