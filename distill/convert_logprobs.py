@@ -3,9 +3,10 @@
 
 The answer is the teacher's own token sequence, not a re-tokenization of its text: each answer token and each of
 its ``top_logprobs`` alternatives is mapped to the student's id with the same bytes
-(:class:`litgpt_ext.kd.token_bytes.ByteVocab`). A student of the teacher's tokenizer family maps everything; an
-alternative that does not map adds its mass to the tail bucket; an answer token that does not map cannot be
-written in the student's ids, so its example is dropped (``unmapped_answer``). Examples whose share of mapped tokens
+(:class:`litgpt_ext.kd.token_bytes.ByteVocab`); a special token (an EOS among the alternatives) maps by its name,
+else by its role (the teacher's end of text to the student's EOS). A student of the teacher's tokenizer family maps
+everything; an alternative that does not map adds its mass to the tail bucket; an answer token that does not map
+cannot be written in the student's ids, so its example is dropped (``unmapped_answer``). Examples whose share of mapped tokens
 and alternatives is under ``--min_mapped`` are dropped with the share (``low_mapped``); when almost nothing maps
 (another family) the command stops and says to use SFT on the text.
 
@@ -65,13 +66,13 @@ class ApiLogprobData:
         """(answer ids or None, per-position (alternatives, answer log-prob), mapped, total)."""
         answer, positions, mapped, total = [], [], 0, 0
         for entry in content:
-            own = self.vocab.id_of.get(_token_bytes(entry))
+            own = self.vocab.id_for(_token_bytes(entry))
             total += 1
             mapped += own is not None
             answer.append(own)
             probs: dict[int, float] = {}
             for alt in entry.get("top_logprobs") or []:
-                alt_id = self.vocab.id_of.get(_token_bytes(alt))
+                alt_id = self.vocab.id_for(_token_bytes(alt))
                 total += 1
                 if alt_id is not None:
                     mapped += 1

@@ -209,3 +209,42 @@ def test_mapping_shares_quarantine_and_the_other_family_stop(answered, tmp_path,
     r = run_cli("distill_convert", "--records", records, "--responses", responses, "--out_dir", tmp_path / "x",
                 "--logprobs", "true", "--tokenizer", student, "--parser", "lines")  # fmt: skip
     assert r.returncode == 2 and "--parser raw" in r.stderr
+
+
+def test_special_tokens_map_by_name_then_by_role(answered, tmp_path, smollm2):
+    """Real servers (vLLM) return EOS among top_logprobs: the student's own special token of that name, else the
+    student's token of that role (another family's end of text is the student's EOS); ordinary text never does."""
+    student, records, responses = answered
+    tiny = ByteVocab(student)  # <s> 1, </s> 2 (and <pad> 0)
+    assert [tiny.id_for(t.encode()) for t in ("</s>", "<s>", "<pad>")] == [2, 1, 0]
+    assert [tiny.id_for(t.encode()) for t in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|begin_of_text|>")] == [
+        2, 2, 2, 1]  # fmt: skip
+    assert tiny.id_for(b"<|unknown_marker|>") is None
+    real = ByteVocab(smollm2)  # <|endoftext|> 0, <|im_start|> 1, <|im_end|> 2; EOS <|im_end|>, BOS <|im_start|>
+    assert [real.id_for(t.encode()) for t in ("<|endoftext|>", "<|im_end|>", "</s>", "<|eot_id|>", "<s>")] == [
+        0, 2, 2, 2, 1]  # fmt: skip
+    assert real.id_for(b" Paris") == real.encode(" Paris")[0]
+
+    rows = [json.loads(line) for line in responses.read_text().splitlines()]
+    eos = {"token": "</s>", "bytes": list(b"</s>"), "logprob": math.log(0.01)}
+    for row in rows:  # the teacher would have ended after the last answer token with p = 0.01 (vLLM's shape)
+        tokens = row["choices"][0].get("logprobs") if row.get("choices") else None
+        if tokens:
+            tokens[-1]["top_logprobs"][-1] = eos
+    edited = tmp_path / "edited.jsonl"
+    edited.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "data"
+    distill_convert(records=records, responses=edited, out_dir=out, logprobs=True, tokenizer=student)
+    from litgpt_ext.kd.store import TopK, load_store
+
+    assert load_store(out / "teacher_logprobs")["mapped_share"] == 1.0  # was < 1 when specials had no bytes
+    quarantine = out / "quarantine.jsonl"
+    reasons = {json.loads(line)["reason"] for line in quarantine.open()} if quarantine.exists() else set()
+    assert not reasons & {"low_mapped", "unmapped_answer"}, reasons
+    train = torch.load(out / "train.pt", weights_only=True)
+    store = TopK(out / "teacher_logprobs" / "train.topk.pt")
+    rows = store.rows(0)
+    last_answer = store.ids[rows][-2]  # the row before the EOS (hard-label) row
+    assert 2 in last_answer.tolist()
+    assert math.isclose(float(store.logps[rows][-2][last_answer.tolist().index(2)].float().exp()), 0.01, rel_tol=1e-2)
+    assert len(train["ids"]) == len(json.loads((out / "train.json").read_text()))

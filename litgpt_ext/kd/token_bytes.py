@@ -4,7 +4,9 @@ their ``bytes``) are matched to the student's ids, and how the stand-in server g
 Without torch or litgpt (the stand-in server imports this): HF ``tokenizer.json`` through ``tokenizers``, or a
 SentencePiece ``tokenizer.model``. Byte-level BPE tokens (GPT-2, Llama 3, Qwen) are spelled in GPT-2's printable
 alphabet for bytes; SentencePiece-style vocabularies (Llama 2, Gemma, Mistral) write a space as ``▁`` and unknown
-bytes as ``<0xAB>`` pieces. Special and control tokens stand for no text and map to nothing.
+bytes as ``<0xAB>`` pieces. Special and control tokens stand for no text: they map by name instead — to the
+student's token of the same name, else by their role (:data:`ROLE_NAMES`: another family's end of text is the
+student's EOS), since real servers (vLLM) return EOS among ``top_logprobs``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,17 @@ from functools import cache
 from pathlib import Path
 
 SPACE = "\u2581"
+
+ROLE_NAMES: dict[str, frozenset[str]] = {
+    "eos": frozenset({"</s>", "<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|eom_id|>",
+                      "<end_of_turn>", "<eos>", "<|end|>", "<|endofturn|>", "<\uff5cend\u2581of\u2581sentence\uff5c>"}),
+    "bos": frozenset({"<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>",
+                      "<\uff5cbegin\u2581of\u2581sentence\uff5c>"}),
+    "pad": frozenset({"<pad>", "<|pad|>", "<|finetune_right_pad_id|>", "<|padding|>"}),
+}  # fmt: skip
+"""Special tokens of the common families by the role they play: a teacher's special token that the student lacks
+maps to the student's token of that role (Llama 2's ``</s>``, Llama 3's ``<|eot_id|>``, ChatML's ``<|im_end|>``,
+Gemma's ``<end_of_turn>``, DeepSeek's end of sentence: all "the answer ends here")."""
 
 
 @cache
@@ -62,6 +75,41 @@ class ByteVocab:
         for i, b in enumerate(self.bytes):
             if b:
                 self.id_of.setdefault(b, i)
+        self.roles = self._roles(checkpoint_dir)
+        """The student's ``eos`` / ``bos`` / ``pad`` ids where its tokenizer files name them."""
+
+    def _roles(self, checkpoint_dir: Path) -> dict[str, int]:
+        roles: dict[str, int] = {}
+        config = checkpoint_dir / "tokenizer_config.json"
+        names = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else {}
+        for role in ("eos", "bos", "pad"):
+            name = names.get(f"{role}_token")
+            name = name.get("content") if isinstance(name, dict) else name
+            if isinstance(name, str) and name in self.special:
+                roles[role] = self.special[name]
+        generation = checkpoint_dir / "generation_config.json"
+        if generation.is_file():  # what litgpt's Tokenizer takes as EOS / BOS when it is there
+            ids = json.loads(generation.read_text(encoding="utf-8"))
+            for role in ("eos", "bos", "pad"):
+                value = ids.get(f"{role}_token_id")
+                value = value[0] if isinstance(value, list) and value else value
+                if isinstance(value, int):
+                    roles[role] = value
+        return roles
+
+    def id_for(self, raw: bytes) -> int | None:
+        """The student's id for a teacher token given as bytes (an API's ``bytes`` field): the token with those
+        bytes; else, for a special token, the student's special token of that name, else of that role; else None."""
+        found = self.id_of.get(raw)
+        if found is not None:
+            return found
+        name = raw.decode("utf-8", errors="replace")
+        if name in self.special:
+            return self.special[name]
+        for role, names in ROLE_NAMES.items():
+            if name in names:
+                return self.roles.get(role)
+        return None
 
     def _load_hf(self, path: Path) -> None:
         from tokenizers import Tokenizer
@@ -72,6 +120,7 @@ class ByteVocab:
         byte_level = '"ByteLevel"' in kinds
         vocab = self._hf.get_vocab(with_added_tokens=True)
         special = {t["id"] for t in spec.get("added_tokens") or [] if t.get("special")}
+        self.special = {t["content"]: t["id"] for t in spec.get("added_tokens") or [] if t.get("special")}
         table: list[bytes | None] = [None] * (max(vocab.values()) + 1 if vocab else 0)
         for token, i in vocab.items():
             if i in special:
@@ -85,9 +134,11 @@ class ByteVocab:
 
         sp = spm.SentencePieceProcessor(model_file=str(path))
         table: list[bytes | None] = []
+        self.special = {}
         for i in range(sp.get_piece_size()):
             if sp.is_control(i) or sp.is_unknown(i):
                 table.append(None)
+                self.special[sp.id_to_piece(i)] = i
             else:
                 table.append(_pieces(sp.id_to_piece(i)))
         self.bytes = table
