@@ -2,7 +2,11 @@
 
 litgpt's forward always ends in ``lm_head`` over every position; the training objectives and the generator need it on
 a few positions only (the answer tokens, the last prompt token), and computing the rest is most of a prefill's cost at
-a large vocabulary. Swapping the head keeps litgpt's forward — rope, masks, KV cache, softcapping — as it is.
+a large vocabulary. Swapping the head keeps litgpt's forward — rope, masks, KV cache — as it is.
+
+litgpt applies a model's final logit softcapping (Gemma-2: ``cap · tanh(logits / cap)``) to whatever the head
+returns. A stand-in head returns losses or hidden rows, not logits, so :func:`swapped_head` turns litgpt's capping off
+for the call, and the stand-ins compute their logits through :func:`output_head`, which caps them itself.
 """
 
 from __future__ import annotations
@@ -16,13 +20,36 @@ from torch import nn
 
 @contextmanager
 def swapped_head(gpt: nn.Module, head: nn.Module) -> Iterator[None]:
-    """``gpt.lm_head`` is ``head`` inside the block, the original again after it (also when the call fails)."""
-    original = gpt.lm_head
+    """``gpt.lm_head`` is ``head`` inside the block, the original again after it (also when the call fails); litgpt's
+    final logit softcapping is off meanwhile (the stand-in caps the logits it computes: :func:`output_head`)."""
+    original, cap = gpt.lm_head, gpt.config.final_logit_softcapping
     gpt.lm_head = head
+    gpt.config.final_logit_softcapping = None
     try:
         yield
     finally:
         gpt.lm_head = original
+        gpt.config.final_logit_softcapping = cap
+
+
+class SoftcappedHead(nn.Module):
+    """The LM head followed by litgpt's final logit softcapping, as one module (a stand-in head calls it on rows)."""
+
+    def __init__(self, head: nn.Module, cap: float) -> None:
+        super().__init__()
+        self.head, self.cap = head, cap
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from litgpt.model import do_softcapping
+
+        return do_softcapping(self.head(x), self.cap)
+
+
+def output_head(gpt: nn.Module) -> nn.Module:
+    """What turns ``gpt``'s final hidden rows into the logits its own forward returns: ``lm_head``, capped where the
+    config softcaps the final logits. Take it before the head is swapped out."""
+    cap = gpt.config.final_logit_softcapping
+    return gpt.lm_head if cap is None else SoftcappedHead(gpt.lm_head, cap)
 
 
 class LastPositionHead(nn.Module):

@@ -105,3 +105,125 @@ def test_generate_merge_names_the_row_without_its_line_number(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {shard}:2: _line: missing")
     assert not (tmp_path / "merged.jsonl").exists()
+
+
+# -- final logit softcapping (Gemma-2) ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def gemma2(tmp_path_factory):
+    """Gemma-2-2b's architecture at a tiny size: final logits capped at 30, attention logits at 50, post-norms,
+    alternating sliding-window layers."""
+    from litgpt_ext.tiny_checkpoint import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(out_dir=tmp_path_factory.mktemp("gemma2") / "Gemma-2-2b", like="Gemma-2-2b")
+
+
+def _loaded(ckpt, scale: float = 1.0):
+    """The checkpoint's model, its head scaled so that the final softcapping bites (random-init logits are small)."""
+    from litgpt.config import Config
+    from litgpt.model import GPT
+
+    model = GPT(Config.from_file(ckpt / "model_config.yaml"))
+    model.load_state_dict(torch.load(ckpt / "lit_model.pth", weights_only=True))
+    with torch.no_grad():
+        model.lm_head.weight.mul_(scale)
+    return model.eval()
+
+
+def _batch(seed: int = 0):
+    from litgpt_ext.training.objectives.sft import pad_collate
+
+    g = torch.Generator().manual_seed(seed)
+    samples = []
+    for n in (9, 14):
+        ids = torch.randint(4, 200, (n,), generator=g)
+        labels = ids.clone()
+        labels[: n // 2] = -100  # the prompt
+        samples.append({"input_ids": ids, "labels": labels})
+    return pad_collate(samples)
+
+
+def test_softcapped_models_train_with_litgpts_capped_logits(gemma2):
+    """SFT's answer-only head and KD's blockwise head give the loss and gradients of litgpt's own forward, whose logits
+    are capped (cap * tanh(logits / cap)); before, the objectives refused such models with a traceback."""
+    import torch.nn.functional as F
+    from litgpt.config import Config
+
+    from litgpt_ext.training.objectives.kd import KDSettings, jsd_loss, kd_forward
+    from litgpt_ext.training.objectives.sft import answer_cross_entropy
+    from litgpt_ext.training.teacher import TeacherBlock
+
+    cap = Config.from_file(gemma2 / "model_config.yaml").final_logit_softcapping
+    assert cap == 30.0
+    batch = _batch()
+    inputs, labels = batch["input_ids"][:, :-1], batch["labels"][:, 1:]
+    results = []
+    for ours in (True, False):
+        model = _loaded(gemma2, scale=25.0)
+        if ours:
+            loss = answer_cross_entropy(model, batch)
+        else:
+            logits = model(inputs)
+            peak = float(logits.detach().abs().max())
+            assert 0.5 * cap < peak < cap  # capped, and it bites
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
+    for name, grad in results[1][1].items():
+        torch.testing.assert_close(results[0][1][name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+    # KD with a softcapped teacher and student: the blockwise loss equals the divergence of the two models' logits
+    student, teacher = _loaded(gemma2, scale=25.0), _loaded(gemma2, scale=20.0)
+    index = batch["answer_index"]
+    targets = labels.reshape(-1).index_select(0, index)
+    with torch.no_grad():
+        t_logits = teacher(inputs).reshape(-1, teacher.config.padded_vocab_size)[index]
+    kd = KDSettings(beta=0.0, kd_ratio=1.0, scale_by_t2=False)
+    ours, _ = kd_forward(student, inputs, index, targets, lambda a, b: TeacherBlock(logits=t_logits[a:b]), kd)
+    with torch.no_grad():
+        theirs = jsd_loss(student(inputs), teacher(inputs), labels, beta=0.0)
+    assert abs(float(ours.detach()) - float(theirs)) < 1e-5
+
+
+def test_finetune_sft_trains_a_softcapped_model(gemma2, tmp_path):
+    out = tmp_path / "out"
+    result = run_cli("finetune_sft", gemma2, "--data", DEMO / "qa.json", "--out_dir", out, "--mode", "lora",
+                     "--precision", "32-true", "--train.max_steps", "2", "--train.epochs", "null",
+                     "--train.global_batch_size", "4", "--train.micro_batch_size", "4", "--train.log_interval", "1",
+                     "--eval.interval", "100", "--eval.final_validation", "false")  # fmt: skip
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    losses = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert len(losses) == 2 and all(0 < v < 40 for v in losses)
+
+
+def test_replacement_forwards_leave_subclasses_that_compute_differently_alone(tiny_factory):
+    """A replacement stands in only where the class computes as litgpt's: litgpt's adapter attention (its own
+    scaled_dot_product_attention) and a subclass overriding forward keep theirs; litgpt's LoRA classes are replaced."""
+    from litgpt.adapter import GPT as AdapterGPT
+    from litgpt.adapter import Config as AdapterConfig
+    from litgpt.lora import GPT as LoraGPT
+    from litgpt.lora import Config as LoraConfig
+    from litgpt.model import RMSNorm
+
+    from litgpt_ext.generate.attention import install_grouped_decode
+    from litgpt_ext.training.fast_attention import grouped_training_attention
+    from litgpt_ext.training.fast_lora import lean_lora_qkv
+    from litgpt_ext.training.fast_norm import fused_rms_norm
+
+    ckpt = tiny_factory()
+    lora = LoraGPT(LoraConfig.from_file(ckpt / "model_config.yaml", lora_r=4, lora_query=True, lora_value=True))
+    assert grouped_training_attention(lora) == lora.config.n_layer and lean_lora_qkv(lora) == lora.config.n_layer
+    adapter = AdapterGPT(AdapterConfig.from_file(ckpt / "model_config.yaml", adapter_start_layer=0))
+    assert grouped_training_attention(adapter) == 0
+    assert not install_grouped_decode(adapter)
+    assert install_grouped_decode(LoraGPT(LoraConfig.from_file(ckpt / "model_config.yaml")))
+    assert all("forward" not in vars(block.attn) for block in adapter.transformer.h)
+
+    class ScaledNorm(RMSNorm):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    model = LoraGPT(LoraConfig.from_file(ckpt / "model_config.yaml"))
+    model.transformer.ln_f = ScaledNorm(model.config.n_embd)
+    plain_norms = sum(type(m) is RMSNorm for m in model.modules())
+    assert fused_rms_norm(model) == plain_norms and "forward" not in vars(model.transformer.ln_f)

@@ -31,8 +31,12 @@ def grouped_decode_applies(config) -> bool:
 
 def install_grouped_decode(model) -> bool:
     """Route every attention block's one-position calls through :func:`_grouped_forward`; False if not applicable."""
+    from litgpt_ext.model.guards import ATTENTION_METHODS, computes_as
+
     if not grouped_decode_applies(model.config):
         return False
+    if not all(computes_as(block.attn, CausalSelfAttention, ATTENTION_METHODS) for block in model.transformer.h):
+        return False  # a subclass's own attention (an adapter's) is kept as it is
     for block in model.transformer.h:
         block.attn.forward = types.MethodType(_grouped_forward, block.attn)
     return True

@@ -18,6 +18,7 @@ from litgpt.data import DataModule
 from litgpt_ext.checks import at_least, check_checkpoint_dir, fit_to_context
 from litgpt_ext.data.sft import SFTData  # noqa: F401 (so that --data SFTData resolves by name)
 from litgpt_ext.errors import UserError
+from litgpt_ext.heads import output_head
 from litgpt_ext.io import atomic_write_json
 from litgpt_ext.training.objectives.kd import generalized_jsd
 
@@ -126,7 +127,7 @@ def _score(fabric, model, source, batch: dict, kd) -> tuple[dict[str, float], in
     sums = {k: 0.0 for k in ("forward_kl", "reverse_kl", "top1_agreement", "teacher_ce", "student_ce")}
     for start in range(0, rows.size(0), step):
         end = min(rows.size(0), start + step)
-        logits = model.lm_head(rows[start:end]).float()
+        logits = output_head(model)(rows[start:end]).float()
         t_side = teacher_block(start, end)
         log_probs = F.log_softmax(logits, dim=-1)
         s = log_probs if kd.temperature == 1 else F.log_softmax(logits / kd.temperature, dim=-1)

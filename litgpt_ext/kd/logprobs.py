@@ -26,6 +26,7 @@ from tqdm import tqdm
 from litgpt_ext.checks import at_least, check_checkpoint_dir, fit_to_context
 from litgpt_ext.data.sft import SFTData  # noqa: F401 (so that --data SFTData resolves by name)
 from litgpt_ext.errors import UserError, require
+from litgpt_ext.heads import output_head
 from litgpt_ext.io import atomic_path, atomic_write_json
 from litgpt_ext.kd.store import (
     FORMAT,
@@ -238,7 +239,7 @@ def _run_window(fabric, model, dataset, indices, k, temperature, batch_size, max
         step = max(1, base.HEAD_CHUNK_ELEMENTS // vocab)
         parts = []
         for b in range(0, hidden.size(0), step):
-            logits = fit_vocab(model.lm_head(hidden[b : b + step]).float(), vocab)
+            logits = fit_vocab(output_head(model)(hidden[b : b + step]).float(), vocab)
             parts.append(topk_rows(logits, targets[b : b + step], k, temperature))
         rows = {key: torch.cat([p[key] for p in parts]).cpu() for key in ("ids", "logps", "tail", "target")}
         counts = [int((s["labels"][:max_seq_length][1:] != -100).sum()) for s in samples]

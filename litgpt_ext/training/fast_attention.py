@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from litgpt.model import CausalSelfAttention, apply_rope
 from torch import nn
 
+from litgpt_ext.model.guards import ATTENTION_METHODS, computes_as
+
 
 def applies(attn: CausalSelfAttention) -> bool:
     cfg = attn.config
@@ -66,7 +68,7 @@ def grouped_training_attention(model: nn.Module) -> int:
     """Give every applicable attention block of ``model`` the forward above; returns how many it changed."""
     changed = 0
     for module in model.modules():
-        if isinstance(module, CausalSelfAttention) and applies(module):
+        if computes_as(module, CausalSelfAttention, ATTENTION_METHODS) and applies(module):
             module.forward = types.MethodType(_forward, module)
             changed += 1
     return changed

@@ -35,9 +35,11 @@ def lean_lora_qkv(model: nn.Module) -> int:
     """Give every litgpt ``LoRAQKVLinear`` of ``model`` the one-``addmm`` forward; returns how many it changed."""
     from litgpt.lora import LoRAQKVLinear
 
+    from litgpt_ext.model.guards import computes_as
+
     changed = 0
     for module in model.modules():
-        if isinstance(module, LoRAQKVLinear) and module.r > 0 and any(module.enable_lora):
+        if computes_as(module, LoRAQKVLinear) and module.r > 0 and any(module.enable_lora):
             module.forward = types.MethodType(_forward, module)
             changed += 1
     return changed

@@ -43,9 +43,11 @@ def lean_swiglu(model: nn.Module) -> int:
     """Give every litgpt ``LLaMAMLP`` of ``model`` (whose forward is litgpt's) the forward above; returns how many."""
     from litgpt.model import LLaMAMLP
 
+    from litgpt_ext.model.guards import computes_as
+
     changed = 0
     for module in model.modules():
-        if isinstance(module, LLaMAMLP) and type(module).forward is LLaMAMLP.forward:
+        if computes_as(module, LLaMAMLP):
             module.forward = types.MethodType(_forward, module)
             changed += 1
     return changed

@@ -25,9 +25,11 @@ def fused_rms_norm(model: nn.Module) -> int:
     """Give every plain litgpt ``RMSNorm`` of ``model`` the one-op forward; returns how many it changed."""
     from litgpt.model import RMSNorm
 
+    from litgpt_ext.model.guards import computes_as
+
     changed = 0
     for module in model.modules():
-        if isinstance(module, RMSNorm) and not module.add_unit_offset:
+        if computes_as(module, RMSNorm) and not module.add_unit_offset:
             module.forward = types.MethodType(_forward, module)
             changed += 1
     return changed

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from litgpt_ext.errors import UserError
+from litgpt_ext.heads import output_head
 from litgpt_ext.training.objectives.base import on_positions, unwrap
 from litgpt_ext.training.objectives.kd import TeacherBlock
 
@@ -127,7 +128,7 @@ class LocalTeacher(Teacher):
 
     def blocks(self, batch, input_ids, flat):
         rows = self.hidden_rows(input_ids, flat)
-        head = self.model.lm_head
+        head = output_head(self.model)
 
         @torch.no_grad()
         def block(start: int, end: int) -> TeacherBlock:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from litgpt_ext.heads import last_block_rows, swapped_head
+from litgpt_ext.heads import last_block_rows, output_head, swapped_head
 
 
 class Objective:
@@ -198,8 +198,6 @@ def forward_with_head(model: nn.Module, head: nn.Module, input_ids: torch.Tensor
     last block works only at the head's positions (``head.flat``; :func:`rows_only_last_block`) unless the head
     reads more rows (``head.extra_rows``)."""
     gpt = unwrap(model)
-    if gpt.config.final_logit_softcapping:
-        raise NotImplementedError("models with final_logit_softcapping are not supported by this objective yet")
     # a head that also reads other rows of the hidden states (ORPO's per-row means) needs the full last block
     flat = None if getattr(head, "extra_rows", None) is not None else getattr(head, "flat", None)
     with swapped_head(gpt, head), rows_only_last_block(gpt, flat):
@@ -337,7 +335,7 @@ def answer_logps(
     the mean hidden state of each row, for a metric).
     """
     gpt = unwrap(model)
-    head = _LogProbHead(gpt.lm_head, gpt.config.padded_vocab_size, flat, targets, extra_rows)
+    head = _LogProbHead(output_head(gpt), gpt.config.padded_vocab_size, flat, targets, extra_rows)
     token_logps = forward_with_head(model, head, input_ids)
     return HeadOutput(token_logps, head.mean_logits, head.extra_mean_logits)
 

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from litgpt_ext.heads import output_head
 from litgpt_ext.training.objectives import base
 from litgpt_ext.training.objectives.base import Objective, forward_with_head, frozen_linear, rows_at, unwrap
 from litgpt_ext.training.objectives.sft import pad_collate
@@ -341,7 +342,7 @@ def kd_forward(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mean KD loss over the answer positions ``flat`` and the metrics' means, from one student forward."""
     gpt = unwrap(model)
-    head = _KDHead(gpt.lm_head, gpt.config.padded_vocab_size, flat, targets, teacher_block, kd, store_temperature)
+    head = _KDHead(output_head(gpt), gpt.config.padded_vocab_size, flat, targets, teacher_block, kd, store_temperature)
     losses = forward_with_head(model, head, input_ids)
     n = max(len(flat), 1)
     return losses.sum() / n, {key: value / n for key, value in head.sums.items()}

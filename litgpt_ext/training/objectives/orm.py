@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from litgpt_ext.heads import output_head
 from litgpt_ext.training.objectives.base import Objective, on_positions, unwrap
 
 Head = Literal["yes_token", "classifier", "scalar"]
@@ -162,13 +163,13 @@ class ORMObjective(Objective):
         """``(rows, 2)`` or ``(rows, 1)`` head outputs from final hidden rows (the LM head's [No, Yes] columns for
         ``yes_token``; pass ``lm_head`` while the model's own is swapped out)."""
         if self.head == "yes_token":
-            return (lm_head or gpt.lm_head)(rows)[:, [self.no_id, self.yes_id]]
+            return (lm_head or output_head(gpt))(rows)[:, [self.no_id, self.yes_id]]
         return gpt.orm_head(rows)
 
     def logits(self, model: nn.Module, batch: dict) -> torch.Tensor:
         """:meth:`head_logits` at each row's last token — one forward; only those rows reach any head."""
         gpt = unwrap(model)
-        lm_head = gpt.lm_head
+        lm_head = output_head(gpt)
         return on_positions(model, batch["input_ids"], batch["last"], lambda rows: self.head_logits(gpt, rows, lm_head))
 
     def class_weights(self, labels: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from litgpt_ext.heads import output_head
 from litgpt_ext.training.objectives.base import on_positions, unwrap
 from litgpt_ext.training.objectives.orm import ORMObjective, scores_from_logits
 
@@ -97,7 +98,7 @@ class PRMObjective(ORMObjective):
 
     def logits(self, model: nn.Module, batch: dict) -> torch.Tensor:
         gpt = unwrap(model)
-        lm_head = gpt.lm_head
+        lm_head = output_head(gpt)
         return on_positions(model, batch["input_ids"], batch["flat"], lambda rows: self.head_logits(gpt, rows, lm_head))
 
     def compute(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
