@@ -9,7 +9,7 @@ TEACHER_PROMPT := prompts/search_queries.md
 TEACHER_MODEL  := gpt-4o-mini
 TEACHER_FLAGS  := --rpm 500 --tpm 200000 --concurrency 32 --max_cost_usd 50
 # To try the pipeline offline first, wrap distill_query in the stand-in teacher (a local OpenAI-compatible server
-# that starts around the command and answers by the prompt's shape; see the README's teacher section):
+# that starts around the command and answers by the prompt's shape; see docs/teacher.md):
 # TEACHER_WRAP := $(BIN)/python -m distill.teacher.fake_server --latency_s 0.05 --rpm 3000 --
 # convert: the student's prompt template and how an answer becomes examples (raw | lines | json:FIELD); raw: the
 # student learns the whole list as the teacher wrote it (lines would make one example per query)

@@ -153,7 +153,7 @@ def generate_batch(
         compile: Compile the one-token decode step with ``torch.compile`` (one graph for every batch size and cache
             length; prefill stays eager). Its warm-up is printed and counted in the tokens/s. It pays where a
             step is launch-bound (a GPU); on a CPU the packed weights below already give most of it, without the
-            warm-up (README, "Generation speed").
+            warm-up (docs/generation.md).
         pack_weights: On a CPU in fp32, decode-step matmuls use weights packed once for ``max_batch_size`` rows
             (MKL), about 2x faster GEMMs at that size, for one more copy of the weights in memory. Ignored
             elsewhere and under ``--compile`` (which packs its own).
