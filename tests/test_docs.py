@@ -70,11 +70,23 @@ def test_the_docs_hold_commands_to_check():
 
 
 @pytest.mark.parametrize(("page", "line", "args"), ALL, ids=[f"{p}:{a[0]}:{i}" for i, (p, _, a) in enumerate(ALL)])
-def test_each_command_parses(page, line, args, capsys):
-    from litgpt_ext.cli import main
+def test_each_command_parses(page, line, args, capsys, monkeypatch):
+    from litgpt_ext import cli
+    from litgpt_ext.cli_args import CompactErrorParser
 
+    # main() records the process's invocation (hyperparameters.yaml re-parses it) and the parser's context: both
+    # are process-wide, so they are put back for the tests that run later in this worker
+    monkeypatch.setattr(cli, "_current", cli._current)
+    for name in ("command", "function", "argv"):
+        monkeypatch.setattr(CompactErrorParser, name, getattr(CompactErrorParser, name, None))
+    import torch
+
+    precision = torch.get_float32_matmul_precision()  # main() sets litgpt's ("high"), as litgpt's CLI does
     with pytest.raises(SystemExit) as stop:
-        main([*args, "--print_config"])
+        try:
+            cli.main([*args, "--print_config"])
+        finally:
+            torch.set_float32_matmul_precision(precision)
     captured = capsys.readouterr()
     assert stop.value.code in (0, None), f"{page}: {line}\n{captured.err[-1500:]}"
 
