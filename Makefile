@@ -11,7 +11,7 @@ SHELL := /bin/bash
 # pip prints one warning per missing local index folder on some machines; keep its real output only.
 QUIET_PIP := 2>&1 | { grep -v "is ignored" || true; }
 
-.PHONY: help install install-test demo test lint format clean bench-sft bench-teacher bench-generate bench-dpo bench-sql-label bench-orm bench-prm bench-kd bench-real
+.PHONY: help install install-test demo test lint format clean bench-sft bench-teacher bench-generate bench-dpo bench-sql-label bench-orm bench-prm bench-kd bench-real families
 .PHONY: teacher convert tokenize student export generate heldout fidelity report task-env FORCE
 .DEFAULT_GOAL := help
 
@@ -91,6 +91,11 @@ bench-real: install-test
 	$(BIN)/python -m tests.bench.bench_generate --checkpoint $(SMOLLM2) $(BENCH_FLAGS)
 	$(BIN)/python -m tests.bench.bench_sft --checkpoint $(SMOLLM2) $(BENCH_FLAGS)
 	$(BIN)/python -m tests.bench.bench_kd --checkpoint $(SMOLLM2) $(BENCH_FLAGS)
+
+# every litgpt family shape (make_tiny_checkpoint --like NAME) through finetune_sft, generate_batch and export_hf:
+# the table in docs/models.md (about 5 minutes; no cell may be a traceback)
+families: install-test
+	$(BIN)/python -m tests.family_matrix
 
 # ---------------------------------------------------------------------------------------------------------------
 # The pipeline of one task. A task is one file, artifacts/tasks/$(TASK).mk (or TASK=path/to/file.mk), that sets the
@@ -245,7 +250,7 @@ task-env:
 
 help:
 	@echo "Set-up:    make demo | make test          (both install into .venv when needed)"
-	@echo "Checks:    make lint | make format | make bench-{sft,teacher,generate,dpo,sql-label,orm,prm,kd}"
+	@echo "Checks:    make lint | make format | make bench-{sft,teacher,generate,dpo,sql-label,orm,prm,kd,real} | make families"
 	@echo "Pipeline:  make teacher | convert | tokenize | student | export | generate   TASK=name (default: demo)"
 	@echo "           make heldout | fidelity | report: the student vs the teacher on HELDOUT, cost and speed"
 	@echo "           each stage makes the ones before it when they are out of date; make -n generate shows the chain"

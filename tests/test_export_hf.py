@@ -252,3 +252,38 @@ def test_export_streams_with_memory_far_below_the_model_size(tiny_factory, tmp_p
     growth_mb = int(result.stdout.strip().splitlines()[-1]) / 1024
     assert model_mb > 150 and growth_mb < 0.35 * model_mb, (growth_mb, model_mb)
     assert len(list((tmp_path / "hf").glob("model-*.safetensors"))) > 5
+
+
+def test_qwen3_exports_full_and_peft_with_litgpts_logits(tmp_path):
+    """Qwen3 (qk-norm on every head, no qkv bias) at a tiny size: Qwen3ForCausalLM loads the full export with no
+    missing or unexpected weight and litgpt's logits; a LoRA run's adapter through PeftModel gives the merged logits."""
+    from peft import PeftModel
+
+    from litgpt_ext.tiny_checkpoint import make_tiny_checkpoint
+
+    ckpt = make_tiny_checkpoint(out_dir=tmp_path / "Qwen3-0.6B", like="Qwen3-0.6B")
+    with torch.no_grad():  # non-trivial q/k norm weights, so a dropped or misplaced norm shows in the logits
+        state = torch.load(ckpt / "lit_model.pth", weights_only=True)
+        g = torch.Generator().manual_seed(0)
+        for name in [n for n in state if ".attn.norm_q." in n or ".attn.norm_k." in n]:
+            state[name] = 1 + 0.5 * torch.randn(state[name].shape, generator=g)
+        torch.save(state, ckpt / "lit_model.pth")
+    export_hf(ckpt, out_dir=tmp_path / "hf", dtype="fp32")
+    model, info = _hf(tmp_path / "hf")
+    assert type(model).__name__ == "Qwen3ForCausalLM"
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    ids = Tokenizer(ckpt).encode(TEXT)[None].long()
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, _litgpt_logits(ckpt, ids), atol=1e-4)
+
+    out = tmp_path / "lora"
+    finetune_sft(ckpt, data=DEMO / "qa.json", out_dir=out, precision="32-true", lora_key=True, lora_mlp=True,
+                 train=TrainArgs(save_interval=None, global_batch_size=4, micro_batch_size=4, max_steps=3, epochs=None,
+                                 lr_warmup_steps=1),
+                 eval=EvalArgs(interval=100, max_iters=1, final_validation=False), optimizer={"lr": 0.05})  # fmt: skip
+    merged = _litgpt_logits(out / "final", ids)
+    export_hf(out / "final", out_dir=tmp_path / "adapter", format="peft", base_model=str(tmp_path / "hf"))
+    peft_model = PeftModel.from_pretrained(_hf(tmp_path / "hf")[0], tmp_path / "adapter").eval()
+    with torch.no_grad():
+        assert torch.allclose(peft_model(ids).logits, merged, atol=1e-4)
+        assert not torch.allclose(merged, _litgpt_logits(ckpt, ids), atol=1e-2)  # the adapter changed the model

@@ -16,7 +16,10 @@ from litgpt.scripts import convert_lit_checkpoint as lit
 
 from litgpt_ext.errors import UserError
 
-SUPPORTED = "llama (incl. Llama-3 RoPE scaling), mistral, qwen2 (qkv bias), gpt-neox (Pythia), phi (phi-1.5 / phi-2)"
+SUPPORTED = (
+    "llama (incl. Llama-3 RoPE scaling), mistral, qwen2 (qkv bias), qwen3 (qk-norm, dense), gpt-neox (Pythia), "
+    "phi (phi-1.5 / phi-2)"
+)
 
 
 @dataclass
@@ -51,8 +54,9 @@ def _unsupported(config: Config, why: str) -> UserError:
 def detect_family(config: Config) -> Family:
     if config.n_expert or config.mlp_class_name not in ("LLaMAMLP", "GptNeoxMLP"):
         raise _unsupported(config, f"MLP {config.mlp_class_name!r} is not supported")
+    qwen3 = config.norm_qk and config.norm_qk_type == "default" and not config.attn_bias
     if (
-        config.norm_qk
+        (config.norm_qk and not qwen3)
         or config.post_attention_norm
         or config.post_mlp_norm
         or config.scale_embeddings
@@ -66,6 +70,8 @@ def detect_family(config: Config) -> Family:
     if config.mlp_class_name == "LLaMAMLP":
         if config.norm_class_name != "RMSNorm" or config.parallel_residual or config.bias:
             raise _unsupported(config, "a LLaMA MLP with LayerNorm / parallel residual / biases")
+        if qwen3:
+            return Family("qwen3", "Qwen3ForCausalLM", "qwen3", lit.copy_weights_qwen_3, _LLAMA_PEFT)
         if config.attn_bias:
             return Family("qwen2", "Qwen2ForCausalLM", "qwen2", lit.copy_weights_qwen_2_5, _LLAMA_PEFT)
         if config.sliding_window_size:
@@ -74,8 +80,8 @@ def detect_family(config: Config) -> Family:
     if config.norm_class_name != "LayerNorm" or not config.parallel_residual:
         raise _unsupported(config, "a GPT-NeoX MLP needs LayerNorm and a parallel residual")
     if config.shared_attention_norm:
-        if not config.lm_head_bias:
-            raise _unsupported(config, "phi needs an LM-head bias")
+        if not config.lm_head_bias:  # phi-1.5 / phi-2 have one; Falcon's layout (one shared norm, no head bias) not
+            raise _unsupported(config, "a parallel-residual model with one shared norm and no LM-head bias (Falcon)")
         return Family("phi", "PhiForCausalLM", "phi", lit.copy_weights_phi, _PHI_PEFT)
     return Family("gpt-neox", "GPTNeoXForCausalLM", "gpt_neox", lit.copy_weights_gpt_neox, None)
 
@@ -106,7 +112,7 @@ def hf_config(
         "eos_token_id": eos_id,
         "use_cache": True,
     }
-    if family.name in ("llama", "mistral", "qwen2"):
+    if family.name in ("llama", "mistral", "qwen2", "qwen3"):
         common |= {
             "num_key_value_heads": config.n_query_groups,
             "head_dim": config.head_size,
@@ -130,7 +136,7 @@ def hf_config(
             }
         if family.name == "mistral":
             common["sliding_window"] = config.sliding_window_size
-        if family.name == "qwen2":
+        if family.name in ("qwen2", "qwen3"):
             common |= {"use_sliding_window": False, "sliding_window": None, "max_window_layers": config.n_layer}
         if config.rotary_percentage != 1.0:
             raise _unsupported(config, "partial rotary embeddings in a LLaMA-style model")
