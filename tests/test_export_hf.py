@@ -287,3 +287,28 @@ def test_qwen3_exports_full_and_peft_with_litgpts_logits(tmp_path):
     with torch.no_grad():
         assert torch.allclose(peft_model(ids).logits, merged, atol=1e-4)
         assert not torch.allclose(merged, _litgpt_logits(ckpt, ids), atol=1e-2)  # the adapter changed the model
+
+
+@pytest.mark.parametrize(("like", "cls"), [("Mixtral-8x7B-v0.1", "MixtralForCausalLM"),
+                                           ("Qwen3-30B-A3B", "Qwen3MoeForCausalLM")])  # fmt: skip
+def test_moe_models_export_with_litgpts_logits_and_refuse_peft_in_one_line(tmp_path, like, cls):
+    """litgpt's MoE router (top-k of the logits, softmax over those) is Mixtral's and Qwen3-MoE's (softmax, top-k,
+    renormalised); every expert is a SwiGLU."""
+    from litgpt_ext.tiny_checkpoint import make_tiny_checkpoint
+
+    ckpt = make_tiny_checkpoint(out_dir=tmp_path / like, like=like)
+    export_hf(ckpt, out_dir=tmp_path / "hf", dtype="fp32")
+    model, info = _hf(tmp_path / "hf")
+    assert type(model).__name__ == cls
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    ids = Tokenizer(ckpt).encode(TEXT)[None].long()
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, _litgpt_logits(ckpt, ids), atol=1e-4)
+    finetune_sft(ckpt, data=DEMO / "qa.json", out_dir=tmp_path / "lora", precision="32-true",
+                 train=TrainArgs(save_interval=None, global_batch_size=2, micro_batch_size=2, max_steps=1, epochs=None,
+                                 lr_warmup_steps=0),
+                 eval=EvalArgs(interval=100, max_iters=1, final_validation=False))  # fmt: skip
+    result = run_cli("export_hf", tmp_path / "lora" / "final", "--out_dir", tmp_path / "adapter", "--format", "peft")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "PEFT export is not supported for" in result.stderr and "use --format full" in result.stderr
+    assert not (tmp_path / "adapter").exists()

@@ -17,8 +17,8 @@ from litgpt.scripts import convert_lit_checkpoint as lit
 from litgpt_ext.errors import UserError
 
 SUPPORTED = (
-    "llama (incl. Llama-3 RoPE scaling), mistral, qwen2 (qkv bias), qwen3 (qk-norm, dense), gpt-neox (Pythia), "
-    "phi (phi-1.5 / phi-2)"
+    "llama (incl. Llama-3 RoPE scaling), mistral, mixtral (MoE), qwen2 (qkv bias), qwen3 (qk-norm; dense or MoE), "
+    "gpt-neox (Pythia), phi (phi-1.5 / phi-2)"
 )
 
 
@@ -30,6 +30,8 @@ class Family:
     copy: Callable
     peft_modules: dict[str, str] | None
     """litgpt module path (after the block index) -> HF module name, for PEFT adapters; None: not supported."""
+    no_peft: str = "its fused qkv has no per-projection adapters"
+    """Why PEFT export is refused, when it is."""
 
 
 _LLAMA_PEFT = {
@@ -51,8 +53,20 @@ def _unsupported(config: Config, why: str) -> UserError:
     return UserError(f"cannot export {config.name!r}: {why}; supported families: {SUPPORTED}", field="model_config")
 
 
+def _moe_family(config: Config, qwen3: bool) -> Family:
+    """Mixtral and Qwen3-MoE: litgpt's router (top-k of the logits, softmax over those) is theirs (softmax, top-k,
+    renormalised); grouped routers, shared experts and scaled routing are other models."""
+    if config.n_expert_groups or config.n_shared_expert or config.routed_scaling_factor != 1.0:
+        raise _unsupported(config, "an MoE with grouped routing, shared experts or scaled routing weights")
+    no_peft = "adapters on MoE experts are not exported"
+    if qwen3:
+        return Family("qwen3-moe", "Qwen3MoeForCausalLM", "qwen3_moe", lit.copy_weights_qwen_3, None, no_peft)
+    return Family("mixtral", "MixtralForCausalLM", "mixtral", lit.copy_weights_llama, None, no_peft)
+
+
 def detect_family(config: Config) -> Family:
-    if config.n_expert or config.mlp_class_name not in ("LLaMAMLP", "GptNeoxMLP"):
+    moe = config.mlp_class_name == "LLaMAMoE" and bool(config.n_expert)
+    if not moe and (config.n_expert or config.mlp_class_name not in ("LLaMAMLP", "GptNeoxMLP")):
         raise _unsupported(config, f"MLP {config.mlp_class_name!r} is not supported")
     qwen3 = config.norm_qk and config.norm_qk_type == "default" and not config.attn_bias
     if (
@@ -67,9 +81,13 @@ def detect_family(config: Config) -> Family:
         raise _unsupported(
             config, "this architecture variant (qk-norm, extra norms, softcapping, ...) is not supported"
         )
-    if config.mlp_class_name == "LLaMAMLP":
+    if config.mlp_class_name in ("LLaMAMLP", "LLaMAMoE"):
         if config.norm_class_name != "RMSNorm" or config.parallel_residual or config.bias:
             raise _unsupported(config, "a LLaMA MLP with LayerNorm / parallel residual / biases")
+        if moe:
+            if config.attn_bias or (config.norm_qk and not qwen3):
+                raise _unsupported(config, "an MoE with qkv biases or this qk-norm")
+            return _moe_family(config, qwen3)
         if qwen3:
             return Family("qwen3", "Qwen3ForCausalLM", "qwen3", lit.copy_weights_qwen_3, _LLAMA_PEFT)
         if config.attn_bias:
@@ -87,7 +105,7 @@ def detect_family(config: Config) -> Family:
 
 
 def _act(config: Config) -> str:
-    if config.mlp_class_name == "LLaMAMLP":
+    if config.mlp_class_name in ("LLaMAMLP", "LLaMAMoE"):  # SwiGLU, in every expert too
         return "silu"
     return "gelu_new" if config.gelu_approximate == "tanh" else "gelu"
 
@@ -112,7 +130,7 @@ def hf_config(
         "eos_token_id": eos_id,
         "use_cache": True,
     }
-    if family.name in ("llama", "mistral", "qwen2", "qwen3"):
+    if family.name in ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen3-moe"):
         common |= {
             "num_key_value_heads": config.n_query_groups,
             "head_dim": config.head_size,
@@ -136,8 +154,17 @@ def hf_config(
             }
         if family.name == "mistral":
             common["sliding_window"] = config.sliding_window_size
-        if family.name in ("qwen2", "qwen3"):
+        if family.name in ("qwen2", "qwen3", "qwen3-moe"):
             common |= {"use_sliding_window": False, "sliding_window": None, "max_window_layers": config.n_layer}
+        expert_size = config.moe_intermediate_size or config.intermediate_size
+        if family.name == "mixtral":
+            common |= {"num_local_experts": config.n_expert, "num_experts_per_tok": config.n_expert_per_token,
+                       "intermediate_size": expert_size, "sliding_window": config.sliding_window_size,
+                       "router_jitter_noise": 0.0, "output_router_logits": False}  # fmt: skip
+        if family.name == "qwen3-moe":
+            common |= {"num_experts": config.n_expert, "num_experts_per_tok": config.n_expert_per_token,
+                       "moe_intermediate_size": expert_size, "norm_topk_prob": True, "decoder_sparse_step": 1,
+                       "mlp_only_layers": [], "output_router_logits": False}  # fmt: skip
         if config.rotary_percentage != 1.0:
             raise _unsupported(config, "partial rotary embeddings in a LLaMA-style model")
         return common

@@ -28,8 +28,7 @@ def _hf_modules(family: Family, config: Config, module: str, rows: int) -> list[
 def peft_tensors(family: Family, config: Config, lora: dict[str, torch.Tensor], lora_params: dict) -> tuple[dict, set]:
     if family.peft_modules is None:
         raise UserError(
-            f"PEFT export is not supported for {family.name} (its fused qkv has no per-projection "
-            f"adapters); use --format full",
+            f"PEFT export is not supported for {family.name} ({family.no_peft}); use --format full",
             field="format",
         )
     r = int(lora_params["lora_r"])
