@@ -227,3 +227,56 @@ def test_replacement_forwards_leave_subclasses_that_compute_differently_alone(ti
     model.transformer.ln_f = ScaledNorm(model.config.n_embd)
     plain_norms = sum(type(m) is RMSNorm for m in model.modules())
     assert fused_rms_norm(model) == plain_norms and "forward" not in vars(model.transformer.ln_f)
+
+
+# -- mixed sliding-window and global layers in generation (Gemma 2 / 3) ------------------------------------------
+@pytest.mark.parametrize("like", ["Gemma-2-2b", "gemma-3-1b-it"])
+def test_generation_keeps_each_layers_window_and_softcapped_masks(tmp_path, like):
+    """The engine's greedy tokens equal greedy decoding by litgpt's full forward (its sliding-window and softcapped
+    attention as in training) for prompts longer than the window (128 at this size); the windows matter for these
+    prompts; and engine_on leaves no adjusted block behind. (litgpt's own KV-cache generation of Gemma 2 adds a boolean
+    mask to its softcapped scores, masking nothing; the engine gives that attention 0 / -inf.)"""
+    from litgpt.config import Config
+    from litgpt.model import GPT
+    from litgpt.tokenizer import Tokenizer
+
+    from litgpt_ext.generate.engine import Engine, Job, Settings
+    from litgpt_ext.generate.on_model import GenArgs, sample_answers
+    from litgpt_ext.tiny_checkpoint import make_tiny_checkpoint
+
+    ckpt = make_tiny_checkpoint(out_dir=tmp_path / like, like=like)
+    config = Config.from_file(ckpt / "model_config.yaml")
+    assert config.sliding_window_size == 128 and 0 < sum(config.sliding_window_indices) < config.n_layer
+
+    def fresh(windows: bool = True):
+        model = GPT(config)
+        model.load_state_dict(torch.load(ckpt / "lit_model.pth", weights_only=True))
+        for block in model.transformer.h:
+            block.attn.apply_sliding_window_attention &= windows
+        return model.eval()
+
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(4, 500, (n,), generator=g).tolist() for n in (200, 150, 40, 300)]
+
+    def greedy(model):
+        out = []
+        with torch.no_grad():
+            for prompt in prompts:
+                ids = list(prompt)
+                for _ in range(8):
+                    ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+                out.append(ids[len(prompt) :])
+        return out
+
+    want = greedy(fresh())
+    assert want != greedy(fresh(windows=False))  # the windows change these answers
+    engine = Engine(fresh(), Tokenizer(ckpt), Settings(max_batch_size=3, max_seq_length=320, temperature=0.0),
+                    torch.device("cpu"), torch.float32)  # fmt: skip
+    got = {}
+    engine.run([Job(str(i), i, p, 1, 8) for i, p in enumerate(prompts)], lambda j: got.update({j.id: j.token_ids[0]}))
+    assert [got[str(i)] for i in range(len(prompts))] == want
+
+    model = fresh()
+    answers = sample_answers(model, Tokenizer(ckpt), prompts, GenArgs(temperature=0.0, max_new_tokens=8), 0, 320)
+    assert [ids for ids, _ in answers] == want
+    assert not any("forward" in vars(block) or "forward" in vars(block.attn) for block in model.transformer.h)

@@ -70,28 +70,55 @@ def sliding_window_mask(max_seq_length: int, window: int, device) -> torch.Tenso
     return ((j <= i) & (j > i - window)).view(1, 1, max_seq_length, max_seq_length)
 
 
+def masked_block(block, window: int | None, additive: bool) -> None:
+    """Give ``block`` a forward that adjusts the causal mask it is given (``(B or 1, 1, T, K)`` booleans) before its
+    own forward runs: ``window`` keeps only the last ``window`` positions of each query, itself included (litgpt's
+    sliding window); ``additive`` turns the mask into 0 / -inf scores for litgpt's softcapped attention, which adds
+    the mask to its scores (a boolean mask would add 1 and 0 and mask nothing: litgpt's own KV-cache generation of
+    Gemma 2 attends to the whole cache, future zeros included). An instance attribute, removed by ``del
+    block.forward``."""
+    forward = type(block).forward.__get__(block)
+
+    def adjusted(x, cos, sin, mask=None, input_pos=None, input_pos_maxp1=None):
+        if mask is not None and input_pos is not None:
+            if window is not None:
+                keys = torch.arange(mask.size(-1), device=mask.device)
+                rows = input_pos if input_pos.dim() == 2 else input_pos.unsqueeze(0)  # (B or 1, T)
+                mask = mask & (keys > rows.unsqueeze(-1) - window).unsqueeze(1)
+            if additive:
+                mask = torch.zeros(mask.shape, dtype=x.dtype, device=mask.device).masked_fill_(
+                    ~mask, torch.finfo(x.dtype).min
+                )
+        return forward(x, cos, sin, mask, input_pos, input_pos_maxp1)
+
+    block.forward = adjusted
+
+
 def install_slot_cache(model, slots: int, capacity: int, context: int, device, dtype) -> list[SlotKVCache]:
     """Give every attention block a slot cache of ``capacity`` positions per slot (see :meth:`SlotKVCache.grow`),
     and the model its rope and mask caches over ``context`` positions (the longest sequence a row can reach).
 
     litgpt enforces a sliding window only through its ring-buffer cache; slots keep whole sequences, so the window
-    goes into the mask instead (every layer must slide: models that mix windowed and global layers are refused).
+    goes into the mask instead: the model's mask when every layer slides (Mistral), else — Gemma 2 / 3 mix windowed
+    and global layers — the causal mask for all and each windowed block narrowing it to its window
+    (:func:`masked_block`; ``engine_on`` takes it off again).
     """
     from litgpt.model import build_mask_cache
-
-    from litgpt_ext.errors import UserError
 
     model.max_seq_length = context
     sliding = [block.attn.apply_sliding_window_attention for block in model.transformer.h]
     window = model.config.sliding_window_size
-    if any(sliding) and window and window < context:
-        if not all(sliding):
-            raise UserError(
-                "models that mix sliding-window and global attention layers are not supported", field="checkpoint_dir"
-            )
+    windows = [None] * len(sliding)
+    if any(sliding) and window and window < context and all(sliding):
         model.mask_cache = sliding_window_mask(context, window, device)
     else:
         model.mask_cache = build_mask_cache(context, device)
+        if any(sliding) and window and window < context:
+            windows = [window if slides else None for slides in sliding]
+    additive = model.config.attention_logit_softcapping is not None
+    for block, own in zip(model.transformer.h, windows, strict=True):
+        if own is not None or additive:
+            masked_block(block, own, additive)
     caches = []
     for block in model.transformer.h:
         cfg = block.attn.config

@@ -47,6 +47,7 @@ def engine_on(model: nn.Module, tokenizer, settings: Settings) -> Iterator[Engin
         gpt.lm_head = head
         gpt.clear_kv_cache()
         for block, forward in zip(gpt.transformer.h, forwards, strict=True):
+            block.__dict__.pop("forward", None)  # a block's adjusted mask (kv_cache.masked_block)
             block.attn.__dict__.pop("forward", None)  # the grouped decode step is an instance attribute
             if forward is not None:
                 block.attn.forward = forward
