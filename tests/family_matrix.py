@@ -4,7 +4,8 @@
 Each family is a scaled-down litgpt config of a real model (``make_tiny_checkpoint --like NAME``: 2 layers, 64 wide,
 random init, the real architecture). For each: ``finetune_sft`` LoRA and full (one step), ``generate_batch`` (greedy,
 4 tokens) and ``export_hf``. A cell is ``ok``, or the one-line refusal the command gave (exit 2), or ``TRACEBACK`` —
-which must never appear. About 5 minutes on 2 CPU cores; not part of ``make test`` (``tests/test_families.py`` and
+which must never appear; an export is ``ok`` only when transformers loads it cleanly with litgpt's logits (else
+``WRONG: ...``, which must not appear either). About 7 minutes on 2 CPU cores; not part of ``make test`` (``tests/test_families.py`` and
 ``tests/test_export_hf.py`` test the equalities behind the ``ok`` cells for the families that needed work).
 """
 
@@ -33,7 +34,18 @@ FAMILIES = {
     "falcon-7b": "Falcon (parallel residual, shared norm)",
     "OLMo-2-1124-7B": "OLMo 2 (qk-norm over all heads, post-norms)",
     "pythia-14m": "Pythia (GPT-NeoX)",
+    "Falcon3-1B-Base": "Falcon 3 / Llama 2 / TinyLlama shape (plain RoPE)",
+    "stablelm-3b-4e1t": "StableLM 3B (partial rotary, LayerNorm)",
+    "falcon-40b": "Falcon 40B (parallel residual, two norms)",
+    "OLMo-1B-hf": "OLMo 1 (non-parametric LayerNorm)",
+    "Gemma-2b": "Gemma 1 (multi-query)",
+    "Gemma-7b": "Gemma 1 7B",
+    "Gemma-3-4b-it": "Gemma 3 4B (RoPE scaling on global layers)",
+    "Phi-4-mini-instruct": "Phi-4-mini (partial rotary, LongRoPE)",
 }
+"""One scaled-down config per distinct architecture among litgpt's 210 configs (20 shapes: MLP / norm classes,
+residual layout, biases, qk-norm, softcapping, window pattern, RoPE adjustments, partial rotary, experts, post-norms,
+embedding scaling, multi-query), plus SmolLM2, Llama 3.2 and Pythia by name."""
 
 
 def cell(args: list[str]) -> str:
@@ -44,6 +56,28 @@ def cell(args: list[str]) -> str:
         return "TRACEBACK"
     last = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.returncode}"
     return last.removeprefix("error: ").split(": ", 1)[-1].split("; supported families")[0]
+
+
+def exported(d: Path) -> str:
+    """export_hf's cell: ``ok`` only when transformers loads the export with no missing or unexpected weight and
+    gives litgpt's logits (1e-4) on a text longer than any scaled-down sliding window."""
+    result = cell(["export_hf", str(d / "ckpt"), "--out_dir", str(d / "hf")])
+    if result != "ok":
+        return result
+    import torch
+    from litgpt.config import Config
+    from litgpt.model import GPT
+    from transformers import AutoModelForCausalLM
+
+    model, info = AutoModelForCausalLM.from_pretrained(d / "hf", dtype=torch.float32, output_loading_info=True)
+    if any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")):
+        return f"WRONG: transformers reports { ({k: sorted(v)[:2] for k, v in info.items() if v}) }"
+    lit = GPT(Config.from_file(d / "ckpt" / "model_config.yaml"))
+    lit.load_state_dict(torch.load(d / "ckpt" / "lit_model.pth", weights_only=True))
+    ids = torch.randint(4, 400, (1, 300), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        diff = float((model.eval()(ids).logits - lit.eval()(ids)).abs().max())
+    return "ok" if diff < 1e-4 else f"WRONG: logits {diff:.1e} off litgpt's"
 
 
 def main() -> None:
@@ -71,12 +105,12 @@ def main() -> None:
                       *steps]),
                 cell(["generate_batch", str(d / "ckpt"), "--input", str(d / "p.jsonl"), "--output", str(d / "g.jsonl"),
                       "--max_new_tokens", "4", "--temperature", "0", "--precision", "32-true"]),
-                cell(["export_hf", str(d / "ckpt"), "--out_dir", str(d / "hf")]),
+                exported(d),
             ]  # fmt: skip
             rows.append(f"| {FAMILIES.get(name, name)} (`{name}`) | " + " | ".join(cells) + " |")
             print(rows[-1], flush=True)
     print("\n" + "\n".join(rows))
-    if any("TRACEBACK" in row for row in rows):
+    if any("TRACEBACK" in row or "WRONG" in row for row in rows):
         raise SystemExit(1)
 
 

@@ -320,3 +320,15 @@ def test_moe_models_export_with_litgpts_logits_and_refuse_peft_in_one_line(tmp_p
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "PEFT export is not supported for" in result.stderr and "use --format full" in result.stderr
     assert not (tmp_path / "adapter").exists()
+
+
+def test_falcon_40b_is_refused_not_written_as_gpt_neox(tmp_path):
+    """Falcon 40B's block (parallel residual, two norms, no biases, grouped keys) looks like GPT-NeoX's by its classes;
+    transformers would load it as GPT-NeoX with every bias missing and no way to hold grouped keys."""
+    from litgpt_ext.tiny_checkpoint import make_tiny_checkpoint
+
+    ckpt = make_tiny_checkpoint(out_dir=tmp_path / "falcon-40b", like="falcon-40b")
+    result = run_cli("export_hf", ckpt, "--out_dir", tmp_path / "hf")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "a parallel-residual model without biases or with grouped keys (Falcon)" in result.stderr
+    assert not (tmp_path / "hf").exists()

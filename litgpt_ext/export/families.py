@@ -124,6 +124,8 @@ def detect_family(config: Config) -> Family:
         if not config.lm_head_bias:  # phi-1.5 / phi-2 have one; Falcon's layout (one shared norm, no head bias) not
             raise _unsupported(config, "a parallel-residual model with one shared norm and no LM-head bias (Falcon)")
         return Family("phi", "PhiForCausalLM", "phi", lit.copy_weights_phi, _PHI_PEFT)
+    if not config.bias or config.n_query_groups != config.n_head:  # GPT-NeoX: biases everywhere, one kv per head
+        raise _unsupported(config, "a parallel-residual model without biases or with grouped keys (Falcon)")
     return Family("gpt-neox", "GPTNeoXForCausalLM", "gpt_neox", lit.copy_weights_gpt_neox, None)
 
 
