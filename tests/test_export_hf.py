@@ -172,7 +172,7 @@ def test_unsupported_architecture_and_missing_file_are_one_line_errors(tiny_fact
     result = run_cli("export_hf", ckpt, "--out_dir", tmp_path / "o")
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert (
-        "cannot export 'tiny-llama': a Gemma variant other than Gemma 2 (Gemma 1 / 3 are not exported yet); supported"
+        "cannot export 'tiny-llama': a Gemma variant other than Gemma 1 / 2 (Gemma 3 is not exported yet); supported"
         in result.stderr
     )
     assert not (tmp_path / "o").exists() and not (tmp_path / "o.partial").exists()
@@ -257,10 +257,14 @@ def test_export_streams_with_memory_far_below_the_model_size(tiny_factory, tmp_p
     assert len(list((tmp_path / "hf").glob("model-*.safetensors"))) > 5
 
 
-@pytest.mark.parametrize(("like", "cls"), [("Qwen3-0.6B", "Qwen3ForCausalLM"), ("Gemma-2-2b", "Gemma2ForCausalLM")])
-def test_qwen3_and_gemma2_export_full_and_peft_with_litgpts_logits(tmp_path, like, cls):
-    """Qwen3 (qk-norm on every head, no qkv bias) and Gemma 2 (softcapping, (1 + w) norms around both sublayers,
-    alternating sliding windows: 128 here, the text is longer) at a tiny size: transformers loads the full export
+@pytest.mark.parametrize(
+    ("like", "cls"),
+    [("Qwen3-0.6B", "Qwen3ForCausalLM"), ("Gemma-2b", "GemmaForCausalLM"), ("Gemma-2-2b", "Gemma2ForCausalLM")],
+)
+def test_qwen3_and_gemma_export_full_and_peft_with_litgpts_logits(tmp_path, like, cls):
+    """Qwen3 (qk-norm on every head, no qkv bias), Gemma 1 (multi-query, (1 + w) norms, scaled embeddings) and Gemma 2
+    (softcapping, norms around both sublayers, alternating sliding windows: 128 here, the text is longer) at a tiny
+    size: transformers loads the full export
     with no missing or unexpected weight and litgpt's logits; a LoRA run's adapter through PeftModel gives the merged
     logits."""
     from peft import PeftModel

@@ -18,7 +18,7 @@ from litgpt_ext.errors import UserError
 
 SUPPORTED = (
     "llama (incl. Llama-3 RoPE scaling), mistral, mixtral (MoE), qwen2 (qkv bias), qwen3 (qk-norm; dense or MoE), "
-    "gemma2, gpt-neox (Pythia), phi (phi-1.5 / phi-2)"
+    "gemma (1 and 2), gpt-neox (Pythia), phi (phi-1.5 / phi-2)"
 )
 
 
@@ -69,9 +69,18 @@ def _copy_gemma_2(config: Config, out: dict, weights: dict) -> None:
     lit.copy_weights_gemma_2(config, out, weights, untie_weights=False)
 
 
-def _gemma_2(config: Config) -> Family:
-    """Gemma 2: softcapped attention and logits, (1 + w) RMSNorms around both sublayers, scaled embeddings, a tanh-GELU
-    MLP, alternating sliding-window layers."""
+def _gemma(config: Config) -> Family:
+    """Gemma 1: (1 + w) RMSNorms, scaled embeddings, a tanh-GELU MLP. Gemma 2 adds softcapped attention and logits,
+    norms after both sublayers and alternating sliding-window layers. Gemma 3 (qk-norm, local RoPE) is not exported."""
+    gemma_1 = not (
+        config.post_attention_norm
+        or config.post_mlp_norm
+        or config.final_logit_softcapping
+        or config.attention_logit_softcapping
+        or config.sliding_window_size
+    )
+    if gemma_1 and config.scale_embeddings and not (config.norm_qk or config.attn_bias or config.rope_adjustments):
+        return Family("gemma", "GemmaForCausalLM", "gemma", lit.copy_weights_llama, _LLAMA_PEFT)
     if (
         not (config.post_attention_norm and config.post_mlp_norm and config.scale_embeddings)
         or not (config.final_logit_softcapping and config.attention_logit_softcapping)
@@ -81,13 +90,13 @@ def _gemma_2(config: Config) -> Family:
         or config.rope_adjustments
         or config.rotary_percentage != 1.0
     ):
-        raise _unsupported(config, "a Gemma variant other than Gemma 2 (Gemma 1 / 3 are not exported yet)")
+        raise _unsupported(config, "a Gemma variant other than Gemma 1 / 2 (Gemma 3 is not exported yet)")
     return Family("gemma2", "Gemma2ForCausalLM", "gemma2", _copy_gemma_2, _LLAMA_PEFT)
 
 
 def detect_family(config: Config) -> Family:
     if config.mlp_class_name == "GemmaMLP":
-        return _gemma_2(config)
+        return _gemma(config)
     moe = config.mlp_class_name == "LLaMAMoE" and bool(config.n_expert)
     if not moe and (config.n_expert or config.mlp_class_name not in ("LLaMAMLP", "GptNeoxMLP")):
         raise _unsupported(config, f"MLP {config.mlp_class_name!r} is not supported")
@@ -195,6 +204,17 @@ def hf_config(
         if config.rotary_percentage != 1.0:
             raise _unsupported(config, "partial rotary embeddings in a LLaMA-style model")
         return common
+    if family.name == "gemma":
+        return common | {
+            "hidden_activation": _act(config),
+            "num_key_value_heads": config.n_query_groups,
+            "head_dim": config.head_size,
+            "rms_norm_eps": config.norm_eps,
+            "rope_theta": config.rope_base,
+            "attention_bias": False,
+            "attention_dropout": 0.0,
+            "initializer_range": 0.02,
+        }
     if family.name == "gemma2":
         sliding = config.sliding_window_indices or [0] * config.n_layer
         return common | {
