@@ -56,15 +56,19 @@ def test_moe_last_block_rows_give_the_full_forwards_loss_and_gradients(moe):
         torch.testing.assert_close(results[1][1][name], grad, atol=1e-6, rtol=1e-4, msg=name)
 
 
-@pytest.mark.parametrize("mode", ["full", "lora"])
-def test_finetune_sft_trains_an_moe_model(moe, tmp_path, mode):
-    out = tmp_path / "out"
-    result = run_cli("finetune_sft", moe, "--data", DEMO / "qa.json", "--out_dir", out, "--mode", mode,
-                     "--precision", "32-true", "--train.max_steps", "3", "--train.epochs", "null",
+def _sft_losses(ckpt, out, mode: str, steps: int) -> list[float]:
+    """``finetune_sft`` through the CLI for ``steps`` steps: no traceback, the logged losses."""
+    result = run_cli("finetune_sft", ckpt, "--data", DEMO / "qa.json", "--out_dir", out, "--mode", mode,
+                     "--precision", "32-true", "--train.max_steps", str(steps), "--train.epochs", "null",
                      "--train.global_batch_size", "4", "--train.micro_batch_size", "4", "--train.log_interval", "1",
                      "--eval.interval", "100", "--eval.final_validation", "false")  # fmt: skip
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
-    losses = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    return [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_finetune_sft_trains_an_moe_model(moe, tmp_path, mode):
+    losses = _sft_losses(moe, tmp_path / "out", mode, 3)
     assert len(losses) == 3 and all(0 < v < 20 for v in losses)
 
 
@@ -186,13 +190,7 @@ def test_softcapped_models_train_with_litgpts_capped_logits(gemma2):
 
 
 def test_finetune_sft_trains_a_softcapped_model(gemma2, tmp_path):
-    out = tmp_path / "out"
-    result = run_cli("finetune_sft", gemma2, "--data", DEMO / "qa.json", "--out_dir", out, "--mode", "lora",
-                     "--precision", "32-true", "--train.max_steps", "2", "--train.epochs", "null",
-                     "--train.global_batch_size", "4", "--train.micro_batch_size", "4", "--train.log_interval", "1",
-                     "--eval.interval", "100", "--eval.final_validation", "false")  # fmt: skip
-    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
-    losses = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    losses = _sft_losses(gemma2, tmp_path / "out", "lora", 2)
     assert len(losses) == 2 and all(0 < v < 40 for v in losses)
 
 

@@ -204,33 +204,26 @@ def hf_config(
         if config.rotary_percentage != 1.0:
             raise _unsupported(config, "partial rotary embeddings in a LLaMA-style model")
         return common
+    gemma = common | {
+        "hidden_activation": _act(config),
+        "num_key_value_heads": config.n_query_groups,
+        "head_dim": config.head_size,
+        "rms_norm_eps": config.norm_eps,
+        "rope_theta": config.rope_base,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+    }
     if family.name == "gemma":
-        return common | {
-            "hidden_activation": _act(config),
-            "num_key_value_heads": config.n_query_groups,
-            "head_dim": config.head_size,
-            "rms_norm_eps": config.norm_eps,
-            "rope_theta": config.rope_base,
-            "attention_bias": False,
-            "attention_dropout": 0.0,
-            "initializer_range": 0.02,
-        }
+        return gemma
     if family.name == "gemma2":
         sliding = config.sliding_window_indices or [0] * config.n_layer
-        return common | {
-            "hidden_activation": _act(config),
-            "num_key_value_heads": config.n_query_groups,
-            "head_dim": config.head_size,
-            "rms_norm_eps": config.norm_eps,
-            "rope_theta": config.rope_base,
-            "attention_bias": False,
-            "attention_dropout": 0.0,
+        return gemma | {
             "query_pre_attn_scalar": config.attention_scores_scalar or config.head_size,
             "sliding_window": config.sliding_window_size,
             "layer_types": ["sliding_attention" if s else "full_attention" for s in sliding],
             "final_logit_softcapping": config.final_logit_softcapping,
             "attn_logit_softcapping": config.attention_logit_softcapping,
-            "initializer_range": 0.02,
             # transformers' SDPA attention for Gemma 2 leaves the attention softcapping out (measured: 6.6e-4 off
             # litgpt's logits after a short finetune, 0 with eager); this key makes from_pretrained load eager
             "_attn_implementation": "eager",

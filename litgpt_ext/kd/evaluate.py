@@ -123,11 +123,11 @@ def _score(fabric, model, source, batch: dict, kd) -> tuple[dict[str, float], in
     with fabric.autocast():
         rows = on_positions(model, input_ids, index, lambda r: r)
     vocab = model.config.padded_vocab_size
-    step = max(1, base.HEAD_CHUNK_ELEMENTS // vocab)
+    step, head = max(1, base.HEAD_CHUNK_ELEMENTS // vocab), output_head(model)
     sums = {k: 0.0 for k in ("forward_kl", "reverse_kl", "top1_agreement", "teacher_ce", "student_ce")}
     for start in range(0, rows.size(0), step):
         end = min(rows.size(0), start + step)
-        logits = output_head(model)(rows[start:end]).float()
+        logits = head(rows[start:end]).float()
         t_side = teacher_block(start, end)
         log_probs = F.log_softmax(logits, dim=-1)
         s = log_probs if kd.temperature == 1 else F.log_softmax(logits / kd.temperature, dim=-1)

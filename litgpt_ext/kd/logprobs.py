@@ -236,10 +236,10 @@ def _run_window(fabric, model, dataset, indices, k, temperature, batch_size, max
                             f"({model.config.block_size}); pass --max_seq_length", field="max_seq_length")  # fmt: skip
         with fabric.autocast():
             hidden = on_positions(model, input_ids, index, lambda rows: rows)
-        step = max(1, base.HEAD_CHUNK_ELEMENTS // vocab)
+        step, head = max(1, base.HEAD_CHUNK_ELEMENTS // vocab), output_head(model)
         parts = []
         for b in range(0, hidden.size(0), step):
-            logits = fit_vocab(output_head(model)(hidden[b : b + step]).float(), vocab)
+            logits = fit_vocab(head(hidden[b : b + step]).float(), vocab)
             parts.append(topk_rows(logits, targets[b : b + step], k, temperature))
         rows = {key: torch.cat([p[key] for p in parts]).cpu() for key in ("ids", "logps", "tail", "target")}
         counts = [int((s["labels"][:max_seq_length][1:] != -100).sum()) for s in samples]
