@@ -74,19 +74,15 @@ def _train_bpe(corpus: Path, vocab_size: int, out_dir: Path, extra_special: tupl
     )
     tokenizer.train([str(corpus)], trainer)
     tokenizer.save(str(out_dir / "tokenizer.json"))
-    tokenizer_config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": SPECIAL_TOKENS["bos"],
-        "eos_token": SPECIAL_TOKENS["eos"],
-        "pad_token": SPECIAL_TOKENS["pad"],
-        "unk_token": SPECIAL_TOKENS["unk"],
-        "add_bos_token": True,
-        "add_eos_token": False,
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": 1_000_000,
-    }
-    atomic_write_json(out_dir / "tokenizer_config.json", tokenizer_config)
+    _write_tokenizer_config(out_dir, "PreTrainedTokenizerFast", clean_up_tokenization_spaces=False)
     return tokenizer.get_vocab_size()
+
+
+def _write_tokenizer_config(out_dir: Path, tokenizer_class: str, **extra) -> None:
+    """``tokenizer_config.json``: the special tokens, BOS added and EOS not (as litgpt's Llama tokenizers)."""
+    config = {"tokenizer_class": tokenizer_class, **{f"{role}_token": token for role, token in SPECIAL_TOKENS.items()}}
+    config.update(add_bos_token=True, add_eos_token=False, **extra, model_max_length=1_000_000)
+    atomic_write_json(out_dir / "tokenizer_config.json", config)
 
 
 def _train_sentencepiece(corpus: Path, vocab_size: int, out_dir: Path) -> int:
@@ -109,18 +105,7 @@ def _train_sentencepiece(corpus: Path, vocab_size: int, out_dir: Path) -> int:
         )
         (out_dir / "tokenizer.model").write_bytes(prefix.with_suffix(".model").read_bytes())
     processor = spm.SentencePieceProcessor(model_file=str(out_dir / "tokenizer.model"))
-    tokenizer_config = {
-        "tokenizer_class": "LlamaTokenizer",
-        "bos_token": SPECIAL_TOKENS["bos"],
-        "eos_token": SPECIAL_TOKENS["eos"],
-        "pad_token": SPECIAL_TOKENS["pad"],
-        "unk_token": SPECIAL_TOKENS["unk"],
-        "add_bos_token": True,
-        "add_eos_token": False,
-        "legacy": True,
-        "model_max_length": 1_000_000,
-    }
-    atomic_write_json(out_dir / "tokenizer_config.json", tokenizer_config)
+    _write_tokenizer_config(out_dir, "LlamaTokenizer", legacy=True)
     return processor.vocab_size()
 
 

@@ -2,8 +2,8 @@
 ``docs/models.md`` shows.
 
 Each family is a scaled-down litgpt config of a real model (``make_tiny_checkpoint --like NAME``: 2 layers, 64 wide,
-random init, the real architecture). For each: ``finetune_sft`` LoRA and full (one step), ``generate_batch`` (greedy,
-4 tokens) and ``export_hf``. A cell is ``ok``, or the one-line refusal the command gave (exit 2), or ``TRACEBACK`` —
+random init, the real architecture). For each: ``finetune_sft`` LoRA and full (one step), the reward heads
+(``finetune_orm`` and ``finetune_prm``, LoRA, one step), ``generate_batch`` (greedy, 4 tokens) and ``export_hf``. A cell is ``ok``, or the one-line refusal the command gave (exit 2), or ``TRACEBACK`` —
 which must never appear; an export is ``ok`` only when transformers loads it cleanly with litgpt's logits (else
 ``WRONG: ...``, which must not appear either). About 7 minutes on 2 CPU cores; not part of ``make test`` (``tests/test_families.py`` and
 ``tests/test_export_hf.py`` test the equalities behind the ``ok`` cells for the families that needed work).
@@ -80,6 +80,28 @@ def exported(d: Path) -> str:
     return "ok" if diff < 1e-4 else f"WRONG: logits {diff:.1e} off litgpt's"
 
 
+def _reward_rows(tmp: Path) -> tuple[str, str]:
+    """Four labelled candidates of two questions (ORM rows) and their steps (PRM rows)."""
+    import json
+
+    orm, prm = tmp / "orm", tmp / "prm"  # train.jsonl and val.jsonl: the same rows (one step is all that runs)
+    candidates = [("q1", "Who sells lamps?", "Ivel sells lamps.", 1), ("q1", "Who sells lamps?", "Nobody.", 0),
+                  ("q2", "What is 2 + 2?", "It is 4.", 1), ("q2", "What is 2 + 2?", "It is 5.", 0)]  # fmt: skip
+    orm_text = "".join(json.dumps({"prompt": q, "response": a, "label": y, "question_id": g}) + "\n"
+                       for g, q, a, y in candidates)  # fmt: skip
+    prm_text = "".join(json.dumps({"prompt": q, "completions": ["First,", a], "labels": [True, bool(y)],
+                                   "question_id": g}) + "\n" for g, q, a, y in candidates)  # fmt: skip
+    for folder, text in ((orm, orm_text), (prm, prm_text)):
+        folder.mkdir()
+        (folder / "train.jsonl").write_text(text)
+        (folder / "val.jsonl").write_text(text)
+    return str(orm), str(prm)
+
+
+def _pair(orm: str, prm: str) -> str:
+    return "ok" if orm == prm == "ok" else f"orm: {orm}; prm: {prm}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", nargs="*", help="litgpt config names (default: all)")
@@ -87,14 +109,15 @@ def main() -> None:
     steps = ["--train.max_steps", "1", "--train.epochs", "null", "--train.global_batch_size", "2",
              "--train.micro_batch_size", "2", "--eval.interval", "100", "--eval.final_validation", "false",
              "--precision", "32-true"]  # fmt: skip
-    rows = ["| family (litgpt config) | finetune LoRA | finetune full | generate_batch | export_hf |",
-            "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    rows = ["| family (litgpt config) | finetune LoRA | finetune full | orm / prm heads | generate_batch | export_hf |",
+            "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
+        orm_rows, prm_rows = _reward_rows(Path(tmp))
         for name in args.only or FAMILIES:
             d = Path(tmp) / name
             made = cell(["make_tiny_checkpoint", "--out_dir", str(d / "ckpt"), "--like", name])
             if made != "ok":
-                rows.append(f"| {FAMILIES.get(name, name)} (`{name}`) | {made} | | | |")
+                rows.append(f"| {FAMILIES.get(name, name)} (`{name}`) | {made} | | | | |")
                 continue
             (d / "p.jsonl").write_text('{"id": "a", "prompt": "What does Ivel sell?"}\n')
             data = str(REPO / "artifacts/demo/qa.json")
@@ -103,6 +126,8 @@ def main() -> None:
                       *steps]),
                 cell(["finetune_sft", str(d / "ckpt"), "--data", data, "--out_dir", str(d / "full"), "--mode", "full",
                       *steps]),
+                _pair(cell(["finetune_orm", str(d / "ckpt"), "--data", orm_rows, "--out_dir", str(d / "orm"), *steps]),
+                      cell(["finetune_prm", str(d / "ckpt"), "--data", prm_rows, "--out_dir", str(d / "prm"), *steps])),
                 cell(["generate_batch", str(d / "ckpt"), "--input", str(d / "p.jsonl"), "--output", str(d / "g.jsonl"),
                       "--max_new_tokens", "4", "--temperature", "0", "--precision", "32-true"]),
                 exported(d),

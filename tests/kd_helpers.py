@@ -53,8 +53,8 @@ class _Fabric:
 def _batch(ckpt):
     from litgpt.tokenizer import Tokenizer
 
+    from litgpt_ext.data.batches import pad_collate
     from litgpt_ext.data.encode import encode_prompt_response
-    from litgpt_ext.training.objectives.sft import pad_collate
 
     tok = Tokenizer(ckpt)
     pairs = [("Question: What does Ivel sell?\nAnswer:", " salt and glass"), ("Question: Who?\nAnswer:", " Ann")]

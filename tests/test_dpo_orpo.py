@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from conftest import run_cli
+from litgpt_ext.data.batches import pair_collate
 from litgpt_ext.finetune import dpo, orpo, sft
 from litgpt_ext.training.args import EvalArgs, TrainArgs
 from litgpt_ext.training.objectives.dpo import dpo_losses
 from litgpt_ext.training.objectives.orpo import odds_ratio
-from litgpt_ext.training.objectives.pairs import pair_collate, pair_forward
+from litgpt_ext.training.objectives.pairs import pair_forward
 from litgpt_ext.training.reference import lora_disabled
 
 TOWNS = ["Ivel", "Orra", "Bask", "Tume", "Lira", "Marn", "Sobe", "Kest"]
@@ -138,7 +139,7 @@ def test_answer_logps_equal_a_full_forward_per_row_and_padding_is_irrelevant(tin
 
 def test_blockwise_head_gives_the_same_loss_and_gradients(tiny_checkpoint, monkeypatch):
     """Blocks of 2 rows under activation checkpointing == one block: same log-probs, same parameter gradients."""
-    from litgpt_ext.training.objectives import base
+    from litgpt_ext.model import blockwise_head
 
     model = _model(tiny_checkpoint)
     batch = pair_collate(_samples(), pad_id=0)
@@ -150,7 +151,7 @@ def test_blockwise_head_gives_the_same_loss_and_gradients(tiny_checkpoint, monke
         return out.token_logps.detach(), out.mean_logits, {n: p.grad.clone() for n, p in model.named_parameters()}
 
     whole = grads_and_logps()
-    monkeypatch.setattr(base, "HEAD_CHUNK_ELEMENTS", 2 * model.config.padded_vocab_size)
+    monkeypatch.setattr(blockwise_head, "HEAD_CHUNK_ELEMENTS", 2 * model.config.padded_vocab_size)
     blocks = grads_and_logps()
     torch.testing.assert_close(blocks[0], whole[0])
     torch.testing.assert_close(blocks[1], whole[1])
@@ -162,7 +163,8 @@ def test_frozen_head_shortcut_gives_autograds_gradients(tiny_checkpoint, monkeyp
     """LoRA model, frozen head: the fused log-prob head (backward done in the forward) == plain autograd."""
     from litgpt.lora import GPT, Config, mark_only_lora_as_trainable
 
-    from litgpt_ext.training.objectives import base
+    from litgpt_ext.model import blockwise_head
+    from litgpt_ext.model.patches import FastPaths, patched
 
     config = Config.from_file(
         tiny_checkpoint / "model_config.yaml", lora_r=4, lora_alpha=8, lora_query=True, lora_value=True, lora_mlp=True
@@ -170,7 +172,7 @@ def test_frozen_head_shortcut_gives_autograds_gradients(tiny_checkpoint, monkeyp
     model = GPT(config)
     model.load_state_dict(torch.load(tiny_checkpoint / "lit_model.pth", weights_only=True), strict=False)
     mark_only_lora_as_trainable(model)
-    assert base.frozen_linear(model.lm_head) is not None
+    assert blockwise_head.frozen_linear(model.lm_head) is not None
     batch = pair_collate(_samples(), pad_id=0)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -188,9 +190,9 @@ def test_frozen_head_shortcut_gives_autograds_gradients(tiny_checkpoint, monkeyp
         )
 
     fused = grads_and_logps()
-    monkeypatch.setattr(base, "FUSED_FROZEN_HEAD", False)
-    monkeypatch.setattr(base, "HEAD_CHUNK_ELEMENTS", 2**40)  # one block, no checkpointing: plain autograd
-    plain = grads_and_logps()
+    monkeypatch.setattr(blockwise_head, "HEAD_CHUNK_ELEMENTS", 2**40)  # one block, no checkpointing: plain autograd
+    with patched(model, "training", FastPaths(forwards=False, frozen_head=False)):
+        plain = grads_and_logps()
     torch.testing.assert_close(fused[0], plain[0])
     torch.testing.assert_close(fused[1], plain[1])
     assert fused[2].keys() == plain[2].keys() and len(plain[2]) > 0

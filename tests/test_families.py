@@ -32,7 +32,7 @@ def test_moe_last_block_rows_give_the_full_forwards_loss_and_gradients(moe):
     from litgpt.config import Config
     from litgpt.model import GPT
 
-    from litgpt_ext.training.objectives import base
+    from litgpt_ext.model.patches import FastPaths, patched
     from litgpt_ext.training.objectives.sft import SFTObjective
 
     model = GPT(Config.from_file(moe / "model_config.yaml"))
@@ -43,13 +43,10 @@ def test_moe_last_block_rows_give_the_full_forwards_loss_and_gradients(moe):
                          for n in (9, 14)])  # fmt: skip
     results = []
     for prune in (False, True):
-        base.PRUNE_LAST_BLOCK = prune
-        try:
+        with patched(model, "training", FastPaths(forwards=False, last_block_rows=prune)):
             model.zero_grad(set_to_none=True)
             loss, _ = sft.compute(model, batch)
             loss.backward()
-        finally:
-            base.PRUNE_LAST_BLOCK = True
         results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
     torch.testing.assert_close(results[1][0], results[0][0], atol=1e-6, rtol=1e-5)
     for name, grad in results[0][1].items():
@@ -134,7 +131,7 @@ def _loaded(ckpt, scale: float = 1.0):
 
 
 def _batch(seed: int = 0):
-    from litgpt_ext.training.objectives.sft import pad_collate
+    from litgpt_ext.data.batches import pad_collate
 
     g = torch.Generator().manual_seed(seed)
     samples = []
@@ -152,9 +149,10 @@ def test_softcapped_models_train_with_litgpts_capped_logits(gemma2):
     import torch.nn.functional as F
     from litgpt.config import Config
 
-    from litgpt_ext.training.objectives.kd import KDSettings, jsd_loss, kd_forward
+    from litgpt_ext.kd.teacher import TeacherBlock
+    from litgpt_ext.training.objectives.divergences import jsd_loss
+    from litgpt_ext.training.objectives.kd import KDSettings, kd_forward
     from litgpt_ext.training.objectives.sft import answer_cross_entropy
-    from litgpt_ext.training.teacher import TeacherBlock
 
     cap = Config.from_file(gemma2 / "model_config.yaml").final_logit_softcapping
     assert cap == 30.0
@@ -203,10 +201,10 @@ def test_replacement_forwards_leave_subclasses_that_compute_differently_alone(ti
     from litgpt.lora import Config as LoraConfig
     from litgpt.model import RMSNorm
 
-    from litgpt_ext.generate.attention import install_grouped_decode
-    from litgpt_ext.training.fast_attention import grouped_training_attention
-    from litgpt_ext.training.fast_lora import lean_lora_qkv
-    from litgpt_ext.training.fast_norm import fused_rms_norm
+    from litgpt_ext.model.decode_attention import install_grouped_decode
+    from litgpt_ext.model.fast_attention import grouped_training_attention
+    from litgpt_ext.model.fast_lora import lean_lora_qkv
+    from litgpt_ext.model.fast_norm import fused_rms_norm
 
     ckpt = tiny_factory()
     lora = LoraGPT(LoraConfig.from_file(ckpt / "model_config.yaml", lora_r=4, lora_query=True, lora_value=True))

@@ -156,7 +156,7 @@ def test_preference_methods_default_to_a_learning_rate_of_their_own():
     import inspect
 
     from litgpt_ext.finetune import dpo, orpo, sft
-    from litgpt_ext.finetune.common import optimizer_config
+    from litgpt_ext.finetune.fabric import optimizer_config
 
     def default(module):
         return inspect.signature(module.setup).parameters["optimizer"].default

@@ -345,7 +345,7 @@ def test_greedy_equals_litgpt_generate_and_min_new_tokens_equals_transformers(st
     from transformers import AutoModelForCausalLM
 
     from litgpt_ext.export.command import export_hf
-    from litgpt_ext.generate.attention import grouped_decode_applies
+    from litgpt_ext.model.decode_attention import grouped_decode_applies
 
     config = Config.from_file(student / "model_config.yaml")
     assert grouped_decode_applies(config)  # the tiny llama has 4 heads in 2 groups
@@ -527,7 +527,8 @@ def test_packed_linear_matches_f_linear_and_comes_off(tiny_checkpoint):
     from litgpt.config import Config
     from litgpt.model import GPT
 
-    from litgpt_ext.generate.packed_linear import install_packed_linears, packing_available, remove_packed_linears
+    from litgpt_ext.model.packed_linear import install_packed_linears, packing_available
+    from litgpt_ext.model.patches import Patches
 
     if not packing_available(torch.device("cpu"), torch.float32):
         pytest.skip("this PyTorch has no MKL")
@@ -535,10 +536,11 @@ def test_packed_linear_matches_f_linear_and_comes_off(tiny_checkpoint):
     x = torch.randint(0, 100, (5, 3))
     with torch.inference_mode():
         ref = model(x)
-        assert install_packed_linears(model, 8) == sum(type(m) is torch.nn.Linear for m in model.modules())
+        patches = Patches()
+        assert install_packed_linears(model, 8, patches) == sum(type(m) is torch.nn.Linear for m in model.modules())
         torch.testing.assert_close(model(x), ref, rtol=1e-5, atol=1e-5)  # 15 rows: the packed path
         assert model(torch.randint(0, 100, (2, 9))).shape[:2] == (2, 9)  # 18 rows > 2 x 8: F.linear
     with torch.enable_grad():
         model(x).sum().backward()  # training never goes through the frozen copy
-    remove_packed_linears(model)
-    assert not any("_packed_weight" in m.__dict__ for m in model.modules())
+    patches.restore()
+    assert not any({"_packed_weight", "_packed_rows", "forward"} & set(vars(m)) for m in model.modules())

@@ -13,10 +13,12 @@ from kd_helpers import _batch, _Fabric, _student, _train
 
 from litgpt_ext.errors import UserError
 from litgpt_ext.finetune import kd as finetune_kd
+from litgpt_ext.kd.teacher import LocalTeacher, TeacherBlock
+from litgpt_ext.model import blockwise_head
+from litgpt_ext.model.patches import FastPaths, patched
 from litgpt_ext.training.args import TrainArgs
-from litgpt_ext.training.objectives import base
-from litgpt_ext.training.objectives.kd import KDSettings, block_losses, jsd_loss, kd_forward
-from litgpt_ext.training.teacher import LocalTeacher, TeacherBlock
+from litgpt_ext.training.objectives.divergences import jsd_loss
+from litgpt_ext.training.objectives.kd import KDSettings, block_losses, kd_forward
 
 
 # -- the divergence ------------------------------------------------------------------------------------------------
@@ -73,12 +75,12 @@ def test_blockwise_and_fused_heads_give_autograds_gradients(pair, monkeypatch, l
     input_ids = batch["input_ids"][:, :-1]
 
     def run(fused: bool, chunk: int):
-        monkeypatch.setattr(base, "FUSED_FROZEN_HEAD", fused)
-        monkeypatch.setattr(base, "HEAD_CHUNK_ELEMENTS", chunk)
+        monkeypatch.setattr(blockwise_head, "HEAD_CHUNK_ELEMENTS", chunk)
         model = _student(student_dir, lora)
         teacher.setup(_Fabric(), model, {})
-        loss, metrics = kd_forward(model, input_ids, index, targets, teacher.blocks(batch, input_ids, index), kd)
-        loss.backward()
+        with patched(model, "training", FastPaths(forwards=False, frozen_head=fused)):
+            loss, metrics = kd_forward(model, input_ids, index, targets, teacher.blocks(batch, input_ids, index), kd)
+            loss.backward()
         return loss.detach(), metrics, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     def plain():
@@ -131,9 +133,9 @@ def test_first_step_loss_equals_trls_gkd_trainer(pair, data_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
+    from litgpt_ext.data.batches import pad_collate
     from litgpt_ext.data.sft import SFTData
     from litgpt_ext.export.command import export_hf
-    from litgpt_ext.training.objectives.sft import pad_collate
 
     teacher_dir, student_dir = pair
     for name, ckpt in (("teacher", teacher_dir), ("student", student_dir)):

@@ -12,15 +12,8 @@ import torch
 from kd_helpers import _train
 
 from litgpt_ext.errors import UserError
-from litgpt_ext.training.objectives.kd import (
-    KDSettings,
-    TeacherBlock,
-    adaptive_kl,
-    block_losses,
-    generalized_jsd,
-    skew_kl,
-    skew_reverse_kl,
-)
+from litgpt_ext.training.objectives.divergences import adaptive_kl, generalized_jsd, skew_kl, skew_reverse_kl
+from litgpt_ext.training.objectives.kd import KDSettings, TeacherBlock, block_losses
 
 
 def kl(p: list[float], q: list[float]) -> float:

@@ -8,17 +8,19 @@ import torch
 
 
 def _loss_and_grads(model, batch, objective, prune: bool, monkeypatch):
-    from litgpt_ext.training.objectives import base
+    from litgpt_ext.model import heads
+    from litgpt_ext.model.patches import FastPaths, patched
 
-    monkeypatch.setattr(base, "PRUNE_LAST_BLOCK", prune)
     calls = []
-    forward = base._RowsOnlyLastBlock.forward
-    monkeypatch.setattr(base._RowsOnlyLastBlock, "forward", lambda self, *a: calls.append(1) or forward(self, *a))
+    forward = heads._RowsOnlyLastBlock.forward
+    monkeypatch.setattr(heads._RowsOnlyLastBlock, "forward", lambda self, *a: calls.append(1) or forward(self, *a))
     model.zero_grad(set_to_none=True)
-    loss, _ = objective.compute(model, batch)
-    loss.backward()
+    with patched(model, "training", FastPaths(forwards=False, last_block_rows=prune)):
+        loss, _ = objective.compute(model, batch)
+        loss.backward()
     assert len(calls) == int(prune)
-    assert base._SELECTED == [False] and all(type(b).__name__ != "_RowsOnlyLastBlock" for b in model.transformer.h)
+    assert all(type(b).__name__ != "_RowsOnlyLastBlock" for b in model.transformer.h)
+    assert "_fast_paths" not in vars(model)
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
@@ -119,7 +121,7 @@ def test_fused_rms_norm_gives_litgpts_loss_and_gradients(tiny_factory, lora):
     """F.rms_norm in place of litgpt's RMSNorm forward: the same loss and gradients (norm weights included)."""
     import copy
 
-    from litgpt_ext.training.fast_norm import fused_rms_norm
+    from litgpt_ext.model.fast_norm import fused_rms_norm
 
     model = _tiny_model(tiny_factory(), lora)
     if not lora:
@@ -144,7 +146,7 @@ def test_lean_lora_qkv_gives_litgpts_outputs_and_gradients(groups, parts):
 
     from litgpt.lora import Config, LoRAQKVLinear
 
-    from litgpt_ext.training.fast_lora import lean_lora_qkv
+    from litgpt_ext.model.fast_lora import lean_lora_qkv
 
     torch.manual_seed(0)
     cfg = Config(n_embd=64, n_head=4, n_query_groups=groups, head_size=16, lora_r=4, lora_alpha=8, **parts)
@@ -178,7 +180,7 @@ def test_grouped_training_attention_gives_litgpts_loss_and_gradients(tiny_factor
     and LoRA; sliding-window blocks (mistral's tiny config slides) keep litgpt's forward."""
     import copy
 
-    from litgpt_ext.training.fast_attention import grouped_training_attention
+    from litgpt_ext.model.fast_attention import grouped_training_attention
 
     model = _tiny_model(tiny_factory(family, **({} if groups is None else {"n_query_groups": groups})), lora)
     fast = copy.deepcopy(model)
@@ -192,7 +194,7 @@ def test_lean_swiglu_gives_litgpts_outputs_and_gradients_and_keeps_two_activatio
     from litgpt.config import Config
     from litgpt.model import LLaMAMLP
 
-    from litgpt_ext.training.fast_mlp import lean_swiglu
+    from litgpt_ext.model.fast_mlp import lean_swiglu
 
     torch.manual_seed(0)
     mlp = LLaMAMLP(Config(n_embd=32, intermediate_size=48, bias=False))

@@ -15,9 +15,9 @@ from conftest import run_cli
 from distill.teacher.fake_server import FakeOpenAI, ServerConfig
 from litgpt_ext.api.prompt_scores import ServerArgs
 from litgpt_ext.generate.on_model import GenArgs
+from litgpt_ext.kd.teacher import LocalTeacher, ServerTeacher
 from litgpt_ext.training.objectives.kd import KDObjective, KDSettings
 from litgpt_ext.training.onpolicy import OnPolicy, OnPolicySampler
-from litgpt_ext.training.teacher import LocalTeacher, ServerTeacher
 
 
 def _sampler(ckpt, lmbda=1.0, **gen):

@@ -11,10 +11,11 @@ import torch
 import torch.nn.functional as F
 from litgpt.tokenizer import Tokenizer
 
+from litgpt_ext.data.batches import orm_collate
 from litgpt_ext.errors import UserError
 from litgpt_ext.finetune import orm
 from litgpt_ext.training.args import EvalArgs, TrainArgs
-from litgpt_ext.training.objectives.orm import ORMObjective, group_pairwise_loss, orm_collate, pairwise_loss
+from litgpt_ext.training.objectives.orm import ORMObjective, group_pairwise_loss, pairwise_loss
 
 TOWNS = ["Ivel", "Orra", "Bask", "Tume", "Lira", "Marn", "Sobe", "Kest"]
 GOOD = ["salt", "glass", "wool", "iron"]

@@ -14,10 +14,11 @@ from litgpt.tokenizer import Tokenizer
 
 from conftest import REPO
 from distill.sql.steps import assemble, sql_steps, stage_sql
+from litgpt_ext.data.batches import prm_collate
 from litgpt_ext.data.encode import batch_encode
 from litgpt_ext.data.prm import PrmData, encode_steps
 from litgpt_ext.errors import UserError
-from litgpt_ext.training.objectives.prm import PRMObjective, prm_collate
+from litgpt_ext.training.objectives.prm import PRMObjective
 
 sys.path.insert(0, str(REPO / "artifacts" / "sql_fixture"))
 from build_fixture import build  # noqa: E402

@@ -294,11 +294,11 @@ def test_training_forwards_equal_litgpts_on_the_real_model(smollm2):
 
     from litgpt.lora import GPT, Config, mark_only_lora_as_trainable
 
-    from litgpt_ext.training.fast_attention import grouped_training_attention
-    from litgpt_ext.training.fast_lora import lean_lora_qkv
-    from litgpt_ext.training.fast_mlp import lean_swiglu
-    from litgpt_ext.training.fast_norm import fused_rms_norm
-    from litgpt_ext.training.objectives import base
+    from litgpt_ext.model.fast_attention import grouped_training_attention
+    from litgpt_ext.model.fast_lora import lean_lora_qkv
+    from litgpt_ext.model.fast_mlp import lean_swiglu
+    from litgpt_ext.model.fast_norm import fused_rms_norm
+    from litgpt_ext.model.patches import FastPaths, patched
     from litgpt_ext.training.objectives.sft import SFTObjective
 
     torch.manual_seed(0)
@@ -321,11 +321,8 @@ def test_training_forwards_equal_litgpts_on_the_real_model(smollm2):
     batch = sft.collate(samples)
     results = []
     for model, prune in ((plain, False), (fast, True)):
-        base.PRUNE_LAST_BLOCK = prune
-        try:
+        with patched(model, "training", FastPaths(forwards=False, last_block_rows=prune)):
             loss, _ = sft.compute(model, batch)
-        finally:
-            base.PRUNE_LAST_BLOCK = True
         loss.backward()
         results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
     torch.testing.assert_close(results[1][0], results[0][0], atol=1e-5, rtol=1e-5)

@@ -9,10 +9,11 @@ import torch
 from litgpt.tokenizer import Tokenizer
 
 from conftest import DEMO, run_cli
+from litgpt_ext.data.batches import pad_collate
 from litgpt_ext.data.encode import encode_prompt_response
 from litgpt_ext.data.sft import SFTData
 from litgpt_ext.errors import UserError
-from litgpt_ext.training.objectives.sft import SFTObjective, pad_collate
+from litgpt_ext.training.objectives.sft import SFTObjective
 
 
 def test_encode_masks_prompt_and_appends_eos():

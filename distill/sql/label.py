@@ -16,7 +16,6 @@ so a rerun — after ``kill -9`` too — executes only what is missing.
 from __future__ import annotations
 
 import os
-import random
 import time
 from pathlib import Path
 from typing import Literal
@@ -30,27 +29,13 @@ from distill.sql.questions import Dataset, Question, read_questions
 from distill.sql.results import ExecCache, exec_key, summarize
 from distill.sql.sandbox import Sandbox
 from distill.sql.schema import db_path, schema_text
+from distill.sql.selection import balance, read_candidates
 from litgpt_ext.errors import UserError, require
-from litgpt_ext.generate.outputs import read_generations
 from litgpt_ext.io import atomic_write_json, atomic_write_jsonl
 
 Version = Literal["v1", "v2", "eval"]
 Compare = Literal["auto", "set", "multiset", "ordered"]
 Target = Literal["orm", "prm"]
-
-
-def read_candidates(paths: list[Path]) -> tuple[dict[str, list[str]], dict[str, str]]:
-    """generate_batch-shaped files merged by id: ``id -> generations`` (in file order), and ``id -> error`` for the
-    error records generate_batch writes for bad input lines."""
-    merged: dict[str, list[str]] = {}
-    errors: dict[str, str] = {}
-    for path in paths:
-        for rid, found in read_generations(path, "candidates").items():
-            if "error" in found:
-                errors[rid] = found["error"]
-            else:
-                merged.setdefault(rid, []).extend(found["texts"])
-    return merged, errors
 
 
 def compare_mode(gold_sql: str, compare: str) -> str:
@@ -127,22 +112,6 @@ def label_question(
             continue
         rows.append({**row, "label": int(same), "fingerprint": fingerprint})
     return rows
-
-
-def balance(q: Question, rows: list[dict], seed: int, drop) -> list[dict]:
-    """v1: a question with both labels keeps min(pos, neg) of each (seeded); a one-sided question is dropped."""
-    pos = [r for r in rows if r["label"] == 1]
-    neg = [r for r in rows if r["label"] == 0]
-    if rows and not (pos and neg):
-        drop("one_sided", question_id=q.id, positives=len(pos), negatives=len(neg))
-        return []
-    n = min(len(pos), len(neg))
-    local = random.Random(f"{seed}/{q.id}")
-    keep = {r["id"] for r in local.sample(pos, n) + local.sample(neg, n)}
-    for r in rows:
-        if r["id"] not in keep:
-            drop("balanced_out", question_id=q.id, sql=r["sql"], label=r["label"])
-    return [r for r in rows if r["id"] in keep]
 
 
 def step_rows(

@@ -17,13 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from litgpt.data import DataModule
-from torch.utils.data import DataLoader
 
+from litgpt_ext.data.batches import GroupedRowData, orm_collate
 from litgpt_ext.data.encode import batch_encode, keep_end
-from litgpt_ext.data.preference import table_files
 from litgpt_ext.data.records import iter_rows
-from litgpt_ext.data.split import split_by_key
 from litgpt_ext.errors import UserError
 
 SQL_PROMPT = "Question: {question}\nSQL: {sql}\nIs the SQL correct?"
@@ -56,38 +53,21 @@ def parse_label(value, path: Path, where: str) -> int:
 
 
 @dataclass
-class OrmData(DataModule):
+class OrmData(GroupedRowData):
     """Labelled (prompt, candidate) rows for finetune_orm (see the module docstring)."""
 
-    path: Path = Path("data")
-    """A .json/.jsonl/.csv file of labelled rows, or a directory with train.* (+ val.*)."""
-    val_path: Path | None = None
-    """A separate validation file (default: val.* of the directory, else a split of the training rows by group)."""
+    collate = staticmethod(orm_collate)
+
     label_column: str = "label"
     """Column holding the 0/1 label."""
-    group_column: str = "question_id"
-    """Column grouping candidates of one question (validation split, pairwise loss); default: the prompt text."""
-    val_split_fraction: float = 0.1
-    """Fraction of groups split off for validation when there is no validation file (seeded, stable)."""
-    seed: int = 42
-    """Seed of the split and of the pair sampling."""
     max_pairs_per_group: int = 16
     """Pairwise loss: at most this many (positive, negative) pairs per group."""
 
-    tokenizer: object = field(default=None, init=False, repr=False)
-    batch_size: int = field(default=1, init=False, repr=False)
     max_seq_length: int | None = field(default=None, init=False, repr=False)
     orm_prompt: str | None = field(default=None, init=False, repr=False)
     prompts_used: set = field(default_factory=set, init=False, repr=False)
     """The templates the rows were rendered with (the defaults differ by row shape)."""
     pairwise: bool = field(default=False, init=False, repr=False)
-    train_dataset: list = field(default_factory=list, init=False, repr=False)
-    val_dataset: list = field(default_factory=list, init=False, repr=False)
-    stats: dict = field(default_factory=dict, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        super().__init__()
-        self.path = Path(self.path)
 
     def connect(
         self,
@@ -121,17 +101,7 @@ class OrmData(DataModule):
         return rows
 
     def setup(self, stage: str = "") -> None:
-        if self.tokenizer is None:
-            raise RuntimeError("OrmData.connect(tokenizer=...) must be called before setup()")
-        train_file, val_file = table_files(self.path)
-        val_file = Path(self.val_path) if self.val_path is not None else val_file
-        train = self.read(train_file)
-        if val_file is not None:
-            val = self.read(val_file)
-        else:
-            train, val = split_by_key(train, lambda r: r["group"], self.seed, self.val_split_fraction)
-        if not train or not val:
-            raise UserError(f"no {'training' if not train else 'validation'} rows", path=self.path)
+        train, val = self.train_and_val_rows()
         train_samples, val_samples = self._encode(train), self._encode(val)
         self.stats = {
             "train": len(train_samples),
@@ -178,14 +148,3 @@ class OrmData(DataModule):
                 combos = rng.sample(combos, self.max_pairs_per_group)
             pairs += [{"pair": True, "pos": p, "neg": n, "group": name} for p, n in combos]
         return pairs
-
-    def _loader(self, dataset, shuffle: bool) -> DataLoader:
-        from litgpt_ext.training.objectives.orm import orm_collate
-
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, collate_fn=orm_collate)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, shuffle=False)

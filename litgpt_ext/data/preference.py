@@ -24,20 +24,17 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from litgpt.data import DataModule
 from litgpt.prompts import PromptStyle
-from torch.utils.data import DataLoader
 
 from litgpt_ext.chat_template import ChatTemplateStyle
+from litgpt_ext.data.batches import RowData, pair_collate
 from litgpt_ext.data.chat import parse_turns
 from litgpt_ext.data.chat_encode import located, renderer_for
 from litgpt_ext.data.encode import batch_encode, keep_end, with_eos
 from litgpt_ext.data.records import iter_rows, text_field
-from litgpt_ext.data.split import split_by_key
+from litgpt_ext.data.split import split_by_key, table_files
 from litgpt_ext.errors import UserError
 from litgpt_ext.prompts import apply_style
-
-TABLE_SUFFIXES = (".jsonl", ".json", ".csv")
 
 
 @dataclass
@@ -149,31 +146,11 @@ class PairSamples(Sequence):
         return h.hexdigest()
 
 
-def table_files(path: Path) -> tuple[Path, Path | None]:
-    """``(train, val)`` files of a directory holding ``train.*`` (+ ``val.*``), or ``(path, None)`` for a file."""
-    path = Path(path)
-    if path.is_dir():
-        found = {}
-        for split in ("train", "val"):
-            files = [path / f"{split}{suffix}" for suffix in TABLE_SUFFIXES if (path / f"{split}{suffix}").is_file()]
-            if len(files) > 1:
-                raise UserError(f"more than one {split} file: {', '.join(f.name for f in files)}", path=path)
-            found[split] = files[0] if files else None
-        if found["train"] is None:
-            raise UserError(
-                f"directory has no train file ({', '.join('train' + s for s in TABLE_SUFFIXES)})", path=path
-            )
-        return found["train"], found["val"]
-    if not path.is_file():
-        raise UserError("no such file or directory", path=path, field="data.path")
-    if path.suffix.lower() not in TABLE_SUFFIXES:
-        raise UserError(f"expected a {', '.join(TABLE_SUFFIXES)} file or a directory", path=path, field="data.path")
-    return path, None
-
-
 @dataclass
-class PreferenceData(DataModule):
+class PreferenceData(RowData):
     """Chosen/rejected preference pairs from JSON, JSONL or CSV (see the module docstring)."""
+
+    collate = staticmethod(pair_collate)
 
     path: Path = Path("data")
     """A .json (list of rows) / .jsonl / .csv file, or a directory with train.* and optionally val.*."""
@@ -196,18 +173,9 @@ class PreferenceData(DataModule):
     seed: int = 42
     """Seed of that split."""
 
-    tokenizer: object = field(default=None, init=False, repr=False)
-    batch_size: int = field(default=1, init=False, repr=False)
     prompt_style: PromptStyle | None = field(default=None, init=False, repr=False)
     max_prompt_length: int | None = field(default=None, init=False, repr=False)
     max_length: int | None = field(default=None, init=False, repr=False)
-    train_dataset: PairSamples = field(default=None, init=False, repr=False)
-    val_dataset: PairSamples = field(default=None, init=False, repr=False)
-    stats: dict = field(default_factory=dict, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        super().__init__()
-        self.path = Path(self.path)
 
     def connect(
         self,
@@ -361,13 +329,3 @@ class PreferenceData(DataModule):
         return torch.tensor(ids, dtype=torch.long)
 
     # -- litgpt compatibility: plain dataloaders (the training loop builds its own, resumable ones) ------------
-    def _loader(self, dataset: PairSamples, shuffle: bool) -> DataLoader:
-        from litgpt_ext.training.objectives.pairs import pair_collate
-
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, collate_fn=pair_collate)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, shuffle=False)

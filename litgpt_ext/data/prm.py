@@ -18,13 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from litgpt.data import DataModule
-from torch.utils.data import DataLoader
 
+from litgpt_ext.data.batches import GroupedRowData, prm_collate
 from litgpt_ext.data.encode import batch_encode, keep_end
-from litgpt_ext.data.preference import table_files
 from litgpt_ext.data.records import iter_rows
-from litgpt_ext.data.split import split_by_key
 from litgpt_ext.errors import UserError
 
 
@@ -98,34 +95,17 @@ def encode_steps(
 
 
 @dataclass
-class PrmData(DataModule):
+class PrmData(GroupedRowData):
     """Stepwise-labelled rows for finetune_prm (see the module docstring)."""
 
-    path: Path = Path("data")
-    """A .json/.jsonl file of stepwise rows, or a directory with train.* (+ val.*)."""
-    val_path: Path | None = None
-    """A separate validation file (default: val.* of the directory, else a split of the training rows by group)."""
-    group_column: str = "question_id"
-    """Column grouping rows of one question (validation split); default: the prompt text."""
+    collate = staticmethod(prm_collate)
+
     soft_labels: bool = False
     """Accept fractional labels in [0, 1] (Monte-Carlo ``--mc soft``); the loss uses them as target probabilities."""
-    val_split_fraction: float = 0.1
-    """Fraction of groups split off for validation when there is no validation file (seeded, stable)."""
-    seed: int = 42
-    """Seed of the split."""
 
-    tokenizer: object = field(default=None, init=False, repr=False)
-    batch_size: int = field(default=1, init=False, repr=False)
     max_seq_length: int | None = field(default=None, init=False, repr=False)
     step_separator: str = field(default="\n", init=False, repr=False)
     """Text between two steps (finetune_prm's ``--step_separator``)."""
-    train_dataset: list = field(default_factory=list, init=False, repr=False)
-    val_dataset: list = field(default_factory=list, init=False, repr=False)
-    stats: dict = field(default_factory=dict, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        super().__init__()
-        self.path = Path(self.path)
 
     def connect(
         self, tokenizer=None, batch_size: int = 1, max_seq_length: int | None = None, step_separator: str = "\n", **kw
@@ -153,19 +133,9 @@ class PrmData(DataModule):
         return rows
 
     def setup(self, stage: str = "") -> None:
-        if self.tokenizer is None:
-            raise RuntimeError("PrmData.connect(tokenizer=...) must be called before setup()")
         if not self.step_separator:
             raise UserError("must not be empty (steps would run together)", field="step_separator")
-        train_file, val_file = table_files(self.path)
-        val_file = Path(self.val_path) if self.val_path is not None else val_file
-        train = self.read(train_file)
-        if val_file is not None:
-            val = self.read(val_file)
-        else:
-            train, val = split_by_key(train, lambda r: r["group"], self.seed, self.val_split_fraction)
-        if not train or not val:
-            raise UserError(f"no {'training' if not train else 'validation'} rows", path=self.path)
+        train, val = self.train_and_val_rows()
         self.train_dataset, self.val_dataset = self._encode(train), self._encode(val)
         steps = [len(s["step_labels"]) for s in self.train_dataset]
         self.stats.update(
@@ -195,14 +165,3 @@ class PrmData(DataModule):
                 }
             )
         return samples
-
-    def _loader(self, dataset, shuffle: bool) -> DataLoader:
-        from litgpt_ext.training.objectives.prm import prm_collate
-
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, collate_fn=prm_collate)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, shuffle=False)

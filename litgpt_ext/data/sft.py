@@ -15,16 +15,14 @@ prompt (unless ``mask_prompt=false``) and padding.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
-from litgpt.data import DataModule
 from litgpt.prompts import PromptStyle, has_prompt_style, load_prompt_style
-from torch.utils.data import DataLoader
 
+from litgpt_ext.data.batches import RowData, pad_collate
 from litgpt_ext.data.chat import CHAT_FORMATS, data_format, load_conversations
 from litgpt_ext.data.chat_encode import encode_conversations, renderer_for
 from litgpt_ext.data.fast_encode import encode_packed
@@ -38,8 +36,10 @@ Sample = dict[str, torch.Tensor]
 
 
 @dataclass
-class SFTData(DataModule):
+class SFTData(RowData):
     """Supervised finetuning data in litgpt JSON/JSONL, Q/A or pre-tokenized form (see the module docstring)."""
+
+    collate = staticmethod(pad_collate)
 
     path: Path = Path("data")
     """A .json/.jsonl file (litgpt, Q/A or chat), or a directory with train.json(l)+val.json(l) or train.pt+val.pt."""
@@ -61,18 +61,9 @@ class SFTData(DataModule):
     ignore_index: int = -100
     """Label value that the loss ignores (prompt and padding)."""
 
-    tokenizer: object = field(default=None, init=False, repr=False)
     student_dir: Path | None = field(default=None, init=False, repr=False)
     """The student checkpoint (set by the finetune command): where a ``chat_template`` comes from."""
-    batch_size: int = field(default=1, init=False, repr=False)
     max_seq_length: int | None = field(default=None, init=False, repr=False)
-    train_dataset: Sequence[Sample] = field(default_factory=list, init=False, repr=False)
-    val_dataset: Sequence[Sample] = field(default_factory=list, init=False, repr=False)
-    stats: dict = field(default_factory=dict, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        super().__init__()
-        self.path = Path(self.path)
 
     def connect(self, tokenizer=None, batch_size: int = 1, max_seq_length: int | None = None, **kwargs) -> None:
         self.tokenizer, self.batch_size = tokenizer, batch_size
@@ -212,13 +203,3 @@ class SFTData(DataModule):
         return PackedSamples(packed["input_ids"], packed["labels"], packed["offsets"], packed["ids"])
 
     # -- litgpt compatibility: plain dataloaders (the training loop builds its own, resumable ones) ------------
-    def _loader(self, dataset: Sequence[Sample], shuffle: bool) -> DataLoader:
-        from litgpt_ext.training.objectives.sft import pad_collate
-
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, collate_fn=pad_collate)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, shuffle=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 from litgpt_ext.errors import UserError
 
@@ -35,3 +36,28 @@ def split_order(n: int, fraction: float, seed: int):
 def split_off(items: list, fraction: float, seed: int) -> tuple[list, list]:
     train, val = split_order(len(items), fraction, seed)
     return [items[i] for i in train.tolist()], [items[i] for i in val.tolist()]
+
+
+TABLE_SUFFIXES = (".jsonl", ".json", ".csv")
+
+
+def table_files(path: Path) -> tuple[Path, Path | None]:
+    """``(train, val)`` files of a directory holding ``train.*`` (+ ``val.*``), or ``(path, None)`` for a file."""
+    path = Path(path)
+    if path.is_dir():
+        found = {}
+        for split in ("train", "val"):
+            files = [path / f"{split}{suffix}" for suffix in TABLE_SUFFIXES if (path / f"{split}{suffix}").is_file()]
+            if len(files) > 1:
+                raise UserError(f"more than one {split} file: {', '.join(f.name for f in files)}", path=path)
+            found[split] = files[0] if files else None
+        if found["train"] is None:
+            raise UserError(
+                f"directory has no train file ({', '.join('train' + s for s in TABLE_SUFFIXES)})", path=path
+            )
+        return found["train"], found["val"]
+    if not path.is_file():
+        raise UserError("no such file or directory", path=path, field="data.path")
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        raise UserError(f"expected a {', '.join(TABLE_SUFFIXES)} file or a directory", path=path, field="data.path")
+    return path, None

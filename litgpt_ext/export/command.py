@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Literal
 
@@ -18,7 +17,7 @@ from litgpt_ext.export.model_card import PromptFormat, write_model_card
 from litgpt_ext.export.peft_adapter import adapter_config, peft_tensors, write_adapter
 from litgpt_ext.export.shards import ShardWriter, parse_size
 from litgpt_ext.export.tokenizer_files import export_tokenizer
-from litgpt_ext.io import atomic_write_json
+from litgpt_ext.io import atomic_dir, atomic_write_json
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -85,12 +84,9 @@ def export_hf(
     family = detect_family(config)
     hparams = _hparams(checkpoint_dir)
 
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
     reward = reward_head(checkpoint_dir)
     prompt, template = prompt_format(checkpoint_dir, config, reward)
-    try:
+    with atomic_dir(out_dir) as partial:
         tied = False
         if format == "full":
             target_dtype, tied = _export_full(
@@ -110,12 +106,6 @@ def export_hf(
             if stops:  # a chat format's end of turn stops transformers' generate as it stops generate_batch
                 generation["eos_token_id"] = [ids["eos_token_id"], *stops]
             atomic_write_json(partial / "generation_config.json", generation)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    partial.rename(out_dir)
     print(f"exported {family.name} ({format}) -> {out_dir}")
     if push_to_hub:
         print(f"pushed to the Hub: {push_folder(out_dir, push_to_hub, private)}")

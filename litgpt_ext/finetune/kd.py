@@ -7,18 +7,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from litgpt.args import LogArgs
 from litgpt.data import DataModule
-from litgpt.types import LoggerChoice
 
 from litgpt_ext.api.prompt_scores import ServerArgs
-from litgpt_ext.checks import check_checkpoint_dir, within
+from litgpt_ext.checks import within
 from litgpt_ext.errors import UserError
-from litgpt_ext.finetune.common import Quantize, Strategy, model_spec, run
+from litgpt_ext.finetune.flags import CommonFlags, finetune_command
+from litgpt_ext.finetune.launch import run, start
 from litgpt_ext.generate.on_model import GenArgs
-from litgpt_ext.hparams import hyperparameters
-from litgpt_ext.training.args import CheckpointArgs, EvalArgs, TrainArgs
-from litgpt_ext.training.objectives.kd import DIVERGENCES, KDObjective, KDSettings
+from litgpt_ext.kd.teacher import make_teacher
+from litgpt_ext.training.args import TrainArgs
+from litgpt_ext.training.objectives.divergences import DIVERGENCES
+from litgpt_ext.training.objectives.kd import KDObjective, KDSettings
 from litgpt_ext.training.onpolicy import OnPolicy
 
 
@@ -61,61 +61,7 @@ def check_onpolicy(lmbda: float, seq_kd: bool, gen: GenArgs, server: ServerArgs,
         )
 
 
-def make_teacher(
-    checkpoint_dir: Path,
-    teacher,
-    teacher_logprobs,
-    teacher_precision,
-    kd: KDSettings | None = None,
-    teacher_url: str | None = None,
-    teacher_model: str | None = None,
-    server: ServerArgs | None = None,
-):
-    """The :class:`~litgpt_ext.training.teacher.Teacher` of the flags, checked before any data is read: exactly one
-    source; a teacher checkpoint whose tokenizer agrees with the student's; a store made with this tokenizer."""
-    from litgpt_ext.kd.store import load_store, tokenizer_fingerprint
-    from litgpt_ext.kd.vocab import check_same_vocabulary
-    from litgpt_ext.training.teacher import LocalTeacher, ServerTeacher
-
-    if sum(x is not None for x in (teacher, teacher_logprobs, teacher_url)) != 1:
-        raise UserError(
-            "pass one of --teacher DIR (a litgpt checkpoint), --teacher_logprobs DIR (distill_logprobs or "
-            "distill_convert --logprobs) or --teacher_url URL (an OpenAI-compatible server)",
-            field="teacher",
-        )
-    if teacher_url is not None:
-        if teacher_model is None:
-            raise UserError("--teacher_url needs --teacher_model (the name the server serves)", field="teacher_model")
-        if kd is not None and kd.topk_tail and kd.temperature != 1:
-            raise UserError(
-                "a server teacher's log-probs are at temperature 1: pass --temperature 1, or --topk_tail false to "
-                "renormalise over its top-k",
-                field="temperature",
-            )
-        return ServerTeacher(teacher_url, teacher_model, server or ServerArgs())
-    if teacher is not None:
-        check_checkpoint_dir(Path(teacher))
-        check_same_vocabulary(checkpoint_dir, Path(teacher))
-        return LocalTeacher(Path(teacher), teacher_precision)
-    manifest = load_store(Path(teacher_logprobs))
-    stored = float(manifest["temperature"])
-    if kd is not None and kd.topk_tail and abs(stored - kd.temperature) > 1e-9:
-        raise UserError(
-            f"stores log-probs at temperature {stored:g}, but --temperature is {kd.temperature:g}: the tail mass "
-            f"cannot be rescaled (rerun distill_logprobs --temperature {kd.temperature:g}, or pass --topk_tail false "
-            "to renormalise over the top-k)",
-            path=Path(teacher_logprobs) / "manifest.json",
-            field="teacher_logprobs",
-        )
-    if manifest["tokenizer"] != tokenizer_fingerprint(checkpoint_dir):
-        raise UserError(
-            "was made with another tokenizer than the student's (rerun distill_logprobs for this student)",
-            path=Path(teacher_logprobs) / "manifest.json",
-            field="teacher_logprobs",
-        )
-    return manifest
-
-
+@finetune_command()
 def setup(
     checkpoint_dir: Path,
     data: DataModule | Path | None = None,
@@ -138,42 +84,7 @@ def setup(
     teacher_model: str | None = None,
     server: ServerArgs = ServerArgs(),
     mode: Literal["lora", "full"] = "lora",
-    precision: str | None = None,
-    quantize: Quantize | None = None,
-    devices: int | str = 1,
-    num_nodes: int = 1,
-    strategy: Strategy = "auto",
-    lora_r: int = 8,
-    lora_alpha: int = 16,
-    lora_dropout: float = 0.05,
-    lora_query: bool = True,
-    lora_key: bool = False,
-    lora_value: bool = True,
-    lora_projection: bool = False,
-    lora_mlp: bool = False,
-    lora_head: bool = False,
-    freeze_emb: bool = False,
-    freeze_ln: bool = False,
-    freeze_attn: bool = False,
-    freeze_ff: bool = False,
-    freeze_other: bool = False,
-    layers_not_to_freeze: list[int] | None = None,
-    train: TrainArgs = TrainArgs(
-        save_interval=1000,
-        log_interval=1,
-        global_batch_size=16,
-        micro_batch_size=1,
-        lr_warmup_steps=100,
-        epochs=5,
-        max_seq_length=None,
-    ),
-    eval: EvalArgs = EvalArgs(interval=100, max_new_tokens=100, max_iters=100),
-    checkpoint: CheckpointArgs = CheckpointArgs(),
-    optimizer: str | dict = "AdamW",
-    logger_name: LoggerChoice = "csv",
-    log: LogArgs = LogArgs(),
-    seed: int = 1337,
-    resume: bool | Literal["auto"] | Path = False,
+    flags: CommonFlags = CommonFlags(),
 ) -> None:
     """Logit distillation: train a student on a teacher's next-token distributions at the answer positions.
 
@@ -222,54 +133,19 @@ def setup(
             --server.timeout, --server.max_attempts (a server gone that long stops the run with a resumable
             checkpoint), --server.api_key_env.
         mode: ``lora`` (litgpt LoRA; final dir holds lit_model.pth.lora and the merged lit_model.pth) or ``full``.
-        precision: "bf16-true", "bf16-mixed", "32-true", ... (default: litgpt's choice on a GPU; on a CPU bf16-mixed
-            only where the CPU does bf16 natively and the model is at least 512 wide, else 32-true).
-        quantize: QLoRA: store the frozen base weights quantized with bitsandbytes (``bnb.nf4``, ``bnb.nf4-dq``,
-            ``bnb.fp4``, ``bnb.fp4-dq``, ``bnb.int8-training``), as litgpt's finetune_lora; LoRA runs on one CUDA GPU.
-        devices: How many devices/GPUs to use per node.
-        num_nodes: How many nodes.
-        strategy: ``auto`` (DDP when more than one device), ``ddp`` or ``fsdp``.
-        lora_r: The LoRA rank.
-        lora_alpha: The LoRA alpha.
-        lora_dropout: The LoRA dropout value.
-        lora_query: Apply LoRA to the query weights in attention.
-        lora_key: Apply LoRA to the key weights in attention.
-        lora_value: Apply LoRA to the value weights in attention.
-        lora_projection: Apply LoRA to the attention output projection.
-        lora_mlp: Apply LoRA to the MLP weights.
-        lora_head: Apply LoRA to the output head.
-        freeze_emb: (full mode) Freeze token embeddings.
-        freeze_ln: (full mode) Freeze every normalization layer.
-        freeze_attn: (full mode) Freeze attention projections.
-        freeze_ff: (full mode) Freeze MLP weights.
-        freeze_other: (full mode) Freeze everything else (LM head, ...).
-        layers_not_to_freeze: (full mode) Block indices that stay fully trainable despite the freeze flags.
-        train: Training arguments (litgpt's ``TrainArgs``: batch sizes, epochs/max_steps, warmup, min_lr, max_norm).
-        eval: Evaluation arguments (litgpt's ``EvalArgs`` plus generate_samples / text_metrics).
-        checkpoint: Which extra checkpoints to keep (best by a monitored metric, keep_last); ``--checkpoint.monitor``
-            takes any val metric (val_kl_teacher_student, val_top1_agreement with --checkpoint.mode max, ...).
-        optimizer: An optimizer name (such as "AdamW") or config (``--optimizer.lr``, ``--optimizer.weight_decay``,
-            ``--optimizer.betas`` via ``{"class_path": ..., "init_args": ...}``), as in litgpt.
-        logger_name: Where metrics go: csv, tensorboard, wandb, ... (litgpt's loggers).
-        log: Logger settings, as litgpt's (``--log.project``, ``--log.run``, ``--log.group`` for wandb; the project
-            names the MLflow experiment and the run its run).
-        seed: Random seed (model init of new parameters, data order, dropout).
-        resume: ``auto`` (newest step-* in out_dir, if any), ``true`` (must exist), or a step-* directory.
     """
-    hparams = hyperparameters(setup, locals())
-    spec = model_spec(checkpoint_dir, mode, locals())
+    job = start(setup, locals())
     check_kd_numbers(beta, temperature, kd_ratio, divergence, skew_alpha, akl_mu)
     check_onpolicy(lmbda, seq_kd, gen, server, teacher, teacher_url)
-    check_checkpoint_dir(spec.checkpoint_dir)
     kd = KDSettings(beta, temperature, kd_ratio, scale_by_t2, topk_tail, divergence, skew_alpha, akl_mu)
     source = make_teacher(
-        spec.checkpoint_dir, teacher, teacher_logprobs, teacher_precision, kd, teacher_url, teacher_model, server
+        job.spec.checkpoint_dir, teacher, teacher_logprobs, teacher_precision, kd, teacher_url, teacher_model, server
     )
-    policy = OnPolicy(lmbda, seq_kd, gen, seed)
+    policy = OnPolicy(lmbda, seq_kd, gen, flags.seed)
 
     def make_objective(tokenizer, train_args: TrainArgs) -> KDObjective:
+        from litgpt_ext.kd.teacher import StoredTeacher
         from litgpt_ext.training.onpolicy import OnPolicySampler
-        from litgpt_ext.training.teacher import StoredTeacher
 
         if isinstance(source, dict):
             chosen = StoredTeacher(Path(teacher_logprobs), source, train_args.max_seq_length)
@@ -278,26 +154,7 @@ def setup(
         sampler = OnPolicySampler(policy, tokenizer) if policy.active else None
         return KDObjective(chosen, kd, pad_id=0, max_seq_length=train_args.max_seq_length, sampler=sampler)
 
-    run(
-        make_objective,
-        data,
-        spec,
-        out_dir,
-        hparams,
-        precision=precision,
-        devices=devices,
-        num_nodes=num_nodes,
-        strategy=strategy,
-        train=train,
-        eval=eval,
-        checkpoint=checkpoint,
-        optimizer=optimizer,
-        logger_name=logger_name,
-        log=log,
-        quantize=quantize,
-        seed=seed,
-        resume=resume,
-    )
+    run(job, make_objective)
 
 
 setup.default_data = "SFTData"

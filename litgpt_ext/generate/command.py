@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal
 
@@ -23,6 +22,7 @@ from litgpt_ext.data.encode import encode_text, keep_end
 from litgpt_ext.errors import EXIT_INCOMPLETE, UserError, require
 from litgpt_ext.generate.engine import Engine, Job, Settings
 from litgpt_ext.generate.inputs import InputFormat, PromptRecord, Shard, detect_format, parse_shard, read_prompts
+from litgpt_ext.generate.outputs import accumulate_stats, stats_path
 from litgpt_ext.generate.repetition import RepetitionControls
 from litgpt_ext.io import JsonlAppender, atomic_write_json, read_jsonl_repairing
 from litgpt_ext.prompts import apply_style, data_style, resolve_prompt_style
@@ -70,6 +70,7 @@ class GenerateArgs:
     on_error: str = "record"
     compile: bool = False
     pack_weights: bool = True
+    fast_forwards: bool = True
     quiet: bool = False
     max_prompt_length: int | None = None
 
@@ -103,6 +104,7 @@ def generate_batch(
     on_error: Literal["record", "stop"] = "record",
     compile: bool = False,
     pack_weights: bool = True,
+    fast_forwards: bool = True,
 ) -> None:
     """Generate for every prompt of a file with continuous batching; resumable and shardable.
 
@@ -157,6 +159,8 @@ def generate_batch(
         pack_weights: On a CPU in fp32, decode-step matmuls use weights packed once for ``max_batch_size`` rows
             (MKL), about 2x faster GEMMs at that size, for one more copy of the weights in memory. Ignored
             elsewhere and under ``--compile`` (which packs its own).
+        fast_forwards: ``false`` runs litgpt's own attention forward at every decode step and no packed matmuls
+            (for debugging, and to compare with the default, which computes the same with fewer copies).
     """
     checkpoint_dir = Path(checkpoint_dir)
     input, output = Path(require(input, "input")), Path(require(output, "output"))
@@ -173,6 +177,9 @@ def generate_batch(
     at_least("window", window, 1)
     at_least("devices", devices, 1)
     check_checkpoint_dir(checkpoint_dir)
+    from litgpt_ext.model.support import require_support
+
+    require_support(checkpoint_dir, "generate_batch")
     if not input.is_file():
         raise UserError("file not found", path=input, field="input")
     fmt = detect_format(input, input_format, field, split)
@@ -183,32 +190,17 @@ def generate_batch(
     if precision not in DTYPES:
         raise UserError(f"use one of {sorted(DTYPES)}", field="precision")
     fabric = L.Fabric(devices=devices, precision=precision, strategy="ddp" if devices > 1 else "auto")
-    args = GenerateArgs(
-        checkpoint_dir,
-        input,
-        output,
-        fmt,
-        DTYPES[precision],
-        prompt_template=prompt_template,
-        prompt_style=prompt_style,
-        passthrough=tuple(passthrough or ()),
-        max_new_tokens=max_new_tokens,
-        min_new_tokens=min_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        repetition=RepetitionControls(repetition_penalty, no_repeat_ngram_size),
-        num_samples=num_samples,
-        stop=tuple(stop or ()),
-        seed=seed,
-        max_batch_size=max_batch_size,
-        window=window,
-        base_shard=base_shard,
-        on_error=on_error,
-        compile=compile,
-        pack_weights=pack_weights,
-        max_prompt_length=max_prompt_length,
-    )
+    computed = {
+        "fmt": fmt,
+        "dtype": DTYPES[precision],
+        "passthrough": tuple(passthrough or ()),
+        "repetition": RepetitionControls(repetition_penalty, no_repeat_ngram_size),
+        "stop": tuple(stop or ()),
+        "base_shard": base_shard,
+    }
+    flags = locals()  # the settings GenerateArgs takes as they were typed, by name
+    same = {f.name: flags[f.name] for f in fields(GenerateArgs) if f.name in flags and f.name not in computed}
+    args = GenerateArgs(**same, **computed)
     stats = fabric.launch(generate_on, args)
     if stats and not stats["prompts"] and stats["error_records"]:
         print(f"no row produced a generation ({stats['error_records']:,} failed); exit code {EXIT_INCOMPLETE}")
@@ -268,6 +260,7 @@ def generate_on(fabric: L.Fabric, a: GenerateArgs) -> dict:
         stop_ids=tuple(sorted(stop_ids(style, tokenizer))),
         pack_weights=a.pack_weights,
         compile=a.compile,
+        fast_forwards=a.fast_forwards,
     )
     engine = Engine(model, tokenizer, settings, fabric.device, a.dtype)
     existed = out_path.exists()
@@ -319,6 +312,7 @@ def generate_on(fabric: L.Fabric, a: GenerateArgs) -> dict:
     try:
         engine.run(jobs(), emit)
     finally:
+        engine.close()
         writer.close()
         bar.close()
         if not existed and out_path.is_file() and not out_path.stat().st_size:
@@ -352,30 +346,6 @@ def generate_on(fabric: L.Fabric, a: GenerateArgs) -> dict:
     if stats["prompts"]:  # a run that generated nothing (all done already) leaves the measured runs' figures alone
         atomic_write_json(stats_path(out_path), accumulate_stats(stats_path(out_path), run_stats))
     return run_stats
-
-
-def accumulate_stats(path: Path, run: dict) -> dict:
-    """The stats file's content after ``run``: a run that continued an output (``already_done``) adds its prompts,
-    tokens and seconds to those of the runs that wrote the rest of it, so rates cover the whole file's generation
-    time; a fresh output starts the count again."""
-    totals = {**run, "runs": 1}
-    if run["already_done"] and path.is_file():
-        try:
-            before = json.loads(path.read_text())
-        except ValueError:
-            before = {}
-        if isinstance(before, dict) and before.get("prompts"):
-            for key in ("prompts", "generated_tokens", "error_records", "truncated_prompts", "seconds", "runs"):
-                totals[key] = round(before.get(key, 0 if key != "runs" else 1) + totals[key], 3)
-    seconds = max(totals["seconds"], 1e-9)
-    totals["prompts_per_s"] = round(totals["prompts"] / seconds, 3)
-    totals["tokens_per_s"] = round(totals["generated_tokens"] / seconds, 1)
-    return totals
-
-
-def stats_path(output: Path) -> Path:
-    """Where a run's throughput is written: ``generations.jsonl`` -> ``generations.stats.json`` (the last run's)."""
-    return output.with_name(f"{output.stem}.stats.json")
 
 
 def _make_job(item: PromptRecord, a: GenerateArgs, style, tokenizer, config, renderer) -> Job:

@@ -8,6 +8,7 @@ so long prompts do not straggle at the end and memory does not grow with the inp
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 from collections.abc import Callable, Iterable, Iterator
@@ -15,13 +16,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from litgpt_ext.generate.attention import install_grouped_decode
 from litgpt_ext.generate.compiled_step import CompiledDecode
-from litgpt_ext.generate.kv_cache import install_slot_cache
-from litgpt_ext.generate.packed_linear import install_packed_linears, packing_available
 from litgpt_ext.generate.repetition import History, RepetitionControls
 from litgpt_ext.generate.sampling import row_key, sample, uniforms
-from litgpt_ext.heads import LastPositionHead
+from litgpt_ext.model.heads import LastPositionHead
+from litgpt_ext.model.kv_cache import install_slot_cache
+from litgpt_ext.model.packed_linear import install_packed_linears, packing_available
+from litgpt_ext.model.patches import LITGPT_OWN, FastPaths, patched
 
 CACHE_STEP = 256
 """The KV cache grows in multiples of this many positions per slot."""
@@ -91,24 +92,38 @@ class Settings:
     weights that stay fixed while the engine lives."""
     compile: bool = False
     """The decode step under ``torch.compile``, one graph for the run (see ``compiled_step``); fixed weights only."""
+    fast_forwards: bool = True
+    """The grouped decode step and packed matmuls where they apply; False runs litgpt's own attention forward."""
 
 
 class Engine:
+    """Runs jobs on a litgpt ``GPT`` it has fitted with slot caches, a last-position head and the decode forwards
+    (all through :func:`~litgpt_ext.model.patches.patched`); :meth:`close` — or leaving a ``with Engine(...)``
+    block — gives the model back exactly as it came."""
+
     def __init__(self, model, tokenizer, settings: Settings, device: torch.device, dtype: torch.dtype) -> None:
         self.model, self.tokenizer, self.s = model, tokenizer, settings
         self.device = device
-        # a compiled step keeps one graph only while the cache keeps its shape: room for COMPILED_CAPACITY positions
-        # up front (a longer row grows it once more, and the recompile is warned about)
-        capacity = COMPILED_CAPACITY if settings.compile else CACHE_STEP
-        self.caches = install_slot_cache(
-            model, settings.max_batch_size, capacity, settings.max_seq_length, device, dtype
-        )
-        gpt = model
-        self.head = gpt.lm_head = LastPositionHead(gpt.lm_head)
-        install_grouped_decode(gpt)
-        self.packed = settings.pack_weights and not settings.compile and packing_available(device, dtype)
-        if self.packed:
-            install_packed_linears(gpt, settings.max_batch_size)
+        self._patches = contextlib.ExitStack()
+        fast = FastPaths() if settings.fast_forwards else LITGPT_OWN
+        patches = self._patches.enter_context(patched(model, "decode", fast))
+        try:
+            # a compiled step keeps one graph only while the cache keeps its shape: room for COMPILED_CAPACITY
+            # positions up front (a longer row grows it once more, and the recompile is warned about)
+            capacity = COMPILED_CAPACITY if settings.compile else CACHE_STEP
+            self.caches = install_slot_cache(
+                model, settings.max_batch_size, capacity, settings.max_seq_length, device, dtype, patches
+            )
+            self.head = LastPositionHead(model.lm_head)
+            patches.set(model, "lm_head", self.head)
+            self.packed = (
+                settings.pack_weights and fast.forwards and not settings.compile and packing_available(device, dtype)
+            )
+            if self.packed:
+                install_packed_linears(model, settings.max_batch_size, patches)
+        except BaseException:
+            self.close()
+            raise
         self.step = (
             CompiledDecode(self._forward, device, settings.max_batch_size) if settings.compile else self._forward
         )
@@ -117,6 +132,17 @@ class Engine:
         self.stops = {t for t in (self.eos, *settings.stop_ids) if t is not None}
         self.stop_tail = max((len(s) for s in settings.stop), default=0) + 8
         self.generated = 0
+
+    def close(self) -> None:
+        """Take off everything the engine installed (caches, head, forwards, context length); idempotent."""
+        self._patches.close()
+        self.caches = []
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # -- model calls ----------------------------------------------------------------------------------------------
     def _set_rows(self, rows: torch.Tensor | None) -> None:

@@ -1,9 +1,9 @@
 """Sampling from a model that is being trained, with ``generate_batch``'s continuous-batching engine.
 
 On-policy distillation samples the batch's answers from the *current* student (LoRA layers included) between two
-optimizer steps. The engine needs slot KV caches, a last-position LM head and the grouped decode step installed on
-the model; :func:`engine_on` installs them for one call and puts the model back exactly as it was (head, attention
-forwards, the training forwards included, caches, context length, train/eval mode), so the next training forward is the one it would have been.
+optimizer steps. The engine installs slot KV caches, a last-position LM head and the decode forwards on the model and
+takes them off again when it closes (:mod:`litgpt_ext.model.patches`); :func:`engine_on` also restores train/eval
+mode, so the next training forward is the one it would have been.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from litgpt_ext.generate.engine import Engine, Job, Settings
-from litgpt_ext.training.objectives.base import unwrap
+from litgpt_ext.model.heads import unwrap
 
 
 @dataclass(frozen=True)
@@ -35,23 +35,16 @@ class GenArgs:
 
 @contextlib.contextmanager
 def engine_on(model: nn.Module, tokenizer, settings: Settings) -> Iterator[Engine]:
-    """An :class:`Engine` on ``model`` for the duration of the block (see the module docstring)."""
+    """An :class:`Engine` on ``model`` for the duration of the block, in eval mode; the engine's :meth:`~Engine.close`
+    takes off all it installed (the training forwards it replaced come back) and the train/eval mode is restored."""
     gpt = unwrap(model)
-    head, context, was_training = gpt.lm_head, gpt.max_seq_length, gpt.training
-    forwards = [block.attn.__dict__.get("forward") for block in gpt.transformer.h]  # a training forward, if any
+    was_training = gpt.training
     parameter = next(gpt.parameters())
     gpt.eval()
     try:
-        yield Engine(gpt, tokenizer, settings, parameter.device, parameter.dtype)
+        with Engine(gpt, tokenizer, settings, parameter.device, parameter.dtype) as engine:
+            yield engine
     finally:
-        gpt.lm_head = head
-        gpt.clear_kv_cache()
-        for block, forward in zip(gpt.transformer.h, forwards, strict=True):
-            block.__dict__.pop("forward", None)  # a block's adjusted mask (kv_cache.masked_block)
-            block.attn.__dict__.pop("forward", None)  # the grouped decode step is an instance attribute
-            if forward is not None:
-                block.attn.forward = forward
-        gpt.max_seq_length = context
         gpt.train(was_training)
 
 

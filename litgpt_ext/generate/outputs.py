@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from litgpt_ext.data.records import iter_jsonl
@@ -26,3 +27,27 @@ def read_generations(path: Path, flag: str = "generations") -> dict[str, dict]:
             raise UserError("expected a list of generated texts", path=path, line=n, field="generations")
         found[str(row["id"])] = {"texts": [t for t in texts if t is not None]}
     return found
+
+
+def accumulate_stats(path: Path, run: dict) -> dict:
+    """The stats file's content after ``run``: a run that continued an output (``already_done``) adds its prompts,
+    tokens and seconds to those of the runs that wrote the rest of it, so rates cover the whole file's generation
+    time; a fresh output starts the count again."""
+    totals = {**run, "runs": 1}
+    if run["already_done"] and path.is_file():
+        try:
+            before = json.loads(path.read_text())
+        except ValueError:
+            before = {}
+        if isinstance(before, dict) and before.get("prompts"):
+            for key in ("prompts", "generated_tokens", "error_records", "truncated_prompts", "seconds", "runs"):
+                totals[key] = round(before.get(key, 0 if key != "runs" else 1) + totals[key], 3)
+    seconds = max(totals["seconds"], 1e-9)
+    totals["prompts_per_s"] = round(totals["prompts"] / seconds, 3)
+    totals["tokens_per_s"] = round(totals["generated_tokens"] / seconds, 1)
+    return totals
+
+
+def stats_path(output: Path) -> Path:
+    """Where a run's throughput is written: ``generations.jsonl`` -> ``generations.stats.json`` (the last run's)."""
+    return output.with_name(f"{output.stem}.stats.json")

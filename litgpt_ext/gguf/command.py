@@ -18,7 +18,7 @@ from typing import Literal
 from litgpt_ext.errors import UserError
 from litgpt_ext.gguf.reader import GGUFInfo, check_convertible, read_gguf
 from litgpt_ext.gguf.tokenizer import read_back_check, write_tokenizer_files
-from litgpt_ext.io import atomic_write_json
+from litgpt_ext.io import atomic_dir, atomic_write_json
 
 CONVERTER_VERSION = 1
 """Bumped whenever the files written change, so checkpoints cached by an older converter are rebuilt."""
@@ -138,10 +138,7 @@ def convert_gguf(
     print(
         f"{info.path.name}: {info.architecture}, {len(info.tensor_types)} tensors ({', '.join(quant)}) -> litgpt config {config.name}"
     )
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
+    with atomic_dir(out_dir) as partial:
         ids = write_tokenizer_files(info, partial, config.block_size)
         read_back_check(partial, ROUND_TRIP_PROBES)
         with tempfile.TemporaryDirectory(dir=partial.parent, prefix=".convert_gguf.") as tmp:
@@ -166,12 +163,6 @@ def convert_gguf(
                 "chat_template": info.chat_template is not None,
             },
         )
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    partial.rename(out_dir)
     template = "chat template kept" if info.chat_template else "no chat template"
     print(f"converted in {time.perf_counter() - started:.1f}s -> {out_dir} ({template})")
     return out_dir

@@ -18,9 +18,9 @@ from litgpt.data import DataModule
 from litgpt_ext.checks import at_least, check_checkpoint_dir, fit_to_context
 from litgpt_ext.data.sft import SFTData  # noqa: F401 (so that --data SFTData resolves by name)
 from litgpt_ext.errors import UserError
-from litgpt_ext.heads import output_head
 from litgpt_ext.io import atomic_write_json
-from litgpt_ext.training.objectives.kd import generalized_jsd
+from litgpt_ext.model.heads import output_head
+from litgpt_ext.training.objectives.divergences import generalized_jsd
 
 
 def evaluate_kd(
@@ -53,12 +53,11 @@ def evaluate_kd(
     import lightning as L
     from litgpt.tokenizer import Tokenizer
 
-    from litgpt_ext.finetune.common import datasets_of, resolve_data
-    from litgpt_ext.finetune.kd import make_teacher
+    from litgpt_ext.data.modules import datasets_of, resolve_data
+    from litgpt_ext.kd.teacher import StoredTeacher, make_teacher
     from litgpt_ext.precision import default_precision
     from litgpt_ext.training.objectives.kd import KDSettings
     from litgpt_ext.training.reference import load_frozen_model
-    from litgpt_ext.training.teacher import StoredTeacher
 
     student = Path(student)
     check_checkpoint_dir(student)
@@ -105,16 +104,16 @@ def evaluate_kd(
 
 
 def _collate(source, items: list[dict], max_seq_length: int | None) -> dict:
-    from litgpt_ext.training.objectives.sft import pad_collate
+    from litgpt_ext.data.batches import pad_collate
 
     return source.collate(items, pad_collate(items, 0, -100, max_seq_length))
 
 
 @torch.no_grad()
 def _score(fabric, model, source, batch: dict, kd) -> tuple[dict[str, float], int]:
-    from litgpt_ext.training.objectives import base
-    from litgpt_ext.training.objectives.base import on_positions
-    from litgpt_ext.training.objectives.kd import topk_buckets
+    from litgpt_ext.model.blockwise_head import HEAD_CHUNK_ELEMENTS
+    from litgpt_ext.model.heads import on_positions
+    from litgpt_ext.training.objectives.divergences import topk_buckets
 
     index = batch["answer_index"]
     targets = batch["labels"][:, 1:].reshape(-1).index_select(0, index)
@@ -123,7 +122,7 @@ def _score(fabric, model, source, batch: dict, kd) -> tuple[dict[str, float], in
     with fabric.autocast():
         rows = on_positions(model, input_ids, index, lambda r: r)
     vocab = model.config.padded_vocab_size
-    step, head = max(1, base.HEAD_CHUNK_ELEMENTS // vocab), output_head(model)
+    step, head = max(1, HEAD_CHUNK_ELEMENTS // vocab), output_head(model)
     sums = {k: 0.0 for k in ("forward_kl", "reverse_kl", "top1_agreement", "teacher_ce", "student_ce")}
     for start in range(0, rows.size(0), step):
         end = min(rows.size(0), start + step)

@@ -26,7 +26,6 @@ from tqdm import tqdm
 from litgpt_ext.checks import at_least, check_checkpoint_dir, fit_to_context
 from litgpt_ext.data.sft import SFTData  # noqa: F401 (so that --data SFTData resolves by name)
 from litgpt_ext.errors import UserError, require
-from litgpt_ext.heads import output_head
 from litgpt_ext.io import atomic_path, atomic_write_json
 from litgpt_ext.kd.store import (
     FORMAT,
@@ -37,6 +36,7 @@ from litgpt_ext.kd.store import (
     tokenizer_fingerprint,
     write_manifest,
 )
+from litgpt_ext.model.heads import output_head
 
 STORE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
@@ -115,7 +115,7 @@ def distill_logprobs(
     """
     from litgpt.tokenizer import Tokenizer
 
-    from litgpt_ext.finetune.common import datasets_of, resolve_data
+    from litgpt_ext.data.modules import datasets_of, resolve_data
     from litgpt_ext.generate.inputs import parse_shard
     from litgpt_ext.kd.vocab import check_same_vocabulary
     from litgpt_ext.precision import default_precision
@@ -217,10 +217,10 @@ def _claim(out: Path, settings: dict) -> None:
 @torch.no_grad()
 def _run_window(fabric, model, dataset, indices, k, temperature, batch_size, max_seq_length, vocab, store_dtype):
     """Rows of the window's samples in index order, with per-sample counts (length-sorted batches inside)."""
-    from litgpt_ext.training.objectives import base
-    from litgpt_ext.training.objectives.base import on_positions
-    from litgpt_ext.training.objectives.sft import pad_collate
-    from litgpt_ext.training.teacher import fit_vocab
+    from litgpt_ext.data.batches import pad_collate
+    from litgpt_ext.kd.teacher import fit_vocab
+    from litgpt_ext.model.blockwise_head import HEAD_CHUNK_ELEMENTS
+    from litgpt_ext.model.heads import on_positions
 
     order = sorted(indices, key=lambda i: -len(dataset[i]["input_ids"]))
     results: dict[int, dict] = {}
@@ -236,7 +236,7 @@ def _run_window(fabric, model, dataset, indices, k, temperature, batch_size, max
                             f"({model.config.block_size}); pass --max_seq_length", field="max_seq_length")  # fmt: skip
         with fabric.autocast():
             hidden = on_positions(model, input_ids, index, lambda rows: rows)
-        step, head = max(1, base.HEAD_CHUNK_ELEMENTS // vocab), output_head(model)
+        step, head = max(1, HEAD_CHUNK_ELEMENTS // vocab), output_head(model)
         parts = []
         for b in range(0, hidden.size(0), step):
             logits = fit_vocab(head(hidden[b : b + step]).float(), vocab)

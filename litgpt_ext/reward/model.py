@@ -10,7 +10,7 @@ from litgpt.config import Config
 from litgpt.model import GPT
 
 from litgpt_ext.errors import UserError
-from litgpt_ext.heads import last_block_rows
+from litgpt_ext.model.heads import on_positions
 from litgpt_ext.training.objectives.orm import CONFIG_FILE, HEAD_FILE, ORMObjective
 
 
@@ -56,33 +56,10 @@ def load_orm(
 
 
 @torch.inference_mode()
-def last_token_hidden(gpt: GPT, input_ids: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
-    """Final hidden states (after ``ln_f``) at the row-major positions ``flat`` — litgpt's forward, except that the
-    last block's MLP (three quarters of a block's work) runs only at those positions, since nothing else reaches a
-    reward head. For scoring only: it calls the blocks directly, outside any training wrapper."""
-    config = gpt.config
-    T = input_ids.size(1)
-    cos, sin = gpt.cos[:T].unsqueeze(0), gpt.sin[:T].unsqueeze(0)
-    x = gpt.transformer.wte(input_ids)
-    if config.scale_embeddings:
-        x = x * torch.tensor(config.n_embd**0.5, dtype=x.dtype)
-
-    def rope(i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if config.rope_indices is None:
-            return cos, sin
-        return cos[..., config.rope_indices[i]], sin[..., config.rope_indices[i]]
-
-    blocks = list(gpt.transformer.h)
-    for i, block in enumerate(blocks[:-1]):
-        x = block(x, *rope(i), None)
-    rows = last_block_rows(blocks[-1], x, *rope(len(blocks) - 1), flat)
-    return gpt.transformer.ln_f(rows)
-
-
-@torch.inference_mode()
 def score_rows(gpt: GPT, objective: ORMObjective, batch: dict) -> torch.Tensor:
-    """Scores in [0, 1] of a collated batch (see :func:`last_token_hidden`)."""
+    """Scores in [0, 1] of a collated batch: litgpt's forward up to the final norm, the last block's MLP and the head
+    only at each row's last token (:func:`~litgpt_ext.model.heads.on_positions`)."""
     from litgpt_ext.training.objectives.orm import scores_from_logits
 
-    hidden = last_token_hidden(gpt, batch["input_ids"], batch["last"])
+    hidden = on_positions(gpt, batch["input_ids"], batch["last"], lambda rows: rows)
     return scores_from_logits(objective.head, objective.head_logits(gpt, hidden))

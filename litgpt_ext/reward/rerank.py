@@ -21,8 +21,8 @@ from pathlib import Path
 
 from litgpt_ext.data.records import iter_jsonl
 from litgpt_ext.errors import UserError, require
+from litgpt_ext.evaluate.step_scores import AGGREGATES, aggregate
 from litgpt_ext.io import atomic_write_json
-from litgpt_ext.reward.aggregate import AGGREGATES, aggregate
 
 BASELINES = ("first", "self_consistency")
 

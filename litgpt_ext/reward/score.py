@@ -16,17 +16,16 @@ import torch
 from litgpt.tokenizer import Tokenizer
 from tqdm import tqdm
 
+from litgpt_ext.data.batches import orm_collate, prm_collate
 from litgpt_ext.data.encode import batch_encode, keep_end
 from litgpt_ext.data.orm import render_orm_prompt
 from litgpt_ext.data.prm import encode_steps, parse_steps
 from litgpt_ext.errors import UserError, require
+from litgpt_ext.evaluate.step_scores import AGGREGATES, Aggregate, aggregate
 from litgpt_ext.generate.command import DTYPES, shard_output
 from litgpt_ext.generate.inputs import PromptRecord, parse_shard, read_prompts
 from litgpt_ext.io import JsonlAppender, read_jsonl_repairing
-from litgpt_ext.reward.aggregate import AGGREGATES, Aggregate, aggregate
 from litgpt_ext.reward.model import load_orm, score_rows
-from litgpt_ext.training.objectives.orm import orm_collate
-from litgpt_ext.training.objectives.prm import prm_collate
 
 
 def score_batch(model, objective, samples: list[dict], device) -> list[float]:

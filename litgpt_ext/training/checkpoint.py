@@ -25,7 +25,7 @@ from litgpt.prompts import PromptStyle, save_prompt_style
 
 from litgpt_ext.checkpoint_files import copy_checkpoint_files
 from litgpt_ext.io import atomic_write_text
-from litgpt_ext.training.objectives.base import unwrap
+from litgpt_ext.model.heads import unwrap
 
 STATE_FILE = "training_state.pth"
 _STEP_DIR = re.compile(r"^step-(\d+)$")

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from litgpt_ext.io import atomic_path
-from litgpt_ext.training.objectives.base import Objective, strip_eos, unwrap
+from litgpt_ext.model.heads import unwrap
+from litgpt_ext.training.objectives.base import Objective, strip_eos
 
 
 @torch.no_grad()

@@ -22,10 +22,11 @@ from tqdm import tqdm
 
 from litgpt_ext.errors import ResumableStop
 from litgpt_ext.io import JsonlAppender, atomic_write_json, atomic_write_text
+from litgpt_ext.model.heads import unwrap
 from litgpt_ext.training.args import CheckpointArgs, EvalArgs, TrainArgs
 from litgpt_ext.training.checkpoint import STATE_FILE, CheckpointWriter, prune_step_dirs, set_rng_state
 from litgpt_ext.training.evaluation import generation_eval, validate
-from litgpt_ext.training.objectives.base import Objective, unwrap
+from litgpt_ext.training.objectives.base import Objective, OwnModules, StepHooks
 from litgpt_ext.training.report import format_report, performance_report, plot_metrics
 from litgpt_ext.training.sampler import ResumableBatchSampler
 from litgpt_ext.training.schedule import warmup_cosine
@@ -244,11 +245,14 @@ def fit(
     step_tokens = torch.zeros((), device=fabric.device, dtype=torch.long)
     model.train()
 
+    hooks = objective if isinstance(objective, StepHooks) else None
     try:
         last_row, step_batches = time.perf_counter(), []
         while progress.step < total_steps and time.perf_counter() - t_start < max_time:
-            if not step_batches:  # the step's micro-batches, as the objective wants them (see Objective.on_step)
-                step_batches = objective.on_step(model, [next(stream) for _ in range(accum)], progress.iter)
+            if not step_batches:  # the step's micro-batches, as the objective wants them (see StepHooks.on_step)
+                step_batches = [next(stream) for _ in range(accum)]
+                if hooks is not None:
+                    step_batches = hooks.on_step(model, step_batches, progress.iter)
             batch = step_batches.pop(0)
             progress.iter += 1
             accumulating = progress.iter % accum != 0
@@ -285,7 +289,7 @@ def fit(
                     "learning_rate": scheduler.get_last_lr()[0],
                     "tokens": progress.tokens,
                     "tokens_per_sec": (progress.tokens - tokens_at_start) / max(elapsed, 1e-9),
-                    **objective.step_stats(time.perf_counter() - last_row),
+                    **(hooks.step_stats(time.perf_counter() - last_row) if hooks is not None else {}),
                 }
                 last_row = time.perf_counter()
                 record(row, "train")
@@ -319,7 +323,12 @@ def fit(
     writer.write(fabric, model, out_dir / "final", merge_lora=True)
 
     report = performance_report(
-        out_dir, seconds, progress.step, progress.tokens - tokens_at_start, fabric.device, objective.report(seconds)
+        out_dir,
+        seconds,
+        progress.step,
+        progress.tokens - tokens_at_start,
+        fabric.device,
+        hooks.report(seconds) if hooks is not None else {},
     )
     fabric.print(format_report(report))
     if fabric.global_rank == 0:
@@ -360,15 +369,16 @@ def _longest(dataset, objective: Objective) -> int:
         longest = int(dataset.lengths().max()) if len(dataset) else 0
     else:
         longest = max((objective.sample_length(sample) for sample in dataset), default=0)
-    return longest + objective.length_growth()
+    return longest + (objective.length_growth() if isinstance(objective, StepHooks) else 0)
 
 
 def _restore(fabric, model, optimizer, scheduler, resume_dir: Path, lora: bool, objective: Objective) -> Progress:
     if lora:
         fabric.load(resume_dir / "lit_model.pth.lora", {"model": model}, strict=False)
     else:
-        fabric.load_raw(resume_dir / "lit_model.pth", model, strict=not objective.own_prefixes)
-    objective.load_extras(model, resume_dir)
+        fabric.load_raw(resume_dir / "lit_model.pth", model, strict=not isinstance(objective, OwnModules))
+    if isinstance(objective, OwnModules):
+        objective.load_extras(model, resume_dir)
     remainder = fabric.load(resume_dir / STATE_FILE, {"optimizer": optimizer, "scheduler": scheduler})
     progress = Progress(**remainder["progress"])
     rng_file = resume_dir / f"rng-rank{fabric.global_rank}.pth"

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
+from litgpt_ext.data.batches import pad_collate
 from litgpt_ext.generate.on_model import GenArgs, sample_answers
-from litgpt_ext.training.objectives.base import unwrap
-from litgpt_ext.training.objectives.sft import pad_collate
+from litgpt_ext.model.heads import unwrap
 
 
 def _unit(seed: int, *parts) -> float:

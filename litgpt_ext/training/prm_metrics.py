@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from litgpt_ext.reward.aggregate import aggregate, first_wrong
+from litgpt_ext.evaluate.step_scores import aggregate, first_wrong
 
 
 def split_rows(values: torch.Tensor, rows: torch.Tensor) -> list[list[float]]:

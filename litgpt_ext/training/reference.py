@@ -24,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from litgpt_ext.io import atomic_path
-from litgpt_ext.training.objectives.base import unwrap
+from litgpt_ext.model.heads import unwrap
 from litgpt_ext.training.objectives.pairs import pair_forward
 
 Kind = Literal["lora_off", "precompute", "live"]

@@ -19,7 +19,6 @@ module as ``orm_head`` (so optimizers, DDP and ``--resume`` see them) but are sa
 from __future__ import annotations
 
 import json
-import zlib
 from pathlib import Path
 from typing import Literal
 
@@ -27,32 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from litgpt_ext.heads import output_head
-from litgpt_ext.training.objectives.base import Objective, on_positions, unwrap
+from litgpt_ext.data.batches import orm_collate
+from litgpt_ext.model.heads import on_positions, output_head, unwrap
+from litgpt_ext.training.objectives.base import Objective, OwnModules
 
 Head = Literal["yes_token", "classifier", "scalar"]
 Loss = Literal["bce", "pairwise"]
 HEAD_FILE, CONFIG_FILE = "orm_head.pth", "orm_config.json"
-
-
-def orm_collate(samples: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
-    """Rows (or pairs: positives then negatives, 2B rows), right-padded; ``last`` = flat index of each row's last
-    token (computed here, on the CPU)."""
-    if samples and samples[0].get("pair"):
-        rows = [s["pos"] for s in samples] + [s["neg"] for s in samples]
-    else:
-        rows = samples
-    ids = [r["input_ids"] for r in rows]
-    input_ids = nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=pad_id)
-    lengths = torch.tensor([len(i) for i in ids], dtype=torch.long)
-    return {
-        "input_ids": input_ids,
-        "lengths": lengths,
-        "last": torch.arange(len(rows)) * input_ids.size(1) + lengths - 1,
-        "labels": torch.tensor([r["label"] for r in rows], dtype=torch.long),
-        "groups": torch.tensor([zlib.crc32(r["group"].encode()) for r in rows], dtype=torch.long),
-        "pairs": torch.tensor(len(samples) if samples and samples[0].get("pair") else 0),
-    }
 
 
 def pairwise_loss(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
@@ -67,7 +47,7 @@ def scores_from_logits(head: str, logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits.float()[:, 0])
 
 
-class ORMObjective(Objective):
+class ORMObjective(OwnModules, Objective):
     name = "orm"
     monitor = "val_auroc"
     monitor_mode = "max"

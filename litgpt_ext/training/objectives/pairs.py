@@ -14,44 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from litgpt_ext.training.objectives.base import Objective, answer_logps, flat_positions, strip_eos
-
-
-def pair_collate(samples: list[dict], pad_id: int = 0, chosen_prompt: bool = False) -> dict[str, torch.Tensor]:
-    """Stack chosen rows then rejected rows; find (on the CPU) the flat positions the LM head must see.
-
-    Position ``t`` of a row predicts token ``t + 1``; it is an *answer* position when that token is part of the
-    answer. ``chosen_prompt`` also selects the chosen rows' prompt positions (every position but the last).
-    """
-    n = len(samples)
-    prompts = [s["prompt_ids"] for s in samples] * 2
-    answers = [s["chosen_ids"] for s in samples] + [s["rejected_ids"] for s in samples]
-    rows = [torch.cat([p, a]) for p, a in zip(prompts, answers, strict=True)]
-    input_ids = nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad_id)
-    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
-    prompt_lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long)
-    t = torch.arange(input_ids.size(1) - 1).unsqueeze(0)
-    context = t < (lengths - 1).unsqueeze(1)  # every position that has a next token in its row
-    answer = context & (t >= (prompt_lengths - 1).unsqueeze(1))
-    select = answer.clone()
-    if chosen_prompt:
-        select[:n] = context[:n]
-    flat = flat_positions(select)
-    width = input_ids.size(1) - 1
-    batch = {
-        "input_ids": input_ids,
-        "lengths": lengths,
-        "pairs": torch.tensor(n),
-        "flat": flat,
-        "targets": input_ids[:, 1:].reshape(-1).index_select(0, flat),
-        "row": torch.div(flat, width, rounding_mode="floor"),
-        "is_answer": answer.reshape(-1).index_select(0, flat),
-        "answer_tokens": torch.tensor([len(a) for a in answers], dtype=torch.float32),
-        "context": context,
-    }
-    if "ref_logps" in samples[0]:
-        batch["ref_logps"] = torch.stack([s["ref_logps"] for s in samples])
-    return batch
+from litgpt_ext.data.batches import pair_collate
+from litgpt_ext.training.objectives.base import Objective, answer_logps, strip_eos
 
 
 @dataclass

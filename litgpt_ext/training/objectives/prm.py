@@ -14,32 +14,13 @@ files as an ORM's (``orm_head.pth`` + ``orm_config.json``, which says ``"reward"
 
 from __future__ import annotations
 
-import zlib
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from litgpt_ext.heads import output_head
-from litgpt_ext.training.objectives.base import on_positions, unwrap
+from litgpt_ext.data.batches import prm_collate
+from litgpt_ext.model.heads import on_positions, output_head, unwrap
 from litgpt_ext.training.objectives.orm import ORMObjective, scores_from_logits
-
-
-def prm_collate(samples: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
-    """Right-padded rows; ``flat`` = row-major index of every step end (row by row, steps in order), with its
-    label and its row's key (``rows``, unique per sample id, for per-row metrics over a whole validation set)."""
-    ids = [s["input_ids"] for s in samples]
-    input_ids = nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=pad_id)
-    T = input_ids.size(1)
-    flat = torch.cat([s["positions"] + b * T for b, s in enumerate(samples)])
-    keys = [zlib.crc32(s["id"].encode()) for s in samples]
-    return {
-        "input_ids": input_ids,
-        "lengths": torch.tensor([len(i) for i in ids], dtype=torch.long),
-        "flat": flat,
-        "step_labels": torch.cat([s["step_labels"] for s in samples]),
-        "rows": torch.cat([torch.full((len(s["positions"]),), k, dtype=torch.long) for s, k in zip(samples, keys)]),
-    }
 
 
 def step_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -11,23 +11,8 @@ import math
 import torch
 from torch import nn
 
-from litgpt_ext.training.objectives.base import Objective, answer_logps, flat_positions
-
-
-def pad_collate(
-    samples: list[dict], pad_id: int = 0, ignore_index: int = -100, max_seq_length: int | None = None
-) -> dict[str, torch.Tensor]:
-    """Right-pad ``input_ids`` with ``pad_id`` and ``labels`` with ``ignore_index``; keep true ``lengths`` and the
-    flat positions whose next token is supervised (``answer_index``, computed here on the CPU)."""
-    ids = [s["input_ids"][:max_seq_length] if max_seq_length else s["input_ids"] for s in samples]
-    labels = [s["labels"][: len(i)] for s, i in zip(samples, ids, strict=True)]
-    padded_labels = nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=ignore_index)
-    return {
-        "input_ids": nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=pad_id),
-        "labels": padded_labels,
-        "lengths": torch.tensor([len(i) for i in ids], dtype=torch.long),
-        "answer_index": flat_positions(padded_labels[:, 1:] != ignore_index),
-    }
+from litgpt_ext.data.batches import pad_collate
+from litgpt_ext.training.objectives.base import Objective, answer_logps
 
 
 def answer_cross_entropy(model: nn.Module, batch: dict) -> torch.Tensor:

@@ -19,10 +19,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from litgpt_ext.api.prompt_scores import ServerArgs
+from litgpt_ext.checks import check_checkpoint_dir
 from litgpt_ext.errors import UserError
-from litgpt_ext.heads import output_head
-from litgpt_ext.training.objectives.base import on_positions, unwrap
-from litgpt_ext.training.objectives.kd import TeacherBlock
+from litgpt_ext.model.heads import on_positions, output_head, unwrap
+from litgpt_ext.training.objectives.kd import KDSettings, TeacherBlock
 
 DTYPES = {"bf16-true": torch.bfloat16, "16-true": torch.float16, "32-true": torch.float32}
 
@@ -239,3 +240,58 @@ class ServerTeacher(Teacher):
 
     def blocks(self, batch, input_ids, flat):
         return topk_blocks(self.scores(batch))
+
+
+def make_teacher(
+    checkpoint_dir: Path,
+    teacher,
+    teacher_logprobs,
+    teacher_precision,
+    kd: KDSettings | None = None,
+    teacher_url: str | None = None,
+    teacher_model: str | None = None,
+    server: ServerArgs | None = None,
+):
+    """The :class:`~litgpt_ext.kd.teacher.Teacher` of the flags, checked before any data is read: exactly one
+    source; a teacher checkpoint whose tokenizer agrees with the student's; a store made with this tokenizer."""
+    from litgpt_ext.kd.store import load_store, tokenizer_fingerprint
+    from litgpt_ext.kd.teacher import LocalTeacher, ServerTeacher
+    from litgpt_ext.kd.vocab import check_same_vocabulary
+
+    if sum(x is not None for x in (teacher, teacher_logprobs, teacher_url)) != 1:
+        raise UserError(
+            "pass one of --teacher DIR (a litgpt checkpoint), --teacher_logprobs DIR (distill_logprobs or "
+            "distill_convert --logprobs) or --teacher_url URL (an OpenAI-compatible server)",
+            field="teacher",
+        )
+    if teacher_url is not None:
+        if teacher_model is None:
+            raise UserError("--teacher_url needs --teacher_model (the name the server serves)", field="teacher_model")
+        if kd is not None and kd.topk_tail and kd.temperature != 1:
+            raise UserError(
+                "a server teacher's log-probs are at temperature 1: pass --temperature 1, or --topk_tail false to "
+                "renormalise over its top-k",
+                field="temperature",
+            )
+        return ServerTeacher(teacher_url, teacher_model, server or ServerArgs())
+    if teacher is not None:
+        check_checkpoint_dir(Path(teacher))
+        check_same_vocabulary(checkpoint_dir, Path(teacher))
+        return LocalTeacher(Path(teacher), teacher_precision)
+    manifest = load_store(Path(teacher_logprobs))
+    stored = float(manifest["temperature"])
+    if kd is not None and kd.topk_tail and abs(stored - kd.temperature) > 1e-9:
+        raise UserError(
+            f"stores log-probs at temperature {stored:g}, but --temperature is {kd.temperature:g}: the tail mass "
+            f"cannot be rescaled (rerun distill_logprobs --temperature {kd.temperature:g}, or pass --topk_tail false "
+            "to renormalise over the top-k)",
+            path=Path(teacher_logprobs) / "manifest.json",
+            field="teacher_logprobs",
+        )
+    if manifest["tokenizer"] != tokenizer_fingerprint(checkpoint_dir):
+        raise UserError(
+            "was made with another tokenizer than the student's (rerun distill_logprobs for this student)",
+            path=Path(teacher_logprobs) / "manifest.json",
+            field="teacher_logprobs",
+        )
+    return manifest

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from litgpt_ext.model.recorder import Patches
+
 
 def _forward(self, x: torch.Tensor) -> torch.Tensor:
     pretrained = self.linear(x)
@@ -31,15 +33,16 @@ def _forward(self, x: torch.Tensor) -> torch.Tensor:
     return flat.view(pretrained.shape)
 
 
-def lean_lora_qkv(model: nn.Module) -> int:
+def lean_lora_qkv(model: nn.Module, patches: Patches | None = None) -> int:
     """Give every litgpt ``LoRAQKVLinear`` of ``model`` the one-``addmm`` forward; returns how many it changed."""
     from litgpt.lora import LoRAQKVLinear
 
     from litgpt_ext.model.guards import computes_as
 
+    patches = patches if patches is not None else Patches()  # none given: the change stays
     changed = 0
     for module in model.modules():
         if computes_as(module, LoRAQKVLinear) and module.r > 0 and any(module.enable_lora):
-            module.forward = types.MethodType(_forward, module)
+            patches.set(module, "forward", types.MethodType(_forward, module))
             changed += 1
     return changed

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from litgpt.model import KVCache
 
+from litgpt_ext.model.recorder import Patches
+
 
 class SlotKVCache(KVCache):
     def __init__(self, slots: int, n_query_groups: int, max_seq_length: int, head_size: int, device, dtype):
@@ -70,13 +72,12 @@ def sliding_window_mask(max_seq_length: int, window: int, device) -> torch.Tenso
     return ((j <= i) & (j > i - window)).view(1, 1, max_seq_length, max_seq_length)
 
 
-def masked_block(block, window: int | None, additive: bool) -> None:
+def masked_block(block, window: int | None, additive: bool, patches: Patches) -> None:
     """Give ``block`` a forward that adjusts the causal mask it is given (``(B or 1, 1, T, K)`` booleans) before its
     own forward runs: ``window`` keeps only the last ``window`` positions of each query, itself included (litgpt's
     sliding window); ``additive`` turns the mask into 0 / -inf scores for litgpt's softcapped attention, which adds
     the mask to its scores (a boolean mask would add 1 and 0 and mask nothing: litgpt's own KV-cache generation of
-    Gemma 2 attends to the whole cache, future zeros included). An instance attribute, removed by ``del
-    block.forward``."""
+    Gemma 2 attends to the whole cache, future zeros included). Recorded in ``patches``."""
     forward = type(block).forward.__get__(block)
 
     def adjusted(x, cos, sin, mask=None, input_pos=None, input_pos_maxp1=None):
@@ -91,38 +92,40 @@ def masked_block(block, window: int | None, additive: bool) -> None:
                 )
         return forward(x, cos, sin, mask, input_pos, input_pos_maxp1)
 
-    block.forward = adjusted
+    patches.set(block, "forward", adjusted)
 
 
-def install_slot_cache(model, slots: int, capacity: int, context: int, device, dtype) -> list[SlotKVCache]:
+def install_slot_cache(
+    model, slots: int, capacity: int, context: int, device, dtype, patches: Patches
+) -> list[SlotKVCache]:
     """Give every attention block a slot cache of ``capacity`` positions per slot (see :meth:`SlotKVCache.grow`),
     and the model its rope and mask caches over ``context`` positions (the longest sequence a row can reach).
 
     litgpt enforces a sliding window only through its ring-buffer cache; slots keep whole sequences, so the window
     goes into the mask instead: the model's mask when every layer slides (Mistral), else — Gemma 2 / 3 mix windowed
     and global layers — the causal mask for all and each windowed block narrowing it to its window
-    (:func:`masked_block`; ``engine_on`` takes it off again).
+    (:func:`masked_block`). Everything set is recorded in ``patches``.
     """
     from litgpt.model import build_mask_cache
 
-    model.max_seq_length = context
+    patches.set(model, "max_seq_length", context)
     sliding = [block.attn.apply_sliding_window_attention for block in model.transformer.h]
     window = model.config.sliding_window_size
     windows = [None] * len(sliding)
     if any(sliding) and window and window < context and all(sliding):
-        model.mask_cache = sliding_window_mask(context, window, device)
+        patches.set(model, "mask_cache", sliding_window_mask(context, window, device))
     else:
-        model.mask_cache = build_mask_cache(context, device)
+        patches.set(model, "mask_cache", build_mask_cache(context, device))
         if any(sliding) and window and window < context:
             windows = [window if slides else None for slides in sliding]
     additive = model.config.attention_logit_softcapping is not None
     for block, own in zip(model.transformer.h, windows, strict=True):
         if own is not None or additive:
-            masked_block(block, own, additive)
+            masked_block(block, own, additive, patches)
     caches = []
     for block in model.transformer.h:
         cfg = block.attn.config
         cache = SlotKVCache(slots, cfg.n_query_groups, min(capacity, context), cfg.head_size, device, dtype)
-        block.attn.kv_cache = cache
+        patches.set(block.attn, "kv_cache", cache)
         caches.append(cache)
     return caches

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from litgpt_ext.model.recorder import Patches
+
 
 class SiluMul(torch.autograd.Function):
     """``silu(a) * b`` whose backward recomputes ``silu(a)`` instead of storing it."""
@@ -39,15 +41,16 @@ def _forward(self, x: torch.Tensor) -> torch.Tensor:
     return self.proj(SiluMul.apply(a, b))
 
 
-def lean_swiglu(model: nn.Module) -> int:
+def lean_swiglu(model: nn.Module, patches: Patches | None = None) -> int:
     """Give every litgpt ``LLaMAMLP`` of ``model`` (whose forward is litgpt's) the forward above; returns how many."""
     from litgpt.model import LLaMAMLP
 
     from litgpt_ext.model.guards import computes_as
 
+    patches = patches if patches is not None else Patches()  # none given: the change stays
     changed = 0
     for module in model.modules():
         if computes_as(module, LLaMAMLP):
-            module.forward = types.MethodType(_forward, module)
+            patches.set(module, "forward", types.MethodType(_forward, module))
             changed += 1
     return changed

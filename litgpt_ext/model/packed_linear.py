@@ -21,32 +21,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from litgpt_ext.model.recorder import Patches
+
 
 def packing_available(device: torch.device, dtype: torch.dtype) -> bool:
     """True where the packed path exists: CPU, fp32, a PyTorch built with MKL."""
     return device.type == "cpu" and dtype == torch.float32 and torch.backends.mkl.is_available()
 
 
-def install_packed_linears(model: nn.Module, rows: int) -> int:
+def install_packed_linears(model: nn.Module, rows: int, patches: Patches | None = None) -> int:
     """Pack the weights of every plain fp32 CPU ``nn.Linear`` in ``model`` for ``rows``-row products; returns how
-    many were packed. Undo with :func:`remove_packed_linears`."""
+    many were packed. Undone by ``patches.restore()``."""
+    patches = patches if patches is not None else Patches()  # none given: the change stays
     packed = 0
     with torch.no_grad():
         for module in model.modules():
             if type(module) is not nn.Linear or module.weight.dtype != torch.float32 or module.weight.is_cuda:
                 continue
-            module._packed_weight = torch.ops.mkl._mkl_reorder_linear_weight(module.weight.detach(), rows)
-            module._packed_rows = rows
-            module.forward = types.MethodType(_packed_forward, module)
+            patches.set(
+                module, "_packed_weight", torch.ops.mkl._mkl_reorder_linear_weight(module.weight.detach(), rows)
+            )
+            patches.set(module, "_packed_rows", rows)
+            patches.set(module, "forward", types.MethodType(_packed_forward, module))
             packed += 1
     return packed
-
-
-def remove_packed_linears(model: nn.Module) -> None:
-    for module in model.modules():
-        if "_packed_weight" in module.__dict__:
-            for name in ("forward", "_packed_weight", "_packed_rows"):
-                module.__dict__.pop(name, None)
 
 
 def _packed_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from litgpt_ext.model.recorder import Patches
+
 
 def _forward(self, x: torch.Tensor) -> torch.Tensor:
     if self.dim not in (-1, x.dim() - 1):
@@ -21,15 +23,16 @@ def _forward(self, x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x.float(), (x.size(-1),), self.weight.float(), self.eps).to(dtype=x.dtype)
 
 
-def fused_rms_norm(model: nn.Module) -> int:
+def fused_rms_norm(model: nn.Module, patches: Patches | None = None) -> int:
     """Give every plain litgpt ``RMSNorm`` of ``model`` the one-op forward; returns how many it changed."""
     from litgpt.model import RMSNorm
 
     from litgpt_ext.model.guards import computes_as
 
+    patches = patches if patches is not None else Patches()  # none given: the change stays
     changed = 0
     for module in model.modules():
         if computes_as(module, RMSNorm) and not module.add_unit_offset:
-            module.forward = types.MethodType(_forward, module)
+            patches.set(module, "forward", types.MethodType(_forward, module))
             changed += 1
     return changed

@@ -22,6 +22,7 @@ from litgpt.model import CausalSelfAttention, apply_rope
 from torch import nn
 
 from litgpt_ext.model.guards import ATTENTION_METHODS, computes_as
+from litgpt_ext.model.recorder import Patches
 
 
 def applies(attn: CausalSelfAttention) -> bool:
@@ -45,6 +46,16 @@ def _forward(
 ) -> torch.Tensor:
     if input_pos is not None or mask is not None:
         return CausalSelfAttention.forward(self, x, cos, sin, mask, input_pos, input_pos_maxp1)
+    B, T, _ = x.shape
+    q, k, v = rotated_qkv(self, x, cos, sin)
+    heads, groups = self.config.n_head, self.config.n_query_groups
+    y = F.scaled_dot_product_attention(q, k, v, scale=scale(self), is_causal=True, enable_gqa=groups != heads)
+    return self.proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+def rotated_qkv(self: CausalSelfAttention, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    """litgpt's queries ``(B, heads, T, hs)`` and keys/values ``(B, groups, T, hs)`` of ``x``, rope applied to the
+    first ``rope_n_elem`` dimensions of queries and keys — keys and values not expanded to the query heads."""
     cfg = self.config
     B, T, _ = x.shape
     hs, heads, groups, n_rope = cfg.head_size, cfg.n_head, cfg.n_query_groups, cfg.rope_n_elem
@@ -52,10 +63,12 @@ def _forward(
     q = q.view(B, T, heads, hs).transpose(1, 2)
     k = k.view(B, T, groups, hs).transpose(1, 2)
     v = v.view(B, T, groups, hs).transpose(1, 2)
-    q, k = _rope(q, cos, sin, n_rope), _rope(k, cos, sin, n_rope)
-    scale = 1.0 / math.sqrt(cfg.attention_scores_scalar or hs) * self.mscale * self.mscale
-    y = F.scaled_dot_product_attention(q, k, v, scale=scale, is_causal=True, enable_gqa=groups != heads)
-    return self.proj(y.transpose(1, 2).reshape(B, T, heads * hs))
+    return _rope(q, cos, sin, n_rope), _rope(k, cos, sin, n_rope), v
+
+
+def scale(self: CausalSelfAttention) -> float:
+    """litgpt's attention score scale."""
+    return 1.0 / math.sqrt(self.config.attention_scores_scalar or self.config.head_size) * self.mscale * self.mscale
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_rope: int) -> torch.Tensor:
@@ -64,11 +77,12 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_rope: int) ->
     return torch.cat((apply_rope(x[..., :n_rope], cos, sin), x[..., n_rope:]), dim=-1)
 
 
-def grouped_training_attention(model: nn.Module) -> int:
+def grouped_training_attention(model: nn.Module, patches: Patches | None = None) -> int:
     """Give every applicable attention block of ``model`` the forward above; returns how many it changed."""
+    patches = patches if patches is not None else Patches()  # none given: the change stays
     changed = 0
     for module in model.modules():
         if computes_as(module, CausalSelfAttention, ATTENTION_METHODS) and applies(module):
-            module.forward = types.MethodType(_forward, module)
+            patches.set(module, "forward", types.MethodType(_forward, module))
             changed += 1
     return changed

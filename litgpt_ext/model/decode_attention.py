@@ -10,12 +10,14 @@ everything else keep litgpt's own forward.
 
 from __future__ import annotations
 
-import math
 import types
 
 import torch
 import torch.nn.functional as F
-from litgpt.model import CausalSelfAttention, apply_rope
+from litgpt.model import CausalSelfAttention
+
+from litgpt_ext.model.fast_attention import rotated_qkv, scale
+from litgpt_ext.model.recorder import Patches
 
 
 def grouped_decode_applies(config) -> bool:
@@ -29,16 +31,17 @@ def grouped_decode_applies(config) -> bool:
     )
 
 
-def install_grouped_decode(model) -> bool:
+def install_grouped_decode(model, patches: Patches | None = None) -> bool:
     """Route every attention block's one-position calls through :func:`_grouped_forward`; False if not applicable."""
     from litgpt_ext.model.guards import ATTENTION_METHODS, computes_as
 
+    patches = patches if patches is not None else Patches()  # none given: the change stays
     if not grouped_decode_applies(model.config):
         return False
     if not all(computes_as(block.attn, CausalSelfAttention, ATTENTION_METHODS) for block in model.transformer.h):
         return False  # a subclass's own attention (an adapter's) is kept as it is
     for block in model.transformer.h:
-        block.attn.forward = types.MethodType(_grouped_forward, block.attn)
+        patches.set(block.attn, "forward", types.MethodType(_grouped_forward, block.attn))
     return True
 
 
@@ -54,19 +57,12 @@ def _grouped_forward(
     B, T, _ = x.shape
     if T != 1 or input_pos is None or mask is None:
         return CausalSelfAttention.forward(self, x, cos, sin, mask, input_pos, input_pos_maxp1)
-    cfg = self.config
-    hs, heads, groups, n_rope = cfg.head_size, cfg.n_head, cfg.n_query_groups, cfg.rope_n_elem
-    q, k, v = self.qkv(x).split((heads * hs, groups * hs, groups * hs), dim=-1)
-    q = q.view(B, 1, heads, hs).transpose(1, 2)
-    k = k.view(B, 1, groups, hs).transpose(1, 2)
-    v = v.view(B, 1, groups, hs).transpose(1, 2)
-    q = torch.cat((apply_rope(q[..., :n_rope], cos, sin), q[..., n_rope:]), dim=-1)
-    k = torch.cat((apply_rope(k[..., :n_rope], cos, sin), k[..., n_rope:]), dim=-1)
+    hs, heads, groups = self.config.head_size, self.config.n_head, self.config.n_query_groups
+    q, k, v = rotated_qkv(self, x, cos, sin)
     k, v = self.kv_cache(input_pos, k, v)
     if input_pos_maxp1 is not None:
         k, v = k[..., :input_pos_maxp1, :], v[..., :input_pos_maxp1, :]
     mask = mask[..., : k.size(-2)]
     q = q.reshape(B, groups, heads // groups, hs)  # a group's query heads as its query positions
-    scale = 1.0 / math.sqrt(cfg.attention_scores_scalar or hs) * self.mscale * self.mscale
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)  # (B, groups, heads/groups, hs)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale(self))  # (B, groups, heads/groups, hs)
     return self.proj(y.reshape(B, 1, heads * hs))
