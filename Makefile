@@ -11,7 +11,7 @@ SHELL := /bin/bash
 # pip prints one warning per missing local index folder on some machines; keep its real output only.
 QUIET_PIP := 2>&1 | { grep -v "is ignored" || true; }
 
-.PHONY: help install install-test demo test lint format clean bench-sft bench-teacher bench-generate bench-dpo bench-sql-label bench-orm bench-prm bench-kd bench-real families
+.PHONY: help install install-test demo test lint format clean bench-sft bench-teacher bench-generate bench-dpo bench-sql-label bench-orm bench-prm bench-kd bench-real families prune-study
 .PHONY: teacher convert tokenize student export generate heldout fidelity report task-env FORCE
 .DEFAULT_GOAL := help
 
@@ -92,10 +92,15 @@ bench-real: install-test
 	$(BIN)/python -m tests.bench.bench_sft --checkpoint $(SMOLLM2) $(BENCH_FLAGS)
 	$(BIN)/python -m tests.bench.bench_kd --checkpoint $(SMOLLM2) $(BENCH_FLAGS)
 
-# every litgpt family shape (make_tiny_checkpoint --like NAME) through finetune_sft, generate_batch and export_hf:
-# the table in docs/models.md (about 5 minutes; no cell may be a traceback)
+# every litgpt family shape (make_tiny_checkpoint --like NAME) through finetune_sft, the reward heads, generate_batch
+# and export_hf: the table in docs/models.md (about 10 minutes; no cell may be a traceback)
 families: install-test
 	$(BIN)/python -m tests.family_matrix
+
+# prune the real SmolLM2 to half its body by depth and by width, train each student the same steps by SFT and by KD,
+# measure them against the teacher: the table in docs/pruning.md (about 30 minutes on 2 CPU cores)
+prune-study: install
+	$(BIN)/python -m tests.prune_study $(STUDY_FLAGS)
 
 # ---------------------------------------------------------------------------------------------------------------
 # The pipeline of one task. A task is one file, artifacts/tasks/$(TASK).mk (or TASK=path/to/file.mk), that sets the
@@ -250,7 +255,7 @@ task-env:
 
 help:
 	@echo "Set-up:    make demo | make test          (both install into .venv when needed)"
-	@echo "Checks:    make lint | make format | make bench-{sft,teacher,generate,dpo,sql-label,orm,prm,kd,real} | make families"
+	@echo "Checks:    make lint | make format | make bench-{sft,teacher,generate,dpo,sql-label,orm,prm,kd,real} | make families | make prune-study"
 	@echo "Pipeline:  make teacher | convert | tokenize | student | export | generate   TASK=name (default: demo)"
 	@echo "           make heldout | fidelity | report: the student vs the teacher on HELDOUT, cost and speed"
 	@echo "           each stage makes the ones before it when they are out of date; make -n generate shows the chain"

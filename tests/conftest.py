@@ -73,6 +73,17 @@ def tiny_checkpoint(tiny_factory) -> Path:
     return tiny_factory()
 
 
+@pytest.fixture(scope="session")
+def tiny_instruct(tiny_factory) -> Path:
+    """A tiny checkpoint with a ChatML template, as instruct models come (the real model's paths without its
+    minutes)."""
+    template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    return tiny_factory(special_tokens=("<|im_start|>", "<|im_end|>"), chat_template=template)
+
+
 # -- logit distillation: a teacher/student pair with one tokenizer, and a little data ----------------------------
 @pytest.fixture(scope="session")
 def pair(tiny_factory, tmp_path_factory):
@@ -108,3 +119,14 @@ def smollm2() -> Path:
     from litgpt_ext.gguf.smollm2 import smollm2_checkpoint
 
     return smollm2_checkpoint(REAL_DIR)
+
+
+def tokenized_for(checkpoint: Path, data: Path) -> Path:
+    """Eight litgpt JSON rows in ``data`` (train.json, val.json), tokenized into train.pt / val.pt for ``checkpoint``."""
+    data.mkdir(parents=True)
+    rows = [{"instruction": f"Question {i}?", "output": f"Answer {i}."} for i in range(8)]
+    (data / "train.json").write_text(json.dumps(rows[:6]))
+    (data / "val.json").write_text(json.dumps(rows[6:]))
+    done = run_cli("distill_tokenize", "--data_dir", data, "--checkpoint_dir", checkpoint)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return data

@@ -63,17 +63,6 @@ def _smoke(module, expected, *extra):
     assert all(text in result.stdout for text in expected), result.stdout
 
 
-@pytest.fixture(scope="module")
-def tiny_instruct(tiny_factory):
-    """A tiny checkpoint with a ChatML template: the --checkpoint path (make bench-real) without the real model's
-    minutes."""
-    template = (
-        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-    )
-    return tiny_factory(special_tokens=("<|im_start|>", "<|im_end|>"), chat_template=template)
-
-
 @pytest.mark.parametrize(
     ("module", "expected"),
     [("bench_generate", ["its chat template", "greedy texts identical"]), ("bench_sft", ["tokens/s (non-padding)"])],

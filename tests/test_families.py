@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import DEMO, run_cli
+from conftest import DEMO, run_cli, tokenized_for
 
 
 @pytest.fixture(scope="module")
@@ -73,13 +73,7 @@ def test_data_tokenized_for_another_model_is_refused_in_one_line(tiny_factory, t
     """train.pt records the tokenizer it was made with: a finetune of a model with another vocabulary stops at start
     (and an old file without the record is caught by its ids past the model's embedding)."""
     other, student = tiny_factory(vocab_size=1024), tiny_factory()
-    data = tmp_path / "data"
-    data.mkdir()
-    rows = [{"instruction": f"Question {i}?", "output": f"Answer {i}."} for i in range(8)]
-    (data / "train.json").write_text(json.dumps(rows[:6]))
-    (data / "val.json").write_text(json.dumps(rows[6:]))
-    done = run_cli("distill_tokenize", "--data_dir", data, "--checkpoint_dir", other)
-    assert done.returncode == 0, done.stderr[-2000:]
+    data = tokenized_for(other, tmp_path / "data")
 
     def finetune():
         return run_cli("finetune_sft", student, "--data", data, "--out_dir", tmp_path / "out", "--mode", "full",

@@ -257,3 +257,19 @@ def test_tokens_count_every_step_whatever_the_log_interval(pair, data_dir, tmp_p
         perf = json.loads((tmp_path / f"log{every}" / "performance.json").read_text())
         assert perf["tokens"] == runs[every]
     assert runs[1] == runs[3] > 0
+
+
+def test_evaluate_kd_and_distill_logprobs_read_chat_template_data(tiny_instruct, data_dir, tmp_path):
+    """Chat-template data renders with the student's own template in every command that reads it, not only in the
+    finetune commands (evaluate_kd once refused it: "chat_template needs the student checkpoint")."""
+    from litgpt_ext.data.sft import SFTData
+    from litgpt_ext.kd.evaluate import evaluate_kd
+    from litgpt_ext.kd.logprobs import distill_logprobs
+
+    def chat_data():
+        return SFTData(path=data_dir, prompt_style="chat_template")
+
+    result = evaluate_kd(tiny_instruct, teacher=tiny_instruct, data=chat_data(), split="val")
+    assert result["forward_kl"] == pytest.approx(0.0, abs=1e-5) and result["top1_agreement"] == 1.0
+    distill_logprobs(tiny_instruct, data=chat_data(), out=tmp_path / "store", top_k=4)
+    assert (tmp_path / "store" / "manifest.json").is_file()

@@ -162,7 +162,20 @@ def test_an_unsupported_feature_is_refused_at_start_in_one_line(latent_attention
 
 
 # -- structure ------------------------------------------------------------------------------------------------------
-LAYERS = ["api", "data", "model", "generate", "evaluate", "training", "kd", "reward", "export", "gguf", "prune", "finetune"]
+LAYERS = [
+    "api",
+    "data",
+    "model",
+    "generate",
+    "evaluate",
+    "training",
+    "kd",
+    "reward",
+    "export",
+    "gguf",
+    "prune",
+    "finetune",
+]
 """litgpt_ext's folders, lower first: a folder imports only folders before it (and the top-level basics)."""
 ALLOWED_BACK_ARROWS = {("training", "generate"), ("training", "evaluate")}
 """On-policy distillation samples with the generator's engine; validation scores generations with evaluate's

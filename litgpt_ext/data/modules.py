@@ -37,3 +37,16 @@ def datasets_of(data: DataModule) -> tuple[Sequence, Sequence]:
     if not len(val):
         raise UserError("the data has no validation samples (set a val split)", field="data")
     return train, val
+
+
+def ready_data(
+    data: DataModule, tokenizer, checkpoint_dir: Path, batch_size: int, max_seq_length: int | None, **connect
+) -> DataModule:
+    """``data`` connected to the model's tokenizer (chat rows render with ``checkpoint_dir``'s own chat template),
+    prepared and set up: the one way every command reads its data."""
+    if hasattr(data, "student_dir"):
+        data.student_dir = Path(checkpoint_dir)
+    data.connect(tokenizer=tokenizer, batch_size=batch_size, max_seq_length=max_seq_length, **connect)
+    data.prepare_data()
+    data.setup()
+    return data

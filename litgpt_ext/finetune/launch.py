@@ -15,7 +15,7 @@ from litgpt.tokenizer import Tokenizer
 from litgpt.utils import instantiate_torch_optimizer, load_checkpoint
 
 from litgpt_ext.checks import check_checkpoint_dir, fit_to_context
-from litgpt_ext.data.modules import datasets_of, resolve_data
+from litgpt_ext.data.modules import datasets_of, ready_data, resolve_data
 from litgpt_ext.data.orm import OrmData  # noqa: F401 (imported so that --data OrmData resolves by name)
 from litgpt_ext.data.preference import PreferenceData  # noqa: F401 (likewise)
 from litgpt_ext.data.prm import PrmData  # noqa: F401 (likewise)
@@ -124,13 +124,7 @@ def run(
     # Data is loaded and validated here, in every process (a DDP launcher re-runs the command per rank), so bad
     # input fails fast with a one-line error before Fabric or the model is touched.
     tokenizer = Tokenizer(spec.checkpoint_dir)
-    if hasattr(data, "student_dir"):  # chat data renders with the student's own chat template
-        data.student_dir = spec.checkpoint_dir
-    data.connect(
-        tokenizer=tokenizer, batch_size=train.micro_batch_size, max_seq_length=train.max_seq_length, **(connect or {})
-    )
-    data.prepare_data()
-    data.setup()
+    ready_data(data, tokenizer, spec.checkpoint_dir, train.micro_batch_size, train.max_seq_length, **(connect or {}))
     train_data, val_data = datasets_of(data)
     test_input = None
     if eval.test:

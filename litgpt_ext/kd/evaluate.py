@@ -53,7 +53,7 @@ def evaluate_kd(
     import lightning as L
     from litgpt.tokenizer import Tokenizer
 
-    from litgpt_ext.data.modules import datasets_of, resolve_data
+    from litgpt_ext.data.modules import datasets_of, ready_data, resolve_data
     from litgpt_ext.kd.teacher import StoredTeacher, make_teacher
     from litgpt_ext.precision import default_precision
     from litgpt_ext.training.objectives.kd import KDSettings
@@ -67,10 +67,7 @@ def evaluate_kd(
     settings = KDSettings(beta=0.0, temperature=temperature, kd_ratio=1.0, topk_tail=True)
     source = make_teacher(student, teacher, teacher_logprobs, None, settings)
     max_seq_length = fit_to_context("max_seq_length", max_seq_length, student)
-    module = resolve_data(data)
-    module.connect(tokenizer=Tokenizer(student), batch_size=batch_size, max_seq_length=max_seq_length)
-    module.prepare_data()
-    module.setup()
+    module = ready_data(resolve_data(data), Tokenizer(student), student, batch_size, max_seq_length)
     train, val = datasets_of(module)
     if isinstance(source, dict):
         source = StoredTeacher(Path(teacher_logprobs), source, max_seq_length)

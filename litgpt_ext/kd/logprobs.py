@@ -115,7 +115,7 @@ def distill_logprobs(
     """
     from litgpt.tokenizer import Tokenizer
 
-    from litgpt_ext.data.modules import datasets_of, resolve_data
+    from litgpt_ext.data.modules import datasets_of, ready_data, resolve_data
     from litgpt_ext.generate.inputs import parse_shard
     from litgpt_ext.kd.vocab import check_same_vocabulary
     from litgpt_ext.precision import default_precision
@@ -136,10 +136,7 @@ def distill_logprobs(
     the_shard = parse_shard(shard)
     max_seq_length = fit_to_context("max_seq_length", max_seq_length, student)
     tokenizer = Tokenizer(student)
-    module = resolve_data(data)
-    module.connect(tokenizer=tokenizer, batch_size=batch_size, max_seq_length=max_seq_length)
-    module.prepare_data()
-    module.setup()
+    module = ready_data(resolve_data(data), tokenizer, student, batch_size, max_seq_length)
     datasets = dict(zip(SPLITS, datasets_of(module), strict=True))
     fingerprints = {
         split: {
