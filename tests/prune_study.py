@@ -81,7 +81,7 @@ def random_init(like: Path, out: Path) -> Path:
 
     if (out / "lit_model.pth").is_file():
         return out
-    shutil.copytree(like, out, dirs_exist_ok=True)
+    shutil.copytree(like, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("prune_*"))  # not its scores
     config = Config.from_file(like / "model_config.yaml")
     torch.manual_seed(0)
     gpt = GPT(config)

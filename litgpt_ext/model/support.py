@@ -17,12 +17,12 @@ from typing import Literal
 
 from litgpt_ext.errors import UserError
 
-Path_ = Literal["finetune_lora", "finetune_full", "generate_batch"]
+CommandPath = Literal["finetune_lora", "finetune_full", "generate_batch"]
 
 _LATENT = "multi-head latent attention (latent_attention)"
 
 
-def support(config, path: Path_) -> list[str]:
+def support(config, path: CommandPath) -> list[str]:
     """The features of ``config`` (a litgpt ``Config``) that ``path`` does not handle, each with the reason."""
     missing = []
     if config.latent_attention is not None:
@@ -33,7 +33,7 @@ def support(config, path: Path_) -> list[str]:
     return missing
 
 
-def require_support(checkpoint_dir: Path, path: Path_):
+def require_support(checkpoint_dir: Path, path: CommandPath):
     """The checkpoint's litgpt ``Config``; refused in one line if litgpt cannot build it, or if it has a feature
     ``path`` does not handle (see :func:`support`)."""
     from litgpt.config import Config
