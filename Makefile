@@ -11,7 +11,7 @@ SHELL := /bin/bash
 # pip prints one warning per missing local index folder on some machines; keep its real output only.
 QUIET_PIP := 2>&1 | { grep -v "is ignored" || true; }
 
-.PHONY: help install install-test demo test lint format clean bench-sft bench-teacher bench-generate bench-dpo bench-sql-label bench-orm bench-prm bench-kd bench-real families prune-study
+.PHONY: help install install-test demo test lint format clean bench-sft bench-teacher bench-generate bench-dpo bench-sql-label bench-orm bench-prm bench-kd bench-real families prune-study xtok-study
 .PHONY: teacher convert tokenize student export generate heldout fidelity report task-env FORCE
 .DEFAULT_GOAL := help
 
@@ -101,6 +101,9 @@ families: install-test
 # measure them against the teacher: the table in docs/pruning.md (about 30 minutes on 2 CPU cores)
 prune-study: install
 	$(BIN)/python -m tests.prune_study $(STUDY_FLAGS)
+
+xtok-study: install
+	$(BIN)/python -m tests.xtok_study $(STUDY_FLAGS)
 
 # ---------------------------------------------------------------------------------------------------------------
 # The pipeline of one task. A task is one file, artifacts/tasks/$(TASK).mk (or TASK=path/to/file.mk), that sets the
@@ -255,7 +258,7 @@ task-env:
 
 help:
 	@echo "Set-up:    make demo | make test          (both install into .venv when needed)"
-	@echo "Checks:    make lint | make format | make bench-{sft,teacher,generate,dpo,sql-label,orm,prm,kd,real} | make families | make prune-study"
+	@echo "Checks:    make lint | make format | make bench-{sft,teacher,generate,dpo,sql-label,orm,prm,kd,real} | make families | make prune-study | make xtok-study"
 	@echo "Pipeline:  make teacher | convert | tokenize | student | export | generate   TASK=name (default: demo)"
 	@echo "           make heldout | fidelity | report: the student vs the teacher on HELDOUT, cost and speed"
 	@echo "           each stage makes the ones before it when they are out of date; make -n generate shows the chain"

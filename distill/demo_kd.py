@@ -1,5 +1,5 @@
-"""The demo's logit-distillation stage: a smaller student of the distilled student, trained the same steps three ways
-(SFT on the teacher's text, KD, on-policy KD) and measured against its teacher on the held-out records."""
+"""The demo's logit-distillation stage: a smaller student of the distilled student, trained the same steps four ways
+(SFT on the teacher's text, KD with forward KL and with skew KL, on-policy KD) and measured against its teacher on the held-out records."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ ONPOLICY_STEPS = 100
 KD_ROWS = {
     "sft": "SFT on the teacher's text",
     "kd": "KD (forward KL, tau 2, alpha 0.5)",
+    "skew": "KD (skew KL a 0.1, tau 2, alpha 0.5)",
     "onpolicy": f"SFT + {ONPOLICY_STEPS} on-policy (lambda 1, rev. KL)",
 }
 
@@ -51,8 +52,9 @@ def teacher_text_data(prompts: Path, generations: Path) -> list[dict]:
 
 def kd_stage(student: Path) -> list[tuple[str, Path]]:
     """Logit distillation against imitation: the distilled student becomes the teacher of a smaller student (1 layer,
-    64 wide, the teacher's tokenizer), trained the same steps on the same prompts three ways — finetune_sft on the
-    teacher's greedy answers, finetune_kd on its distribution over those answers, and finetune_kd on-policy (the
+    64 wide, the teacher's tokenizer), trained the same steps on the same prompts four ways — finetune_sft on the
+    teacher's greedy answers, finetune_kd on its distribution over those answers (forward KL, and DistiLLM's skew
+    KL), and finetune_kd on-policy (the
     student's own samples, scored by the teacher) — then measured on the 80 held-out records: KL to the teacher and
     top-1 agreement (evaluate_kd), and items F1 against the teacher's answers."""
     import json
@@ -79,11 +81,14 @@ def kd_stage(student: Path) -> list[tuple[str, Path]]:
         "--train.micro_batch_size", 16, "--train.lr_warmup_steps", 10, "--train.log_interval", 100,
         "--eval.interval", 1000, "--eval.max_iters", 10, "--optimizer.lr", 3e-3,
     ]  # fmt: skip
-    runs = {"sft": kd / "sft-on-text", "kd": kd / "kd", "onpolicy": kd / "kd-onpolicy"}
+    runs = {"sft": kd / "sft-on-text", "kd": kd / "kd", "skew": kd / "kd-skew", "onpolicy": kd / "kd-onpolicy"}
     # trained one after the other: each training uses every core (side by side they would contend for them)
     litgpt_ext("finetune_sft", rel(small), "--out_dir", rel(runs["sft"]), *common)
     litgpt_ext("finetune_kd", rel(small), "--teacher", rel(teacher), "--beta", 0.0, "--temperature", 2.0,
                "--kd_ratio", 0.5, "--out_dir", rel(runs["kd"]), *common)  # fmt: skip
+    # DistiLLM's skew KL: KL(p || 0.1 p + 0.9 q), the same teacher, temperature and mix
+    litgpt_ext("finetune_kd", rel(small), "--teacher", rel(teacher), "--divergence", "skew_kl", "--skew_alpha", 0.1,
+               "--temperature", 2.0, "--kd_ratio", 0.5, "--out_dir", rel(runs["skew"]), *common)  # fmt: skip
     # on-policy (GKD, lambda 1): every batch's answers are the student's own samples, scored by the teacher. As GKD
     # does, it starts from the SFT student: a random-init student's samples are noise the teacher cannot correct
     # (measured: from scratch at 300 steps it ends at KL 3.6, items F1 0)

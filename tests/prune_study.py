@@ -69,6 +69,25 @@ def teacher_rows(prompts_file: Path, generations: Path) -> list[dict]:
     return rows
 
 
+def teacher_data(data: Path, questions: int, max_new_tokens: int) -> tuple[list[dict], Path, Path, list]:
+    """The teacher's greedy answers to the study prompts (made once, then reused): (training prompts, the data
+    directory whose ``sft/`` holds train.json + val.json of them, the held-out task prompts, the generation flags)."""
+    if not (TEACHER / "lit_model.pth").is_file():
+        subprocess.run([sys.executable, "-m", "litgpt_ext.gguf.smollm2", str(TEACHER)], check=True, cwd=REPO)
+    train, heldout = prompts(questions)
+    gen = ["--max_new_tokens", max_new_tokens, "--temperature", 0, "--precision", "32-true", "--max_batch_size", 32]
+    for name, rows in (("train", train), ("heldout", heldout)):
+        source = write_jsonl(data / f"{name}.prompts.jsonl", rows)
+        if not (data / f"{name}.teacher.jsonl").is_file():
+            cli("generate_batch", TEACHER, "--input", source, "--output", data / f"{name}.teacher.jsonl", *gen)
+    (data / "sft").mkdir(exist_ok=True)
+    for split, name in (("train", "train"), ("val", "heldout")):
+        rows = teacher_rows(data / f"{name}.prompts.jsonl", data / f"{name}.teacher.jsonl")
+        (data / "sft" / f"{split}.json").write_text(json.dumps(rows))
+    task_heldout = write_jsonl(data / "task.prompts.jsonl", [r for r in heldout if r.get("task")])
+    return train, data, task_heldout, gen
+
+
 def random_init(like: Path, out: Path) -> Path:
     """A student of ``like``'s shape with fresh weights (GPT-2-style init, embeddings tied as the teacher's)."""
     import shutil
@@ -99,24 +118,7 @@ def main() -> None:
     parser.add_argument("--max_new_tokens", type=int, default=48)
     args = parser.parse_args()
     started = time.perf_counter()
-    if not (TEACHER / "lit_model.pth").is_file():
-        subprocess.run([sys.executable, "-m", "litgpt_ext.gguf.smollm2", str(TEACHER)], check=True, cwd=REPO)
-    train, heldout = prompts(args.questions)
-    data = OUT / "data"
-    gen = ["--max_new_tokens", args.max_new_tokens, "--temperature", 0, "--precision", "32-true",
-           "--max_batch_size", 32]  # fmt: skip
-    for name, rows in (("train", train), ("heldout", heldout)):
-        source = write_jsonl(data / f"{name}.prompts.jsonl", rows)
-        if not (data / f"{name}.teacher.jsonl").is_file():
-            cli("generate_batch", TEACHER, "--input", source, "--output", data / f"{name}.teacher.jsonl", *gen)
-    (data / "sft").mkdir(exist_ok=True)
-    (data / "sft" / "train.json").write_text(
-        json.dumps(teacher_rows(data / "train.prompts.jsonl", data / "train.teacher.jsonl"))
-    )
-    (data / "sft" / "val.json").write_text(
-        json.dumps(teacher_rows(data / "heldout.prompts.jsonl", data / "heldout.teacher.jsonl"))
-    )
-    task_heldout = write_jsonl(data / "task.prompts.jsonl", [r for r in heldout if r.get("task")])
+    train, data, task_heldout, gen = teacher_data(OUT / "data", args.questions, args.max_new_tokens)
 
     students = {}
     for shape, flags in (("depth", DEPTH), ("width", WIDTH)):

@@ -15,8 +15,10 @@ from litgpt_ext.errors import UserError
 from litgpt_ext.finetune.flags import CommonFlags, finetune_command
 from litgpt_ext.finetune.launch import run, start
 from litgpt_ext.generate.on_model import GenArgs
+from litgpt_ext.kd.cross_teacher import CrossTokenizerTeacher, StoredCrossTeacher
 from litgpt_ext.kd.teacher import make_teacher
 from litgpt_ext.training.args import TrainArgs
+from litgpt_ext.training.objectives.cross_tokenizer import CrossSettings, CrossTokenizerKD
 from litgpt_ext.training.objectives.divergences import DIVERGENCES
 from litgpt_ext.training.objectives.kd import KDObjective, KDSettings
 from litgpt_ext.training.onpolicy import OnPolicy
@@ -61,6 +63,51 @@ def check_onpolicy(lmbda: float, seq_kd: bool, gen: GenArgs, server: ServerArgs,
         )
 
 
+def check_cross(mode: str, shared_weight, kd: KDSettings, teacher, teacher_logprobs, teacher_url, lmbda, seq_kd):
+    """``--cross_tokenizer``'s flags: a local teacher or a cross-tokenizer store, off-policy, and a divergence only
+    where ``align`` uses one."""
+    from litgpt_ext.checks import check_checkpoint_dir
+
+    if teacher_url is not None or (teacher is None) == (teacher_logprobs is None):
+        raise UserError(
+            "needs a local --teacher DIR or a --teacher_logprobs DIR made by distill_logprobs --cross_tokenizer (a "
+            "server's log-probs come without the text offsets to align them)",
+            field="cross_tokenizer",
+        )
+    if teacher is not None:
+        check_checkpoint_dir(Path(teacher))
+    elif mode != "uld":
+        raise UserError("a top-k store knows k of the teacher's shared-token probabilities, not all: use "
+                        "--cross_tokenizer uld with --teacher_logprobs, or align with a local --teacher",
+                        field="cross_tokenizer")  # fmt: skip
+    if lmbda > 0 or seq_kd:
+        raise UserError("trains on the data's answers only: drop --lmbda / --seq_kd", field="cross_tokenizer")
+    if mode == "uld" and (kd.divergence != "gjsd" or kd.beta != 0):
+        raise UserError("compares sorted probabilities: --divergence and --beta apply to --cross_tokenizer align",
+                        field="cross_tokenizer")  # fmt: skip
+    if shared_weight is not None:
+        if mode != "align":
+            raise UserError("weighs --cross_tokenizer align's shared tokens only", field="cross_shared_weight")
+        within("cross_shared_weight", shared_weight, 0.0, 1.0)
+    return CrossSettings(mode, shared_weight)
+
+
+def cross_store(student_dir: Path, directory: Path, kd: KDSettings) -> dict:
+    """The manifest of a ``distill_logprobs --cross_tokenizer`` store made for this student's tokenizer."""
+    from litgpt_ext.kd.store import load_store, tokenizer_fingerprint
+
+    manifest = load_store(directory)
+    if not manifest.get("cross_tokenizer"):
+        raise UserError("holds the log-probs of a teacher of the student's own tokenizer: drop --cross_tokenizer",
+                        path=directory / "manifest.json", field="teacher_logprobs")  # fmt: skip
+    if manifest["tokenizer"] != tokenizer_fingerprint(student_dir):
+        raise UserError("was made for another student's tokenizer (rerun distill_logprobs --student for this one)",
+                        path=directory / "manifest.json", field="teacher_logprobs")  # fmt: skip
+    if kd.temperature != 1:
+        raise UserError("a cross-tokenizer store is at temperature 1: pass --temperature 1", field="temperature")
+    return manifest
+
+
 @finetune_command()
 def setup(
     checkpoint_dir: Path,
@@ -77,6 +124,8 @@ def setup(
     divergence: Literal["gjsd", "skew_kl", "skew_rkl", "akl"] = "gjsd",
     skew_alpha: float = 0.1,
     akl_mu: float = 0.5,
+    cross_tokenizer: Literal["uld", "align"] | None = None,
+    cross_shared_weight: float | None = None,
     lmbda: float = 0.0,
     seq_kd: bool = False,
     gen: GenArgs = GenArgs(),
@@ -100,7 +149,8 @@ def setup(
             loss is on its answer positions.
         out_dir: Directory for step-*/best/final checkpoints, logs, metrics.jsonl, loss.png, kd.png, kd_metadata.json.
         teacher: A litgpt checkpoint of the teacher, run frozen in this process (online distillation). Its tokenizer
-            must map the student's tokens to the same ids (a larger, padded vocabulary is fine).
+            must map the student's tokens to the same ids (a larger, padded vocabulary is fine), unless
+            --cross_tokenizer is given.
         teacher_logprobs: Instead of --teacher: a distill_logprobs output (stored top-k of the teacher), made from the
             same data, tokenizer and --train.max_seq_length (checked at start).
         teacher_precision: The online teacher's precision (default: the run's --precision).
@@ -117,6 +167,12 @@ def setup(
             (adaptive KL: forward and reverse KL weighted by the teacher-student gaps in the teacher's head and tail).
         skew_alpha: The skew divergences' mixture weight a, in (0, 1); 0.1 as in DistiLLM.
         akl_mu: AKL's head: the teacher's most likely tokens up to this cumulative probability (0.5 as in the paper).
+        cross_tokenizer: Distil from a --teacher with another tokenizer: both read the same records (each in its own
+            prompt style and tokens), aligned on the answer's byte offsets; ``uld`` compares each aligned span's
+            sorted probabilities (Universal Logit Distillation), ``align`` compares the tokens the vocabularies
+            share with --divergence / --beta and the rest as ULD (TRL's GOLD). Default: refuse another tokenizer.
+        cross_shared_weight: ``--cross_tokenizer align``: the weight of the shared-token part (the rest gets 1 - it);
+            default: the share of the teacher's vocabulary that the student shares, as GOLD.
         lmbda: On-policy share (GKD's lambda): the probability, per micro-batch, that its answers are replaced by the
             current student's own samples (drawn by generate_batch's engine with --gen.*) and scored by the teacher.
             0 = off-policy (the data's answers); 1 = always on-policy (with --beta 1, reverse KL, the usual choice).
@@ -138,6 +194,22 @@ def setup(
     check_kd_numbers(beta, temperature, kd_ratio, divergence, skew_alpha, akl_mu)
     check_onpolicy(lmbda, seq_kd, gen, server, teacher, teacher_url)
     kd = KDSettings(beta, temperature, kd_ratio, scale_by_t2, topk_tail, divergence, skew_alpha, akl_mu)
+    if cross_tokenizer is not None:
+        cross = check_cross(cross_tokenizer, cross_shared_weight, kd, teacher, teacher_logprobs, teacher_url, lmbda,
+                            seq_kd)  # fmt: skip
+        student = job.spec.checkpoint_dir
+        if teacher is not None:
+            local = CrossTokenizerTeacher(student, Path(teacher), teacher_precision, kd, cross)
+            run(job, lambda tokenizer, train_args: CrossTokenizerKD(local, kd, cross, 0, train_args.max_seq_length))
+        else:
+            store, manifest = Path(teacher_logprobs), cross_store(student, Path(teacher_logprobs), kd)
+
+            def stored(tokenizer, train_args: TrainArgs) -> CrossTokenizerKD:
+                chosen = StoredCrossTeacher(student, store, manifest, train_args.max_seq_length, cross)
+                return CrossTokenizerKD(chosen, kd, cross, 0, train_args.max_seq_length)
+
+            run(job, stored)
+        return
     source = make_teacher(
         job.spec.checkpoint_dir, teacher, teacher_logprobs, teacher_precision, kd, teacher_url, teacher_model, server
     )

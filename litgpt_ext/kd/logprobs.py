@@ -94,6 +94,7 @@ def distill_logprobs(
     window: int = 512,
     dtype: Literal["float16", "float32"] = "float16",
     shard: str | None = None,
+    cross_tokenizer: bool = False,
 ) -> None:
     """Store a teacher's top-k log-probs at every answer position of SFT data (for finetune_kd --teacher_logprobs).
 
@@ -112,6 +113,11 @@ def distill_logprobs(
         window: Samples per unit of work (a part file); a resumed or sharded run continues at window granularity.
         dtype: Storage of the top-k log-probs (float16 halves the file; float32 for exact comparisons).
         shard: ``I/N`` to do every N-th window starting at window I (default: the SLURM array variables, if set).
+        cross_tokenizer: The teacher has another tokenizer than --student (for ``finetune_kd --teacher_logprobs
+            --cross_tokenizer uld``): each record is rendered for the teacher (its own prompt style and tokens), the
+            top-k is stored in the teacher's vocabulary at its answer positions with its answer tokens, and the
+            teacher's tokenizer files are kept in the store, to align with the student's answers at load.
+            Temperature 1 only (the merges of multi-token spans need the tokens' own probabilities).
     """
     from litgpt.tokenizer import Tokenizer
 
@@ -130,7 +136,14 @@ def distill_logprobs(
         raise UserError(f"must be > 0, got {temperature}", field="temperature")
     check_checkpoint_dir(teacher)
     check_checkpoint_dir(student)
-    vocab = check_same_vocabulary(student, teacher)
+    if cross_tokenizer:
+        if student == teacher:
+            raise UserError("needs --student, the checkpoint whose tokenizer differs", field="cross_tokenizer")
+        if temperature != 1:
+            raise UserError(f"stores temperature 1 only, got --temperature {temperature:g}", field="cross_tokenizer")
+        vocab = _padded_vocab(teacher)
+    else:
+        vocab = check_same_vocabulary(student, teacher)
     if top_k > vocab:
         raise UserError(f"must be <= the vocabulary size ({vocab}), got {top_k}", field="top_k")
     the_shard = parse_shard(shard)
@@ -147,7 +160,16 @@ def distill_logprobs(
         for split, d in datasets.items()
     }
     settings = _settings(teacher, student, top_k, temperature, dtype, max_seq_length, window, fingerprints)
+    if cross_tokenizer:
+        datasets = _teacher_datasets(module, teacher, datasets)
+        settings |= {
+            "cross_tokenizer": True,
+            "teacher_vocab": vocab,
+            "teacher_tokenizer": tokenizer_fingerprint(teacher),
+        }
     _claim(out, settings)
+    if cross_tokenizer:
+        _keep_tokenizer(teacher, out)
 
     import lightning as L
 
@@ -156,7 +178,7 @@ def distill_logprobs(
     from litgpt_ext.training.reference import load_frozen_model
 
     model = load_frozen_model(fabric, teacher)
-    student_vocab = _padded_vocab(student)
+    student_vocab = vocab if cross_tokenizer else _padded_vocab(student)
     windows = {split: _Windows(out, split, len(d), window) for split, d in datasets.items()}
     todo = [
         (split, w)
@@ -169,7 +191,7 @@ def distill_logprobs(
     bar = tqdm(total=len(todo), desc="teacher log-probs", unit="window", dynamic_ncols=True)
     for split, w in todo:
         rows = _run_window(fabric, model, datasets[split], windows[split].indices(w), top_k, temperature,
-                           batch_size, max_seq_length, student_vocab, STORE_DTYPES[dtype])  # fmt: skip
+                           batch_size, max_seq_length, student_vocab, STORE_DTYPES[dtype], cross_tokenizer)  # fmt: skip
         with atomic_path(windows[split].path(w)) as tmp:
             torch.save(rows, tmp)
         total_positions += int(rows["counts"].sum())
@@ -186,6 +208,32 @@ def distill_logprobs(
         print(f"{missing} window(s) of other shards still missing: run those shards; the last to finish packs {out}")
         return
     _pack(out, windows, settings)
+
+
+def _teacher_datasets(module, teacher: Path, student: dict) -> dict:
+    """The records rendered for a teacher of another tokenizer, sample for sample the student's."""
+    from litgpt_ext.kd.cross_teacher import teacher_rendering
+
+    rendered = dict(zip(SPLITS, teacher_rendering(module, teacher), strict=True))
+    for split in SPLITS:
+        if len(rendered[split]) != len(student[split]):
+            raise UserError(f"the teacher's rendering keeps {len(rendered[split]):,} {split} samples, the student's "
+                            f"{len(student[split]):,} (lower --max_seq_length)", field="data")  # fmt: skip
+    return rendered
+
+
+def _keep_tokenizer(teacher: Path, out: Path) -> None:
+    """The teacher's tokenizer files, copied into the store (the alignment at load reads them)."""
+    import shutil
+
+    from litgpt_ext.kd.cross_teacher import TEACHER_TOKENIZER
+
+    kept = out / TEACHER_TOKENIZER
+    kept.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "generation_config.json",
+                 "special_tokens_map.json"):  # fmt: skip
+        if (teacher / name).is_file():
+            shutil.copyfile(teacher / name, kept / name)
 
 
 def _padded_vocab(checkpoint_dir: Path) -> int:
@@ -212,8 +260,11 @@ def _claim(out: Path, settings: dict) -> None:
 
 
 @torch.no_grad()
-def _run_window(fabric, model, dataset, indices, k, temperature, batch_size, max_seq_length, vocab, store_dtype):
-    """Rows of the window's samples in index order, with per-sample counts (length-sorted batches inside)."""
+def _run_window(
+    fabric, model, dataset, indices, k, temperature, batch_size, max_seq_length, vocab, store_dtype, tokens=False
+):
+    """Rows of the window's samples in index order, with per-sample counts (length-sorted batches inside); with
+    ``tokens``, each row's answer token too."""
     from litgpt_ext.data.batches import pad_collate
     from litgpt_ext.kd.teacher import fit_vocab
     from litgpt_ext.model.blockwise_head import HEAD_CHUNK_ELEMENTS
@@ -239,13 +290,17 @@ def _run_window(fabric, model, dataset, indices, k, temperature, batch_size, max
             logits = fit_vocab(head(hidden[b : b + step]).float(), vocab)
             parts.append(topk_rows(logits, targets[b : b + step], k, temperature))
         rows = {key: torch.cat([p[key] for p in parts]).cpu() for key in ("ids", "logps", "tail", "target")}
+        if tokens:
+            rows["tokens"] = targets.to(torch.int32).cpu()
         counts = [int((s["labels"][:max_seq_length][1:] != -100).sum()) for s in samples]
         offset = 0
         for i, n in zip(chunk, counts, strict=True):
             results[i] = {key: value[offset : offset + n] for key, value in rows.items()}
             offset += n
     ordered = [results[i] for i in indices]
+    extra = {"tokens": torch.cat([r["tokens"] for r in ordered])} if tokens else {}
     return {
+        **extra,
         "ids": torch.cat([r["ids"] for r in ordered]),
         "logps": torch.cat([r["logps"] for r in ordered]).to(store_dtype),
         "tail": torch.cat([r["tail"] for r in ordered]).float(),
@@ -264,8 +319,9 @@ def _pack(out: Path, windows: dict, settings: dict) -> None:
         def cat(key, parts=parts):
             return torch.cat([p[key] for p in parts]) if parts else torch.zeros(0)
 
+        extra = {"tokens": cat("tokens")} if settings.get("cross_tokenizer") else {}
         save_split(out, split, {"ids": cat("ids"), "logps": cat("logps"), "tail": cat("tail"),
-                                "target": cat("target"), "offsets": offsets})  # fmt: skip
+                                "target": cat("target"), "offsets": offsets, **extra})  # fmt: skip
         positions[split] = int(offsets[-1])
     write_manifest(out, {**settings, "positions": positions})
     print(f"stored top-{settings['k']} log-probs of {positions['train']:,} train / {positions['val']:,} val answer "

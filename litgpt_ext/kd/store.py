@@ -11,6 +11,9 @@ A store is a directory (what ``distill_logprobs`` writes, what ``finetune_kd --t
   ``ids`` int32 ``(P, k)`` sorted by probability, ``logps`` float16 (or float32) ``(P, k)``, ``tail`` float32
   ``(P,)`` — the log of the mass outside the k tokens (``log(1 − Σ p_k)``, exact: a log-sum-exp over the rest) —
   and ``target`` float32 ``(P,)``, the teacher's log-prob of the label at temperature 1 (its own cross-entropy).
+  A ``--cross_tokenizer`` store is in the *teacher's* tokens: its rows are the teacher's answer positions, it adds
+  ``tokens`` int32 ``(P,)`` (the teacher's answer tokens, aligned with the student's at load) and keeps the
+  teacher's tokenizer files in ``teacher_tokenizer/``.
 
 Top-20 of a 32k vocabulary in float16 is ~100 bytes per position, against 128 kB for the full float32 row.
 """
@@ -99,6 +102,8 @@ class TopK:
         self.path = path
         self.ids, self.logps, self.tail, self.target = data["ids"], data["logps"], data["tail"], data["target"]
         self.offsets = data["offsets"]
+        self.tokens = data.get("tokens")
+        """A cross-tokenizer store's answer tokens (the teacher's ids, one per row), else None."""
 
     def __len__(self) -> int:
         return len(self.offsets) - 1

@@ -77,6 +77,9 @@ class Teacher:
     def describe(self) -> dict:
         raise NotImplementedError
 
+    def connect_data(self, data) -> None:
+        """The run's DataModule, once set up (a teacher of another tokenizer renders the records again)."""
+
     def setup(self, fabric, student: nn.Module, datasets: dict) -> None:
         """Once the student exists, before the first step."""
 
@@ -138,6 +141,22 @@ class LocalTeacher(Teacher):
         return block
 
 
+def check_store_data(manifest: dict, directory: Path, max_seq_length: int | None, train, val) -> None:
+    """The run's datasets are the ones a store was made from (their tokens, cut as training cuts them)."""
+    from litgpt_ext.kd.store import dataset_fingerprint
+
+    for split, dataset in (("train", train), ("val", val)):
+        expected = manifest["data"][split]
+        if dataset_fingerprint(dataset, max_seq_length) != expected["fingerprint"]:
+            raise UserError(
+                f"was made from other {split} data ({expected['samples']:,} samples, another tokenization or "
+                f"--max_seq_length {expected['max_seq_length']}); this run has {len(dataset):,} {split} samples "
+                f"at --train.max_seq_length {max_seq_length}",
+                path=directory / "manifest.json",
+                field="teacher_logprobs",
+            )
+
+
 class StoredTeacher(Teacher):
     def __init__(self, directory: Path, manifest: dict, max_seq_length: int | None) -> None:
         from litgpt_ext.kd.store import TopK, split_file
@@ -151,19 +170,7 @@ class StoredTeacher(Teacher):
         return {"kind": "stored", "directory": str(self.directory), **{k: self.manifest.get(k) for k in keep}}
 
     def wrap_datasets(self, train, val):
-        """The datasets, checked to be the ones the store was made from (their tokens, cut as training cuts them)."""
-        from litgpt_ext.kd.store import dataset_fingerprint
-
-        for split, dataset in (("train", train), ("val", val)):
-            expected = self.manifest["data"][split]
-            if dataset_fingerprint(dataset, self.max_seq_length) != expected["fingerprint"]:
-                raise UserError(
-                    f"was made from other {split} data ({expected['samples']:,} samples, another tokenization or "
-                    f"--max_seq_length {expected['max_seq_length']}); this run has {len(dataset):,} {split} samples "
-                    f"at --train.max_seq_length {self.max_seq_length}",
-                    path=self.directory / "manifest.json",
-                    field="teacher_logprobs",
-                )
+        check_store_data(self.manifest, self.directory, self.max_seq_length, train, val)
         return IndexedSamples(train, "train"), IndexedSamples(val, "val")
 
     def collate(self, samples: list[dict], batch: dict) -> dict:
@@ -279,6 +286,10 @@ def make_teacher(
         check_same_vocabulary(checkpoint_dir, Path(teacher))
         return LocalTeacher(Path(teacher), teacher_precision)
     manifest = load_store(Path(teacher_logprobs))
+    if manifest.get("cross_tokenizer"):
+        raise UserError("holds a teacher's log-probs in another tokenizer (distill_logprobs --cross_tokenizer): pass "
+                        "--cross_tokenizer uld", path=Path(teacher_logprobs) / "manifest.json",
+                        field="teacher_logprobs")  # fmt: skip
     stored = float(manifest["temperature"])
     if kd is not None and kd.topk_tail and abs(stored - kd.temperature) > 1e-9:
         raise UserError(

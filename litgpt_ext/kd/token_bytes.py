@@ -95,6 +95,10 @@ class ByteVocab:
                 value = value[0] if isinstance(value, list) and value else value
                 if isinstance(value, int):
                     roles[role] = value
+        for role, names in ROLE_NAMES.items():  # else its special token of a well-known name for the role
+            found = sorted(i for name, i in self.special.items() if name in names)
+            if role not in roles and found:
+                roles[role] = found[0]
         return roles
 
     def id_for(self, raw: bytes) -> int | None:
@@ -154,3 +158,27 @@ class ByteVocab:
     def token_text(self, i: int) -> str:
         """A token's bytes as text (invalid UTF-8 — a token inside a multi-byte character — replaced)."""
         return (self.bytes[i] or b"").decode("utf-8", errors="replace")
+
+
+def shared_tokens(student: ByteVocab, teacher: ByteVocab) -> dict[int, int]:
+    """``teacher id -> student id`` for the tokens the two vocabularies share: the same bytes, or for a special
+    token the student's of that name, else of that role (:meth:`ByteVocab.id_for`). One teacher id per student id
+    (the first), so the map can be inverted."""
+    names = {i: name for name, i in teacher.special.items()}
+    shared: dict[int, int] = {}
+    for role in ("eos", "bos", "pad"):  # the teacher's end of text is the student's, whatever their names
+        if role in teacher.roles and role in student.roles and student.roles[role] not in shared.values():
+            shared.setdefault(teacher.roles[role], student.roles[role])
+    taken: set[int] = set(shared.values())
+    for i, raw in enumerate(teacher.bytes):
+        if i in shared:
+            continue
+        if raw is None:
+            raw = names.get(i, "").encode("utf-8")
+            if not raw:
+                continue
+        j = student.id_for(raw)
+        if j is not None and j not in taken:
+            shared[i] = j
+            taken.add(j)
+    return shared

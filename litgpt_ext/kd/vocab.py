@@ -33,7 +33,7 @@ def check_same_vocabulary(student_dir: Path, teacher_dir: Path, shown: int = 5) 
         )
         raise UserError(
             f"the teacher's tokenizer differs from the student's on {len(differ):,} of {len(student):,} tokens "
-            f"({first}); logit distillation needs one vocabulary (use SFT on the teacher's text instead)",
+            f"({first}); pass --cross_tokenizer uld|align to distil across tokenizers, or use SFT on the teacher's text",
             path=teacher_dir,
             field="teacher",
         )

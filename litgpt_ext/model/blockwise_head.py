@@ -47,11 +47,11 @@ class _FrozenHeadBlocks(torch.autograd.Function):
     ``W``'s dtype."""
 
     @staticmethod
-    def forward(ctx, rows, weight, bias, head, step):
+    def forward(ctx, rows, weight, bias, head, spans):
         values, grads = [], []
-        for start in range(0, rows.size(0), step):
+        for start, end in spans:
             with torch.no_grad():
-                logits = F.linear(rows[start : start + step], weight, bias).float()
+                logits = F.linear(rows[start:end], weight, bias).float()
             value, grad_logits = head.block_with_grad(logits, start)
             values.append(value)
             grads.append((grad_logits.to(weight.dtype) @ weight).to(rows.dtype))
@@ -76,6 +76,12 @@ class BlockwiseHead(nn.Module):
         self.head, self.vocab, self.flat, self.fused_frozen = head, vocab, flat, fused_frozen
         self.kept: dict[str, torch.Tensor] = {}
         self._parts: dict[str, list[torch.Tensor]] | None = None
+
+    def spans(self, n: int, step: int) -> list[tuple[int, int]]:
+        """The ``(start, end)`` blocks of the ``n`` rows, at most ``step`` each. A head whose values couple
+        neighbouring rows (cross-tokenizer spans) cuts only between its groups; the frozen-head path stays exact
+        for it because the loss sums the values (every value's upstream gradient is the same)."""
+        return [(start, min(start + step, n)) for start in range(0, n, step)]
 
     def block(self, logits: torch.Tensor, start: int) -> torch.Tensor:
         """``(n,)`` values (differentiable in ``logits``) of the positions ``start:start+n``; ``logits`` ``(n, vocab)``
@@ -106,15 +112,16 @@ class BlockwiseHead(nn.Module):
         step = max(1, HEAD_CHUNK_ELEMENTS // self.vocab)
         training = torch.is_grad_enabled() and rows.requires_grad
         linear = frozen_linear(self.head) if training and self.fused_frozen else None
+        spans = self.spans(rows.size(0), step)
         self._parts = {}
         try:
             if linear is not None:
-                values = _FrozenHeadBlocks.apply(rows, linear.weight, linear.bias, self, step)
+                values = _FrozenHeadBlocks.apply(rows, linear.weight, linear.bias, self, spans)
             else:
                 chunks = []
-                for start in range(0, rows.size(0), step):
-                    block = rows[start : start + step]
-                    if training and rows.size(0) > step:
+                for start, end in spans:
+                    block = rows[start:end]
+                    if training and len(spans) > 1:
                         chunks.append(checkpoint(self._block_of_rows, block, start, use_reentrant=False))
                     else:
                         chunks.append(self._block_of_rows(block, start))
