@@ -249,3 +249,32 @@ def test_offline_store_of_the_whole_vocabulary_gives_the_online_loss(taught, sp_
                    "--cross_tokenizer", "true", "--temperature", "2")  # fmt: skip
     assert done.returncode == 2 and "temperature 1 only" in done.stderr
     assert not (tmp_path / "bad").exists() and not (tmp_path / "t2").exists()
+
+
+def test_frozen_head_path_gives_autograd_gradients(two_tokenizers):
+    """A frozen head (LoRA) takes the fused path, which computes each block's gradient in the forward; a group's
+    value couples several rows, which stays exact because the loss sums the values: hidden-row gradients equal
+    plain autograd's."""
+    t_dir, s_dir = two_tokenizers
+    s = side(s_dir, ANSWERS[1], "Question: where?\nAnswer: ")
+    t = side(t_dir, ANSWERS[1], "<s>Q: where?\nA: ")
+    groups = align(_pieces(s[0], s[4]), _pieces(t[0], t[4]))
+    batch = alignment_tensors([groups], [len(s[4])], [len(t[4])])
+    torch.manual_seed(0)
+    head = nn.Linear(32, 448, bias=False).requires_grad_(False)
+    hidden = torch.randn(1, s[1].size(1) - 1, 32, requires_grad=True)
+    teacher_logits = 3 * torch.randn(1, t[1].size(1), 512)
+    s_flat = torch.nonzero((s[2][:, 1:] != -100).reshape(-1)).flatten()
+    t_flat = torch.nonzero((t[2][:, 1:] != -100).reshape(-1)).flatten()
+    t_rows = teacher_logits[:, :-1].reshape(-1, 512)[t_flat]
+    kd, cross = KDSettings(temperature=2.0, kd_ratio=0.6), CrossSettings("align")
+    shared = SharedVocab(shared_tokens(s[0], t[0]), 512, 448)
+    grads = []
+    for fused in (True, False):
+        spans = teacher_spans(t_rows, nn.Identity(), t[2][:, 1:].reshape(-1)[t_flat], batch, 2.0, 512)
+        cross_head = _CrossHead(head, 448, s_flat, s[2][:, 1:].reshape(-1)[s_flat], CrossBatch(batch), spans, kd,
+                                cross, shared, fused)  # fmt: skip
+        cross_head.spans = lambda n, step, h=cross_head: _CrossHead.spans(h, n, 4)  # several blocks, cut between groups
+        (grad,) = torch.autograd.grad(cross_head(hidden).sum(), hidden)
+        grads.append(grad)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from litgpt_ext.data.batches import pad_collate
 from litgpt_ext.errors import UserError
 from litgpt_ext.kd.align import AlignmentError, Group, align
-from litgpt_ext.kd.teacher import IndexedSamples, LocalTeacher, Teacher, check_store_data
+from litgpt_ext.kd.teacher import IndexedSamples, LocalTeacher, Teacher, batch_split, check_store_data
 from litgpt_ext.kd.token_bytes import ByteVocab, shared_tokens
 from litgpt_ext.model.blockwise_head import HEAD_CHUNK_ELEMENTS
 from litgpt_ext.model.heads import output_head, unwrap
@@ -113,13 +113,6 @@ class Alignment:
         return alignment_tensors([self.groups[split][s["kd_index"]] for s in samples], s_counts, t_counts)
 
 
-def _split_of(samples: list[dict]) -> str:
-    splits = {s["kd_split"] for s in samples}
-    if len(splits) != 1:
-        raise RuntimeError("a batch mixes splits")
-    return splits.pop()
-
-
 class CrossTokenizerTeacher(LocalTeacher):
     def __init__(
         self, student_dir: Path, checkpoint_dir: Path, precision: str | None, kd: KDSettings, cross: CrossSettings
@@ -167,7 +160,7 @@ class CrossTokenizerTeacher(LocalTeacher):
     def collate(self, samples: list[dict], batch: dict) -> dict:
         """The teacher's batch (``x_input_ids``, ``x_labels``, ``x_answer_index``) and the alignment as flat index
         tensors over both sides' answer positions (row-major, as ``answer_index`` orders them)."""
-        split = _split_of(samples)
+        split = batch_split(samples)
         teacher = pad_collate([self.datasets[split][s["kd_index"]] for s in samples], 0, -100, self.max_seq_length)
         s_counts = (batch["labels"][:, 1:] != -100).sum(1).tolist()
         t_counts = (teacher["labels"][:, 1:] != -100).sum(1).tolist()
@@ -219,9 +212,10 @@ def teacher_spans(
     for start in range(0, rows.size(0), step):
         logits = head(rows[start : start + step]).float()
         picked = targets[start : start + step].unsqueeze(1)
-        nll.append(-F.log_softmax(logits, dim=-1).gather(1, picked).squeeze(1))
-        scaled = logits if temperature == 1 else logits / temperature
-        label_logps.append(F.log_softmax(scaled, dim=-1).gather(1, picked).squeeze(1))
+        at_one = F.log_softmax(logits, dim=-1).gather(1, picked).squeeze(1)
+        nll.append(-at_one)
+        at_tau = at_one if temperature == 1 else F.log_softmax(logits / temperature, dim=-1).gather(1, picked)
+        label_logps.append(at_tau.reshape(-1))
     label_logps = torch.cat(label_logps) if label_logps else rows.new_zeros(0)
     scale = span_scale(label_logps, batch["x_t_group"], batch["x_t_last"], int(batch["x_groups"]))
     teacher_ce = torch.cat(nll).mean() if nll else rows.new_zeros(())
@@ -276,7 +270,7 @@ class StoredCrossTeacher(Teacher):
         self.shared = SharedVocab(self.alignment.pairs, int(self.manifest["teacher_vocab"]), vocab).to(fabric.device)
 
     def collate(self, samples: list[dict], batch: dict) -> dict:
-        split = _split_of(samples)
+        split = batch_split(samples)
         store = self.stores[split]
         indices = [s["kd_index"] for s in samples]
         rows = store.gather(indices)

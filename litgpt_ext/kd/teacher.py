@@ -141,6 +141,14 @@ class LocalTeacher(Teacher):
         return block
 
 
+def batch_split(samples: list[dict]) -> str:
+    """The split (``train`` / ``val``) every sample of a batch comes from."""
+    splits = {s["kd_split"] for s in samples}
+    if len(splits) != 1:
+        raise RuntimeError("a batch mixes splits")
+    return splits.pop()
+
+
 def check_store_data(manifest: dict, directory: Path, max_seq_length: int | None, train, val) -> None:
     """The run's datasets are the ones a store was made from (their tokens, cut as training cuts them)."""
     from litgpt_ext.kd.store import dataset_fingerprint
@@ -174,10 +182,7 @@ class StoredTeacher(Teacher):
         return IndexedSamples(train, "train"), IndexedSamples(val, "val")
 
     def collate(self, samples: list[dict], batch: dict) -> dict:
-        splits = {s["kd_split"] for s in samples}
-        if len(splits) != 1:
-            raise RuntimeError("a batch mixes splits")
-        store = self.stores[splits.pop()]
+        store = self.stores[batch_split(samples)]
         rows = store.gather([s["kd_index"] for s in samples])
         if len(rows["t_ids"]) != len(batch["answer_index"]):
             raise UserError(

@@ -17,7 +17,7 @@ Two divergences of the merged distributions ``p_s`` (student, over its vocabular
   by role: :func:`litgpt_ext.kd.token_bytes.shared_tokens`) the distributions compare directly with
   ``--divergence`` (``--beta`` 0: ``Σ p_t (log p_t − log p_s)`` over the shared tokens, the probabilities floored at
   ``1e-8`` and not renormalised, as GOLD computes it); on the rest, ULD. Weighted ``w · shared + (1 − w) · rest``,
-  ``w`` = ``--xtok_shared_weight`` or, by default, GOLD's share of the teacher's vocabulary that is shared.
+  ``w`` = ``--cross_shared_weight`` or, by default, GOLD's share of the teacher's vocabulary that is shared.
 
 The loss is ``(1 − α) · CE(labels) + α · τ² · mean over groups of D`` (CE a mean over answer tokens; the merge at
 temperature ``τ``). With one sample, α = ``uld_distillation_weight`` and 1 − α = ``uld_crossentropy_weight``, it
@@ -43,8 +43,6 @@ from litgpt_ext.training.objectives.kd import KDObjective
 
 FLOOR = 1e-8
 """GOLD's floor for a probability inside a merge (and for the shared tokens' logs)."""
-
-CROSS_TOKENIZER = ("uld", "align")
 
 
 @dataclass(frozen=True)
@@ -227,6 +225,7 @@ def cross_forward(model: nn.Module, batch: dict, teacher, kd: KDSettings, cross:
     means = {key: value.float().mean() if len(value) else value.new_zeros(()) for key, value in head.kept.items()}
     means.setdefault("kd", loss.new_zeros(()).detach())
     means.setdefault("top1", loss.new_zeros(()).detach())
+    means.setdefault("uld", means["kd"])
     return loss, {**means, "teacher_ce": teacher_block.teacher_ce}
 
 
@@ -259,7 +258,7 @@ class CrossTokenizerKD(KDObjective):
             "kd_loss": means["kd"] * self.kd.scale,
             "ce_loss": means["ce"],
             "top1_agreement": means["top1"],
-            "uld": means["uld"] if "uld" in means else means["kd"],
+            "uld": means["uld"],
         }
         if "shared_kd" in means:
             metrics["shared_kd"] = means["shared_kd"]
