@@ -34,7 +34,17 @@ def _student(ckpt, lora: bool):
 
 
 class _Fabric:
+    """What a teacher's setup reads of Fabric, for a 32-true run on the CPU."""
+
     device = torch.device("cpu")
+    world_size, global_rank = 1, 0
+
+    def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        from lightning.fabric.plugins import Precision
+
+        self.strategy = SimpleNamespace(precision=Precision())
 
     def autocast(self):
         import contextlib

@@ -231,7 +231,8 @@ def test_generation_keeps_each_layers_window_and_softcapped_masks(tmp_path, like
     from litgpt.tokenizer import Tokenizer
 
     from litgpt_ext.generate.engine import Engine, Job, Settings
-    from litgpt_ext.generate.on_model import GenArgs, sample_answers
+    from litgpt_ext.generate.on_model import sample_answers
+    from litgpt_ext.generate.settings import greedy as greedy_sampling
     from litgpt_ext.tiny_checkpoint import make_tiny_checkpoint
 
     ckpt = make_tiny_checkpoint(out_dir=tmp_path / like, like=like)
@@ -260,13 +261,13 @@ def test_generation_keeps_each_layers_window_and_softcapped_masks(tmp_path, like
 
     want = greedy(fresh())
     assert want != greedy(fresh(windows=False))  # the windows change these answers
-    engine = Engine(fresh(), Tokenizer(ckpt), Settings(max_batch_size=3, max_seq_length=320, temperature=0.0),
+    engine = Engine(fresh(), Tokenizer(ckpt), Settings(greedy_sampling(8), max_batch_size=3, max_seq_length=320),
                     torch.device("cpu"), torch.float32)  # fmt: skip
     got = {}
     engine.run([Job(str(i), i, p, 1, 8) for i, p in enumerate(prompts)], lambda j: got.update({j.id: j.token_ids[0]}))
     assert [got[str(i)] for i in range(len(prompts))] == want
 
     model = fresh()
-    answers = sample_answers(model, Tokenizer(ckpt), prompts, GenArgs(temperature=0.0, max_new_tokens=8), 0, 320)
+    answers = sample_answers(model, Tokenizer(ckpt), prompts, greedy_sampling(8), 0, 320)
     assert [ids for ids, _ in answers] == want
     assert not any("forward" in vars(block) or "forward" in vars(block.attn) for block in model.transformer.h)

@@ -4,6 +4,7 @@ a server that dies mid-run stops with one line and a checkpoint the run resumes 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -14,7 +15,7 @@ from kd_helpers import _batch, _Fabric, _student
 from conftest import run_cli
 from distill.teacher.fake_server import FakeOpenAI, ServerConfig
 from litgpt_ext.api.prompt_scores import ServerArgs
-from litgpt_ext.generate.on_model import GenArgs
+from litgpt_ext.generate.on_model import ON_POLICY
 from litgpt_ext.kd.teacher import LocalTeacher, ServerTeacher
 from litgpt_ext.training.objectives.kd import KDObjective, KDSettings
 from litgpt_ext.training.onpolicy import OnPolicy, OnPolicySampler
@@ -23,7 +24,7 @@ from litgpt_ext.training.onpolicy import OnPolicy, OnPolicySampler
 def _sampler(ckpt, lmbda=1.0, **gen):
     from litgpt.tokenizer import Tokenizer
 
-    return OnPolicySampler(OnPolicy(lmbda, False, GenArgs(**{"max_new_tokens": 12, **gen}), seed=5), Tokenizer(ckpt))
+    return OnPolicySampler(OnPolicy(lmbda, False, dataclasses.replace(ON_POLICY, **{"max_new_tokens": 12, **gen}), seed=5), Tokenizer(ckpt))
 
 
 def _answers(batch) -> list[list[int]]:
@@ -157,7 +158,7 @@ def test_seq_kd_trains_on_the_teachers_samples_when_the_student_is_not_drawn(pai
     model.max_seq_length = 64
     local = LocalTeacher(teacher_dir)
     local.setup(_Fabric(), model, {})
-    policy = OnPolicy(0.0, True, GenArgs(max_new_tokens=10), seed=5)
+    policy = OnPolicy(0.0, True, dataclasses.replace(ON_POLICY, max_new_tokens=10), seed=5)
     objective = KDObjective(local, KDSettings(), sampler=OnPolicySampler(policy, Tokenizer(student_dir)))
     batch = _batch(student_dir)
     got = objective.on_step(model, [batch], iteration=3)[0]

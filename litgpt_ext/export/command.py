@@ -18,8 +18,7 @@ from litgpt_ext.export.peft_adapter import adapter_config, peft_tensors, write_a
 from litgpt_ext.export.shards import ShardWriter, parse_size
 from litgpt_ext.export.tokenizer_files import export_tokenizer
 from litgpt_ext.io import atomic_dir, atomic_write_json
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+from litgpt_ext.precision import STORAGE_DTYPES
 
 
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
@@ -234,7 +233,7 @@ def _export_full(
             field="checkpoint_dir",
         )
     tied = reward is None and state_is_tied(state)
-    target = DTYPES[dtype] if dtype else next(iter(state.values())).dtype
+    target = STORAGE_DTYPES[dtype] if dtype else next(iter(state.values())).dtype
     writer = ShardWriter(out, max_bytes)
     for name, tensor in state.items():
         if tied and name == HEAD:
@@ -258,7 +257,7 @@ def _export_peft(checkpoint_dir, out, config, family, dtype, hparams, base_model
     if "lora_r" not in lora_params:
         raise UserError("hyperparameters.yaml has no lora_r", path=checkpoint_dir, field="hyperparameters.yaml")
     lora = _load_state(checkpoint_dir / "lit_model.pth.lora")
-    target = DTYPES[dtype] if dtype else next(iter(lora.values())).dtype
+    target = STORAGE_DTYPES[dtype] if dtype else next(iter(lora.values())).dtype
     tensors, targets = peft_tensors(family, config, lora, lora_params)
     adapter = adapter_config(lora_params, targets, base_model or hparams.get("checkpoint_dir"))
     if reward is not None:

@@ -131,8 +131,9 @@ def quantization_plugin(quantize: Quantize | None, precision: str, mode: str, de
         raise UserError(f"{quantize} needs bitsandbytes: pip install bitsandbytes", field="quantize")
     from lightning.fabric.plugins import BitsandbytesPrecision
 
-    dtype = {"16-true": torch.float16, "bf16-true": torch.bfloat16, "32-true": torch.float32}[precision]
-    return BitsandbytesPrecision(quantize[4:], dtype)
+    from litgpt_ext.precision import compute_dtype
+
+    return BitsandbytesPrecision(quantize[4:], compute_dtype(precision), ignore_modules={"lm_head"})
 
 
 def make_fabric(

@@ -14,7 +14,8 @@ from litgpt_ext.checks import within
 from litgpt_ext.errors import UserError
 from litgpt_ext.finetune.flags import CommonFlags, finetune_command
 from litgpt_ext.finetune.launch import run, start
-from litgpt_ext.generate.on_model import GenArgs
+from litgpt_ext.generate.on_model import ON_POLICY
+from litgpt_ext.generate.settings import Sampling
 from litgpt_ext.kd.cross_teacher import CrossTokenizerTeacher, StoredCrossTeacher
 from litgpt_ext.kd.teacher import make_teacher
 from litgpt_ext.training.args import TrainArgs
@@ -40,14 +41,11 @@ def check_kd_numbers(
     within("akl_mu", akl_mu, 0.0, 1.0, low_open=True)
 
 
-def check_onpolicy(lmbda: float, seq_kd: bool, gen: GenArgs, server: ServerArgs, teacher, teacher_url) -> None:
+def check_onpolicy(lmbda: float, seq_kd: bool, gen: Sampling, server: ServerArgs, teacher, teacher_url) -> None:
     from litgpt_ext.checks import above, at_least
 
     within("lmbda", lmbda, 0.0, 1.0)
-    within("gen.temperature", gen.temperature, 0.0, 2.0)
-    within("gen.top_p", gen.top_p, 0.0, 1.0, low_open=True)
-    at_least("gen.top_k", gen.top_k, 1)
-    at_least("gen.max_new_tokens", gen.max_new_tokens, 1)
+    gen.check("gen.", max_temperature=2.0)
     at_least("server.top_k", server.top_k, 1)
     at_least("server.concurrency", server.concurrency, 1)
     at_least("server.rpm", server.rpm, 1)
@@ -128,7 +126,7 @@ def setup(
     cross_shared_weight: float | None = None,
     lmbda: float = 0.0,
     seq_kd: bool = False,
-    gen: GenArgs = GenArgs(),
+    gen: Sampling = ON_POLICY,
     teacher_url: str | None = None,
     teacher_model: str | None = None,
     server: ServerArgs = ServerArgs(),
@@ -179,8 +177,9 @@ def setup(
             Needs --teacher or --teacher_url (stored log-probs cannot score new samples).
         seq_kd: Sequence-level KD: the micro-batches that are not on-policy train on the local teacher's own samples
             instead of the data's answers (TRL's seq_kd).
-        gen: How on-policy / seq_kd answers are sampled: --gen.temperature (1), --gen.top_k, --gen.top_p,
-            --gen.max_new_tokens (64).
+        gen: How on-policy / seq_kd answers are sampled (generate_batch's sampling flags): --gen.temperature (1
+            here), --gen.top_k (none here), --gen.top_p, --gen.max_new_tokens (64 here), --gen.min_new_tokens,
+            --gen.repetition_penalty, --gen.no_repeat_ngram_size, --gen.stop.
         teacher_url: Instead of --teacher: an OpenAI-compatible server (vLLM, SGLang) serving the teacher; every
             batch is scored there through /v1/completions with echo + logprobs (prompt sent as token ids). The
             server's model must share the student's tokenizer.

@@ -8,12 +8,13 @@ import shutil
 from pathlib import Path
 
 import lightning as L
-import torch
 
 from litgpt_ext.errors import UserError
-from litgpt_ext.generate.command import DTYPES, GenerateArgs, generate_on, shard_output
+from litgpt_ext.generate.command import GenerateArgs, generate_on, shard_output
 from litgpt_ext.generate.inputs import Shard, detect_format
 from litgpt_ext.generate.merge import generate_merge
+from litgpt_ext.generate.settings import greedy
+from litgpt_ext.precision import compute_dtype
 
 
 def test_source(data) -> tuple[Path, str]:
@@ -46,9 +47,8 @@ def evaluate_test_split(
         path,
         output,
         fmt,
-        DTYPES.get(precision or "", torch.float32),
-        max_new_tokens=max_new_tokens,
-        temperature=0.0,
+        compute_dtype(precision or "32-true"),
+        sampling=greedy(max_new_tokens),
         quiet=fabric.global_rank != 0,
     )
     generate_on(fabric, args)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -15,7 +15,7 @@ from litgpt.tokenizer import Tokenizer
 from tqdm import tqdm
 
 from litgpt_ext.chat_template import encode_bos, stop_ids
-from litgpt_ext.checks import above, at_least, check_checkpoint_dir, within
+from litgpt_ext.checks import at_least, check_checkpoint_dir
 from litgpt_ext.data.chat import CHAT_FORMATS, parse_turns, prompt_and_reply
 from litgpt_ext.data.chat_encode import located, renderer_for
 from litgpt_ext.data.encode import encode_text, keep_end
@@ -23,18 +23,10 @@ from litgpt_ext.errors import EXIT_INCOMPLETE, UserError, require
 from litgpt_ext.generate.engine import Engine, Job, Settings
 from litgpt_ext.generate.inputs import InputFormat, PromptRecord, Shard, detect_format, parse_shard, read_prompts
 from litgpt_ext.generate.outputs import accumulate_stats, stats_path
-from litgpt_ext.generate.repetition import RepetitionControls
+from litgpt_ext.generate.settings import Sampling, spread_sampling
 from litgpt_ext.io import JsonlAppender, atomic_write_json, read_jsonl_repairing
 from litgpt_ext.prompts import apply_style, data_style, resolve_prompt_style
 from litgpt_ext.templates import load_template
-
-DTYPES = {
-    "bf16-true": torch.bfloat16,
-    "16-true": torch.float16,
-    "32-true": torch.float32,
-    "bf16-mixed": torch.bfloat16,
-    "16-mixed": torch.float16,
-}
 
 
 def shard_output(output: Path, shard: Shard) -> Path:
@@ -55,14 +47,8 @@ class GenerateArgs:
     prompt_template: Path | None = None
     prompt_style: str = "auto"
     passthrough: tuple[str, ...] = ()
-    max_new_tokens: int = 128
-    min_new_tokens: int = 0
-    temperature: float = 0.0
-    top_k: int | None = None
-    top_p: float = 1.0
-    repetition: RepetitionControls = RepetitionControls()
+    sampling: Sampling = Sampling()
     num_samples: int = 1
-    stop: tuple[str, ...] = ()
     seed: int = 42
     max_batch_size: int = 32
     window: int | None = None
@@ -75,6 +61,7 @@ class GenerateArgs:
     max_prompt_length: int | None = None
 
 
+@spread_sampling
 def generate_batch(
     checkpoint_dir: Path,
     input: Path | None = None,
@@ -85,15 +72,8 @@ def generate_batch(
     prompt_template: Path | None = None,
     prompt_style: str = "auto",
     passthrough: list[str] | None = None,
-    max_new_tokens: int = 128,
-    min_new_tokens: int = 0,
-    temperature: float = 0.8,
-    top_k: int | None = 50,
-    top_p: float = 1.0,
-    repetition_penalty: float = 1.0,
-    no_repeat_ngram_size: int = 0,
+    sampling: Sampling = Sampling(),
     num_samples: int = 1,
-    stop: list[str] | None = None,
     seed: int = 42,
     max_prompt_length: int | None = None,
     max_batch_size: int = 32,
@@ -129,18 +109,8 @@ def generate_batch(
             JSON), a style name, ``chat_template`` (the checkpoint's Jinja template), or ``default`` for the raw
             text. The choice and its reason are printed.
         passthrough: Record fields copied into each output line (a training file's rows are kept whole).
-        max_new_tokens: Tokens generated at most per sample.
-        min_new_tokens: EOS cannot end a sample before this many tokens (transformers' ``min_new_tokens``: the
-            EOS logit is masked until then; stop strings still apply).
-        temperature: Sampling temperature; 0 is greedy.
-        top_k: Keep the k most likely tokens (None: all).
-        top_p: Nucleus sampling threshold.
-        repetition_penalty: transformers' repetition penalty: the logits of tokens already in the row (prompt
-            included) are divided by it when positive, multiplied when negative; 1.0 is off.
-        no_repeat_ngram_size: Forbid any n-gram of this size from occurring twice in a row (prompt included), as
-            transformers' ``no_repeat_ngram_size``; 0 is off.
+        sampling: (the fields of :class:`~litgpt_ext.generate.settings.Sampling`, one flag each)
         num_samples: Generations per prompt.
-        stop: Stop strings (the text is cut before them).
         seed: Seed; each row's randomness derives from (seed, id, sample), independent of batching.
         max_prompt_length: Cut longer prompts (after the prompt style) to this many tokens, keeping BOS and the
             prompt's end as training does (the part that cues the answer); counted in the summary. Default: a prompt
@@ -164,13 +134,7 @@ def generate_batch(
     """
     checkpoint_dir = Path(checkpoint_dir)
     input, output = Path(require(input, "input")), Path(require(output, "output"))
-    at_least("max_new_tokens", max_new_tokens, 1)
-    at_least("min_new_tokens", min_new_tokens, 0)
-    at_least("temperature", temperature, 0.0)
-    at_least("top_k", top_k, 1)
-    within("top_p", top_p, 0.0, 1.0, low_open=True)
-    above("repetition_penalty", repetition_penalty, 0.0)
-    at_least("no_repeat_ngram_size", no_repeat_ngram_size, 0)
+    sampling.check()
     at_least("num_samples", num_samples, 1)
     at_least("max_prompt_length", max_prompt_length, 1)
     at_least("max_batch_size", max_batch_size, 1)
@@ -184,23 +148,32 @@ def generate_batch(
         raise UserError("file not found", path=input, field="input")
     fmt = detect_format(input, input_format, field, split)
     base_shard = parse_shard(shard)
-    from litgpt_ext.precision import default_precision
+    from litgpt_ext.precision import compute_dtype, default_precision
 
     precision = precision or default_precision(checkpoint_dir, training=False)
-    if precision not in DTYPES:
-        raise UserError(f"use one of {sorted(DTYPES)}", field="precision")
+    dtype = compute_dtype(precision)
     fabric = L.Fabric(devices=devices, precision=precision, strategy="ddp" if devices > 1 else "auto")
-    computed = {
-        "fmt": fmt,
-        "dtype": DTYPES[precision],
-        "passthrough": tuple(passthrough or ()),
-        "repetition": RepetitionControls(repetition_penalty, no_repeat_ngram_size),
-        "stop": tuple(stop or ()),
-        "base_shard": base_shard,
-    }
-    flags = locals()  # the settings GenerateArgs takes as they were typed, by name
-    same = {f.name: flags[f.name] for f in fields(GenerateArgs) if f.name in flags and f.name not in computed}
-    args = GenerateArgs(**same, **computed)
+    args = GenerateArgs(
+        checkpoint_dir,
+        input,
+        output,
+        fmt,
+        dtype,
+        prompt_template=prompt_template,
+        prompt_style=prompt_style,
+        passthrough=tuple(passthrough or ()),
+        sampling=sampling,
+        num_samples=num_samples,
+        seed=seed,
+        max_batch_size=max_batch_size,
+        window=window,
+        base_shard=base_shard,
+        on_error=on_error,
+        compile=compile,
+        pack_weights=pack_weights,
+        fast_forwards=fast_forwards,
+        max_prompt_length=max_prompt_length,
+    )
     stats = fabric.launch(generate_on, args)
     if stats and not stats["prompts"] and stats["error_records"]:
         print(f"no row produced a generation ({stats['error_records']:,} failed); exit code {EXIT_INCOMPLETE}")
@@ -247,15 +220,10 @@ def generate_on(fabric: L.Fabric, a: GenerateArgs) -> dict:
     model.load_state_dict(state.get("model", state), assign=True)
     model = model.to(device=fabric.device, dtype=a.dtype).eval().requires_grad_(False)
     settings = Settings(
+        sampling=a.sampling,
         max_batch_size=a.max_batch_size,
         max_seq_length=config.block_size,
-        temperature=a.temperature,
-        min_new_tokens=a.min_new_tokens,
-        top_k=a.top_k,
-        top_p=a.top_p,
-        repetition=a.repetition,
         seed=a.seed,
-        stop=a.stop,
         window=a.window or 8 * a.max_batch_size,
         stop_ids=tuple(sorted(stop_ids(style, tokenizer))),
         pack_weights=a.pack_weights,
@@ -372,4 +340,4 @@ def _make_job(item: PromptRecord, a: GenerateArgs, style, tokenizer, config, ren
             field="prompt",
         )
     extra = {**a.fmt.kept(item.record), **{k: item.record.get(k) for k in a.passthrough}}
-    return Job(item.id, item.line, prompt_ids, a.num_samples, a.max_new_tokens, extra, prompt_truncated=truncated)
+    return Job(item.id, item.line, prompt_ids, a.num_samples, a.sampling.max_new_tokens, extra, prompt_truncated=truncated)

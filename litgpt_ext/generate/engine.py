@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 import torch
 
 from litgpt_ext.generate.compiled_step import CompiledDecode
-from litgpt_ext.generate.repetition import History, RepetitionControls
+from litgpt_ext.generate.repetition import History
 from litgpt_ext.generate.sampling import row_key, sample, uniforms
+from litgpt_ext.generate.settings import Sampling
 from litgpt_ext.model.heads import LastPositionHead
 from litgpt_ext.model.kv_cache import install_slot_cache
 from litgpt_ext.model.packed_linear import install_packed_linears, packing_available
@@ -70,17 +71,14 @@ class Row:
 
 @dataclass
 class Settings:
+    """The engine's settings: how rows are sampled (:class:`Sampling`, shared with every command that generates) and
+    how many run at once, over how long a context."""
+
+    sampling: Sampling = Sampling()
     max_batch_size: int = 32
     max_seq_length: int = 1024
-    temperature: float = 0.0
-    min_new_tokens: int = 0
-    """EOS is masked for a row until it has this many tokens (transformers' ``min_new_tokens``)."""
-    top_k: int | None = None
-    top_p: float = 1.0
-    repetition: RepetitionControls = RepetitionControls()
-    """repetition_penalty / no_repeat_ngram_size, per row (transformers' definitions)."""
+    """The longest a row may grow (prompt + answer): the model's context, or less."""
     seed: int = 42
-    stop: tuple[str, ...] = ()
     window: int = 256
     """Prompts looked ahead in the input stream (the scheduling window)."""
     prefill_tokens: int = 8192
@@ -129,8 +127,10 @@ class Engine:
         )
         self.slots: list[Row | None] = [None] * settings.max_batch_size
         self.eos = tokenizer.eos_id
+        self.sampling = settings.sampling
+        self.repetition = settings.sampling.repetition
         self.stops = {t for t in (self.eos, *settings.stop_ids) if t is not None}
-        self.stop_tail = max((len(s) for s in settings.stop), default=0) + 8
+        self.stop_tail = max((len(s) for s in self.sampling.stops), default=0) + 8
         self.generated = 0
 
     def close(self) -> None:
@@ -197,10 +197,11 @@ class Engine:
         return self.slots[: len(rows)]
 
     def _sample(self, logits: torch.Tensor, rows: list[Row]) -> list[int]:
-        if self.s.repetition.active:
-            logits = self.s.repetition.apply(logits, [r.history for r in rows])
-        if self.s.min_new_tokens and self.stops:
-            young = [i for i, r in enumerate(rows) if len(r.tokens) < self.s.min_new_tokens]
+        g = self.sampling
+        if self.repetition.active:
+            logits = self.repetition.apply(logits, [r.history for r in rows])
+        if g.min_new_tokens and self.stops:
+            young = [i for i, r in enumerate(rows) if len(r.tokens) < g.min_new_tokens]
             if young:
                 stops = torch.tensor(sorted(self.stops), device=logits.device)
                 young = torch.tensor(young, device=logits.device)
@@ -210,8 +211,8 @@ class Engine:
                 )
         keys = torch.tensor([r.key for r in rows], device=logits.device)
         steps = torch.tensor([len(r.tokens) for r in rows], device=logits.device)
-        u = uniforms(keys, steps) if self.s.temperature > 0 else None
-        return sample(logits, self.s.temperature, self.s.top_k, self.s.top_p, u).tolist()
+        u = uniforms(keys, steps) if not g.greedy else None
+        return sample(logits, g.temperature, g.top_k, g.top_p, u).tolist()
 
     # -- bookkeeping ----------------------------------------------------------------------------------------------
     def _finish_reason(self, row: Row, token: int) -> str | None:
@@ -221,9 +222,9 @@ class Engine:
         if row.history is not None:
             row.history.add(token)
         self.generated += 1
-        if self.s.stop:
+        if self.sampling.stop:
             tail = self.tokenizer.decode(torch.tensor(row.tokens[-self.stop_tail :]))
-            if any(stop in tail for stop in self.s.stop):
+            if any(stop in tail for stop in self.sampling.stops):
                 return "stop"
         if len(row.tokens) >= row.job.max_new_tokens or row.position + 1 >= self.s.max_seq_length:  # context full
             return "length"
@@ -231,7 +232,7 @@ class Engine:
 
     def _complete(self, row: Row, reason: str) -> Job | None:
         text = self.tokenizer.decode(torch.tensor(row.tokens, dtype=torch.long)) if row.tokens else ""
-        for stop in self.s.stop:
+        for stop in self.sampling.stops:
             if stop in text:
                 text = text[: text.index(stop)]
         job = row.job
@@ -269,8 +270,8 @@ class Engine:
                 job.token_ids = [None] * job.samples
                 for k in range(job.samples):
                     row = Row(job, k, row_key(self.s.seed, job.id, k))
-                    if self.s.repetition.active:
-                        row.history = self.s.repetition.history(job.prompt_ids)
+                    if self.repetition.active:
+                        row.history = self.repetition.history(job.prompt_ids)
                     heapq.heappush(window, (-len(job.prompt_ids), next(arrival), row))
             free = [i for i, r in enumerate(self.slots) if r is None]
             if free and window:

@@ -10,27 +10,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from litgpt_ext.generate.engine import Engine, Job, Settings
+from litgpt_ext.generate.settings import Sampling
 from litgpt_ext.model.heads import unwrap
 
-
-@dataclass(frozen=True)
-class GenArgs:
-    """How on-policy answers are sampled (the engine's settings, as generate_batch names them)."""
-
-    temperature: float = 1.0
-    """Sampling temperature (0 = greedy). GKD samples at 1 by default."""
-    top_k: int | None = None
-    """Sample among the k most likely tokens only."""
-    top_p: float = 1.0
-    """Nucleus sampling."""
-    max_new_tokens: int = 64
-    """Longest sampled answer; a sample cut here has no EOS and is trained on as it is."""
+ON_POLICY = Sampling(temperature=1.0, top_k=None, max_new_tokens=64)
+"""How a student's (or teacher's) answers are sampled for training on them, unless ``--gen.*`` says otherwise: from
+the whole distribution at temperature 1, as GKD samples; an answer cut at ``max_new_tokens`` has no EOS and is
+trained on as it is."""
 
 
 @contextlib.contextmanager
@@ -52,7 +43,7 @@ def sample_answers(
     model: nn.Module,
     tokenizer,
     prompts: list[list[int]],
-    gen: GenArgs,
+    gen: Sampling,
     seed: int,
     context: int,
     autocast=None,
@@ -63,12 +54,7 @@ def sample_answers(
     the weights — not on which other rows share the call."""
     longest = max(len(p) for p in prompts)
     settings = Settings(
-        max_batch_size=len(prompts),
-        max_seq_length=min(context, longest + gen.max_new_tokens),
-        temperature=gen.temperature,
-        top_k=gen.top_k,
-        top_p=gen.top_p,
-        seed=seed,
+        sampling=gen, max_batch_size=len(prompts), max_seq_length=min(context, longest + gen.max_new_tokens), seed=seed
     )
     keys = keys or [str(i) for i in range(len(prompts))]
     jobs = [Job(key, i, list(p), 1, gen.max_new_tokens) for i, (key, p) in enumerate(zip(keys, prompts, strict=True))]

@@ -25,8 +25,6 @@ from litgpt_ext.errors import UserError
 from litgpt_ext.model.heads import on_positions, output_head, unwrap
 from litgpt_ext.training.objectives.kd import KDSettings, TeacherBlock
 
-DTYPES = {"bf16-true": torch.bfloat16, "16-true": torch.float16, "32-true": torch.float32}
-
 
 class IndexedSamples(Sequence):
     """A dataset whose samples also carry their split and index (to find their stored teacher rows)."""
@@ -108,9 +106,10 @@ class LocalTeacher(Teacher):
         from litgpt_ext.training.reference import load_frozen_model
 
         self.fabric = fabric
-        self.model = load_frozen_model(fabric, self.checkpoint_dir)
-        if self.precision is not None:
-            self.model = self.model.to(DTYPES[self.precision])
+        from litgpt_ext.precision import compute_dtype
+
+        dtype = compute_dtype(self.precision) if self.precision is not None else None
+        self.model = load_frozen_model(fabric, self.checkpoint_dir, dtype)
         gpt = unwrap(student)
         self.vocab = gpt.config.padded_vocab_size
         self.model.max_seq_length = min(self.model.config.block_size, gpt.config.block_size)

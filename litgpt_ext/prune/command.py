@@ -16,11 +16,11 @@ from litgpt_ext.errors import UserError
 from litgpt_ext.io import atomic_dir, atomic_write_json
 from litgpt_ext.model import prune as surgery
 from litgpt_ext.model.importance import Scores, score
+from litgpt_ext.precision import compute_dtype
 from litgpt_ext.prune.calibration import calibration_samples as read_calibration
 from litgpt_ext.prune.report import plot_scores
 
 _SIZES = ("n_layer", "intermediate_size", "n_embd", "n_head", "n_query_groups")
-DTYPES = {"32-true": torch.float32, "bf16-true": torch.bfloat16, "16-true": torch.float16}
 
 
 def prune(
@@ -93,7 +93,7 @@ def prune(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     state = torch.load(checkpoint_dir / "lit_model.pth", map_location="cpu", weights_only=True)
     state = state.get("model", state)
-    gpt = _model(config, state, device, DTYPES[precision])
+    gpt = _model(config, state, device, compute_dtype(precision))
     print(f"scoring {config.name} on {len(samples)} calibration sequences ({depth_metric} block scores) ...")
     scores = score(gpt, samples, depth_metric)
     del gpt

@@ -22,9 +22,10 @@ from litgpt_ext.data.orm import render_orm_prompt
 from litgpt_ext.data.prm import encode_steps, parse_steps
 from litgpt_ext.errors import UserError, require
 from litgpt_ext.evaluate.step_scores import AGGREGATES, Aggregate, aggregate
-from litgpt_ext.generate.command import DTYPES, shard_output
+from litgpt_ext.generate.command import shard_output
 from litgpt_ext.generate.inputs import PromptRecord, parse_shard, read_prompts
 from litgpt_ext.io import JsonlAppender, read_jsonl_repairing
+from litgpt_ext.precision import compute_dtype
 from litgpt_ext.reward.model import load_orm, score_rows
 
 
@@ -127,10 +128,8 @@ def score_file(
         raise UserError(f"must be >= 1, got {batch_size}", field="batch_size")
     if window is not None and window < batch_size:
         raise UserError(f"must be >= batch_size ({batch_size}), got {window}", field="window")
-    if precision not in DTYPES:
-        raise UserError(f"use one of {sorted(DTYPES)}", field="precision")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, objective = load_orm(checkpoint_dir, dev, DTYPES[precision], kind)
+    model, objective = load_orm(checkpoint_dir, dev, compute_dtype(precision), kind)
     tokenizer = Tokenizer(checkpoint_dir)
     limit = min(max_seq_length or model.config.block_size, model.config.block_size)
     this_shard = parse_shard(shard)

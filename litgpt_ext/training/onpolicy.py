@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from litgpt_ext.data.batches import pad_collate
-from litgpt_ext.generate.on_model import GenArgs, sample_answers
+from litgpt_ext.generate.on_model import ON_POLICY, sample_answers
+from litgpt_ext.generate.settings import Sampling
 from litgpt_ext.model.heads import unwrap
 
 
@@ -37,7 +38,7 @@ def prompt_of(input_ids: torch.Tensor, labels: torch.Tensor, ignore_index: int =
 class OnPolicy:
     lmbda: float = 0.0
     seq_kd: bool = False
-    gen: GenArgs = GenArgs()
+    gen: Sampling = ON_POLICY
     seed: int = 1337
 
     @property

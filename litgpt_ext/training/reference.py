@@ -47,18 +47,35 @@ def lora_disabled(model: nn.Module) -> Iterator[None]:
             layer.r = r
 
 
-def load_frozen_model(fabric, checkpoint_dir: Path) -> nn.Module:
-    """A litgpt model from ``checkpoint_dir`` in the run's precision, on its device, in eval mode, no gradients."""
+def load_frozen_model(fabric, checkpoint_dir: Path, dtype: torch.dtype | None = None) -> nn.Module:
+    """A litgpt model from ``checkpoint_dir`` that does not train (a teacher, a DPO reference): on the run's device,
+    in ``dtype`` (default: the dtype the run computes in — :func:`~litgpt_ext.precision.run_dtype`: a frozen model
+    needs no fp32 master copy, and one left in its checkpoint's dtype would run a bf16 file in a 32-true run), in eval
+    mode, no gradients. Built outside Fabric's ``init_module`` (under FSDP that puts parameters on the meta device,
+    and a model that Fabric never wraps is never materialised): on the meta device here, then its weights assigned
+    and its non-persistent buffers (rope caches) built for real on the device."""
     from litgpt.config import Config
     from litgpt.model import GPT
 
+    from litgpt_ext.precision import run_dtype
+
     config = Config.from_file(Path(checkpoint_dir) / "model_config.yaml")
-    with fabric.init_module(empty_init=True):
+    dtype = dtype or run_dtype(fabric)
+    with torch.device("meta"):
         model = GPT(config)
     state = torch.load(Path(checkpoint_dir) / "lit_model.pth", mmap=True, weights_only=True, map_location="cpu")
-    model.load_state_dict(state.get("model", state), assign=True)
-    model = model.to(fabric.device).eval().requires_grad_(False)
-    return model
+    moved: dict[tuple, torch.Tensor] = {}  # tensors that share storage (tied embeddings) stay one tensor
+
+    def to_run(tensor: torch.Tensor) -> torch.Tensor:
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride())
+        if key not in moved:
+            moved[key] = tensor.to(device=fabric.device, dtype=dtype if tensor.is_floating_point() else None)
+        return moved[key]
+
+    model.load_state_dict({k: to_run(v) for k, v in state.get("model", state).items()}, assign=True)
+    with fabric.strategy.precision.tensor_init_context():  # in the dtype Fabric would build them in
+        model.cos, model.sin = model.rope_cache(device=fabric.device)  # buffers no checkpoint holds, built for real
+    return model.eval().requires_grad_(False)
 
 
 class Reference:
