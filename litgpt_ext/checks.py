@@ -43,7 +43,8 @@ def check_checkpoint_dir(checkpoint_dir: Path) -> None:
         raise UserError(f"missing {', '.join(missing)}", path=checkpoint_dir, field="checkpoint_dir")
 
 
-def _config_value(checkpoint_dir: Path, key: str) -> int | None:
+def config_value(checkpoint_dir: Path, key: str) -> int | None:
+    """An integer of the checkpoint's ``model_config.yaml`` (None when the file or the key is missing)."""
     import yaml
 
     path = Path(checkpoint_dir) / "model_config.yaml"
@@ -56,12 +57,12 @@ def _config_value(checkpoint_dir: Path, key: str) -> int | None:
 
 def model_context(checkpoint_dir: Path) -> int | None:
     """The checkpoint's ``block_size`` (its context length), read from ``model_config.yaml``."""
-    return _config_value(checkpoint_dir, "block_size")
+    return config_value(checkpoint_dir, "block_size")
 
 
 def model_width(checkpoint_dir: Path) -> int | None:
     """The checkpoint's ``n_embd``, read from ``model_config.yaml``."""
-    return _config_value(checkpoint_dir, "n_embd")
+    return config_value(checkpoint_dir, "n_embd")
 
 
 def fit_to_context(flag: str, value: int | None, checkpoint_dir: Path) -> int | None:

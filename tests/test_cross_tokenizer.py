@@ -186,6 +186,7 @@ def test_same_tokenizer_align_is_forward_kl(pair, data_dir, tmp_path):
         (["--cross_tokenizer", "uld", "--lmbda", "0.5"], "drop --lmbda"),
         (["--cross_tokenizer", "uld", "--cross_shared_weight", "0.5"], "align's shared tokens only"),
         (["--cross_tokenizer", "align", "--cross_shared_weight", "1.5"], "cross_shared_weight"),
+        (["--cross_tokenizer", "align", "--topk_tail", "false"], "topk_tail: applies to a top-k teacher"),
         ([], "--cross_tokenizer uld|align"),
     ],
 )

@@ -70,7 +70,8 @@ class SFTData(RowData):
         self.max_seq_length = None if max_seq_length in (None, -1) else max_seq_length
 
     # -- format detection -------------------------------------------------------------------------------------
-    def _format(self) -> Literal["pretokenized", "dir", "file"]:
+    def source_kind(self) -> Literal["pretokenized", "dir", "file"]:
+        """What ``--data`` points at: packed ``train.pt`` (pre-tokenized), a directory of litgpt JSON, or one file."""
         if self.path.is_dir():
             if (self.path / "train.pt").is_file():
                 return "pretokenized"
@@ -82,7 +83,7 @@ class SFTData(RowData):
         return "file"
 
     def setup(self, stage: str = "") -> None:
-        kind = self._format()
+        kind = self.source_kind()
         if kind == "pretokenized":
             self._setup_pretokenized()
         else:
@@ -105,9 +106,9 @@ class SFTData(RowData):
     def _setup_pretokenized(self) -> None:
         limit = None
         if self.student_dir is not None:
-            from litgpt_ext.checks import _config_value
+            from litgpt_ext.checks import config_value
 
-            limit = _config_value(self.student_dir, "padded_vocab_size")
+            limit = config_value(self.student_dir, "padded_vocab_size")
         check = {"tokenizer": self.tokenizer, "vocab_limit": limit}
         train = load_pretokenized(self.path / "train.pt", self.ignore_index, **check)
         if (self.path / "val.pt").is_file():

@@ -17,7 +17,7 @@ from litgpt_ext.finetune.launch import run, start
 from litgpt_ext.generate.on_model import ON_POLICY
 from litgpt_ext.generate.settings import Sampling
 from litgpt_ext.kd.cross_teacher import CrossTokenizerTeacher, StoredCrossTeacher
-from litgpt_ext.kd.teacher import make_teacher
+from litgpt_ext.kd.teacher import Teacher, TeacherChoice, make_teacher
 from litgpt_ext.training.args import TrainArgs
 from litgpt_ext.training.objectives.cross_tokenizer import CrossSettings, CrossTokenizerKD
 from litgpt_ext.training.objectives.divergences import DIVERGENCES
@@ -41,19 +41,20 @@ def check_kd_numbers(
     within("akl_mu", akl_mu, 0.0, 1.0, low_open=True)
 
 
-def check_onpolicy(lmbda: float, seq_kd: bool, gen: Sampling, server: ServerArgs, teacher, teacher_url) -> None:
+def check_onpolicy(policy: OnPolicy, choice: TeacherChoice) -> None:
     from litgpt_ext.checks import above, at_least
 
-    within("lmbda", lmbda, 0.0, 1.0)
-    gen.check("gen.", max_temperature=2.0)
+    within("lmbda", policy.lmbda, 0.0, 1.0)
+    policy.gen.check("gen.", max_temperature=2.0)
+    server = choice.server
     at_least("server.top_k", server.top_k, 1)
     at_least("server.concurrency", server.concurrency, 1)
     at_least("server.rpm", server.rpm, 1)
     at_least("server.max_attempts", server.max_attempts, 1)
     above("server.timeout", server.timeout, 0)
-    if seq_kd and teacher is None:
+    if policy.seq_kd and choice.checkpoint is None:
         raise UserError("--seq_kd samples answers from the teacher: it needs a local --teacher DIR", field="seq_kd")
-    if lmbda > 0 and teacher is None and teacher_url is None:
+    if policy.lmbda > 0 and choice.checkpoint is None and choice.url is None:
         raise UserError(
             "on-policy samples need a teacher that can score them: --teacher DIR or --teacher_url URL (stored "
             "log-probs cover only the data's own answers)",
@@ -61,39 +62,46 @@ def check_onpolicy(lmbda: float, seq_kd: bool, gen: Sampling, server: ServerArgs
         )
 
 
-def check_cross(mode: str, shared_weight, kd: KDSettings, teacher, teacher_logprobs, teacher_url, lmbda, seq_kd):
+def check_cross(cross: CrossSettings, kd: KDSettings, choice: TeacherChoice, policy: OnPolicy) -> None:
     """``--cross_tokenizer``'s flags: a local teacher or a cross-tokenizer store, off-policy, and a divergence only
     where ``align`` uses one."""
     from litgpt_ext.checks import check_checkpoint_dir
 
-    if teacher_url is not None or (teacher is None) == (teacher_logprobs is None):
+    if choice.url is not None or (choice.checkpoint is None) == (choice.store is None):
         raise UserError(
             "needs a local --teacher DIR or a --teacher_logprobs DIR made by distill_logprobs --cross_tokenizer (a "
             "server's log-probs come without the text offsets to align them)",
             field="cross_tokenizer",
         )
-    if teacher is not None:
-        check_checkpoint_dir(Path(teacher))
-    elif mode != "uld":
+    if choice.checkpoint is not None:
+        check_checkpoint_dir(Path(choice.checkpoint))
+    elif cross.mode != "uld":
         raise UserError("a top-k store knows k of the teacher's shared-token probabilities, not all: use "
                         "--cross_tokenizer uld with --teacher_logprobs, or align with a local --teacher",
                         field="cross_tokenizer")  # fmt: skip
-    if lmbda > 0 or seq_kd:
+    if policy.active:
         raise UserError("trains on the data's answers only: drop --lmbda / --seq_kd", field="cross_tokenizer")
-    if mode == "uld" and (kd.divergence != "gjsd" or kd.beta != 0):
+    if not kd.topk_tail:
+        raise UserError("applies to a top-k teacher of the student's tokenizer; --cross_tokenizer compares whole "
+                        "distributions (a store's tail is always kept): drop --topk_tail false",
+                        field="topk_tail")  # fmt: skip
+    if cross.mode == "uld" and (kd.divergence != "gjsd" or kd.beta != 0):
         raise UserError("compares sorted probabilities: --divergence and --beta apply to --cross_tokenizer align",
                         field="cross_tokenizer")  # fmt: skip
-    if shared_weight is not None:
-        if mode != "align":
+    if cross.shared_weight is not None:
+        if cross.mode != "align":
             raise UserError("weighs --cross_tokenizer align's shared tokens only", field="cross_shared_weight")
-        within("cross_shared_weight", shared_weight, 0.0, 1.0)
-    return CrossSettings(mode, shared_weight)
+        within("cross_shared_weight", cross.shared_weight, 0.0, 1.0)
 
 
-def cross_store(student_dir: Path, directory: Path, kd: KDSettings) -> dict:
-    """The manifest of a ``distill_logprobs --cross_tokenizer`` store made for this student's tokenizer."""
+def cross_teacher(student_dir: Path, choice: TeacherChoice, kd: KDSettings, cross: CrossSettings) -> Teacher:
+    """The teacher of another tokenizer: a local checkpoint, or a ``distill_logprobs --cross_tokenizer`` store made
+    for this student's tokenizer."""
     from litgpt_ext.kd.store import load_store, tokenizer_fingerprint
 
+    if choice.checkpoint is not None:
+        return CrossTokenizerTeacher(student_dir, Path(choice.checkpoint), choice.precision, kd, cross)
+    directory = Path(choice.store)
     manifest = load_store(directory)
     if not manifest.get("cross_tokenizer"):
         raise UserError("holds the log-probs of a teacher of the student's own tokenizer: drop --cross_tokenizer",
@@ -103,7 +111,7 @@ def cross_store(student_dir: Path, directory: Path, kd: KDSettings) -> dict:
                         path=directory / "manifest.json", field="teacher_logprobs")  # fmt: skip
     if kd.temperature != 1:
         raise UserError("a cross-tokenizer store is at temperature 1: pass --temperature 1", field="temperature")
-    return manifest
+    return StoredCrossTeacher(student_dir, directory, manifest, cross)
 
 
 @finetune_command()
@@ -191,39 +199,24 @@ def setup(
     """
     job = start(setup, locals())
     check_kd_numbers(beta, temperature, kd_ratio, divergence, skew_alpha, akl_mu)
-    check_onpolicy(lmbda, seq_kd, gen, server, teacher, teacher_url)
-    kd = KDSettings(beta, temperature, kd_ratio, scale_by_t2, topk_tail, divergence, skew_alpha, akl_mu)
-    if cross_tokenizer is not None:
-        cross = check_cross(cross_tokenizer, cross_shared_weight, kd, teacher, teacher_logprobs, teacher_url, lmbda,
-                            seq_kd)  # fmt: skip
-        student = job.spec.checkpoint_dir
-        if teacher is not None:
-            local = CrossTokenizerTeacher(student, Path(teacher), teacher_precision, kd, cross)
-            run(job, lambda tokenizer, train_args: CrossTokenizerKD(local, kd, cross, 0, train_args.max_seq_length))
-        else:
-            store, manifest = Path(teacher_logprobs), cross_store(student, Path(teacher_logprobs), kd)
-
-            def stored(tokenizer, train_args: TrainArgs) -> CrossTokenizerKD:
-                chosen = StoredCrossTeacher(student, store, manifest, train_args.max_seq_length, cross)
-                return CrossTokenizerKD(chosen, kd, cross, 0, train_args.max_seq_length)
-
-            run(job, stored)
-        return
-    source = make_teacher(
-        job.spec.checkpoint_dir, teacher, teacher_logprobs, teacher_precision, kd, teacher_url, teacher_model, server
-    )
+    choice = TeacherChoice(teacher, teacher_logprobs, teacher_url, teacher_model, teacher_precision, server)
     policy = OnPolicy(lmbda, seq_kd, gen, flags.seed)
+    check_onpolicy(policy, choice)
+    kd = KDSettings(beta, temperature, kd_ratio, scale_by_t2, topk_tail, divergence, skew_alpha, akl_mu)
+    student = job.spec.checkpoint_dir
+    if cross_tokenizer is not None:
+        cross = CrossSettings(cross_tokenizer, cross_shared_weight)
+        check_cross(cross, kd, choice, policy)
+        chosen = cross_teacher(student, choice, kd, cross)
+        run(job, lambda tokenizer, train_args: CrossTokenizerKD(chosen, kd, cross, 0, train_args.max_seq_length))
+        return
+    source = make_teacher(student, choice, kd)
 
     def make_objective(tokenizer, train_args: TrainArgs) -> KDObjective:
-        from litgpt_ext.kd.teacher import StoredTeacher
         from litgpt_ext.training.onpolicy import OnPolicySampler
 
-        if isinstance(source, dict):
-            chosen = StoredTeacher(Path(teacher_logprobs), source, train_args.max_seq_length)
-        else:
-            chosen = source
         sampler = OnPolicySampler(policy, tokenizer) if policy.active else None
-        return KDObjective(chosen, kd, pad_id=0, max_seq_length=train_args.max_seq_length, sampler=sampler)
+        return KDObjective(source, kd, pad_id=0, max_seq_length=train_args.max_seq_length, sampler=sampler)
 
     run(job, make_objective)
 

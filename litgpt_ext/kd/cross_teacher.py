@@ -67,7 +67,7 @@ def teacher_rendering(data, teacher_dir: Path) -> tuple:
     from litgpt_ext.data.modules import datasets_of, ready_data
     from litgpt_ext.data.sft import SFTData
 
-    if not isinstance(data, SFTData) or data._format() == "pretokenized":
+    if not isinstance(data, SFTData) or data.source_kind() == "pretokenized":
         raise UserError(
             "--cross_tokenizer renders each record for both tokenizers: pass text data (litgpt JSON, Q/A or chat "
             "rows; --data PATH or --data SFTData), not pre-tokenized .pt files or another DataModule",
@@ -238,15 +238,10 @@ class StoredCrossTeacher(Teacher):
     teacher's top-k in its own vocabulary and its answer tokens at each of its answer positions, aligned with the
     student's answers at start; ULD compares each group's top-k (and tail) with the student's sorted distribution."""
 
-    def __init__(self, student_dir: Path, directory: Path, manifest: dict, max_seq_length, cross: CrossSettings):
+    def __init__(self, student_dir: Path, directory: Path, manifest: dict, cross: CrossSettings):
         from litgpt_ext.kd.store import TopK, split_file
 
-        self.directory, self.manifest, self.max_seq_length, self.cross = (
-            Path(directory),
-            manifest,
-            max_seq_length,
-            cross,
-        )
+        self.directory, self.manifest, self.cross = Path(directory), manifest, cross
         self.stores = {split: TopK(split_file(directory, split)) for split in ("train", "val")}
         self.alignment = Alignment(student_dir, self.directory / TEACHER_TOKENIZER, cross.mode)
         self.shared: SharedVocab | None = None

@@ -54,7 +54,7 @@ def evaluate_kd(
     from litgpt.tokenizer import Tokenizer
 
     from litgpt_ext.data.modules import datasets_of, ready_data, resolve_data
-    from litgpt_ext.kd.teacher import StoredTeacher, make_teacher
+    from litgpt_ext.kd.teacher import TeacherChoice, make_teacher
     from litgpt_ext.precision import default_precision
     from litgpt_ext.training.objectives.kd import KDSettings
     from litgpt_ext.training.reference import load_frozen_model
@@ -65,13 +65,11 @@ def evaluate_kd(
     if not temperature > 0:
         raise UserError(f"must be > 0, got {temperature}", field="temperature")
     settings = KDSettings(beta=0.0, temperature=temperature, kd_ratio=1.0, topk_tail=True)
-    source = make_teacher(student, teacher, teacher_logprobs, None, settings)
+    source = make_teacher(student, TeacherChoice(teacher, teacher_logprobs), settings)
     max_seq_length = fit_to_context("max_seq_length", max_seq_length, student)
+    source.max_seq_length = max_seq_length
     module = ready_data(resolve_data(data), Tokenizer(student), student, batch_size, max_seq_length)
-    train, val = datasets_of(module)
-    if isinstance(source, dict):
-        source = StoredTeacher(Path(teacher_logprobs), source, max_seq_length)
-        train, val = source.wrap_datasets(train, val)
+    train, val = source.wrap_datasets(*datasets_of(module))
     chosen = {"all": [train, val], "train": [train], "val": [val]}[split]
 
     precision = precision or default_precision(student, training=False)

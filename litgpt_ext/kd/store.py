@@ -39,12 +39,6 @@ def split_file(directory: Path, split: str) -> Path:
     return Path(directory) / f"{split}.topk.pt"
 
 
-def answer_rows(sample: dict, max_seq_length: int | None, ignore_index: int = -100) -> int:
-    """How many answer positions (labels[t + 1] supervised) a sample has once cut to ``max_seq_length``."""
-    labels = sample["labels"][:max_seq_length] if max_seq_length else sample["labels"]
-    return int((labels[1:] != ignore_index).sum())
-
-
 def dataset_fingerprint(dataset: Sequence, max_seq_length: int | None = None) -> str:
     """A hash of a dataset's tokens (input ids + labels, cut as the collate cuts them), in order. Only the tokens
     count: the same samples under a longer ``max_seq_length`` that cuts nothing have the same fingerprint."""

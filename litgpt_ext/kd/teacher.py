@@ -14,6 +14,7 @@ get no mass); the tokens themselves must agree (:func:`litgpt_ext.kd.vocab.check
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -67,10 +68,36 @@ def topk_blocks(rows: dict[str, torch.Tensor]) -> Callable[[int, int], TeacherBl
     return block
 
 
+@dataclass(frozen=True)
+class TeacherChoice:
+    """Where the teacher's distribution comes from, as ``finetune_kd`` / ``evaluate_kd`` name it: exactly one of a
+    checkpoint (``--teacher``), a store (``--teacher_logprobs``) or a server (``--teacher_url``)."""
+
+    checkpoint: Path | None = None
+    store: Path | None = None
+    url: str | None = None
+    model: str | None = None
+    """The model name the server serves (``--teacher_model``)."""
+    precision: str | None = None
+    """A local teacher's own precision (``--teacher_precision``; default: the run's compute dtype)."""
+    server: ServerArgs = field(default_factory=ServerArgs)
+
+    def require_one(self) -> None:
+        if sum(x is not None for x in (self.checkpoint, self.store, self.url)) != 1:
+            raise UserError(
+                "pass one of --teacher DIR (a litgpt checkpoint), --teacher_logprobs DIR (distill_logprobs or "
+                "distill_convert --logprobs) or --teacher_url URL (an OpenAI-compatible server)",
+                field="teacher",
+            )
+
+
 class Teacher:
     """The teacher's side of every batch (see the module docstring)."""
 
     store_temperature: float = 1.0
+    max_seq_length: int | None = None
+    """The run's length cut, set by the objective that uses the teacher (a store checks that its data was cut the
+    same way)."""
 
     def describe(self) -> dict:
         raise NotImplementedError
@@ -112,7 +139,8 @@ class LocalTeacher(Teacher):
         self.model = load_frozen_model(fabric, self.checkpoint_dir, dtype)
         gpt = unwrap(student)
         self.vocab = gpt.config.padded_vocab_size
-        self.model.max_seq_length = min(self.model.config.block_size, gpt.config.block_size)
+        # the rope cache for the run's length (grown in hidden_rows if on-policy samples run longer)
+        self.model.max_seq_length = min(self.model.config.block_size, self.max_seq_length or gpt.config.block_size)
         n = sum(p.numel() for p in self.model.parameters())
         fabric.print(f"Teacher: {self.checkpoint_dir} ({n / 1e6:.1f}M parameters, frozen, eval mode)")
 
@@ -165,10 +193,10 @@ def check_store_data(manifest: dict, directory: Path, max_seq_length: int | None
 
 
 class StoredTeacher(Teacher):
-    def __init__(self, directory: Path, manifest: dict, max_seq_length: int | None) -> None:
+    def __init__(self, directory: Path, manifest: dict) -> None:
         from litgpt_ext.kd.store import TopK, split_file
 
-        self.directory, self.manifest, self.max_seq_length = Path(directory), manifest, max_seq_length
+        self.directory, self.manifest = Path(directory), manifest
         self.store_temperature = float(manifest["temperature"])  # checked against --temperature by make_teacher
         self.stores = {split: TopK(split_file(directory, split)) for split in ("train", "val")}
 
@@ -253,30 +281,15 @@ class ServerTeacher(Teacher):
         return topk_blocks(self.scores(batch))
 
 
-def make_teacher(
-    checkpoint_dir: Path,
-    teacher,
-    teacher_logprobs,
-    teacher_precision,
-    kd: KDSettings | None = None,
-    teacher_url: str | None = None,
-    teacher_model: str | None = None,
-    server: ServerArgs | None = None,
-):
-    """The :class:`~litgpt_ext.kd.teacher.Teacher` of the flags, checked before any data is read: exactly one
-    source; a teacher checkpoint whose tokenizer agrees with the student's; a store made with this tokenizer."""
+def make_teacher(checkpoint_dir: Path, choice: TeacherChoice, kd: KDSettings | None = None) -> Teacher:
+    """The :class:`Teacher` of the flags, checked before any data is read: exactly one source; a teacher checkpoint
+    whose tokenizer agrees with the student's; a store made with this tokenizer, at the loss's temperature."""
     from litgpt_ext.kd.store import load_store, tokenizer_fingerprint
-    from litgpt_ext.kd.teacher import LocalTeacher, ServerTeacher
     from litgpt_ext.kd.vocab import check_same_vocabulary
 
-    if sum(x is not None for x in (teacher, teacher_logprobs, teacher_url)) != 1:
-        raise UserError(
-            "pass one of --teacher DIR (a litgpt checkpoint), --teacher_logprobs DIR (distill_logprobs or "
-            "distill_convert --logprobs) or --teacher_url URL (an OpenAI-compatible server)",
-            field="teacher",
-        )
-    if teacher_url is not None:
-        if teacher_model is None:
+    choice.require_one()
+    if choice.url is not None:
+        if choice.model is None:
             raise UserError("--teacher_url needs --teacher_model (the name the server serves)", field="teacher_model")
         if kd is not None and kd.topk_tail and kd.temperature != 1:
             raise UserError(
@@ -284,29 +297,29 @@ def make_teacher(
                 "renormalise over its top-k",
                 field="temperature",
             )
-        return ServerTeacher(teacher_url, teacher_model, server or ServerArgs())
-    if teacher is not None:
-        check_checkpoint_dir(Path(teacher))
-        check_same_vocabulary(checkpoint_dir, Path(teacher))
-        return LocalTeacher(Path(teacher), teacher_precision)
-    manifest = load_store(Path(teacher_logprobs))
+        return ServerTeacher(choice.url, choice.model, choice.server)
+    if choice.checkpoint is not None:
+        check_checkpoint_dir(Path(choice.checkpoint))
+        check_same_vocabulary(checkpoint_dir, Path(choice.checkpoint))
+        return LocalTeacher(Path(choice.checkpoint), choice.precision)
+    directory = Path(choice.store)
+    manifest = load_store(directory)
     if manifest.get("cross_tokenizer"):
         raise UserError("holds a teacher's log-probs in another tokenizer (distill_logprobs --cross_tokenizer): pass "
-                        "--cross_tokenizer uld", path=Path(teacher_logprobs) / "manifest.json",
-                        field="teacher_logprobs")  # fmt: skip
+                        "--cross_tokenizer uld", path=directory / "manifest.json", field="teacher_logprobs")  # fmt: skip
     stored = float(manifest["temperature"])
     if kd is not None and kd.topk_tail and abs(stored - kd.temperature) > 1e-9:
         raise UserError(
             f"stores log-probs at temperature {stored:g}, but --temperature is {kd.temperature:g}: the tail mass "
             f"cannot be rescaled (rerun distill_logprobs --temperature {kd.temperature:g}, or pass --topk_tail false "
             "to renormalise over the top-k)",
-            path=Path(teacher_logprobs) / "manifest.json",
+            path=directory / "manifest.json",
             field="teacher_logprobs",
         )
     if manifest["tokenizer"] != tokenizer_fingerprint(checkpoint_dir):
         raise UserError(
             "was made with another tokenizer than the student's (rerun distill_logprobs for this student)",
-            path=Path(teacher_logprobs) / "manifest.json",
+            path=directory / "manifest.json",
             field="teacher_logprobs",
         )
-    return manifest
+    return StoredTeacher(directory, manifest)

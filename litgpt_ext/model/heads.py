@@ -18,21 +18,21 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from litgpt_ext.model.recorder import fast_paths
+from litgpt_ext.model.recorder import Patches, fast_paths
 
 
 @contextmanager
 def swapped_head(gpt: nn.Module, head: nn.Module) -> Iterator[None]:
     """``gpt.lm_head`` is ``head`` inside the block, the original again after it (also when the call fails); litgpt's
-    final logit softcapping is off meanwhile (the stand-in caps the logits it computes: :func:`output_head`)."""
-    original, cap = gpt.lm_head, gpt.config.final_logit_softcapping
-    gpt.lm_head = head
-    gpt.config.final_logit_softcapping = None
+    final logit softcapping is off meanwhile (the stand-in caps the logits it computes: :func:`output_head`). Both
+    changes go through a :class:`~litgpt_ext.model.recorder.Patches` log, as every change of this package does."""
+    patches = Patches()
     try:
+        patches.set(gpt, "lm_head", head)
+        patches.set(gpt.config, "final_logit_softcapping", None)
         yield
     finally:
-        gpt.lm_head = original
-        gpt.config.final_logit_softcapping = cap
+        patches.restore()
 
 
 class SoftcappedHead(nn.Module):
@@ -134,12 +134,12 @@ def rows_only_last_block(gpt: nn.Module, flat: torch.Tensor | None):
     if not fast_paths(gpt).last_block_rows or flat is None or not isinstance(blocks[-1], Block):
         yield
         return
-    original = blocks[-1]
-    blocks[-1] = _RowsOnlyLastBlock(original, flat)
+    patches = Patches()
     try:
+        patches.set(blocks, str(len(blocks) - 1), _RowsOnlyLastBlock(blocks[-1], flat))
         yield
     finally:
-        blocks[-1] = original
+        patches.restore()
 
 
 def forward_with_head(model: nn.Module, head: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:

@@ -110,9 +110,6 @@ def block_losses(
     return loss, metrics
 
 
-METRICS = ("kd", "ce", "kl_teacher_student", "top1", "teacher_ce")
-
-
 class _KDHead(BlockwiseHead):
     """The KD losses at the answer positions (:func:`block_losses`), block by block; the metrics are kept.
 
@@ -172,6 +169,7 @@ class KDObjective(StepHooks, Objective):
         self.teacher, self.kd = teacher, kd
         """A :class:`litgpt_ext.kd.teacher.Teacher`: gives the teacher's side of a batch's answer positions."""
         self.pad_id, self.max_seq_length = pad_id, max_seq_length
+        teacher.max_seq_length = max_seq_length
         self.sampler = sampler
         """An :class:`~litgpt_ext.training.onpolicy.OnPolicySampler` (on-policy / sequence-level KD), or None."""
         self.fabric = None
