@@ -114,7 +114,7 @@ def test_max_prompt_length_keeps_bos_and_the_prompts_end(tiny_checkpoint, tmp_pa
 
 def test_the_step_plan_says_what_ends_the_run_and_caps_warm_up():
     from litgpt_ext.training.args import TrainArgs
-    from litgpt_ext.training.loop import plan_steps
+    from litgpt_ext.training.plan import plan_steps
 
     # the template's sft-lora settings on 130 examples: 4 steps per epoch x 3 epochs, warm-up 50 -> 2
     plan = plan_steps(TrainArgs(global_batch_size=32, micro_batch_size=4, epochs=3, lr_warmup_steps=50), 130, 33, 8)

@@ -24,7 +24,9 @@ from litgpt_ext.training.onpolicy import OnPolicy, OnPolicySampler
 def _sampler(ckpt, lmbda=1.0, **gen):
     from litgpt.tokenizer import Tokenizer
 
-    return OnPolicySampler(OnPolicy(lmbda, False, dataclasses.replace(ON_POLICY, **{"max_new_tokens": 12, **gen}), seed=5), Tokenizer(ckpt))
+    return OnPolicySampler(
+        OnPolicy(lmbda, False, dataclasses.replace(ON_POLICY, **{"max_new_tokens": 12, **gen}), seed=5), Tokenizer(ckpt)
+    )
 
 
 def _answers(batch) -> list[list[int]]:

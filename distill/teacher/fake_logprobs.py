@@ -66,7 +66,7 @@ class ModelScorer:
         self.torch = torch
         config = Config.from_file(Path(model_dir) / "model_config.yaml")
         self.model = GPT(config)
-        self.model.load_state_dict(torch.load(Path(model_dir) / "lit_model.pth", weights_only=True))
+        self.model.load_state_dict(torch.load(Path(model_dir) / "lit_model.pth", weights_only=True, map_location="cpu"))
         self.model.eval()
         self.vocab = ByteVocab(Path(model_dir))
         self.lock = threading.Lock()

@@ -172,7 +172,7 @@ def load_pretokenized(
 
 def _load(path: Path, ignore_index: int) -> tuple[PackedSamples, dict | list]:
     try:
-        data = torch.load(path, weights_only=True)
+        data = torch.load(path, weights_only=True, map_location="cpu")
     except FileNotFoundError:
         raise UserError("file not found", path=path) from None
     except Exception as err:

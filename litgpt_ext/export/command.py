@@ -187,7 +187,7 @@ def reward_head(checkpoint_dir: Path) -> dict | None:
     head_file = checkpoint_dir / "orm_head.pth"
     if not head_file.is_file():
         raise UserError("has orm_config.json but no orm_head.pth", path=checkpoint_dir, field="checkpoint_dir")
-    return {**cfg, "weight": torch.load(head_file, weights_only=True)["weight"]}
+    return {**cfg, "weight": torch.load(head_file, weights_only=True, map_location="cpu")["weight"]}
 
 
 def classification_config(hf: dict, family, reward: dict, pad_token_id: int | None) -> dict:

@@ -5,7 +5,7 @@ then in each process build the model, install the faster forwards for the run, l
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -32,11 +32,12 @@ from litgpt_ext.finetune.flags import CommonFlags, command_hyperparameters
 from litgpt_ext.model.patches import patched
 from litgpt_ext.model.support import require_support
 from litgpt_ext.precision import default_precision
-from litgpt_ext.training.args import CheckpointArgs, EvalArgs, TrainArgs
+from litgpt_ext.training.args import EvalArgs, TrainArgs
 from litgpt_ext.training.checkpoint import CheckpointWriter, find_resume_dir
 from litgpt_ext.training.loop import fit
 from litgpt_ext.training.memory import keep_freed_memory
 from litgpt_ext.training.objectives.base import Objective, OwnModules, StepHooks
+from litgpt_ext.training.plan import FitPlan
 
 
 def preference_data(checkpoint_dir: Path, prompt_style: str | None, max_prompt_length: int | None) -> dict:
@@ -163,41 +164,31 @@ def run(
         extras=objective.save_extras if own else None,
     )
     plan = LaunchPlan(
-        objective,
-        train_data,
-        val_data,
-        tokenizer,
-        spec,
-        writer,
-        out_dir,
-        train,
-        eval,
-        flags.checkpoint,
-        flags.optimizer,
-        flags.seed,
-        resume_dir,
-        test_input,
+        objective=objective,
+        train_data=train_data,
+        val_data=val_data,
+        tokenizer=tokenizer,
+        writer=writer,
+        out_dir=out_dir,
+        train=train,
+        eval=eval,
+        checkpoint=flags.checkpoint,
+        seed=flags.seed,
+        resume_dir=resume_dir,
+        spec=spec,
+        optimizer=flags.optimizer,
+        test_input=test_input,
     )
     fabric.launch(_main, plan)
 
 
-@dataclasses.dataclass
-class LaunchPlan:
-    """Everything each process needs, prepared (and validated) before any process starts."""
+@dataclasses.dataclass(kw_only=True)
+class LaunchPlan(FitPlan):
+    """Everything each process needs, prepared (and validated) before any process starts: the loop's
+    :class:`~litgpt_ext.training.plan.FitPlan` and how to build the model and its optimizer."""
 
-    objective: Objective
-    train_data: Sequence
-    val_data: Sequence
-    tokenizer: Tokenizer
     spec: ModelSpec
-    writer: CheckpointWriter
-    out_dir: Path
-    train: TrainArgs
-    eval: EvalArgs
-    checkpoint: CheckpointArgs
     optimizer: str | dict
-    seed: int
-    resume_dir: Path | None
     test_input: tuple[Path, str] | None = None
     """The test split ``--eval.test`` answers after training."""
 
@@ -222,22 +213,7 @@ def _train(fabric: L.Fabric, plan: LaunchPlan, model: torch.nn.Module) -> None:
     strict = plan.spec.mode == "full" and not isinstance(plan.objective, OwnModules)
     load_checkpoint(fabric, model, plan.spec.checkpoint_dir / "lit_model.pth", strict=strict)
     plan.objective.setup(fabric, model, plan.train_data, plan.val_data, plan.out_dir)
-    fit(
-        fabric,
-        model,
-        plan.objective,
-        opt,
-        plan.train_data,
-        plan.val_data,
-        plan.writer,
-        plan.out_dir,
-        plan.train,
-        plan.eval,
-        plan.checkpoint,
-        plan.seed,
-        resume_dir=plan.resume_dir,
-        tokenizer=plan.tokenizer,
-    )
+    fit(fabric, model, opt, plan)
     if plan.test_input is not None:
         from litgpt_ext.finetune.test_split import evaluate_test_split
 

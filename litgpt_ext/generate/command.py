@@ -216,7 +216,7 @@ def generate_on(fabric: L.Fabric, a: GenerateArgs) -> dict:
     done = {str(r["id"]) for r in read_jsonl_repairing(out_path)}
     with fabric.init_module(empty_init=True):
         model = GPT(config)
-    state = torch.load(a.checkpoint_dir / "lit_model.pth", mmap=True, weights_only=True)
+    state = torch.load(a.checkpoint_dir / "lit_model.pth", mmap=True, weights_only=True, map_location="cpu")
     model.load_state_dict(state.get("model", state), assign=True)
     model = model.to(device=fabric.device, dtype=a.dtype).eval().requires_grad_(False)
     settings = Settings(
@@ -340,4 +340,6 @@ def _make_job(item: PromptRecord, a: GenerateArgs, style, tokenizer, config, ren
             field="prompt",
         )
     extra = {**a.fmt.kept(item.record), **{k: item.record.get(k) for k in a.passthrough}}
-    return Job(item.id, item.line, prompt_ids, a.num_samples, a.sampling.max_new_tokens, extra, prompt_truncated=truncated)
+    return Job(
+        item.id, item.line, prompt_ids, a.num_samples, a.sampling.max_new_tokens, extra, prompt_truncated=truncated
+    )

@@ -11,6 +11,7 @@ import hashlib
 
 import torch
 
+
 def row_key(seed: int, record_id: str, sample: int) -> int:
     """A 63-bit key for one row (stable across processes and runs)."""
     digest = hashlib.blake2b(f"{seed}\x00{record_id}\x00{sample}".encode(), digest_size=8).digest()

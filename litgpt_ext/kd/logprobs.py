@@ -312,7 +312,7 @@ def _run_window(
 def _pack(out: Path, windows: dict, settings: dict) -> None:
     positions = {}
     for split, ws in windows.items():
-        parts = [torch.load(ws.path(w), weights_only=True) for w in range(ws.count)]
+        parts = [torch.load(ws.path(w), weights_only=True, map_location="cpu") for w in range(ws.count)]
         counts = torch.cat([p["counts"] for p in parts]) if parts else torch.zeros(0, dtype=torch.int64)
         offsets = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
 

@@ -88,7 +88,7 @@ class TopK:
 
     def __init__(self, path: Path) -> None:
         try:
-            data = torch.load(path, weights_only=True)
+            data = torch.load(path, weights_only=True, map_location="cpu")
         except FileNotFoundError:
             raise UserError("missing (not a complete distill_logprobs output?)", path=path) from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:

@@ -95,6 +95,8 @@ class Teacher:
     """The teacher's side of every batch (see the module docstring)."""
 
     store_temperature: float = 1.0
+    remote: bool = False
+    """Its answers come from another process, which may go away (a server)."""
     max_seq_length: int | None = None
     """The run's length cut, set by the objective that uses the teacher (a store checks that its data was cut the
     same way)."""
@@ -231,6 +233,8 @@ reverse KL finite. A top-k that covers the whole vocabulary has no tail at all."
 class ServerTeacher(Teacher):
     """A teacher behind an OpenAI-compatible server (``--teacher_url``): each batch's sequences are scored there
     (:class:`litgpt_ext.api.prompt_scores.PromptScorer`) and its top-k enters the loss as stored top-k does."""
+
+    remote = True
 
     def __init__(self, url: str, model: str, args) -> None:
         self.url, self.model_name, self.args = url, model, args

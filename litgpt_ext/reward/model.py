@@ -44,10 +44,10 @@ def load_orm(
         if cfg["head"] != "yes_token":
             objective.prepare_model(model)
     model = model.to_empty(device=device)
-    state = torch.load(checkpoint_dir / "lit_model.pth", mmap=True, weights_only=True)
+    state = torch.load(checkpoint_dir / "lit_model.pth", mmap=True, weights_only=True, map_location="cpu")
     model.load_state_dict(state.get("model", state), strict=False)
     if cfg["head"] != "yes_token":
-        model.orm_head.load_state_dict(torch.load(checkpoint_dir / HEAD_FILE, weights_only=True))
+        model.orm_head.load_state_dict(torch.load(checkpoint_dir / HEAD_FILE, weights_only=True, map_location="cpu"))
     missing = [k for k in model.state_dict() if k not in state and not k.startswith("orm_head.")]
     if missing:
         raise UserError(f"lit_model.pth lacks {len(missing)} weight(s), e.g. {missing[0]}", path=checkpoint_dir)

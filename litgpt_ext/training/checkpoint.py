@@ -4,10 +4,16 @@ A step directory holds what litgpt expects (``lit_model.pth`` or ``lit_model.pth
 tokenizer files, ``hyperparameters.yaml``, ``prompt_style.yaml``) and, for resuming, ``training_state.pth``
 (optimizer, scheduler, counters) and ``rng-rank{R}.pth`` (every RNG of every rank). It is written under a
 ``.partial`` name and renamed when complete, so a crash never leaves a directory that looks finished.
+
+Every tensor is written from the CPU, whatever device trained it: a checkpoint saved from ``cuda:0`` would otherwise
+be read back onto ``cuda:0`` — by every rank of a multi-GPU job, and not at all on a machine without a GPU. Under
+FSDP the training state also holds the (gathered) model: Lightning consolidates a sharded optimizer's state only
+together with its module, and reads it back the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 import shutil
@@ -44,6 +50,35 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def to_cpu(obj):
+    """``obj`` (tensors in nested dicts / lists / tuples) with every tensor on the CPU, detached."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
+def is_fsdp(fabric: L.Fabric) -> bool:
+    return isinstance(fabric.strategy, FSDPStrategy)
+
+
+@contextlib.contextmanager
+def full_parameters(fabric: L.Fabric, model: torch.nn.Module):
+    """Every parameter of ``model`` whole inside the block, on every rank (FSDP gathers its shards; a collective, so
+    all ranks enter); elsewhere the model as it is."""
+    if not is_fsdp(fabric):
+        yield
+        return
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    wrapped = model._forward_module if hasattr(model, "_forward_module") else model
+    with FullyShardedDataParallel.summon_full_params(wrapped, writeback=False):
+        yield
 
 
 def merged_lora_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -91,16 +126,31 @@ class CheckpointWriter:
     def _save_model(self, fabric: L.Fabric, model: torch.nn.Module, directory: Path) -> None:
         """LoRA: only the LoRA tensors, as ``{"model": ...}`` (litgpt's ``.lora`` layout). Full: a *flat* state dict,
         as litgpt's converted and merged checkpoints hold — the form every litgpt tool reads, including
-        ``merge_lora`` when this checkpoint is the base of a later LoRA run."""
-        if self.lora:
-            fabric.save(directory / "lit_model.pth.lora", {"model": model}, filter={"model": lora_filter})
-        elif isinstance(fabric.strategy, FSDPStrategy):  # the full state dict only exists gathered on rank 0
-            fabric.save(directory / "lit_model.pth", {"model": model})
-            if fabric.global_rank == 0:
-                nested = torch.load(directory / "lit_model.pth", mmap=True, weights_only=True)
-                torch.save(self._plain(nested["model"]), directory / "lit_model.pth")
+        ``merge_lora`` when this checkpoint is the base of a later LoRA run. CPU tensors either way."""
+        if is_fsdp(fabric):  # the full state dict only exists gathered on rank 0 (offloaded to its CPU)
+            name = "lit_model.pth.lora" if self.lora else "lit_model.pth"
+            fabric.save(directory / name, {"model": model}, filter={"model": lora_filter} if self.lora else None)
+            if fabric.global_rank == 0 and not self.lora:
+                nested = torch.load(directory / name, mmap=True, weights_only=True, map_location="cpu")
+                torch.save(self._plain(nested["model"]), directory / name)
         elif fabric.global_rank == 0:
-            torch.save(self._plain(unwrap(model).state_dict()), directory / "lit_model.pth")
+            state = unwrap(model).state_dict()
+            if self.lora:
+                torch.save({"model": to_cpu({k: v for k, v in state.items() if lora_filter(k, v)})},
+                           directory / "lit_model.pth.lora")  # fmt: skip
+            else:
+                torch.save(to_cpu(self._plain(state)), directory / "lit_model.pth")
+
+    def _save_training_state(self, fabric: L.Fabric, model, directory: Path, training_state: dict) -> None:
+        """Optimizer, scheduler and progress (CPU tensors); under FSDP with the model they belong to (see the module
+        docstring); and every rank's RNG state."""
+        if is_fsdp(fabric):
+            state = {"model": model, **training_state}
+            fabric.save(directory / STATE_FILE, state, filter={"model": lora_filter} if self.lora else None)
+        else:
+            plain = {k: v.state_dict() if hasattr(v, "state_dict") else v for k, v in training_state.items()}
+            fabric.save(directory / STATE_FILE, to_cpu(plain))
+        torch.save(rng_state(), directory / f"rng-rank{fabric.global_rank}.pth")
 
     def _save_metadata(self, directory: Path) -> None:
         copy_checkpoint_files(self.source_dir, directory)
@@ -123,20 +173,21 @@ class CheckpointWriter:
             partial.mkdir(parents=True)
         fabric.barrier()
         self._save_model(fabric, model, partial)
-        if self.extras is not None and fabric.global_rank == 0:
-            self.extras(model, partial)
+        if self.extras is not None:
+            with full_parameters(fabric, model):  # an objective's own module (a reward head) whole, on every rank
+                if fabric.global_rank == 0:
+                    self.extras(model, partial)
         if training_state is not None:
-            fabric.save(partial / STATE_FILE, training_state)
-            torch.save(rng_state(), partial / f"rng-rank{fabric.global_rank}.pth")
+            self._save_training_state(fabric, model, partial, training_state)
         fabric.barrier()
         if fabric.global_rank == 0:
             self._save_metadata(partial)
-            if merge_lora and self.lora and (self.merge_from_disk or isinstance(fabric.strategy, FSDPStrategy)):
+            if merge_lora and self.lora and (self.merge_from_disk or is_fsdp(fabric)):
                 from litgpt.scripts.merge_lora import merge_lora as litgpt_merge_lora
 
                 litgpt_merge_lora(partial, pretrained_checkpoint_dir=self.source_dir, precision=self.precision)
             elif merge_lora and self.lora:
-                torch.save(self._plain(merged_lora_state_dict(model)), partial / "lit_model.pth")
+                torch.save(to_cpu(self._plain(merged_lora_state_dict(model))), partial / "lit_model.pth")
             shutil.rmtree(directory, ignore_errors=True)
             partial.rename(directory)
         fabric.barrier()
@@ -175,3 +226,23 @@ def prune_step_dirs(out_dir: Path, keep_last: int | None) -> None:
         return
     for _, path in step_dirs(out_dir)[:-keep_last] if keep_last > 0 else step_dirs(out_dir):
         shutil.rmtree(path, ignore_errors=True)
+
+
+def restore(fabric: L.Fabric, model, optimizer, scheduler, resume_dir: Path, lora: bool, own_modules) -> dict:
+    """Load a ``step-*`` checkpoint into the run (weights, an objective's own modules, optimizer, scheduler, this
+    rank's RNG); returns the saved progress counters. ``own_modules`` is the objective when it adds modules of its
+    own (:class:`~litgpt_ext.training.objectives.base.OwnModules`), else None."""
+    if lora:
+        fabric.load(resume_dir / "lit_model.pth.lora", {"model": model}, strict=False)
+    else:
+        fabric.load_raw(resume_dir / "lit_model.pth", model, strict=own_modules is None)
+    if own_modules is not None:
+        own_modules.load_extras(model, resume_dir)
+    state = {"optimizer": optimizer, "scheduler": scheduler}
+    if is_fsdp(fabric):
+        state["model"] = model  # Lightning places a sharded optimizer's state through its module
+    remainder = fabric.load(resume_dir / STATE_FILE, state, strict=not is_fsdp(fabric))
+    rng_file = resume_dir / f"rng-rank{fabric.global_rank}.pth"
+    if rng_file.is_file():
+        set_rng_state(torch.load(rng_file, weights_only=False, map_location="cpu"))
+    return remainder["progress"]

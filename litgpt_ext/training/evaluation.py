@@ -12,6 +12,7 @@ from torch import nn
 from litgpt_ext.io import atomic_path
 from litgpt_ext.model.heads import unwrap
 from litgpt_ext.training.objectives.base import Objective, strip_eos
+from litgpt_ext.training.ranks import compute_on_every_rank
 
 
 @torch.no_grad()
@@ -33,7 +34,7 @@ def validate(
             for key, value in outputs.items():
                 rows.setdefault(key, []).append(value.detach())
             continue
-        loss, metrics = objective.compute(model, batch)
+        loss, metrics = compute_on_every_rank(fabric, objective, model, batch)
         n = objective.batch_size(batch)
         for key, value in {"loss": loss, **metrics}.items():
             sums[key] = sums.get(key, 0.0) + value.detach().float() * n

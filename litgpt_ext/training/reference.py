@@ -101,7 +101,7 @@ class Reference:
     def _precompute(self, fabric, policy: nn.Module, datasets: dict, collate, out_dir: Path) -> None:
         path = out_dir / "reference_logps" / f"{self._key(datasets, fabric)}.pt"
         if path.is_file():
-            stored = torch.load(path, weights_only=True)
+            stored = torch.load(path, weights_only=True, map_location="cpu")
             fabric.print(f"Reference log-probs: reusing {path}")
         else:
             model = load_frozen_model(fabric, self.ref_dir) if self.ref_dir else policy

@@ -28,6 +28,9 @@ class Objective:
     monitor_mode: str = "min"
     plots: dict[str, tuple[str, tuple[str, ...]]] = {"loss.png": ("loss", ("loss", "val_loss"))}
     """PNG files written at the end of training: file name -> (y-axis label, metric keys plotted against the step)."""
+    remote: bool = False
+    """``compute`` calls out of the process (a teacher server) and may stop the run: with several ranks, the loop
+    makes every rank agree on that before any goes on (:mod:`litgpt_ext.training.ranks`)."""
 
     def connect_data(self, data) -> None:
         """Read what the DataModule decided while it was set up (before any process starts), such as the template

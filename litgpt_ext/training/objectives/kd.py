@@ -174,6 +174,10 @@ class KDObjective(StepHooks, Objective):
         """An :class:`~litgpt_ext.training.onpolicy.OnPolicySampler` (on-policy / sequence-level KD), or None."""
         self.fabric = None
 
+    @property
+    def remote(self) -> bool:
+        return self.teacher.remote
+
     def wrap_datasets(self, train, val):
         return self.teacher.wrap_datasets(train, val)
 

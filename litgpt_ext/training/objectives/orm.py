@@ -79,6 +79,10 @@ class ORMObjective(OwnModules, Objective):
         if self.head == "yes_token":
             return
         gpt = unwrap(model)
+        if not any(p is gpt.transformer.wte.weight for p in gpt.lm_head.parameters()):
+            # a new head reads the hidden state: the LM head (and its LoRA, with --lora_head) takes no part in the
+            # loss, and a trainable parameter that gets no gradient stops DDP at its second step
+            gpt.lm_head.requires_grad_(False)
         outputs = 2 if self.head == "classifier" else 1
         head = nn.Linear(gpt.config.n_embd, outputs, bias=False)
         nn.init.normal_(head.weight, std=1e-3)
@@ -116,13 +120,13 @@ class ORMObjective(OwnModules, Objective):
     def save_extras(self, model: nn.Module, directory: Path) -> None:
         gpt = unwrap(model)
         if hasattr(gpt, "orm_head"):
-            torch.save(gpt.orm_head.state_dict(), Path(directory) / HEAD_FILE)
+            torch.save({k: v.detach().cpu() for k, v in gpt.orm_head.state_dict().items()}, Path(directory) / HEAD_FILE)
         (Path(directory) / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2))
 
     def load_extras(self, model: nn.Module, directory: Path) -> None:
         gpt = unwrap(model)
         if hasattr(gpt, "orm_head"):
-            gpt.orm_head.load_state_dict(torch.load(Path(directory) / HEAD_FILE, weights_only=True))
+            gpt.orm_head.load_state_dict(torch.load(Path(directory) / HEAD_FILE, weights_only=True, map_location="cpu"))
 
     # -- batches -----------------------------------------------------------------------------------------------------
     def collate(self, samples: list[dict]) -> dict[str, torch.Tensor]:
