@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import DEMO, run_cli
+from conftest import DEMO, run_cli, run_in_process
 from litgpt_ext.finetune.sft import setup
 from litgpt_ext.training.args import CheckpointArgs, EvalArgs, TrainArgs
 
@@ -257,19 +257,32 @@ def test_ddp_two_cpu_processes_same_code_path(tiny_checkpoint, tmp_path):
 
 
 def test_fsdp_without_gpu_is_a_clear_error(tiny_checkpoint, tmp_path):
-    result = run_cli(
-        "finetune_sft",
-        tiny_checkpoint,
-        "--data",
-        DEMO / "qa.json",
-        "--out_dir",
-        tmp_path / "o",
-        "--strategy",
-        "fsdp",
-        "--devices",
-        "2",
-    )
+    result = run_in_process("finetune_sft", tiny_checkpoint, "--data", DEMO / "qa.json", "--out_dir", tmp_path / "o",
+                            "--strategy", "fsdp", "--devices", "2")  # fmt: skip
     assert result.returncode == 2 and "strategy: fsdp needs CUDA GPUs" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "o").exists()
+
+
+def test_fsdp_on_a_gpu_is_refused_until_the_gpu_check_has_run_it(monkeypatch, pair, data_dir, tmp_path):
+    """No FSDP path can run on a CPU (Lightning's and torch's FSDP1 refuse it), so none is tested here: on a GPU it is
+    refused in one line until tests/gpu/check.py has run it (its variable lets that script in); on-policy sampling
+    from a sharded student is refused outright."""
+    import torch
+
+    from litgpt_ext.errors import UserError
+    from litgpt_ext.finetune.fabric import UNCHECKED_FSDP, check_strategy
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv(UNCHECKED_FSDP, raising=False)
+    with pytest.raises(UserError, match="fsdp has not yet passed this toolchain's GPU check"):
+        check_strategy("fsdp")
+    teacher, student = pair
+    done = run_in_process("finetune_kd", student, "--teacher", teacher, "--data", data_dir, "--lmbda", "0.5",
+                          "--strategy", "fsdp", "--out_dir", tmp_path / "o")  # fmt: skip
+    assert done.returncode == 2 and "a sharded (fsdp) student is not" in done.stderr and not (tmp_path / "o").exists()
+    monkeypatch.setenv(UNCHECKED_FSDP, "1")
+    check_strategy("fsdp")  # let through
+    check_strategy("ddp")
 
 
 def _json_rows(n: int = 24) -> list[dict]:

@@ -136,6 +136,33 @@ def quantization_plugin(quantize: Quantize | None, precision: str, mode: str, de
     return BitsandbytesPrecision(quantize[4:], compute_dtype(precision), ignore_modules={"lm_head"})
 
 
+UNCHECKED_FSDP = "LITGPT_EXT_UNCHECKED_FSDP"
+"""Set to 1 to run ``--strategy fsdp`` before the GPU check (tests/gpu/check.py) has passed on it."""
+
+
+def check_strategy(strategy: Strategy, on_policy: bool = False) -> None:
+    """FSDP runs only where it can and where it has been checked. Lightning's FSDP (and torch's FSDP1 under it) is
+    GPU-only, so none of its paths — sharded checkpoints and resume, frozen teachers beside a sharded student, a
+    reward head gathered to be saved — can run in this project's CPU tests; until the prepared GPU script has run
+    them, ``fsdp`` is refused in one line (``LITGPT_EXT_UNCHECKED_FSDP=1`` runs it anyway). On-policy sampling from a
+    sharded student is refused outright: the engine runs the whole model on one device."""
+    import os
+
+    if strategy != "fsdp":
+        return
+    if not torch.cuda.is_available():
+        raise UserError("fsdp needs CUDA GPUs (Lightning Fabric's FSDP is GPU-only); use ddp on CPU", field="strategy")
+    if on_policy:
+        raise UserError("samples with the whole student on one device, which a sharded (fsdp) student is not: use "
+                        "--strategy ddp for on-policy or sequence-level KD", field="strategy")  # fmt: skip
+    if os.environ.get(UNCHECKED_FSDP) != "1":
+        raise UserError(
+            f"fsdp has not yet passed this toolchain's GPU check (make test-gpu: tests/gpu/check.py): use --strategy "
+            f"ddp, or set {UNCHECKED_FSDP}=1 to run it unchecked",
+            field="strategy",
+        )
+
+
 def make_fabric(
     devices: int | str,
     num_nodes: int,
@@ -154,8 +181,7 @@ def make_fabric(
     from litgpt.utils import choose_logger, parse_devices
 
     devices = parse_devices(devices)
-    if strategy == "fsdp" and not torch.cuda.is_available():
-        raise UserError("fsdp needs CUDA GPUs (Lightning Fabric's FSDP is GPU-only); use ddp on CPU", field="strategy")
+    check_strategy(strategy)
     if strategy == "fsdp":
         from lightning.fabric.strategies import FSDPStrategy
 

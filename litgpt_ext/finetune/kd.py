@@ -12,6 +12,7 @@ from litgpt.data import DataModule
 from litgpt_ext.api.prompt_scores import ServerArgs
 from litgpt_ext.checks import within
 from litgpt_ext.errors import UserError
+from litgpt_ext.finetune.fabric import check_strategy
 from litgpt_ext.finetune.flags import CommonFlags, finetune_command
 from litgpt_ext.finetune.launch import run, start
 from litgpt_ext.generate.on_model import ON_POLICY
@@ -202,6 +203,8 @@ def setup(
     choice = TeacherChoice(teacher, teacher_logprobs, teacher_url, teacher_model, teacher_precision, server)
     policy = OnPolicy(lmbda, seq_kd, gen, flags.seed)
     check_onpolicy(policy, choice)
+    if policy.lmbda > 0:
+        check_strategy(flags.strategy, on_policy=True)
     kd = KDSettings(beta, temperature, kd_ratio, scale_by_t2, topk_tail, divergence, skew_alpha, akl_mu)
     student = job.spec.checkpoint_dir
     if cross_tokenizer is not None:

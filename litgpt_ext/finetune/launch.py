@@ -20,6 +20,7 @@ from litgpt_ext.data.orm import OrmData  # noqa: F401 (imported so that --data O
 from litgpt_ext.data.preference import PreferenceData  # noqa: F401 (likewise)
 from litgpt_ext.data.prm import PrmData  # noqa: F401 (likewise)
 from litgpt_ext.data.sft import SFTData
+from litgpt_ext.errors import UserError
 from litgpt_ext.finetune.build import ModelSpec, build_model, model_spec
 from litgpt_ext.finetune.fabric import (
     check_logger,
@@ -77,6 +78,25 @@ def check_numbers(train: TrainArgs, eval: EvalArgs, spec: ModelSpec) -> None:
         within("lora_dropout", spec.lora.get("lora_dropout"), 0.0, 1.0)
 
 
+def check_precision(precision: str, mode: str) -> None:
+    """A precision Lightning knows, and no full finetuning of half-precision weights: with ``bf16-true`` the optimizer
+    updates the bf16 weights themselves, and a step below a weight's bf16 spacing (2^-8 of it: AdamW at lr 2e-5
+    moves any weight above ~0.005 by less) is rounded away — the run trains far less than it reports. ``-mixed``
+    keeps fp32 weights and computes in the half type; LoRA trains its own small factors."""
+    from litgpt_ext.precision import COMPUTE_DTYPES
+
+    if precision not in COMPUTE_DTYPES:
+        raise UserError(f"use one of {', '.join(COMPUTE_DTYPES)} (got {precision!r})", field="precision")
+    if mode == "full" and precision in ("bf16-true", "16-true"):
+        half = precision.split("-")[0]
+        raise UserError(
+            f"{precision} with --mode full updates {half} weights in place, and every optimizer step smaller than a "
+            f"weight's {half} spacing is lost (AdamW at lr 2e-5 on weights above ~0.005): use --precision "
+            f"{half}-mixed (fp32 master weights, {half} compute) or --mode lora",
+            field="precision",
+        )
+
+
 @dataclasses.dataclass
 class Run:
     """A finetune run as the command's flags describe it, before the method's own checks."""
@@ -115,6 +135,7 @@ def run(
     check_logger(flags.logger_name)
     require_support(spec.checkpoint_dir, f"finetune_{spec.mode}")
     precision = flags.precision or default_precision(spec.checkpoint_dir, training=True)
+    check_precision(precision, spec.mode)
     plugin = quantization_plugin(flags.quantize, precision, spec.mode, flags.devices, flags.num_nodes)
     train = dataclasses.replace(
         train, max_seq_length=fit_to_context("train.max_seq_length", train.max_seq_length, spec.checkpoint_dir)

@@ -21,7 +21,7 @@ from litgpt_ext.generate.repetition import History
 from litgpt_ext.generate.sampling import row_key, sample, uniforms
 from litgpt_ext.generate.settings import Sampling
 from litgpt_ext.model.heads import LastPositionHead
-from litgpt_ext.model.kv_cache import install_slot_cache
+from litgpt_ext.model.kv_cache import SlotCaches
 from litgpt_ext.model.packed_linear import install_packed_linears, packing_available
 from litgpt_ext.model.patches import LITGPT_OWN, FastPaths, patched
 
@@ -109,7 +109,7 @@ class Engine:
             # a compiled step keeps one graph only while the cache keeps its shape: room for COMPILED_CAPACITY
             # positions up front (a longer row grows it once more, and the recompile is warned about)
             capacity = COMPILED_CAPACITY if settings.compile else CACHE_STEP
-            self.caches = install_slot_cache(
+            self.caches = SlotCaches(
                 model, settings.max_batch_size, capacity, settings.max_seq_length, device, dtype, patches
             )
             self.head = LastPositionHead(model.lm_head)
@@ -136,7 +136,7 @@ class Engine:
     def close(self) -> None:
         """Take off everything the engine installed (caches, head, forwards, context length); idempotent."""
         self._patches.close()
-        self.caches = []
+        self.caches = None
 
     def __enter__(self) -> Engine:
         return self
@@ -146,8 +146,7 @@ class Engine:
 
     # -- model calls ----------------------------------------------------------------------------------------------
     def _set_rows(self, rows: torch.Tensor | None) -> None:
-        for cache in self.caches:
-            cache.rows = rows
+        self.caches.set_rows(rows)
 
     @torch.inference_mode()
     def _prefill(self, admitted: list[tuple[int, Row]]) -> torch.Tensor:
@@ -191,8 +190,7 @@ class Engine:
             while self.slots[top] is None:
                 top -= 1
             row = self.slots[top]
-            for cache in self.caches:
-                cache.move(top, hole, row.position)
+            self.caches.move(top, hole, row.position)
             self.slots[hole], self.slots[top] = row, None
         return self.slots[: len(rows)]
 
@@ -287,12 +285,10 @@ class Engine:
         """Cache room for every position these rows can reach (prompt + max_new_tokens, within the context), grown
         in steps of at least half the current size so a stream of slowly longer prompts copies the cache rarely."""
         need = min(self.s.max_seq_length, max(len(r.job.prompt_ids) + r.job.max_new_tokens for r in rows))
-        have = self.caches[0].capacity
+        have = self.caches.capacity
         if need <= have:
             return
-        grown = min(self.s.max_seq_length, CACHE_STEP * -(-max(need, have + have // 2) // CACHE_STEP))
-        for cache in self.caches:
-            cache.grow(grown)
+        self.caches.grow(min(self.s.max_seq_length, CACHE_STEP * -(-max(need, have + have // 2) // CACHE_STEP)))
 
     def _admit(self, free: list[int], window: list, emit: Callable[[Job], None]) -> None:
         admitted = []

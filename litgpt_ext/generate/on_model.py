@@ -27,13 +27,18 @@ trained on as it is."""
 @contextlib.contextmanager
 def engine_on(model: nn.Module, tokenizer, settings: Settings) -> Iterator[Engine]:
     """An :class:`Engine` on ``model`` for the duration of the block, in eval mode; the engine's :meth:`~Engine.close`
-    takes off all it installed (the training forwards it replaced come back) and the train/eval mode is restored."""
+    takes off all it installed (the training forwards it replaced come back) and the train/eval mode is restored.
+    Enter the run's autocast first: the caches are made in the dtype it computes in."""
     gpt = unwrap(model)
     was_training = gpt.training
     parameter = next(gpt.parameters())
+    device = parameter.device
+    # the KV caches hold what the attention computes: under autocast (a -mixed run) the half type, not the weights'
+    autocast = torch.is_autocast_enabled(device.type)
+    dtype = torch.get_autocast_dtype(device.type) if autocast else parameter.dtype
     gpt.eval()
     try:
-        with Engine(gpt, tokenizer, settings, parameter.device, parameter.dtype) as engine:
+        with Engine(gpt, tokenizer, settings, device, dtype) as engine:
             yield engine
     finally:
         gpt.train(was_training)
@@ -59,6 +64,6 @@ def sample_answers(
     keys = keys or [str(i) for i in range(len(prompts))]
     jobs = [Job(key, i, list(p), 1, gen.max_new_tokens) for i, (key, p) in enumerate(zip(keys, prompts, strict=True))]
     done: dict[str, Job] = {}
-    with engine_on(model, tokenizer, settings) as engine, autocast or contextlib.nullcontext(), torch.no_grad():
+    with autocast or contextlib.nullcontext(), engine_on(model, tokenizer, settings) as engine, torch.no_grad():
         engine.run(jobs, lambda job: done.__setitem__(job.id, job))
     return [(done[key].token_ids[0] or [], done[key].finish_reasons[0]) for key in keys]

@@ -3,6 +3,10 @@ given to the next prompt. ``(slots, n_query_groups, capacity, head_size)`` per l
 per slot) grows with the longest prompt + answer admitted so far, up to the model's context: a model with an 8,192-token
 context and 32 slots would otherwise allocate its whole 12 GB cache (SmolLM2-135M) to answer 100-token prompts.
 
+What litgpt sizes by the context besides the cache grows with it too (:class:`SlotCaches`): the causal mask —
+litgpt's is ``context²`` booleans, 16 GiB for a 131,072-token model (Llama 3.x) before the first token — and the
+rope tables. A run's memory depends on the lengths it admits, not on the context the model could take.
+
 It plugs into litgpt's attention unchanged (a ``litgpt.model.KVCache`` subclass): the engine sets ``rows`` before a
 forward — ``None`` for a decode step over the first B slots (B = the step's batch: the engine keeps its running rows
 packed at the bottom), or the slot indices of the rows being prefilled. A prefill starts at
@@ -31,8 +35,8 @@ class SlotKVCache(KVCache):
         if self.rows is None:  # a decode step over the first k.size(0) slots (the engine packs running rows there)
             return self._write_step(input_pos, k, v)
         width = k.size(-2)  # a prefill: positions 0..width-1 of the rows being admitted
-        self.k[self.rows, :, :width] = k
-        self.v[self.rows, :, :width] = v
+        self.k[self.rows, :, :width] = k.to(self.k.dtype)
+        self.v[self.rows, :, :width] = v.to(self.v.dtype)
         return k, v
 
     def _write_step(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
@@ -41,8 +45,8 @@ class SlotKVCache(KVCache):
         in-place write into a *view* of the buffer becomes a copy of the whole cache at every step.)"""
         n = k.size(0)
         slots, positions = self.slots_arange[:n], input_pos.view(n)
-        self.k[slots, :, positions] = k[:, :, 0]
-        self.v[slots, :, positions] = v[:, :, 0]
+        self.k[slots, :, positions] = k[:, :, 0].to(self.k.dtype)  # (a no-op unless autocast computed k, v)
+        self.v[slots, :, positions] = v[:, :, 0].to(self.v.dtype)
         return self.k[:n], self.v[:n]
 
     @property
@@ -65,11 +69,11 @@ class SlotKVCache(KVCache):
         self.v[dst, :, :length] = self.v[src, :, :length]
 
 
-def sliding_window_mask(max_seq_length: int, window: int, device) -> torch.Tensor:
+def sliding_window_mask(length: int, window: int, device) -> torch.Tensor:
     """``(1, 1, S, S)`` boolean: position i attends to j when i - window < j <= i (litgpt's ring-buffer semantics)."""
-    i = torch.arange(max_seq_length, device=device).unsqueeze(1)
-    j = torch.arange(max_seq_length, device=device).unsqueeze(0)
-    return ((j <= i) & (j > i - window)).view(1, 1, max_seq_length, max_seq_length)
+    i = torch.arange(length, device=device).unsqueeze(1)
+    j = torch.arange(length, device=device).unsqueeze(0)
+    return ((j <= i) & (j > i - window)).view(1, 1, length, length)
 
 
 def masked_block(block, window: int | None, additive: bool, patches: Patches) -> None:
@@ -95,37 +99,72 @@ def masked_block(block, window: int | None, additive: bool, patches: Patches) ->
     patches.set(block, "forward", adjusted)
 
 
-def install_slot_cache(
-    model, slots: int, capacity: int, context: int, device, dtype, patches: Patches
-) -> list[SlotKVCache]:
-    """Give every attention block a slot cache of ``capacity`` positions per slot (see :meth:`SlotKVCache.grow`),
-    and the model its rope and mask caches over ``context`` positions (the longest sequence a row can reach).
+class SlotCaches:
+    """Every attention block's :class:`SlotKVCache`, and what litgpt sizes with them: the model's mask cache and its
+    rope tables (``max_seq_length``). :meth:`grow` grows all of them together; nothing is ever larger than the
+    capacity the engine asked for (see the module docstring). Everything set is recorded in ``patches``."""
 
-    litgpt enforces a sliding window only through its ring-buffer cache; slots keep whole sequences, so the window
-    goes into the mask instead: the model's mask when every layer slides (Mistral), else — Gemma 2 / 3 mix windowed
-    and global layers — the causal mask for all and each windowed block narrowing it to its window
-    (:func:`masked_block`). Everything set is recorded in ``patches``.
-    """
-    from litgpt.model import build_mask_cache
+    def __init__(self, model, slots: int, capacity: int, context: int, device, dtype, patches: Patches) -> None:
+        from litgpt.model import build_mask_cache
 
-    patches.set(model, "max_seq_length", context)
-    sliding = [block.attn.apply_sliding_window_attention for block in model.transformer.h]
-    window = model.config.sliding_window_size
-    windows = [None] * len(sliding)
-    if any(sliding) and window and window < context and all(sliding):
-        patches.set(model, "mask_cache", sliding_window_mask(context, window, device))
-    else:
-        patches.set(model, "mask_cache", build_mask_cache(context, device))
-        if any(sliding) and window and window < context:
+        self.model, self.context, self.device, self.patches = model, context, device, patches
+        self._build_mask_cache = build_mask_cache
+        # litgpt enforces a sliding window only through its ring-buffer cache; slots keep whole sequences, so the
+        # window goes into the mask instead: the model's mask when every layer slides (Mistral), else — Gemma 2 / 3
+        # mix windowed and global layers — the causal mask for all and each windowed block narrowing it to its
+        # window (:func:`masked_block`)
+        sliding = [block.attn.apply_sliding_window_attention for block in model.transformer.h]
+        window = model.config.sliding_window_size
+        self.window = window if any(sliding) and window and window < context and all(sliding) else None
+        windows = [None] * len(sliding)
+        if any(sliding) and window and window < context and not all(sliding):
             windows = [window if slides else None for slides in sliding]
-    additive = model.config.attention_logit_softcapping is not None
-    for block, own in zip(model.transformer.h, windows, strict=True):
-        if own is not None or additive:
-            masked_block(block, own, additive, patches)
-    caches = []
-    for block in model.transformer.h:
-        cfg = block.attn.config
-        cache = SlotKVCache(slots, cfg.n_query_groups, min(capacity, context), cfg.head_size, device, dtype)
-        patches.set(block.attn, "kv_cache", cache)
-        caches.append(cache)
-    return caches
+        additive = model.config.attention_logit_softcapping is not None
+        for block, own in zip(model.transformer.h, windows, strict=True):
+            if own is not None or additive:
+                masked_block(block, own, additive, patches)
+        capacity = min(capacity, context)
+        self.caches: list[SlotKVCache] = []
+        for block in model.transformer.h:
+            cfg = block.attn.config
+            cache = SlotKVCache(slots, cfg.n_query_groups, capacity, cfg.head_size, device, dtype)
+            patches.set(block.attn, "kv_cache", cache)
+            self.caches.append(cache)
+        self._size_model(capacity)
+
+    @property
+    def capacity(self) -> int:
+        return self.caches[0].capacity
+
+    def _size_model(self, length: int) -> None:
+        """litgpt's length limit, rope tables and mask for positions ``0..length-1``: the mask is built for exactly
+        these; the limit and the rope tables (built once, by litgpt, when the model was made) only grow, if ever."""
+        model = self.model
+        if model.max_seq_length < length:
+            self.patches.set(model, "_max_seq_length", length)  # (not the setter: it rebuilds the rope tables)
+        if model.cos.size(0) < length:  # litgpt's tables at this length, in the dtype the model holds them in
+            cos, sin = model.rope_cache(device=self.device)
+            self.patches.set(model, "cos", cos.to(model.cos.dtype))
+            self.patches.set(model, "sin", sin.to(model.sin.dtype))
+        if self.window is not None:
+            mask = sliding_window_mask(length, self.window, self.device)
+        else:
+            mask = self._build_mask_cache(length, self.device)
+        self.patches.set(self.model, "mask_cache", mask)
+
+    def grow(self, capacity: int) -> None:
+        """At least ``capacity`` positions per slot (within the context), what was cached kept."""
+        capacity = min(capacity, self.context)
+        if capacity <= self.capacity:
+            return
+        for cache in self.caches:
+            cache.grow(capacity)
+        self._size_model(capacity)
+
+    def move(self, src: int, dst: int, length: int) -> None:
+        for cache in self.caches:
+            cache.move(src, dst, length)
+
+    def set_rows(self, rows: torch.Tensor | None) -> None:
+        for cache in self.caches:
+            cache.rows = rows

@@ -32,7 +32,8 @@ def fast_paths(gpt: nn.Module) -> FastPaths:
 
 class Patches:
     """A log of attributes set on modules, undone newest first by :meth:`restore` — each put back exactly where it
-    was (an instance attribute, a submodule slot, a property's value) or removed if the class's showed through."""
+    was (an instance attribute, a submodule or buffer slot, a property's value) or removed if the class's showed
+    through."""
 
     def __init__(self) -> None:
         self._undo: list[tuple[object, str, str | None, object]] = []
@@ -41,6 +42,8 @@ class Patches:
         """``setattr(obj, name, value)``, remembering what ``obj`` itself held there."""
         if isinstance(obj, nn.Module) and name in obj._modules:
             where, previous = "_modules", obj._modules[name]
+        elif isinstance(obj, nn.Module) and name in obj._buffers:
+            where, previous = "_buffers", obj._buffers[name]
         elif name in vars(obj):
             where, previous = "__dict__", vars(obj)[name]
         elif isinstance(getattr(type(obj), name, None), property):
@@ -57,6 +60,8 @@ class Patches:
                 delattr(obj, name)
             elif where == "property":
                 setattr(obj, name, previous)
+            elif where == "_buffers":
+                obj._buffers[name] = previous
             else:  # where nn.Module's setattr put it now (a module slot, the instance dict) may not be where it was
                 if isinstance(obj, nn.Module):
                     obj._modules.pop(name, None)
