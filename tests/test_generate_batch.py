@@ -260,6 +260,9 @@ def test_devices_two_processes_split_by_rank(student, tmp_path):
         "32-true",
     )
     assert result.returncode == 0, result.stderr[-2000:]
+    # the launching process waited for the other one, and reports both
+    assert "all 2 processes: 12 prompts" in result.stdout, result.stdout
+    assert "process 0: " in result.stdout and "process 1: " in result.stdout
     shards = sorted(tmp_path.glob("g.shard-*-of-00002.jsonl"))
     assert len(shards) == 2
     generate_merge(inputs=shards, output=tmp_path / "merged.jsonl")

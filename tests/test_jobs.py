@@ -181,3 +181,17 @@ def test_every_shipped_task_file_resolves_its_settings():
         settings = dict(line.split("=", 1) for line in done.stdout.splitlines())
         assert settings["TASK"] == task and settings["STUDENT"] and settings["FINETUNE_CONFIG"].endswith(".yaml")
         assert (REPO / settings["FINETUNE_CONFIG"]).is_file() and (REPO / settings["TEACHER_PROMPT"]).is_file()
+
+
+def test_every_log_folder_a_job_writes_to_ships_with_a_fresh_clone():
+    """SLURM opens ``#SBATCH --output`` before the script's first line and does not create its folder: a job
+    submitted on its own (docs/pipeline.md's sbatch lines) from a fresh clone failed before it started."""
+    import re
+
+    tracked = set(subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split())
+    folders = set()
+    for script in (REPO / "jobs").glob("*.sbatch"):
+        for match in re.finditer(r"^#SBATCH --(?:output|error)=(\S+)", script.read_text(), re.M):
+            folders.add(str(Path(match.group(1)).parent))
+    assert folders == {"logs"}
+    assert all(f"{folder}/.gitignore" in tracked for folder in folders), folders

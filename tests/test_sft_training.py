@@ -216,6 +216,9 @@ def test_shipped_configs_run(tiny_checkpoint, tmp_path, config):
 
 
 def test_ddp_two_cpu_processes_same_code_path(tiny_checkpoint, tmp_path):
+    """Two gloo processes through the whole loop, the best checkpoint chosen by a metric only rank 0 computes (the
+    generated answers' BLEU): it is broadcast, so both ranks write best/ together (rank 0 alone used to wait in the
+    checkpoint's barrier forever)."""
     out = tmp_path / "out"
     result = run_cli(
         "finetune_sft",
@@ -248,8 +251,16 @@ def test_ddp_two_cpu_processes_same_code_path(tiny_checkpoint, tmp_path):
         "1",
         "--eval.max_new_tokens",
         "3",
+        "--eval.text_metrics",
+        "true",
+        "--checkpoint.monitor",
+        "val_bleu",
+        "--checkpoint.mode",
+        "max",
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "best" / "best.json").read_text())["mode"] == "max"
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r]
     assert len(losses) == 4 and all(loss == loss for loss in losses)  # no NaN: new LoRA weights initialised

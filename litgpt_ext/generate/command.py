@@ -175,9 +175,34 @@ def generate_batch(
         max_prompt_length=max_prompt_length,
     )
     stats = fabric.launch(generate_on, args)
+    if fabric.world_size > 1:  # every rank holds the union (generate_on gathered it); rank 0 reports it
+        fabric.print(
+            f"all {fabric.world_size} processes: {stats['prompts']:,} prompts, {stats['generated_tokens']:,} generated "
+            f"tokens in {stats['seconds']:.1f}s ({stats['generated_tokens'] / max(stats['seconds'], 1e-9):,.0f} "
+            f"tokens/s), {stats['error_records']:,} error records"
+        )
+        failed = wait_for_children(fabric)
+        if failed:
+            raise SystemExit(f"error: generate_batch: {failed} of the other processes failed (their output above)")
     if stats and not stats["prompts"] and stats["error_records"]:
         print(f"no row produced a generation ({stats['error_records']:,} failed); exit code {EXIT_INCOMPLETE}")
         raise SystemExit(EXIT_INCOMPLETE)
+
+
+def wait_for_children(fabric: L.Fabric) -> int:
+    """On the launching process, wait for the processes Lightning started for the other devices (its launcher does
+    not: under ``sbatch`` they would be killed when the job's main process ends) and count those that failed."""
+    procs = getattr(getattr(fabric.strategy, "launcher", None), "procs", None) or []
+    return sum(proc.wait() != 0 for proc in procs)
+
+
+def union_stats(per_rank: list[dict]) -> dict:
+    """One run's stats over every process: counts add up, the time is the slowest process's."""
+    counts = ("prompts", "generated_tokens", "error_records", "truncated_prompts", "already_done")
+    total = {**per_rank[0], **{key: sum(r[key] for r in per_rank) for key in counts}}
+    total["seconds"] = max(r["seconds"] for r in per_rank)
+    total["processes"] = len(per_rank)
+    return total
 
 
 def generate_on(fabric: L.Fabric, a: GenerateArgs) -> dict:
@@ -289,8 +314,9 @@ def generate_on(fabric: L.Fabric, a: GenerateArgs) -> dict:
     rows = stats["prompts"] + stats["errors"]
     failed = f"{stats['errors']:,} of {rows:,} rows failed (error records in the output)" if stats["errors"] else ""
     cut = f", {stats['truncated']:,} prompts cut to --max_prompt_length" if stats["truncated"] else ""
-    fabric.print(
-        f"{stats['prompts']:,} prompts, {stats['tokens']:,} generated tokens in {elapsed:.1f}s "
+    who = f"process {fabric.global_rank}: " if fabric.world_size > 1 else ""
+    print(
+        f"{who}{stats['prompts']:,} prompts, {stats['tokens']:,} generated tokens in {elapsed:.1f}s "
         f"({stats['tokens'] / max(elapsed, 1e-9):,.0f} tokens/s){cut}{'; ' + failed if failed else ''} "
         f"-> {out_path}" + (f" ({len(done):,} done by earlier runs)" if done else "")
     )
@@ -313,6 +339,12 @@ def generate_on(fabric: L.Fabric, a: GenerateArgs) -> dict:
     }
     if stats["prompts"]:  # a run that generated nothing (all done already) leaves the measured runs' figures alone
         atomic_write_json(stats_path(out_path), accumulate_stats(stats_path(out_path), run_stats))
+    if fabric.world_size > 1:  # every rank waits here for the others, and learns what they did
+        import torch.distributed as dist
+
+        per_rank: list[dict | None] = [None] * fabric.world_size
+        dist.all_gather_object(per_rank, run_stats)
+        return union_stats(per_rank)
     return run_stats
 
 
