@@ -547,3 +547,39 @@ def test_packed_linear_matches_f_linear_and_comes_off(tiny_checkpoint):
         model(x).sum().backward()  # training never goes through the frozen copy
     patches.restore()
     assert not any({"_packed_weight", "_packed_rows", "forward"} & set(vars(m)) for m in model.modules())
+
+
+@pytest.mark.parametrize("sampling", [{"temperature": 0.0}, {"temperature": 0.9, "top_p": 0.9, "min_new_tokens": 3}])
+def test_a_decode_step_moves_only_the_sampled_ids_between_host_and_device(tiny_checkpoint, sampling):
+    """What a step feeds the model (last tokens, positions, sampling keys and counters) stays on the device and is
+    advanced there; the host writes it when rows are admitted, and reads back the sampled ids once a step. (On a GPU
+    every other transfer is a sync that idles it: tests/gpu/check.py counts them with the CUDA profiler.)"""
+    import torch
+    from litgpt.config import Config
+    from litgpt.model import GPT
+    from litgpt.tokenizer import Tokenizer
+
+    from litgpt_ext.generate.engine import Engine, Job, Settings
+    from litgpt_ext.generate.settings import Sampling
+
+    model = GPT(Config.from_file(tiny_checkpoint / "model_config.yaml")).eval()
+    settings = Settings(Sampling(max_new_tokens=12, **sampling), max_batch_size=4, max_seq_length=256)
+    engine = Engine(model, Tokenizer(tiny_checkpoint), settings, torch.device("cpu"), torch.float32)
+    calls = {"to_device": 0, "to_host": 0, "decode": 0, "prefill": 0}
+
+    def counted(name, method):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return method(*args, **kwargs)
+
+        return wrapper
+
+    for name in calls:
+        setattr(engine, f"_{name}", counted(name, getattr(engine, f"_{name}")))
+    jobs = [Job(str(i), i, [1, 5 + i, 9, 11][: 2 + i % 3], 1, 12) for i in range(3)]
+    done = []
+    with engine:
+        engine.run(jobs, done.append)
+    assert len(done) == 3 and calls["decode"] >= 5
+    assert calls["to_host"] == calls["decode"] + calls["prefill"]  # one read-back per step or prefill group
+    assert calls["to_device"] == 3 * calls["prefill"]  # slots, positions, keys: at admission only

@@ -62,3 +62,16 @@ def test_no_import_circles():
         if name not in state:
             visit(name, [])
     assert circles == []
+
+
+def test_every_checkpoint_read_says_where_its_tensors_go():
+    """A file saved from a GPU records ``cuda:0`` for its tensors; ``torch.load`` without ``map_location`` puts them
+    back there — on every rank of a multi-GPU job, and nowhere on a machine without one. Every read in the package
+    names its device (the writes hold CPU tensors: training/checkpoint.py)."""
+    offenders = []
+    for path in sorted([*(REPO / "litgpt_ext").rglob("*.py"), *(REPO / "distill").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":
+                if not any(k.arg == "map_location" for k in node.keywords):
+                    offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert offenders == []

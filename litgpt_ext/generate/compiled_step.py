@@ -41,6 +41,9 @@ class CompiledDecode:
 
     def __call__(self, idx: torch.Tensor, pos: torch.Tensor, maxp1: int) -> torch.Tensor:
         n = idx.size(0)
+        # the engine hands views of its per-slot state; dynamo guards on a view's base, so a new row count would
+        # compile again: the graph gets tensors of its own (a copy of n ids and positions, on the device)
+        idx, pos = idx.clone(), pos.clone()
         if n == 1 and self.pad_single:
             idx, pos = torch.cat((idx, torch.zeros_like(idx))), torch.cat((pos, torch.zeros_like(pos)))
         if self.warmup_s is None:

@@ -1,6 +1,8 @@
 """The continuous-batching decode loop, on a litgpt ``GPT``.
 
-Every step runs all running rows at once (one sync per step). A row that finishes — EOS, a stop string,
+Every step runs all running rows at once, with one transfer between host and device: the sampled ids coming back.
+What a step feeds the model — each slot's last token, its cache position, its sampling key and counter — lives in
+device tensors that the step itself advances; the host writes into them only when rows are admitted or moved. A row that finishes — EOS, a stop string,
 ``max_new_tokens`` or a full context — frees its slot, and a waiting prompt is prefilled into it before the next step;
 rows are kept packed in the lowest slots, so a step never computes for an empty slot. Waiting prompts come from a bounded look-ahead window over the input stream, longest first,
 so long prompts do not straggle at the end and memory does not grow with the input.
@@ -126,10 +128,17 @@ class Engine:
             CompiledDecode(self._forward, device, settings.max_batch_size) if settings.compile else self._forward
         )
         self.slots: list[Row | None] = [None] * settings.max_batch_size
+        # per slot, on the device: the token fed back next step, its cache position, the row's sampling key and the
+        # tokens it has drawn so far (its random stream's counter)
+        slots = settings.max_batch_size
+        self.next_ids, self.positions, self.keys, self.drawn = (
+            torch.zeros(slots, dtype=torch.long, device=device) for _ in range(4)
+        )
         self.eos = tokenizer.eos_id
         self.sampling = settings.sampling
         self.repetition = settings.sampling.repetition
         self.stops = {t for t in (self.eos, *settings.stop_ids) if t is not None}
+        self.stop_ids = torch.tensor(sorted(self.stops), dtype=torch.long, device=device)
         self.stop_tail = max((len(s) for s in self.sampling.stops), default=0) + 8
         self.generated = 0
 
@@ -148,31 +157,46 @@ class Engine:
     def _set_rows(self, rows: torch.Tensor | None) -> None:
         self.caches.set_rows(rows)
 
+    def _to_device(self, values) -> torch.Tensor:
+        """Host values into a device tensor: at admission only, never in a decode step (see the module docstring)."""
+        return torch.as_tensor(values, dtype=torch.long).to(self.device, non_blocking=True)
+
+    def _to_host(self, tokens: torch.Tensor) -> list[int]:
+        """The sampled ids back on the host: the step's one transfer (it waits for the step to finish)."""
+        return tokens.tolist()
+
     @torch.inference_mode()
-    def _prefill(self, admitted: list[tuple[int, Row]]) -> torch.Tensor:
+    def _prefill(self, admitted: list[tuple[int, Row]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded prefill of new rows into their slots, from position 0 (one position vector and one causal
-        mask for the whole group); the LM head runs on each prompt's last token only."""
+        mask for the whole group); the LM head runs on each prompt's last token only. The slots' device state is set
+        for their first sample: the position its token goes to, the row's key, nothing drawn yet. Returns the
+        last positions' logits and the slots (on the device)."""
         lengths = [len(r.job.prompt_ids) for _, r in admitted]
         width = max(lengths)
         idx = torch.zeros((len(admitted), width), dtype=torch.long)
         for i, (_, r) in enumerate(admitted):
             idx[i, : lengths[i]] = torch.tensor(r.job.prompt_ids)
-        self._set_rows(torch.tensor([slot for slot, _ in admitted], device=self.device))
-        self.head.positions = torch.tensor(lengths, device=self.device) - 1
+        slots = self._to_device([slot for slot, _ in admitted])
+        positions = self._to_device(lengths)
+        self.positions[slots] = positions
+        self.keys[slots] = self._to_device([r.key for _, r in admitted])
+        self.drawn[slots] = 0
+        self._set_rows(slots)
+        self.head.positions = positions - 1
         try:
             pos = torch.arange(width, device=self.device)
-            return self.model(idx.to(self.device), input_pos=pos, input_pos_maxp1=width)[:, 0]
+            return self.model(idx.to(self.device), input_pos=pos, input_pos_maxp1=width)[:, 0], slots
         finally:
             self._set_rows(None)
             self.head.positions = None
 
     @torch.inference_mode()
     def _decode(self, rows: list[Row]) -> torch.Tensor:
-        """One step for the running rows, which :meth:`_pack` put in slots ``0..len(rows)-1``."""
-        idx = torch.tensor([r.tokens[-1] for r in rows], device=self.device).unsqueeze(1)
-        positions = [r.position for r in rows]
-        pos = torch.tensor(positions, device=self.device).unsqueeze(1)
-        return self.step(idx, pos, max(positions) + 1)[:, -1]
+        """One step for the running rows, which :meth:`_pack` put in slots ``0..len(rows)-1``: their tokens and
+        positions are already on the device (the attended length is known on the host)."""
+        n = len(rows)
+        maxp1 = max(r.position for r in rows) + 1
+        return self.step(self.next_ids[:n].unsqueeze(1), self.positions[:n].unsqueeze(1), maxp1)[:, -1]
 
     def _forward(self, idx: torch.Tensor, pos: torch.Tensor, maxp1: int) -> torch.Tensor:
         return self.model(idx, input_pos=pos, input_pos_maxp1=maxp1)
@@ -191,26 +215,29 @@ class Engine:
                 top -= 1
             row = self.slots[top]
             self.caches.move(top, hole, row.position)
+            for state in (self.next_ids, self.positions, self.keys, self.drawn):  # device to device, no sync
+                state[hole] = state[top]
             self.slots[hole], self.slots[top] = row, None
         return self.slots[: len(rows)]
 
-    def _sample(self, logits: torch.Tensor, rows: list[Row]) -> list[int]:
+    def _sample(self, logits: torch.Tensor, rows: list[Row], slots: torch.Tensor | slice) -> list[int]:
+        """A token for each of ``rows`` (in ``slots``: a decode step's ``0..n-1``, or the slots just prefilled); the
+        slots' device state advances to the next step on the device, and the ids come back to the host."""
         g = self.sampling
-        if self.repetition.active:
+        if self.repetition.active:  # the rows' histories live on the host: these controls cost a transfer a step
             logits = self.repetition.apply(logits, [r.history for r in rows])
-        if g.min_new_tokens and self.stops:
-            young = [i for i, r in enumerate(rows) if len(r.tokens) < g.min_new_tokens]
-            if young:
-                stops = torch.tensor(sorted(self.stops), device=logits.device)
-                young = torch.tensor(young, device=logits.device)
-                logits = logits.index_put(
-                    (young.repeat_interleave(len(stops)), stops.repeat(len(young))),
-                    torch.tensor(float("-inf"), device=logits.device, dtype=logits.dtype),
-                )
-        keys = torch.tensor([r.key for r in rows], device=logits.device)
-        steps = torch.tensor([len(r.tokens) for r in rows], device=logits.device)
-        u = uniforms(keys, steps) if not g.greedy else None
-        return sample(logits, g.temperature, g.top_k, g.top_p, u).tolist()
+        drawn = self.drawn[slots]
+        if g.min_new_tokens and self.stops:  # EOS and the stop ids masked while a row is younger than that
+            young = (drawn < g.min_new_tokens).unsqueeze(1)
+            masked = logits[:, self.stop_ids].masked_fill(young, float("-inf"))
+            logits = logits.index_copy(1, self.stop_ids, masked)
+        u = uniforms(self.keys[slots], drawn) if not g.greedy else None
+        tokens = sample(logits, g.temperature, g.top_k, g.top_p, u)
+        self.next_ids[slots] = tokens
+        if isinstance(slots, slice):  # a decode step: the next token goes one position on (a prefill set the first)
+            self.positions[slots] += 1
+        self.drawn[slots] += 1
+        return self._to_host(tokens)
 
     # -- bookkeeping ----------------------------------------------------------------------------------------------
     def _finish_reason(self, row: Row, token: int) -> str | None:
@@ -279,7 +306,8 @@ class Engine:
                 if exhausted and not window:
                     return
                 continue
-            self._advance(list(enumerate(rows)), self._sample(self._decode(rows), rows), emit)
+            tokens = self._sample(self._decode(rows), rows, slice(0, len(rows)))
+            self._advance(list(enumerate(rows)), tokens, emit)
 
     def _reserve(self, rows: list[Row]) -> None:
         """Cache room for every position these rows can reach (prompt + max_new_tokens, within the context), grown
@@ -306,6 +334,6 @@ class Engine:
             group = admitted[start : start + n]
             for slot, row in group:
                 self.slots[slot] = row
-            logits = self._prefill(group)
-            self._advance(group, self._sample(logits, [r for _, r in group]), emit)
+            logits, slots = self._prefill(group)
+            self._advance(group, self._sample(logits, [r for _, r in group], slots), emit)
             start += n

@@ -22,7 +22,7 @@ from litgpt_ext.errors import UserError
 from litgpt_ext.kd.align import AlignmentError, Group, align
 from litgpt_ext.kd.teacher import IndexedSamples, LocalTeacher, Teacher, batch_split, check_store_data
 from litgpt_ext.kd.token_bytes import ByteVocab, shared_tokens
-from litgpt_ext.model.blockwise_head import HEAD_CHUNK_ELEMENTS
+from litgpt_ext.model.blockwise_head import block_rows
 from litgpt_ext.model.heads import output_head, unwrap
 from litgpt_ext.training.objectives.cross_tokenizer import CrossSettings, SharedVocab, TeacherGroups, span_scale
 from litgpt_ext.training.objectives.divergences import KDSettings
@@ -207,7 +207,7 @@ def teacher_spans(
     """The teacher's side of a batch from its final hidden ``rows`` at its answer positions: its head runs over
     them in blocks for the probabilities of its actual tokens (the merges' products, and its NLL); the full
     distributions at the groups' last positions are left to :class:`_TeacherSpans`, block by block."""
-    step = max(1, HEAD_CHUNK_ELEMENTS // vocab)
+    step = block_rows(vocab, rows.device)
     label_logps, nll = [], []
     for start in range(0, rows.size(0), step):
         logits = head(rows[start : start + step]).float()

@@ -106,7 +106,7 @@ def _collate(source, items: list[dict], max_seq_length: int | None) -> dict:
 
 @torch.no_grad()
 def _score(fabric, model, source, batch: dict, kd) -> tuple[dict[str, float], int]:
-    from litgpt_ext.model.blockwise_head import HEAD_CHUNK_ELEMENTS
+    from litgpt_ext.model.blockwise_head import block_rows
     from litgpt_ext.model.heads import on_positions
     from litgpt_ext.training.objectives.divergences import topk_buckets
 
@@ -117,7 +117,7 @@ def _score(fabric, model, source, batch: dict, kd) -> tuple[dict[str, float], in
     with fabric.autocast():
         rows = on_positions(model, input_ids, index, lambda r: r)
     vocab = model.config.padded_vocab_size
-    step, head = max(1, HEAD_CHUNK_ELEMENTS // vocab), output_head(model)
+    step, head = block_rows(vocab, rows.device), output_head(model)
     sums = {k: 0.0 for k in ("forward_kl", "reverse_kl", "top1_agreement", "teacher_ce", "student_ce")}
     for start in range(0, rows.size(0), step):
         end = min(rows.size(0), start + step)

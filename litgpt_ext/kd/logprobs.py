@@ -267,7 +267,7 @@ def _run_window(
     ``tokens``, each row's answer token too."""
     from litgpt_ext.data.batches import pad_collate
     from litgpt_ext.kd.teacher import fit_vocab
-    from litgpt_ext.model.blockwise_head import HEAD_CHUNK_ELEMENTS
+    from litgpt_ext.model.blockwise_head import block_rows
     from litgpt_ext.model.heads import on_positions
 
     order = sorted(indices, key=lambda i: -len(dataset[i]["input_ids"]))
@@ -284,7 +284,7 @@ def _run_window(
                             f"({model.config.block_size}); pass --max_seq_length", field="max_seq_length")  # fmt: skip
         with fabric.autocast():
             hidden = on_positions(model, input_ids, index, lambda rows: rows)
-        step, head = max(1, HEAD_CHUNK_ELEMENTS // vocab), output_head(model)
+        step, head = block_rows(vocab, hidden.device), output_head(model)
         parts = []
         for b in range(0, hidden.size(0), step):
             logits = fit_vocab(head(hidden[b : b + step]).float(), vocab)

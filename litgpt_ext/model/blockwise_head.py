@@ -23,7 +23,18 @@ from torch.utils.checkpoint import checkpoint
 from litgpt_ext.model.heads import rows_at
 
 HEAD_CHUNK_ELEMENTS = 2**21
-"""Largest ``rows x vocab`` logits block the head materialises at once (8 MiB in fp32)."""
+"""Largest ``rows x vocab`` logits block the head materialises at once on a CPU (8 MiB in fp32: a block stays in
+cache)."""
+GPU_HEAD_CHUNK_ELEMENTS = 2**26
+"""The same on a GPU (256 MiB in fp32). Each block reads the whole head weight again: at the CPU's budget a
+128k-token vocabulary gets 16 rows per block, and Llama-3.2-1B's 4 x 1,024 answer tokens would read its 0.5 GB head
+256 times a micro-batch (~270 GB of memory traffic with the gradient's product); here 512 rows, 8 times."""
+
+
+def block_rows(vocab: int, device: torch.device) -> int:
+    """Rows of logits per block on ``device`` (see the budgets above)."""
+    budget = GPU_HEAD_CHUNK_ELEMENTS if device.type == "cuda" else HEAD_CHUNK_ELEMENTS
+    return max(1, budget // vocab)
 
 
 def frozen_linear(head: nn.Module) -> nn.Linear | None:
@@ -109,7 +120,7 @@ class BlockwiseHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         rows = rows_at(hidden, self.flat)
-        step = max(1, HEAD_CHUNK_ELEMENTS // self.vocab)
+        step = block_rows(self.vocab, rows.device)
         training = torch.is_grad_enabled() and rows.requires_grad
         linear = frozen_linear(self.head) if training and self.fused_frozen else None
         spans = self.spans(rows.size(0), step)
