@@ -11,7 +11,7 @@ SHELL := /bin/bash
 # pip prints one warning per missing local index folder on some machines; keep its real output only.
 QUIET_PIP := 2>&1 | { grep -v "is ignored" || true; }
 
-.PHONY: help install install-test demo test lint format clean bench-sft bench-teacher bench-generate bench-dpo bench-sql-label bench-orm bench-prm bench-kd bench-real families prune-study xtok-study
+.PHONY: help install install-test demo test test-gpu lint format clean bench-sft bench-teacher bench-generate bench-dpo bench-sql-label bench-orm bench-prm bench-kd bench-real families prune-study xtok-study
 .PHONY: teacher convert tokenize student export generate heldout fidelity report task-env FORCE
 .DEFAULT_GOAL := help
 
@@ -91,6 +91,13 @@ bench-real: install-test
 	$(BIN)/python -m tests.bench.bench_generate --checkpoint $(SMOLLM2) $(BENCH_FLAGS)
 	$(BIN)/python -m tests.bench.bench_sft --checkpoint $(SMOLLM2) $(BENCH_FLAGS)
 	$(BIN)/python -m tests.bench.bench_kd --checkpoint $(SMOLLM2) $(BENCH_FLAGS)
+
+# What only a GPU can show (tests/gpu/check.py): bf16-mixed on-policy KD, a long-context generation's memory, FSDP save /
+# resume / frozen teacher / reward head, two-GPU DDP, checkpoints read back without a GPU, the decode step's syncs
+# counted by the CUDA profiler, make bench-real in bf16. One run, within 8 minutes on one GPU; the report in
+# $(OUT)/gpu-check.json (OUT defaults to out/). On a machine without a GPU it says so and exits 2.
+test-gpu: install-test
+	$(BIN)/python -m tests.gpu.check
 
 # every litgpt family shape (make_tiny_checkpoint --like NAME) through finetune_sft, the reward heads, generate_batch
 # and export_hf: the table in docs/models.md (about 10 minutes; no cell may be a traceback)
@@ -257,7 +264,7 @@ task-env:
 	@$(foreach v,$(TASK_ENV),printf '%s=%q\n' $(v) '$(subst ','\'',$($(v)))';)
 
 help:
-	@echo "Set-up:    make demo | make test          (both install into .venv when needed)"
+	@echo "Set-up:    make demo | make test          (both install into .venv when needed); make test-gpu on a GPU"
 	@echo "Checks:    make lint | make format | make bench-{sft,teacher,generate,dpo,sql-label,orm,prm,kd,real} | make families | make prune-study | make xtok-study"
 	@echo "Pipeline:  make teacher | convert | tokenize | student | export | generate   TASK=name (default: demo)"
 	@echo "           make heldout | fidelity | report: the student vs the teacher on HELDOUT, cost and speed"

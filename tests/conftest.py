@@ -13,6 +13,10 @@ import pytest
 # Nothing in the tests may reach the network: Hugging Face libraries must use local files only.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# The suite runs on the CPU wherever it runs (CI has no GPU): its expectations — the default precision, DDP over gloo
+# on two processes, the FSDP refusal — are the CPU's. On a GPU machine the GPU is hidden from it and from every
+# process it starts; what only a GPU can show is tests/gpu/check.py's (make test-gpu).
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "artifacts" / "demo"
