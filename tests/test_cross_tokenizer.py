@@ -61,9 +61,20 @@ def ours(student_logits, teacher_logits, s, t, kd: KDSettings, cross: CrossSetti
     return head(student_logits[:, :-1]).sum(), groups
 
 
+TRL_COMPARED = "1.16.0"
+"""The TRL whose experimental GOLD ``ULDLoss`` (the ``bayesian`` merge, byte offsets: 1.16's options) these equalities
+were established against; .ci/constraints.txt pins it. A newer TRL may change its experimental module: the test
+then fails by name, not by a tolerance."""
+
+
 def trl(student_logits, teacher_logits, s, t, s_dir, t_dir, ratio, mode, beta, temperature, shared_weight):
+    import trl as trl_package
     from transformers import PreTrainedTokenizerFast
 
+    assert trl_package.__version__ == TRL_COMPARED, (
+        f"compared with TRL {TRL_COMPARED}'s GOLD ULDLoss; TRL {trl_package.__version__} is installed (pin it, or "
+        "check the equality against the new one and move TRL_COMPARED and .ci/constraints.txt together)"
+    )
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     from trl.experimental.gold.gold_trainer import ULDLoss
 

@@ -95,6 +95,10 @@ def test_fast_forwards_false_trains_with_litgpts_forwards_to_the_same_losses(tin
     torch.testing.assert_close(torch.tensor(fast), torch.tensor(plain), rtol=1e-5, atol=1e-6)
     hparams = yaml.safe_load((tmp_path / "plain" / "final" / "hyperparameters.yaml").read_text())
     assert hparams["fast_forwards"] is False and hparams["lora_r"] == 8  # the common flags, as the CLI shows them
+    # equal losses would also come from a flag that did nothing: which forwards ran is recorded, and differs
+    replaced = {run: json.loads((tmp_path / run / "sft_metadata.json").read_text())["replaced_forwards"]
+                for run in ("fast", "plain")}  # fmt: skip
+    assert replaced == {"fast": ["CausalSelfAttention", "LLaMAMLP", "RMSNorm"], "plain": []}, replaced
 
 
 def test_generate_batch_with_litgpts_forwards_writes_the_same_greedy_texts(tiny_checkpoint, tmp_path):
@@ -110,6 +114,9 @@ def test_generate_batch_with_litgpts_forwards_writes_the_same_greedy_texts(tiny_
         generate_batch(tiny_checkpoint, input=prompts, output=out, max_new_tokens=12, precision="32-true",
                        max_batch_size=3, fast_forwards=fast)  # fmt: skip
         texts.append({r["id"]: r["generations"] for r in map(json.loads, out.read_text().splitlines())})
+        replaced = json.loads(out.with_suffix(".stats.json").read_text())["replaced_forwards"]
+        # the grouped decode step and the packed decode matmuls (fp32 on a CPU), or none: the flag was honoured
+        assert replaced == (["CausalSelfAttention", "Linear"] if fast else []), replaced
     assert texts[0] == texts[1] and len(texts[0]) == 5
 
 

@@ -221,7 +221,8 @@ def _main(fabric: L.Fabric, plan: LaunchPlan) -> None:
     if fabric.global_rank == 0:
         plan.out_dir.mkdir(parents=True, exist_ok=True)
     model = build_model(fabric, plan.spec, plan.objective)
-    with patched(model, "training", plan.spec.fast):  # the model is litgpt's again when the run ends
+    with patched(model, "training", plan.spec.fast) as patches:  # the model is litgpt's again when the run ends
+        plan.replaced_forwards = patches.forwards()
         _train(fabric, plan, model)
 
 

@@ -335,6 +335,7 @@ def generate_on(fabric: L.Fabric, a: GenerateArgs) -> dict:
         "max_batch_size": a.max_batch_size,
         "threads": torch.get_num_threads(),
         "packed_weights": engine.packed,
+        "replaced_forwards": engine.replaced_forwards,
         "compile_warmup_s": None if warmup is None else round(warmup, 3),
     }
     if stats["prompts"]:  # a run that generated nothing (all done already) leaves the measured runs' figures alone

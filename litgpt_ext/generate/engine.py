@@ -124,6 +124,8 @@ class Engine:
         except BaseException:
             self.close()
             raise
+        self.replaced_forwards = patches.forwards()
+        """The litgpt module classes whose forward the engine replaced (none with ``fast_forwards=False``)."""
         self.step = (
             CompiledDecode(self._forward, device, settings.max_batch_size) if settings.compile else self._forward
         )

@@ -53,6 +53,11 @@ class Patches:
         self._undo.append((obj, name, where, previous))
         setattr(obj, name, value)
 
+    def forwards(self) -> list[str]:
+        """The module classes whose ``forward`` this log replaced, once each (a run's metadata records them:
+        ``--fast_forwards false`` leaves it empty)."""
+        return sorted({type(obj).__name__ for obj, name, *_ in self._undo if name == "forward"})
+
     def restore(self) -> None:
         while self._undo:
             obj, name, where, previous = self._undo.pop()

@@ -160,6 +160,7 @@ def _finish(fabric, model, plan: FitPlan, progress: Progress, books: Bookkeeping
                 "model_name": unwrap(model).config.name,
                 "method": objective.name,
                 "method_config": objective.config(),
+                "replaced_forwards": plan.replaced_forwards,
                 "training_config": {
                     "train": asdict(plan.train),
                     "eval": asdict(plan.eval),

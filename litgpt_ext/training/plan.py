@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
@@ -40,6 +40,8 @@ class FitPlan:
     seed: int
     resume_dir: Path | None = None
     """A ``step-*`` directory to continue from (``--resume``)."""
+    replaced_forwards: list[str] = field(default_factory=list)
+    """The litgpt module classes whose forward the run replaced (:mod:`litgpt_ext.model.patches`), for the metadata."""
 
 
 @dataclass

@@ -26,7 +26,8 @@ Divergences (``--workload divergences``, also part of ``all``): ours online, LoR
 
 ``--checkpoint DIR`` makes that real checkpoint the teacher (``make bench-real``: SmolLM2-135M-Instruct, 30 layers,
 a 49,152-token vocabulary) of a random-init student on its tokenizer (6 layers, 384 wide), off-policy workload by
-default; ``--precision`` sets every contender's precision (bf16-true on a GPU).
+default; ``--precision`` sets every contender's precision, TRL's included (32-true, bf16-mixed or bf16-true; bf16-true
+on a GPU).
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def trl(student_hf, teacher_hf, samples, out, steps, micro, accum, lora, extra: 
     run = run_measured(
         [PY, "-m", "tests.bench.trl_gkd", "--student", str(student_hf), "--teacher", str(teacher_hf),
          "--samples", str(samples), "--out", str(out), "--steps", str(steps), "--micro_batch", str(micro),
-         "--accum", str(accum), "--lora_r", "8" if lora else "0", "--lr", "1e-4", *extra],
+         "--accum", str(accum), "--lora_r", "8" if lora else "0", "--lr", "1e-4", "--precision", PRECISION, *extra],
         cwd=REPO,
     )  # fmt: skip
     result = json.loads(run.stdout.strip().splitlines()[-1])

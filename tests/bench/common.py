@@ -56,3 +56,19 @@ def table(rows: list[tuple[str, ...]]) -> str:
     return "\n".join(
         "  ".join(str(c).rjust(w) if j else str(c).ljust(w) for j, (c, w) in enumerate(zip(r, widths))) for r in rows
     )
+
+
+def hf_precision(precision: str) -> dict:
+    """What a Hugging Face trainer (TRL) needs to run at ``precision`` — the contenders of a bench compare at one
+    precision, whatever the device: the model's dtype, the ``TrainingArguments`` flags, and the device (CUDA when
+    there is one). ``32-true``: fp32; ``bf16-mixed``: fp32 weights under bf16 autocast (``bf16=True``);
+    ``bf16-true``: the model held in bf16. Anything else is refused: no contender may run at another precision."""
+    import torch
+
+    if precision not in ("32-true", "bf16-mixed", "bf16-true"):
+        raise SystemExit(f"error: precision: the TRL contender runs 32-true, bf16-mixed or bf16-true, not {precision}")
+    return {
+        "dtype": torch.bfloat16 if precision == "bf16-true" else torch.float32,
+        # bf16=False also stops transformers autocasting to bf16 on a CPU that supports it
+        "args": {"bf16": precision == "bf16-mixed", "use_cpu": not torch.cuda.is_available()},
+    }

@@ -15,6 +15,7 @@ import json
 
 import torch
 
+from tests.bench.common import hf_precision
 from tests.bench.trl_preference import _Clock
 
 
@@ -33,7 +34,9 @@ def main() -> None:
     parser.add_argument("--lmbda", type=float, default=0.0)
     parser.add_argument("--max_new_tokens", type=int, default=16)
     parser.add_argument("--temperature", type=float, default=0.9, help="GKD's: sampling and the loss alike")
+    parser.add_argument("--precision", default="32-true", help="32-true, bf16-mixed or bf16-true (ours' --precision)")
     args = parser.parse_args()
+    precision = hf_precision(args.precision)
 
     from datasets import Dataset
     from peft import LoraConfig
@@ -65,8 +68,8 @@ def main() -> None:
             "prompt_attention_mask": prompt_mask,
         }
 
-    student = AutoModelForCausalLM.from_pretrained(args.student, dtype=torch.float32)
-    teacher = AutoModelForCausalLM.from_pretrained(args.teacher, dtype=torch.float32)
+    student = AutoModelForCausalLM.from_pretrained(args.student, dtype=precision["dtype"])
+    teacher = AutoModelForCausalLM.from_pretrained(args.teacher, dtype=precision["dtype"])
     peft_config = (
         LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
         if args.lora_r
@@ -86,8 +89,7 @@ def main() -> None:
         logging_steps=1,
         save_strategy="no",
         report_to=[],
-        use_cpu=True,
-        bf16=False,  # fp32 like ours
+        **precision["args"],  # the precision ours runs at
         dataloader_num_workers=0,
         seed=7,
     )

@@ -12,6 +12,8 @@ import time
 
 import torch
 
+from tests.bench.common import hf_precision
+
 
 class _Clock:
     """A TrainerCallback measuring the training loop like ours: from the first step's start to the last step's end."""
@@ -57,7 +59,9 @@ def main() -> None:
     parser.add_argument("--lora_alpha", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--precision", default="32-true", help="32-true, bf16-mixed or bf16-true (ours' --precision)")
     args = parser.parse_args()
+    precision = hf_precision(args.precision)
 
     from datasets import Dataset
     from peft import LoraConfig
@@ -67,7 +71,7 @@ def main() -> None:
     rows = [json.loads(line) for line in open(args.data)]
     dataset = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=precision["dtype"])
     peft_config = LoraConfig(
         r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]
     )
@@ -81,8 +85,7 @@ def main() -> None:
         logging_steps=1,
         save_strategy="no",
         report_to=[],
-        use_cpu=True,
-        bf16=False,  # fp32 like ours (transformers would otherwise autocast to bf16 on a CPU that supports it)
+        **precision["args"],  # the precision ours runs at
         dataloader_num_workers=0,
         seed=7,
     )
