@@ -31,6 +31,18 @@ def litgpt_ext(*args: object) -> None:
     print(f"  ({time.perf_counter() - t0:.1f}s)", flush=True)
 
 
+def litgpt_ext_in_process(*args: object) -> None:
+    """:func:`litgpt_ext` in this process (a smoke run of a study: dozens of short stages, no interpreter each);
+    a stage that fails stops the run as the subprocess would."""
+    from litgpt_ext.cli import main_in_process
+
+    cmd = ["litgpt-ext", *map(str, args)]
+    print(f"\n$ {shlex.join(cmd)}", flush=True)
+    code = main_in_process(cmd[1:])
+    if code:
+        raise subprocess.CalledProcessError(code, cmd)
+
+
 def litgpt_ext_side_by_side(*commands: tuple) -> None:
     """Run independent CLI stages at the same time, as many as there are cores, each with its share of the cores as
     torch threads (oversubscribed threads spin against each other), then echo each command with its output, in order,

@@ -211,5 +211,30 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(EXIT_USER_ERROR) from None
 
 
+def main_in_process(argv: Sequence[str]) -> int:
+    """:func:`main` in this process, for a caller that runs many commands (a study's smoke run, the tests): the same
+    parsing, one-line errors and exit code, without a new interpreter importing torch and Lightning each time.
+    What ``main`` sets for the whole process — the invocation it records, the parser's context, the matmul precision,
+    the default dtype — is put back after it. For commands that start no processes of their own (one device)."""
+    import torch
+
+    from litgpt_ext.cli_args import CompactErrorParser
+
+    global _current
+    saved = (_current, {n: getattr(CompactErrorParser, n, None) for n in ("command", "function", "argv")},
+             torch.get_float32_matmul_precision(), torch.get_default_dtype())  # fmt: skip
+    try:
+        main([str(a) for a in argv])
+        return 0
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    finally:
+        _current = saved[0]
+        for name, value in saved[1].items():
+            setattr(CompactErrorParser, name, value)
+        torch.set_float32_matmul_precision(saved[2])
+        torch.set_default_dtype(saved[3])
+
+
 if __name__ == "__main__":
     main()

@@ -38,33 +38,17 @@ def run_cli(
 
 
 def run_in_process(*args: str) -> subprocess.CompletedProcess:
-    """``litgpt-ext ARGS`` through the CLI's own ``main`` in this process, for commands that start no process of their
-    own: the same parsing, one-line errors and exit codes as :func:`run_cli`, without the seconds each new Python
-    spends importing torch and Lightning. What ``main`` sets for the whole process (the invocation it records, the
-    parser's context, the matmul precision, the default dtype) is put back after it."""
+    """``litgpt-ext ARGS`` through the CLI's own ``main`` in this process (:func:`litgpt_ext.cli.main_in_process`),
+    for commands that start no process of their own: the same parsing, one-line errors and exit codes as
+    :func:`run_cli`, without the seconds each new Python spends importing torch and Lightning."""
     import contextlib
     import io
 
-    import torch
+    from litgpt_ext.cli import main_in_process
 
-    from litgpt_ext import cli
-    from litgpt_ext.cli_args import CompactErrorParser
-
-    saved = (cli._current, {n: getattr(CompactErrorParser, n, None) for n in ("command", "function", "argv")},
-             torch.get_float32_matmul_precision(), torch.get_default_dtype())  # fmt: skip
     out, err = io.StringIO(), io.StringIO()
-    code = 0
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            cli.main([str(a) for a in args])
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
-    finally:
-        cli._current = saved[0]
-        for name, value in saved[1].items():
-            setattr(CompactErrorParser, name, value)
-        torch.set_float32_matmul_precision(saved[2])
-        torch.set_default_dtype(saved[3])
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main_in_process(args)
     return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 

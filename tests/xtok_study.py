@@ -6,9 +6,11 @@ KD (``--cross_tokenizer uld`` and ``align``), the same steps, data and flags.
 The data are the prune study's (:func:`tests.prune_study.teacher_data`: the teacher's greedy answers to the demo
 task's documents and to questions about the corpus's towns; made once and shared). Measured on the held-out
 answers: the student's NLL per token of its own tokenizer (the final validation's ``val_ce_loss``; the three
-students share the tokenizer, so the numbers compare) and the demo task's items F1 and ROUGE-L of the student's
-greedy answers against the teacher's (``evaluate_generations``). Outputs go to ``artifacts/runs/xtok-study/``;
-``table.md`` is what docs/logit-distillation.md shows.
+students share the tokenizer, so the numbers compare), the KD students' top-1 agreement with the teacher on the
+aligned spans (the final validation's ``val_top1_agreement``; SFT has no teacher distribution to agree with), and the
+demo task's items F1 and ROUGE-L of the student's greedy answers against the teacher's (``evaluate_generations``).
+Outputs go to ``artifacts/runs/xtok-study/``; ``table.md`` is what docs/logit-distillation.md shows, ``table.json``
+adds the minutes the run took. ``--smoke DIR`` runs every step on the prune study's smoke teacher, in this process.
 """
 
 from __future__ import annotations
@@ -19,17 +21,20 @@ import time
 from pathlib import Path
 
 from tests.prune_study import OUT as PRUNE_OUT
-from tests.prune_study import REPO, TEACHER, _parameters, cli, teacher_data
+from tests.prune_study import REPO, Study, _parameters, smoke_study, teacher_data
 
 OUT = REPO / "artifacts" / "runs" / "xtok-study"
 
 
-def student_init(out: Path) -> Path:
+def student_init(out: Path, smoke: bool = False) -> Path:
     from litgpt_ext.tiny_checkpoint import make_tiny_checkpoint
 
+    size = (
+        {"vocab_size": 1024, "n_layer": 1, "n_embd": 64} if smoke else {"vocab_size": 4096, "n_layer": 4, "n_embd": 256}
+    )
     if not (out / "lit_model.pth").is_file():
         make_tiny_checkpoint(out_dir=out, corpus=REPO / "artifacts" / "demo" / "corpus.txt", tokenizer="bpe",
-                             vocab_size=4096, n_layer=4, n_embd=256, n_head=4, block_size=512, seed=0)  # fmt: skip
+                             n_head=4, block_size=512, seed=0, **size)  # fmt: skip
     return out
 
 
@@ -38,14 +43,25 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="training steps of every student")
     parser.add_argument("--questions", type=int, default=400, help="town questions added to the 400 documents")
     parser.add_argument("--max_new_tokens", type=int, default=48)
+    parser.add_argument("--smoke", type=Path, default=None, metavar="DIR",
+                        help="every step on a tiny teacher, in DIR: checks the study's script only")  # fmt: skip
     args = parser.parse_args()
-    started = time.perf_counter()
-    train, data, task_heldout, gen = teacher_data(PRUNE_OUT / "data", args.questions, args.max_new_tokens)
-    student = student_init(OUT / "student-init")
-    common = ["--data", data / "sft", "--mode", "full", "--precision", "32-true", "--train.max_steps", args.steps,
-              "--train.epochs", "null", "--train.global_batch_size", 8, "--train.micro_batch_size", 8,
-              "--train.lr_warmup_steps", 10, "--train.log_interval", 10, "--eval.interval", 10_000,
-              "--optimizer.lr", 2e-3, "--train.max_seq_length", 256]  # fmt: skip
+    study, out = Study(), OUT
+    if args.smoke:
+        study, out = smoke_study(args.smoke), args.smoke / "xtok"
+        args.steps, args.questions, args.max_new_tokens = 1, 10, 4
+    run(study, out, args.steps, args.questions, args.max_new_tokens)
+
+
+def run(study: Study, out_dir: Path, steps: int, questions: int, max_new_tokens: int) -> dict:
+    started, cli, teacher = time.perf_counter(), study.cli, study.teacher
+    data_dir = (PRUNE_OUT if study.out == PRUNE_OUT else study.out) / "data"
+    train, data, task_heldout, gen = teacher_data(study, data_dir, questions, max_new_tokens)
+    student = student_init(out_dir / "student-init", smoke=study.cli is not Study().cli)
+    common = ["--data", data / "sft", "--mode", "full", "--precision", "32-true", "--train.max_steps", steps,
+              "--train.epochs", "null", "--train.global_batch_size", study.batch, "--train.micro_batch_size",
+              study.batch, "--train.lr_warmup_steps", min(10, steps - 1), "--train.log_interval", 10,
+              "--eval.interval", 10_000, "--optimizer.lr", 2e-3, "--train.max_seq_length", 256]  # fmt: skip
     runs = {
         "SFT on the teacher's text": [],
         "cross-tokenizer KD, uld": ["--cross_tokenizer", "uld"],
@@ -55,16 +71,16 @@ def main() -> None:
     table = {}
     for label, flags in runs.items():
         key = "sft" if not flags else "-".join(str(f).lstrip("-") for f in flags[1:])
-        out = OUT / key
+        out = out_dir / key
         if not (out / "final" / "lit_model.pth").is_file():
             if flags:
-                cli("finetune_kd", student, "--teacher", TEACHER, "--kd_ratio", 0.5, *flags, "--out_dir", out, *common)
+                cli("finetune_kd", student, "--teacher", teacher, "--kd_ratio", 0.5, *flags, "--out_dir", out, *common)
             else:
                 cli("finetune_sft", student, "--out_dir", out, *common)
         meta = json.loads((out / f"{'kd' if flags else 'sft'}_metadata.json").read_text())
         val = meta["final_val_metrics"]
         nll = val.get("val_ce_loss", val.get("val_loss"))
-        result = OUT / "eval" / key
+        result = out_dir / "eval" / key
         if not (result / "task.jsonl").is_file():
             cli("generate_batch", out / "final", "--input", task_heldout, "--output", result / "task.jsonl", *gen)
         cli("evaluate_generations", "--input", result / "task.jsonl", "--reference", data / "heldout.teacher.jsonl",
@@ -72,20 +88,24 @@ def main() -> None:
         fidelity = json.loads((result / "fidelity" / "metrics.json").read_text())
         table[label] = {
             "nll_per_token": nll,
+            "top1_agreement": val.get("val_top1_agreement"),
             "items_f1": fidelity["items"]["f1"],
             "rouge_l": fidelity["rougeL"],
         }
     size = _parameters(student) / 1e6
-    lines = [f"| student ({size:.1f}M parameters, {args.steps} steps, {len(train)} teacher answers) | held-out NLL / "
-             "token | task items F1 | task ROUGE-L |", "| --- | --- | --- | --- |"]  # fmt: skip
+    lines = [f"| student ({size:.1f}M parameters, {steps} steps, {len(train)} teacher answers) | held-out NLL / "
+             "token | top-1 agreement | task items F1 | task ROUGE-L |", "| --- | --- | --- | --- | --- |"]  # fmt: skip
     for label, row in table.items():
-        lines.append(f"| {label} | {row['nll_per_token']:.3f} | {row['items_f1']:.3f} | {row['rouge_l']:.3f} |")
+        top1 = "—" if row["top1_agreement"] is None else f"{row['top1_agreement']:.3f}"
+        lines.append(f"| {label} | {row['nll_per_token']:.3f} | {top1} | {row['items_f1']:.3f} | "
+                     f"{row['rouge_l']:.3f} |")  # fmt: skip
     minutes = (time.perf_counter() - started) / 60
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "table.json").write_text(json.dumps({"steps": args.steps, "minutes": round(minutes, 1), "rows": table},
-                                               indent=2))  # fmt: skip
-    (OUT / "table.md").write_text("\n".join(lines) + "\n")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = {"steps": steps, "minutes": round(minutes, 1), "rows": table}
+    (out_dir / "table.json").write_text(json.dumps(result, indent=2))
+    (out_dir / "table.md").write_text("\n".join(lines) + "\n")
     print("\n" + "\n".join(lines) + f"\n\n({minutes:.1f} min)")
+    return result
 
 
 if __name__ == "__main__":
