@@ -100,12 +100,12 @@ test-gpu: install-test
 	$(BIN)/python -m tests.gpu.check
 
 # every litgpt family shape (make_tiny_checkpoint --like NAME) through finetune_sft, the reward heads, generate_batch
-# and export_hf: the table in docs/models.md (about 10 minutes; no cell may be a traceback)
+# and export_hf: the table in docs/models.md (its run time there; no cell may be a traceback)
 families: install-test
 	$(BIN)/python -m tests.family_matrix
 
 # prune the real SmolLM2 to half its body by depth and by width, train each student the same steps by SFT and by KD,
-# measure them against the teacher: the table in docs/pruning.md (about 30 minutes on 2 CPU cores)
+# measure them against the teacher: the table in docs/pruning.md (its run time there)
 prune-study: install
 	$(BIN)/python -m tests.prune_study $(STUDY_FLAGS)
 

@@ -1,5 +1,6 @@
-"""The demo's logit-distillation stage: a smaller student of the distilled student, trained the same steps four ways
-(SFT on the teacher's text, KD with forward KL and with skew KL, on-policy KD) and measured against its teacher on the held-out records."""
+"""The demo's logit-distillation stage: a smaller student of the distilled student, trained the same steps five ways
+(SFT on the teacher's text, KD with forward KL — online and from a stored top-20 — and with skew KL, on-policy KD) and
+measured against its teacher on the held-out records."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ ONPOLICY_STEPS = 100
 KD_ROWS = {
     "sft": "SFT on the teacher's text",
     "kd": "KD (forward KL, tau 2, alpha 0.5)",
+    "offline": "KD offline: stored top-20 + tail",
     "skew": "KD (skew KL a 0.1, tau 2, alpha 0.5)",
     "onpolicy": f"SFT + {ONPOLICY_STEPS} on-policy (lambda 1, rev. KL)",
 }
@@ -81,11 +83,21 @@ def kd_stage(student: Path) -> list[tuple[str, Path]]:
         "--train.micro_batch_size", 16, "--train.lr_warmup_steps", 10, "--train.log_interval", 100,
         "--eval.interval", 1000, "--eval.max_iters", 10, "--optimizer.lr", 3e-3,
     ]  # fmt: skip
-    runs = {"sft": kd / "sft-on-text", "kd": kd / "kd", "skew": kd / "kd-skew", "onpolicy": kd / "kd-onpolicy"}
+    runs = {"sft": kd / "sft-on-text", "kd": kd / "kd", "offline": kd / "kd-offline", "skew": kd / "kd-skew",
+            "onpolicy": kd / "kd-onpolicy"}  # fmt: skip
     # trained one after the other: each training uses every core (side by side they would contend for them)
     litgpt_ext("finetune_sft", rel(small), "--out_dir", rel(runs["sft"]), *common)
     litgpt_ext("finetune_kd", rel(small), "--teacher", rel(teacher), "--beta", 0.0, "--temperature", 2.0,
                "--kd_ratio", 0.5, "--out_dir", rel(runs["kd"]), *common)  # fmt: skip
+    # the same KD from the teacher's top-20 (+ a tail bucket) stored once at the loss's temperature: no teacher in
+    # memory while training
+    import shutil
+
+    shutil.rmtree(kd / "top20", ignore_errors=True)  # made again from this run's teacher
+    litgpt_ext("distill_logprobs", rel(teacher), "--data", rel(data), "--data.prompt_style", "default", "--student",
+               rel(small), "--top_k", 20, "--temperature", 2.0, "--out", rel(kd / "top20"))  # fmt: skip
+    litgpt_ext("finetune_kd", rel(small), "--teacher_logprobs", rel(kd / "top20"), "--beta", 0.0, "--temperature",
+               2.0, "--kd_ratio", 0.5, "--out_dir", rel(runs["offline"]), *common)  # fmt: skip
     # DistiLLM's skew KL: KL(p || 0.1 p + 0.9 q), the same teacher, temperature and mix
     litgpt_ext("finetune_kd", rel(small), "--teacher", rel(teacher), "--divergence", "skew_kl", "--skew_alpha", 0.1,
                "--temperature", 2.0, "--kd_ratio", 0.5, "--out_dir", rel(runs["skew"]), *common)  # fmt: skip

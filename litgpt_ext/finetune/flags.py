@@ -10,9 +10,6 @@ users type them in litgpt), and calls the function with them gathered into one `
 from __future__ import annotations
 
 import dataclasses
-import functools
-import inspect
-import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -20,6 +17,7 @@ from typing import Literal
 from litgpt.args import LogArgs
 from litgpt.types import LoggerChoice
 
+from litgpt_ext.flag_groups import spread_group
 from litgpt_ext.hparams import hyperparameters
 from litgpt_ext.training.args import CheckpointArgs, EvalArgs, TrainArgs
 from litgpt_ext.training.objectives.orm import Head
@@ -184,37 +182,12 @@ def finetune_command(
     defaults["eval"] = dataclasses.replace(FINETUNE_EVAL, **(eval or {}))
     unknown = set(defaults) - {f.name for f in dataclasses.fields(group)}
     assert not unknown, f"not flags of {group.__name__}: {unknown}"
-    hints = typing.get_type_hints(group)
     everyones = {f.name for f in dataclasses.fields(CommonFlags)}
     # the group's own flags (a method family's) first, then every command's
     fields = sorted(dataclasses.fields(group), key=lambda f: f.name in everyones)
 
     def decorate(function: Callable) -> Callable:
-        own = [p for p in inspect.signature(function, eval_str=True).parameters.values() if p.name != "flags"]
-        shared = []
-        for f in fields:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            shared.append(
-                inspect.Parameter(
-                    f.name,
-                    inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                    default=defaults.get(f.name, default),
-                    annotation=hints[f.name],
-                )
-            )
-        signature = inspect.Signature(own + shared, return_annotation=None)
-        names = {f.name for f in fields}
-
-        @functools.wraps(function)
-        def command(*args, **kwargs):
-            bound = signature.bind(*args, **kwargs)
-            bound.apply_defaults()
-            values = dict(bound.arguments)
-            flags = group(**{name: values.pop(name) for name in list(values) if name in names})
-            return function(**values, flags=flags)
-
-        del command.__wrapped__  # the public signature is the one below, not the function's
-        command.__signature__ = signature
+        command = spread_group(function, "flags", group, fields, defaults)
         command.__doc__ = _docstring(function.__doc__ or "", [f.name for f in fields], notes or {})
         return command
 

@@ -10,11 +10,9 @@ by a second copy of the fields. :func:`spread_sampling` turns the fields into a 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import inspect
-import typing
 from collections.abc import Callable
 
+from litgpt_ext.flag_groups import spread_group
 from litgpt_ext.generate.repetition import RepetitionControls
 
 
@@ -89,34 +87,14 @@ def spread_sampling(function: Callable) -> Callable:
     gathers them into one ``sampling``."""
     import textwrap
 
-    parameters = list(inspect.signature(function, eval_str=True).parameters.values())
-    at = [p.name for p in parameters].index("sampling")
-    hints = typing.get_type_hints(Sampling)
-    fields = dataclasses.fields(Sampling)
-    spread = [
-        inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=f.default, annotation=hints[f.name])
-        for f in fields
-    ]
-    signature = inspect.Signature(parameters[:at] + spread + parameters[at + 1 :], return_annotation=None)
-    names = {f.name for f in fields}
-
-    @functools.wraps(function)
-    def command(*args, **kwargs):
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        values = dict(bound.arguments)
-        sampling = Sampling(**{name: values.pop(name) for name in list(values) if name in names})
-        return function(**values, sampling=sampling)
-
+    command = spread_group(function, "sampling", Sampling)
     help_ = _field_help(Sampling)
     entries = []
-    for f in fields:
+    for f in dataclasses.fields(Sampling):
         entries += textwrap.wrap(f"{f.name}: {help_[f.name]}", width=112, initial_indent=" " * 8,
                                  subsequent_indent=" " * 12)  # fmt: skip
     # the function documents ``sampling`` on one line of its Args; the fields' entries take that line's place
     lines = (function.__doc__ or "").split("\n")
     at_doc = next(i for i, line in enumerate(lines) if line.strip().startswith("sampling:"))
     command.__doc__ = "\n".join(lines[:at_doc] + entries + lines[at_doc + 1 :])
-    del command.__wrapped__  # the public signature is the one above, not the function's
-    command.__signature__ = signature
     return command

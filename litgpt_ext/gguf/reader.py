@@ -13,8 +13,9 @@ from pathlib import Path
 from litgpt_ext.errors import UserError
 
 SUPPORTED_ARCHITECTURES = ("llama",)
-"""``general.architecture`` values converted (Llama 1-3, SmolLM/SmolLM2, TinyLlama, Mistral-as-llama GGUFs); each
-needs a litgpt config of the same shape and a byte-level BPE tokenizer."""
+"""``general.architecture`` values converted; each needs a litgpt config of the same shape and a byte-level BPE
+tokenizer (so: SmolLM / SmolLM2 and Llama 3.x files; Llama 1 / 2, TinyLlama and Mistral carry SentencePiece
+tokenizers, refused below)."""
 
 TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_USER_DEFINED = 1, 3, 4
 """llama.cpp's ``tokenizer.ggml.token_type`` values that matter here (CONTROL tokens are special tokens)."""
