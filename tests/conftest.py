@@ -17,6 +17,12 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 # on two processes, the FSDP refusal — are the CPU's. On a GPU machine the GPU is hidden from it and from every
 # process it starts; what only a GPU can show is tests/gpu/check.py's (make test-gpu).
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
+# Each test process (pytest-xdist worker) gets its share of the cores, and so does every process a test starts (the
+# variable is inherited): two workers each running torch on every core slow each other many times over (measured on
+# 2 cores: ~15x), which is worse than each running on its own core.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "artifacts" / "demo"
