@@ -215,16 +215,21 @@ def main_in_process(argv: Sequence[str]) -> int:
     """:func:`main` in this process, for a caller that runs many commands (a study's smoke run, the tests): the same
     parsing, one-line errors and exit code, without a new interpreter importing torch and Lightning each time.
     What ``main`` sets for the whole process — the invocation it records, the parser's context, the matmul precision,
-    the default dtype — is put back after it. For commands that start no processes of their own (one device)."""
+    the default dtype — is put back after it, and ``sys.argv`` is the command line meanwhile (litgpt's own commands
+    read it to record their hyperparameters). For commands that start no processes of their own (one device)."""
     import torch
 
     from litgpt_ext.cli_args import CompactErrorParser
 
     global _current
     saved = (_current, {n: getattr(CompactErrorParser, n, None) for n in ("command", "function", "argv")},
-             torch.get_float32_matmul_precision(), torch.get_default_dtype())  # fmt: skip
+             torch.get_float32_matmul_precision(), torch.get_default_dtype(), sys.argv)  # fmt: skip
+    argv = [str(a) for a in argv]
+    sys.argv = ["litgpt-ext", *argv]
+    if "litgpt_ext.prompts" in sys.modules:  # its one-line announcements are once per command, as in a new process
+        sys.modules["litgpt_ext.prompts"].reset_announcements()
     try:
-        main([str(a) for a in argv])
+        main(argv)
         return 0
     except SystemExit as stop:
         return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
@@ -234,6 +239,7 @@ def main_in_process(argv: Sequence[str]) -> int:
             setattr(CompactErrorParser, name, value)
         torch.set_float32_matmul_precision(saved[2])
         torch.set_default_dtype(saved[3])
+        sys.argv = saved[4]
 
 
 if __name__ == "__main__":

@@ -61,6 +61,12 @@ def resolve_prompt_style(
 _announced: set[tuple[str, str, str]] = set()
 
 
+def reset_announcements() -> None:
+    """Announce every choice again: a new command run in the same process (:func:`litgpt_ext.cli.main_in_process`)
+    says what it picked as a new process would."""
+    _announced.clear()
+
+
 def choose_prompt_style(
     name: str | PromptStyle | None, checkpoint_dir: Path, config=None, fallback=None
 ) -> tuple[PromptStyle, str]:

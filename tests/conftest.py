@@ -29,9 +29,16 @@ DEMO = REPO / "artifacts" / "demo"
 
 
 def run_cli(
-    *args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 300
+    *args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 300, process: bool = False
 ) -> subprocess.CompletedProcess:
-    """Run ``python -m litgpt_ext ARGS`` in a subprocess, as a user would."""
+    """Run ``litgpt-ext ARGS`` as a user would: the CLI's parsing, one-line errors and exit code. In this process
+    (:func:`run_in_process`: a new interpreter costs seconds of imports) unless the call needs a process of its own —
+    ``process=True``, another environment or working directory, or several devices (Lightning starts the other
+    ranks by re-running the command line) — then ``python -m litgpt_ext ARGS`` in a subprocess."""
+    argv = [str(a) for a in args]
+    several = any(a == "--devices" and argv[i + 1] not in ("1", "auto") for i, a in enumerate(argv[:-1]))
+    if not (process or env or cwd or several):
+        return run_in_process(*argv)
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "litgpt_ext", *map(str, args)],

@@ -26,7 +26,14 @@ class ChildRun:
 def run_measured(
     args: list[str], cwd: Path | None = None, env: dict | None = None, ok_codes: tuple[int, ...] = (0,)
 ) -> ChildRun:
-    """Run ``python -m litgpt_ext ARGS``-style commands; peak RSS comes from the child's own rusage (wait4)."""
+    """Run ``python -m litgpt_ext ARGS``-style commands; peak RSS comes from the child's own rusage (wait4).
+
+    With ``LITGPT_EXT_BENCH_IN_PROCESS=1`` (the smoke runs of ``tests/test_bench_smoke.py``) a ``python -m MODULE``
+    command with no environment of its own runs in this process instead: a smoke run checks the harness — its
+    contenders, outputs and tables — not their speed, and a new interpreter per contender costs seconds of imports
+    each. Its time and RSS are then this process's, meaningless as measurements."""
+    if os.environ.get("LITGPT_EXT_BENCH_IN_PROCESS") == "1" and args[:2] == [sys.executable, "-m"] and not env:
+        return _in_process(args, cwd, ok_codes)
     out_f = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-{os.getpid()}-{time.time_ns()}.out", "w+")
     err_f = open(out_f.name + ".err", "w+")
     t0 = time.perf_counter()
@@ -42,6 +49,44 @@ def run_measured(
     if proc.returncode not in ok_codes:
         sys.stderr.write(result.stderr[-4000:])
         raise SystemExit(f"benchmark command failed ({proc.returncode}): {' '.join(map(str, args))}")
+    return result
+
+
+def _in_process(args: list[str], cwd: Path | None, ok_codes: tuple[int, ...]) -> ChildRun:
+    """``python -m MODULE ARGV`` run here: ``litgpt_ext`` through its CLI's ``main_in_process``, any other module as
+    ``__main__`` with ``sys.argv`` set, its output captured."""
+    import contextlib
+    import io
+    import resource
+    import runpy
+
+    module, argv = str(args[2]), [str(a) for a in args[3:]]
+    out, err = io.StringIO(), io.StringIO()
+    t0, cwd_before, argv_before = time.perf_counter(), os.getcwd(), sys.argv
+    code = 0
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            if module == "litgpt_ext":
+                from litgpt_ext.cli import main_in_process
+
+                code = main_in_process(argv)
+            else:
+                sys.argv = [module, *argv]
+                try:
+                    runpy.run_module(module, run_name="__main__", alter_sys=True)
+                except SystemExit as stop:
+                    code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    finally:
+        os.chdir(cwd_before)
+        sys.argv = argv_before
+    seconds = time.perf_counter() - t0
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result = ChildRun(seconds, usage.ru_maxrss / 1024, out.getvalue(), err.getvalue(), usage.ru_utime + usage.ru_stime)
+    if code not in ok_codes:
+        sys.stderr.write(result.stderr[-4000:])
+        raise SystemExit(f"benchmark command failed ({code}): {' '.join(map(str, args))}")
     return result
 
 
