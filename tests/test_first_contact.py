@@ -234,3 +234,17 @@ def test_the_cpu_default_precision_is_fp32_unless_bf16_pays(tiny_checkpoint, tmp
         assert precision.default_precision(tiny_checkpoint, training=False) == "32-true"  # 64 wide: no gain
         assert precision.default_precision(wide, training=False) == ("bf16-true" if native else "32-true")
         assert precision.default_precision(wide, training=True) == ("bf16-mixed" if native else "32-true")
+
+
+def test_a_gpu_that_only_emulates_bf16_defaults_to_fp16(monkeypatch):
+    """``torch.cuda.is_bf16_supported()`` answers yes on a V100 or T4, which emulate bf16; the default follows the
+    hardware (compute capability 8.0 on) instead."""
+    import torch
+
+    from litgpt_ext import precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for capability, half in (((7, 0), "16"), ((7, 5), "16"), ((8, 0), "bf16"), ((9, 0), "bf16")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, c=capability: c)
+        assert precision.default_precision(None, training=True) == f"{half}-mixed", capability
+        assert precision.default_precision(None, training=False) == f"{half}-true", capability
