@@ -64,12 +64,12 @@ def _prompts(path, n, seed=0, extra_lines=()):
     return path
 
 
-def _rows(path):
+def rows_of(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def _by_id(path):
-    return {r["id"]: r for r in _rows(path)}
+    return {r["id"]: r for r in rows_of(path)}
 
 
 def _gen(ckpt, inp, out, **kw):
@@ -136,7 +136,7 @@ def test_kill_9_and_rerun_gives_exactly_the_input_ids(tiny_checkpoint, tmp_path)
     with open(out, "a") as fh:
         fh.write('{"id": "q9999", "generati')  # a torn last line
     subprocess.run(args, check=True, capture_output=True)
-    ids = [r["id"] for r in _rows(out)]
+    ids = [r["id"] for r in rows_of(out)]
     assert len(ids) == len(set(ids)) == 400
     assert set(ids) == {f"q{i:04d}" for i in range(400)}
 
@@ -151,7 +151,7 @@ def test_two_shards_merged_equal_one_run(student, tmp_path):
     generate_merge(inputs=shards, output=tmp_path / "merged.jsonl")
     generate_merge(inputs=[tmp_path / "all.jsonl"], output=tmp_path / "all-ordered.jsonl")
     assert (tmp_path / "merged.jsonl").read_text() == (tmp_path / "all-ordered.jsonl").read_text()
-    assert [r["_line"] for r in _rows(tmp_path / "merged.jsonl")] == list(range(1, 31))
+    assert [r["_line"] for r in rows_of(tmp_path / "merged.jsonl")] == list(range(1, 31))
 
 
 def test_slurm_array_variables_pick_the_shard(student, tmp_path, monkeypatch):
@@ -159,7 +159,7 @@ def test_slurm_array_variables_pick_the_shard(student, tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "3")
     _gen(student, inp, tmp_path / "g.jsonl")
-    rows = _rows(tmp_path / "g.shard-00002-of-00003.jsonl")
+    rows = rows_of(tmp_path / "g.shard-00002-of-00003.jsonl")
     assert sorted(r["_line"] for r in rows) == [3, 6, 9]
 
 
@@ -206,7 +206,7 @@ def test_bad_lines_become_located_error_records_or_stop_the_run(tiny_checkpoint,
 def test_stop_strings_and_passthrough(student, tmp_path):
     inp = _prompts(tmp_path / "p.jsonl", 6)
     _gen(student, inp, tmp_path / "s.jsonl", stop=[" in "], passthrough=["n"])
-    for row in _rows(tmp_path / "s.jsonl"):
+    for row in rows_of(tmp_path / "s.jsonl"):
         assert " in " not in row["generations"][0] and "n" in row
         assert row["finish_reasons"][0] in ("stop", "length")
 
@@ -297,7 +297,7 @@ def test_slurm_array_script_runs_a_task_and_the_merge_script_joins(student, tmp_
     subprocess.run(
         ["bash", REPO / "jobs" / "merge_generations.sbatch"], env=env, check=True, capture_output=True, cwd=tmp_path
     )
-    rows = _rows(tmp_path / "out" / "g.jsonl")
+    rows = rows_of(tmp_path / "out" / "g.jsonl")
     assert [r["_line"] for r in rows] == list(range(1, 11))
 
 
@@ -356,8 +356,8 @@ def test_greedy_equals_litgpt_generate_and_min_new_tokens_equals_transformers(st
     _gen(student, inp, tmp_path / "ours.jsonl", prompt_style="default", max_batch_size=4)
     _gen(student, inp, tmp_path / "min.jsonl", prompt_style="default", max_batch_size=4, min_new_tokens=20)
     by_id, min_by_id = _by_id(tmp_path / "ours.jsonl"), _by_id(tmp_path / "min.jsonl")  # rows land as they finish
-    prompts = [r["prompt"] for r in _rows(inp)]
-    ours, at_least = [by_id[r["id"]] for r in _rows(inp)], [min_by_id[r["id"]] for r in _rows(inp)]
+    prompts = [r["prompt"] for r in rows_of(inp)]
+    ours, at_least = [by_id[r["id"]] for r in rows_of(inp)], [min_by_id[r["id"]] for r in rows_of(inp)]
     tok = Tokenizer(student)
     model = GPT(config)
     model.load_state_dict(torch.load(student / "lit_model.pth", weights_only=True))
@@ -433,7 +433,7 @@ def test_repetition_controls_equal_transformers_generate_and_do_not_depend_on_th
     export_hf(student, out_dir=tmp_path / "hf")
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
     tok = Tokenizer(student)
-    for row in _rows(inp):
+    for row in rows_of(inp):
         ids = tok.encode(row["prompt"])
         with torch.inference_mode():
             out = hf.generate(
@@ -497,7 +497,7 @@ def test_qa_split_and_litgpt_files_are_inputs_with_references_kept(student, tmp_
         _gen(student, DEMO / "qa.json", tmp_path / "s.jsonl", split="val", shard=f"{k}/2")
     shards = sorted(tmp_path.glob("s.shard-*.jsonl"))
     generate_merge(inputs=shards, output=tmp_path / "merged.jsonl")
-    assert [r["id"] for r in _rows(tmp_path / "merged.jsonl")] == [f"val[{i}]" for i in range(1, len(qa["val"]) + 1)]
+    assert [r["id"] for r in rows_of(tmp_path / "merged.jsonl")] == [f"val[{i}]" for i in range(1, len(qa["val"]) + 1)]
     before = (tmp_path / "test.jsonl").read_bytes()
     _gen(student, DEMO / "qa.json", tmp_path / "test.jsonl", split="test")
     assert (tmp_path / "test.jsonl").read_bytes() == before
@@ -575,11 +575,12 @@ def test_a_decode_step_moves_only_the_sampled_ids_between_host_and_device(tiny_c
         return wrapper
 
     for name in calls:
-        setattr(engine, f"_{name}", counted(name, getattr(engine, f"_{name}")))
+        method = name if name.startswith("to_") else f"_{name}"
+        setattr(engine, method, counted(name, getattr(engine, method)))
     jobs = [Job(str(i), i, [1, 5 + i, 9, 11][: 2 + i % 3], 1, 12) for i in range(3)]
     done = []
     with engine:
         engine.run(jobs, done.append)
     assert len(done) == 3 and calls["decode"] >= 5
     assert calls["to_host"] == calls["decode"] + calls["prefill"]  # one read-back per step or prefill group
-    assert calls["to_device"] == 3 * calls["prefill"]  # slots, positions, keys: at admission only
+    assert calls["to_device"] == calls["prefill"]  # slots, positions, keys, minimum lengths: at admission only

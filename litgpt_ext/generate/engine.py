@@ -6,6 +6,11 @@ device tensors that the step itself advances; the host writes into them only whe
 ``max_new_tokens`` or a full context — frees its slot, and a waiting prompt is prefilled into it before the next step;
 rows are kept packed in the lowest slots, so a step never computes for an empty slot. Waiting prompts come from a bounded look-ahead window over the input stream, longest first,
 so long prompts do not straggle at the end and memory does not grow with the input.
+
+Jobs come from a :class:`~litgpt_ext.generate.feed.Feed` (a file read as it goes, or requests from other threads);
+each may carry its own sampling settings, ask for log-probs, stream its tokens or be cancelled
+(:mod:`litgpt_ext.generate.jobs`). Rows of different settings share a step: the sampler runs once per distinct
+setting among them.
 """
 
 from __future__ import annotations
@@ -13,14 +18,16 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 
 from litgpt_ext.generate.compiled_step import CompiledDecode
-from litgpt_ext.generate.repetition import History
+from litgpt_ext.generate.feed import Feed, IteratorFeed
+from litgpt_ext.generate.jobs import Job, Row, TokenLogprobs
 from litgpt_ext.generate.sampling import row_key, sample, uniforms
+from litgpt_ext.generate.scoring import answer_scored
 from litgpt_ext.generate.settings import Sampling
 from litgpt_ext.model.heads import LastPositionHead
 from litgpt_ext.model.kv_cache import SlotCaches
@@ -34,41 +41,6 @@ PREFILL_PADDING = 0.875
 real tokens (a prefill is GEMM-bound), so 16 prompts of 200-500 tokens in one group waste 30 % of its work."""
 COMPILED_CAPACITY = 2048
 """Positions per slot a ``--compile`` run starts with (all of a shorter context)."""
-
-
-@dataclass
-class Job:
-    """One input prompt and what has been generated for it."""
-
-    id: str
-    line: int
-    prompt_ids: list[int]
-    samples: int
-    max_new_tokens: int
-    extra: dict = field(default_factory=dict)
-    prompt_truncated: bool = False
-    """The prompt was cut to ``--max_prompt_length`` (BOS and its end kept)."""
-    texts: list[str | None] = field(default_factory=list)
-    finish_reasons: list[str | None] = field(default_factory=list)
-    generated_tokens: list[int] = field(default_factory=list)
-    token_ids: list[list[int] | None] = field(default_factory=list)
-    """Each sample's generated ids (without EOS), for callers that train on them."""
-    pending: int = 0
-
-
-@dataclass
-class Row:
-    job: Job
-    sample: int
-    key: int
-    tokens: list[int] = field(default_factory=list)
-    history: History | None = None
-    """Prompt + generated tokens as the repetition controls need them (None when they are off)."""
-
-    @property
-    def position(self) -> int:
-        """Cache position where the last generated token is written when it is fed back."""
-        return len(self.job.prompt_ids) + len(self.tokens) - 1
 
 
 @dataclass
@@ -133,16 +105,16 @@ class Engine:
         # per slot, on the device: the token fed back next step, its cache position, the row's sampling key and the
         # tokens it has drawn so far (its random stream's counter)
         slots = settings.max_batch_size
-        self.next_ids, self.positions, self.keys, self.drawn = (
-            torch.zeros(slots, dtype=torch.long, device=device) for _ in range(4)
+        self.next_ids, self.positions, self.keys, self.drawn, self.min_new = (
+            torch.zeros(slots, dtype=torch.long, device=device) for _ in range(5)
         )
         self.eos = tokenizer.eos_id
         self.sampling = settings.sampling
-        self.repetition = settings.sampling.repetition
         self.stops = {t for t in (self.eos, *settings.stop_ids) if t is not None}
         self.stop_ids = torch.tensor(sorted(self.stops), dtype=torch.long, device=device)
-        self.stop_tail = max((len(s) for s in self.sampling.stops), default=0) + 8
+        self.vocab = int(getattr(tokenizer, "vocab_size", 0) or model.config.padded_vocab_size)
         self.generated = 0
+        self._logprobs: list | None = None  # the last _sample call's log-probs, for _advance
 
     def close(self) -> None:
         """Take off everything the engine installed (caches, head, forwards, context length); idempotent."""
@@ -159,11 +131,12 @@ class Engine:
     def _set_rows(self, rows: torch.Tensor | None) -> None:
         self.caches.set_rows(rows)
 
-    def _to_device(self, values) -> torch.Tensor:
-        """Host values into a device tensor: at admission only, never in a decode step (see the module docstring)."""
+    def to_device(self, values) -> torch.Tensor:
+        """Host values into a device tensor: at admission, and in a step only where its rows need indices of their
+        own (rows of several sampling settings, log-probs for some rows: a server's steps; see the module docstring)."""
         return torch.as_tensor(values, dtype=torch.long).to(self.device, non_blocking=True)
 
-    def _to_host(self, tokens: torch.Tensor) -> list[int]:
+    def to_host(self, tokens: torch.Tensor) -> list[int]:
         """The sampled ids back on the host: the step's one transfer (it waits for the step to finish)."""
         return tokens.tolist()
 
@@ -171,18 +144,19 @@ class Engine:
     def _prefill(self, admitted: list[tuple[int, Row]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded prefill of new rows into their slots, from position 0 (one position vector and one causal
         mask for the whole group); the LM head runs on each prompt's last token only. The slots' device state is set
-        for their first sample: the position its token goes to, the row's key, nothing drawn yet. Returns the
+        for their first sample: the position its token goes to, the row's key and minimum length, nothing drawn yet
+        (all in one transfer). Returns the
         last positions' logits and the slots (on the device)."""
         lengths = [len(r.job.prompt_ids) for _, r in admitted]
         width = max(lengths)
         idx = torch.zeros((len(admitted), width), dtype=torch.long)
         for i, (_, r) in enumerate(admitted):
             idx[i, : lengths[i]] = torch.tensor(r.job.prompt_ids)
-        slots = self._to_device([slot for slot, _ in admitted])
-        positions = self._to_device(lengths)
-        self.positions[slots] = positions
-        self.keys[slots] = self._to_device([r.key for _, r in admitted])
-        self.drawn[slots] = 0
+        rows = [r for _, r in admitted]  # one transfer: the slots, and their rows' lengths, keys and minimum lengths
+        slots, positions, keys, min_new = self.to_device(
+            [[slot for slot, _ in admitted], lengths, [r.key for r in rows], [r.sampling.min_new_tokens for r in rows]]
+        )
+        self.positions[slots], self.keys[slots], self.min_new[slots], self.drawn[slots] = positions, keys, min_new, 0
         self._set_rows(slots)
         self.head.positions = positions - 1
         try:
@@ -217,7 +191,7 @@ class Engine:
                 top -= 1
             row = self.slots[top]
             self.caches.move(top, hole, row.position)
-            for state in (self.next_ids, self.positions, self.keys, self.drawn):  # device to device, no sync
+            for state in (self.next_ids, self.positions, self.keys, self.drawn, self.min_new):  # no sync
                 state[hole] = state[top]
             self.slots[hole], self.slots[top] = row, None
         return self.slots[: len(rows)]
@@ -225,41 +199,86 @@ class Engine:
     def _sample(self, logits: torch.Tensor, rows: list[Row], slots: torch.Tensor | slice) -> list[int]:
         """A token for each of ``rows`` (in ``slots``: a decode step's ``0..n-1``, or the slots just prefilled); the
         slots' device state advances to the next step on the device, and the ids come back to the host."""
-        g = self.sampling
-        if self.repetition.active:  # the rows' histories live on the host: these controls cost a transfer a step
-            logits = self.repetition.apply(logits, [r.history for r in rows])
-        drawn = self.drawn[slots]
-        if g.min_new_tokens and self.stops:  # EOS and the stop ids masked while a row is younger than that
-            young = (drawn < g.min_new_tokens).unsqueeze(1)
-            masked = logits[:, self.stop_ids].masked_fill(young, float("-inf"))
-            logits = logits.index_copy(1, self.stop_ids, masked)
-        u = uniforms(self.keys[slots], drawn) if not g.greedy else None
-        tokens = sample(logits, g.temperature, g.top_k, g.top_p, u)
+        tokens = self.draw(logits, rows, self.keys[slots], self.drawn[slots], self.min_new[slots])
         self.next_ids[slots] = tokens
         if isinstance(slots, slice):  # a decode step: the next token goes one position on (a prefill set the first)
             self.positions[slots] += 1
         self.drawn[slots] += 1
-        return self._to_host(tokens)
+        self._logprobs = self.token_logprobs(logits, rows, tokens)
+        return self.to_host(tokens)
+
+    def draw(self, logits, rows: list[Row], keys: torch.Tensor, drawn: torch.Tensor, min_new: torch.Tensor):
+        """The rows' tokens ``(n,)`` on the device: EOS and the stop ids masked for rows younger than their
+        ``min_new_tokens``, then each distinct sampling setting among the rows samples its own rows."""
+        if self.stops and any(r.sampling.min_new_tokens for r in rows):
+            young = (drawn < min_new).unsqueeze(1)
+            logits = logits.index_copy(1, self.stop_ids, logits[:, self.stop_ids].masked_fill(young, float("-inf")))
+        groups: dict[tuple, list[int]] = {}
+        for i, row in enumerate(rows):
+            g = row.sampling
+            groups.setdefault((g.temperature, g.top_k, g.top_p, g.repetition_penalty, g.no_repeat_ngram_size), [])
+            groups[(g.temperature, g.top_k, g.top_p, g.repetition_penalty, g.no_repeat_ngram_size)].append(i)
+        if len(groups) == 1:
+            return self._sample_group(logits, rows, keys, drawn)
+        tokens = torch.empty(len(rows), dtype=torch.long, device=logits.device)
+        for members in groups.values():
+            at = self.to_device(members)
+            tokens[at] = self._sample_group(logits[at], [rows[i] for i in members], keys[at], drawn[at])
+        return tokens
+
+    def _sample_group(self, logits: torch.Tensor, rows: list[Row], keys: torch.Tensor, drawn: torch.Tensor):
+        g = rows[0].sampling
+        repetition = g.repetition
+        if repetition.active:  # the rows' histories live on the host: these controls cost a transfer a step
+            logits = repetition.apply(logits, [r.history for r in rows])
+        u = uniforms(keys, drawn) if not g.greedy else None
+        return sample(logits, g.temperature, g.top_k, g.top_p, u)
+
+    def token_logprobs(self, logits: torch.Tensor, rows: list[Row], tokens: torch.Tensor) -> list | None:
+        """For the rows whose job asked: the sampled token's log-prob under the model (raw logits, temperature 1)
+        and the most likely tokens — one more transfer, only in steps where some row asked."""
+        wanted = [i for i, r in enumerate(rows) if r.job.logprobs is not None]
+        if not wanted:
+            return None
+        at = self.to_device(wanted) if len(wanted) < len(rows) else slice(None)
+        logps = torch.log_softmax(logits[at].float(), dim=-1)
+        chosen = logps.gather(1, tokens[at].unsqueeze(1)).squeeze(1).tolist()
+        k = min(max(rows[i].job.logprobs for i in wanted), self.vocab)
+        values, ids = logps[:, : self.vocab].topk(k, dim=-1) if k else (None, None)
+        values, ids = (values.tolist(), ids.tolist()) if k else (None, None)
+        out: list = [None] * len(rows)
+        for n, i in enumerate(wanted):
+            own = rows[i].job.logprobs
+            top = list(zip(ids[n][:own], values[n][:own], strict=True)) if k and own else []
+            out[i] = TokenLogprobs(chosen[n], top)
+        return out
 
     # -- bookkeeping ----------------------------------------------------------------------------------------------
-    def _finish_reason(self, row: Row, token: int) -> str | None:
+    def accept(self, row: Row, token: int, logprobs: TokenLogprobs | None) -> str | None:
         if token in self.stops:
             return "stop"
         row.tokens.append(token)
         if row.history is not None:
             row.history.add(token)
         self.generated += 1
-        if self.sampling.stop:
-            tail = self.tokenizer.decode(torch.tensor(row.tokens[-self.stop_tail :]))
-            if any(stop in tail for stop in self.sampling.stops):
+        job = row.job
+        if logprobs is not None:
+            job.token_logprobs[row.sample].append(logprobs)
+        if job.on_token is not None:
+            job.on_token(row.sample, token, logprobs)
+        stops = row.sampling.stops
+        if stops:
+            tail_length = max(len(stop) for stop in stops) + 8
+            tail = self.tokenizer.decode(torch.tensor(row.tokens[-tail_length:]))
+            if any(stop in tail for stop in stops):
                 return "stop"
         if len(row.tokens) >= row.job.max_new_tokens or row.position + 1 >= self.s.max_seq_length:  # context full
             return "length"
         return None
 
-    def _complete(self, row: Row, reason: str) -> Job | None:
+    def complete(self, row: Row, reason: str) -> Job | None:
         text = self.tokenizer.decode(torch.tensor(row.tokens, dtype=torch.long)) if row.tokens else ""
-        for stop in self.sampling.stops:
+        for stop in row.sampling.stops:
             if stop in text:
                 text = text[: text.index(stop)]
         job = row.job
@@ -270,46 +289,75 @@ class Engine:
         return job if job.pending == 0 else None
 
     def _advance(self, slot_rows: list[tuple[int, Row]], tokens: list[int], emit: Callable[[Job], None]) -> None:
-        for (slot, row), token in zip(slot_rows, tokens):
-            reason = self._finish_reason(row, token)
+        logprobs, self._logprobs = self._logprobs or [None] * len(tokens), None
+        for (slot, row), token, lp in zip(slot_rows, tokens, logprobs, strict=True):
+            reason = self.accept(row, token, lp)
             if reason is None:
                 continue
             self.slots[slot] = None
-            job = self._complete(row, reason)
+            job = self.complete(row, reason)
             if job is not None:
                 emit(job)
 
     # -- the loop -------------------------------------------------------------------------------------------------
-    def run(self, jobs: Iterable[Job], emit: Callable[[Job], None]) -> None:
-        """Generate for every job (streamed), calling ``emit(job)`` as each one completes (in completion order)."""
-        source: Iterator[Job] = iter(jobs)
+    def run(self, jobs: Iterable[Job] | Feed, emit: Callable[[Job], None]) -> None:
+        """Generate for every job (an iterable, read as it goes, or a :class:`Feed`), calling ``emit(job)`` as each
+        one completes (in completion order); returns when the feed ends and every job has completed."""
+        feed = jobs if isinstance(jobs, Feed) else IteratorFeed(jobs)
         window: list[tuple[int, int, Row]] = []  # heap of (-prompt length, arrival, row)
         arrival = itertools.count()
-        exhausted = False
+        closed = False
         while True:
-            while not exhausted and len(window) < self.s.window:
-                job = next(source, None)
-                if job is None:
-                    exhausted = True
-                    break
-                job.texts, job.finish_reasons = [None] * job.samples, [None] * job.samples
-                job.generated_tokens, job.pending = [0] * job.samples, job.samples
-                job.token_ids = [None] * job.samples
-                for k in range(job.samples):
-                    row = Row(job, k, row_key(self.s.seed, job.id, k))
-                    if self.repetition.active:
-                        row.history = self.repetition.history(job.prompt_ids)
-                    heapq.heappush(window, (-len(job.prompt_ids), next(arrival), row))
+            if not closed and len(window) < self.s.window:
+                idle = not window and all(r is None for r in self.slots)
+                taken = feed.take(self.s.window - len(window), wait=idle)
+                if taken is None:
+                    closed = True
+                else:
+                    for job in self._take(taken, emit):
+                        for row in self.rows_of(job):
+                            heapq.heappush(window, (-len(job.prompt_ids), next(arrival), row))
+            if any(row.job.cancelled for _, _, row in window):
+                window = [entry for entry in window if not entry[2].job.cancelled]
+                heapq.heapify(window)
+            self._drop_cancelled()
             free = [i for i, r in enumerate(self.slots) if r is None]
             if free and window:
                 self._admit(free, window, emit)
             rows = self._pack()
             if not rows:
-                if exhausted and not window:
+                if closed and not window:
                     return
                 continue
             tokens = self._sample(self._decode(rows), rows, slice(0, len(rows)))
             self._advance(list(enumerate(rows)), tokens, emit)
+
+    def rows_of(self, job: Job) -> list[Row]:
+        sampling = job.sampling or self.sampling
+        seed = self.s.seed if job.seed is None else job.seed
+        rows = []
+        for k in range(job.samples):
+            row = Row(job, k, row_key(seed, job.id, k), sampling)
+            if sampling.repetition.active:
+                row.history = sampling.repetition.history(job.prompt_ids)
+            rows.append(row)
+        return rows
+
+    def _take(self, jobs: list[Job], emit: Callable[[Job], None]) -> list[Job]:
+        """Start the jobs taken from the feed; those that ask for their prompt's scores get them now (teacher-forced,
+        together), and one that wants no more than one new token is answered from the same forward."""
+        for job in jobs:
+            job.start()
+        scoring = [job for job in jobs if job.prompt_logprobs is not None and not job.cancelled]
+        for start in range(0, len(scoring), 8):
+            answer_scored(self, scoring[start : start + 8], emit)
+        return [job for job in jobs if job.pending and not job.cancelled]
+
+    def _drop_cancelled(self) -> None:
+        """Free the slots of cancelled jobs (a client that went away): their rows stop here, unemitted."""
+        for slot, row in enumerate(self.slots):
+            if row is not None and row.job.cancelled:
+                self.slots[slot] = None
 
     def _reserve(self, rows: list[Row]) -> None:
         """Cache room for every position these rows can reach (prompt + max_new_tokens, within the context), grown
