@@ -25,12 +25,12 @@ install-test: $(TEST_STAMP)
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -c $(CONSTRAINTS) "torch==2.13.0" $(QUIET_PIP)
-	$(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[gguf]" $(QUIET_PIP)
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[gguf,serve]" $(QUIET_PIP)
 	$(BIN)/python -c "import torch, litgpt, litgpt_ext, distill; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[test,gguf]" $(QUIET_PIP)
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[test,gguf,serve]" $(QUIET_PIP)
 	touch $(TEST_STAMP)
 
 # The demo task's pipeline on the real SmolLM2 student through the same targets a user's task uses (up to the

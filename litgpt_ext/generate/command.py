@@ -205,6 +205,16 @@ def union_stats(per_rank: list[dict]) -> dict:
     return total
 
 
+def load_generator(checkpoint_dir: Path, config: Config, fabric: L.Fabric, dtype: torch.dtype) -> GPT:
+    """The checkpoint's model for generation: on the device, in ``dtype``, eval mode, no gradients (its file mapped,
+    not copied, on its way there)."""
+    with fabric.init_module(empty_init=True):
+        model = GPT(config)
+    state = torch.load(Path(checkpoint_dir) / "lit_model.pth", mmap=True, weights_only=True, map_location="cpu")
+    model.load_state_dict(state.get("model", state), assign=True)
+    return model.to(device=fabric.device, dtype=dtype).eval().requires_grad_(False)
+
+
 def generate_on(fabric: L.Fabric, a: GenerateArgs) -> dict:
     """Generate this process's share of the input; returns its stats (also written next to the output)."""
     shard = a.base_shard.split(fabric.global_rank, fabric.world_size)
@@ -239,11 +249,7 @@ def generate_on(fabric: L.Fabric, a: GenerateArgs) -> dict:
         return record[field]
 
     done = {str(r["id"]) for r in read_jsonl_repairing(out_path)}
-    with fabric.init_module(empty_init=True):
-        model = GPT(config)
-    state = torch.load(a.checkpoint_dir / "lit_model.pth", mmap=True, weights_only=True, map_location="cpu")
-    model.load_state_dict(state.get("model", state), assign=True)
-    model = model.to(device=fabric.device, dtype=a.dtype).eval().requires_grad_(False)
+    model = load_generator(a.checkpoint_dir, config, fabric, a.dtype)
     settings = Settings(
         sampling=a.sampling,
         max_batch_size=a.max_batch_size,

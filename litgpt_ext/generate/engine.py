@@ -66,6 +66,10 @@ class Settings:
     """The decode step under ``torch.compile``, one graph for the run (see ``compiled_step``); fixed weights only."""
     fast_forwards: bool = True
     """The grouped decode step and packed matmuls where they apply; False runs litgpt's own attention forward."""
+    prefix_cache: bool = False
+    """Reuse the KV of prompt prefixes an earlier prompt computed (see ``model/prefix_cache.py``)."""
+    prefix_cache_bytes: int = 2**31
+    """Memory the prefix cache may hold; least recently used blocks are evicted beyond it."""
 
 
 class Engine:
