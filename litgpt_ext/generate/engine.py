@@ -341,7 +341,8 @@ class Engine:
         seed = self.s.seed if job.seed is None else job.seed
         rows = []
         for k in range(job.samples):
-            row = Row(job, k, row_key(seed, job.id, k), sampling)
+            name = job.id if job.stream_name is None else job.stream_name
+            row = Row(job, k, row_key(seed, name, k), sampling)
             if sampling.repetition.active:
                 row.history = sampling.repetition.history(job.prompt_ids)
             rows.append(row)

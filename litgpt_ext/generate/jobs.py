@@ -51,6 +51,9 @@ class Job:
     """How this job's rows are drawn (None: the engine's settings)."""
     seed: int | None = None
     """The seed of this job's random streams (None: the engine's)."""
+    stream_name: str | None = None
+    """What names its random streams with the seed (None: its id, so jobs of one seed differ; a server gives
+    requests that set a seed the same name, so the same request gives the same answer)."""
     logprobs: int | None = None
     """Report each generated token's log-prob and the ``logprobs`` most likely tokens (0: the token's only)."""
     prompt_logprobs: int | None = None

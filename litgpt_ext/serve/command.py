@@ -147,7 +147,12 @@ def _run(served, host: str, port: int, shutdown_timeout: float) -> None:
     bound = sock.getsockname()[1]
     config = uvicorn.Config(create_app(served), log_level="warning", access_log=False,
                             timeout_graceful_shutdown=shutdown_timeout)  # fmt: skip
-    server = uvicorn.Server(config)
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()  # a stop asked for by a signal is a clean exit (0), not death by it
+
+    server = Server(config)
     print(f"serving {served.model_name} at http://{host}:{bound}/v1 (context {served.context:,} tokens, "
           f"{served.engine.engine.s.max_batch_size} rows at once)", flush=True)  # fmt: skip
     try:

@@ -71,7 +71,8 @@ class Request:
     def job(self) -> Job:
         prompt_logprobs = self.logprobs if self.echo and self.logprobs is not None else None
         return Job(self.id, 0, self.prompt_ids, self.n, self.sampling.max_new_tokens, sampling=self.sampling,
-                   seed=self.seed, logprobs=self.logprobs, prompt_logprobs=prompt_logprobs)  # fmt: skip
+                   seed=self.seed, stream_name="" if self.seed is not None else None, logprobs=self.logprobs,
+                   prompt_logprobs=prompt_logprobs)  # fmt: skip
 
 
 def sampling_of(body: dict, room: int, completion: bool) -> Sampling:
