@@ -139,8 +139,8 @@ async def _chat(served: Served, body: dict, http: HTTPRequest, started: float) -
     for k in range(request.n):
         logprobs = None
         if request.logprobs is not None:
-            content = api.chat_content_logprobs(served.names, job.token_ids[k], job.token_logprobs[k])
-            logprobs = {"content": content}
+            tokens, lps = api.covering(served.names, job.token_ids[k], job.token_logprobs[k], job.texts[k])
+            logprobs = {"content": api.chat_content_logprobs(served.names, tokens, lps)}
         choices.append({"index": k, "message": {"role": "assistant", "content": job.texts[k]}, "logprobs": logprobs,
                         "finish_reason": job.finish_reasons[k]})  # fmt: skip
     _log("/v1/chat/completions", request.id, 200, started, _sizes(job))
@@ -171,6 +171,7 @@ async def _completion(served: Served, body: dict, http: HTTPRequest, started: fl
         tokens, lps = list(job.token_ids[k]), job.token_logprobs[k]
         logprobs = None
         if request.logprobs is not None:
+            tokens, lps = api.covering(served.names, tokens, lps, job.texts[k])
             if request.echo:
                 tokens = list(prompt) + tokens
                 lps = api.prompt_logprobs(job.prompt_scores, prompt) + list(lps)

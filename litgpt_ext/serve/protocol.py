@@ -176,6 +176,16 @@ class Names:
         return {"token": self.text(i), "logprob": logprob, "bytes": self.raw(i)}
 
 
+def covering(names: Names, tokens: list[int], logprobs: list, text: str) -> tuple[list[int], list]:
+    """The generated tokens that make up ``text`` (the answer as returned: a stop string may have cut it, inside its
+    last token perhaps), with their log-probs: the rest were generated but are not in the answer."""
+    target, got, n = len(text.encode("utf-8")), 0, 0
+    while n < len(tokens) and got < target:
+        got += len(names.raw(tokens[n]))
+        n += 1
+    return tokens[:n], logprobs[:n]
+
+
 def chat_content_logprobs(names: Names, tokens: list[int], logprobs: list[TokenLogprobs]) -> list[dict]:
     return [{**names.entry(t, lp.logprob), "top_logprobs": [names.entry(i, v) for i, v in lp.top]}
             for t, lp in zip(tokens, logprobs, strict=True)]  # fmt: skip
