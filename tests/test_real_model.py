@@ -573,3 +573,47 @@ def test_real_files_bad_input_one_line_each(smollm2, task_dir, tmp_path):
     one_line(result, "(--max_prompt_length N cuts long prompts)")
     assert "long.jsonl:1: prompt: 9002 tokens, but the model's context is 8192" in result.stderr  # BOS + 9001
     assert not (tmp_path / "g.jsonl").exists()
+
+
+def test_serve_batch_answers_as_generate_batch_with_the_models_log_probs(smollm2, tmp_path):
+    """The real instruct model behind the OpenAI API: greedy chat answers equal generate_batch's on the same rows
+    (its chat template, ``<|im_end|>`` ending the turn), and every log-prob is litgpt's log-softmax."""
+    from litgpt.config import Config
+    from litgpt.model import GPT
+    from litgpt.tokenizer import Tokenizer
+    from serve_helpers import ServerProcess
+
+    from litgpt_ext.data.chat_encode import renderer_for
+    from litgpt_ext.kd.token_bytes import ByteVocab
+    from litgpt_ext.prompts import resolve_prompt_style
+
+    questions = ["What is the capital of France?", "Name three colours."]
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"id": str(i), "messages": [{"role": "user", "content": q}]}) + "\n"
+                            for i, q in enumerate(questions)))  # fmt: skip
+    out = tmp_path / "gen.jsonl"
+    done = run_in_process("generate_batch", smollm2, "--input", rows, "--output", out, "--temperature", "0",
+                          "--max_new_tokens", "12", "--precision", "32-true")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = {r["id"]: r["generations"][0] for r in map(json.loads, out.read_text().splitlines())}
+    with ServerProcess(smollm2, "--precision", "32-true", "--max_batch_size", "4") as server:
+        client = server.client()
+        answers = [client.chat.completions.create(model="teacher", messages=[{"role": "user", "content": q}],
+                                                  temperature=0, max_tokens=12, logprobs=True, top_logprobs=3)
+                   for q in questions]  # fmt: skip
+    assert [a.choices[0].message.content for a in answers] == [expected["0"], expected["1"]]
+    assert answers[0].choices[0].message.content.startswith("The capital of France is Paris")
+    vocab, tokenizer = ByteVocab(smollm2), Tokenizer(smollm2)
+    prompt = renderer_for(resolve_prompt_style("auto", smollm2), tokenizer).prompt_ids(
+        [{"role": "user", "content": questions[0]}]
+    )
+    content = answers[0].choices[0].logprobs.content
+    tokens = [vocab.id_for(bytes(entry.bytes)) for entry in content]
+    model = GPT(Config.from_file(smollm2 / "model_config.yaml"))
+    model.load_state_dict(torch.load(smollm2 / "lit_model.pth", weights_only=True, map_location="cpu"))
+    with torch.no_grad():
+        reference = torch.log_softmax(model.eval()(torch.tensor([prompt + tokens]))[0], dim=-1)
+    for t, entry in enumerate(content):
+        row = reference[len(prompt) - 1 + t]
+        assert entry.logprob == pytest.approx(float(row[tokens[t]]), abs=1e-4)
+        assert [vocab.id_for(bytes(a.bytes)) for a in entry.top_logprobs] == row.topk(3).indices.tolist()

@@ -230,7 +230,7 @@ async def _events(served: Served, request: api.Request, ticket: Ticket, started:
     the start of a stop string or a split character), the rest and the finish reason when the job completes."""
     import torch
 
-    chat, job = request.kind == "chat", ticket.job
+    chat = request.kind == "chat"
     kind = "chat.completion.chunk" if chat else "text_completion"
     tokens: list[list[int]] = [[] for _ in range(request.n)]
     sent = [""] * request.n
