@@ -182,6 +182,7 @@ LAYERS = [
     "gguf",
     "prune",
     "finetune",
+    "serve",
 ]
 """litgpt_ext's folders, lower first: a folder imports only folders before it (and the top-level basics)."""
 ALLOWED_BACK_ARROWS = {("training", "generate"), ("training", "evaluate")}
