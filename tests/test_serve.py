@@ -210,6 +210,21 @@ def test_a_client_that_goes_away_frees_its_rows_and_metrics_say_so(server):
     assert "litgpt_ext:requests_running 0" in metrics and "litgpt_ext:requests_total" in metrics
 
 
+def test_requests_sharing_a_system_prompt_reuse_its_keys_and_metrics_count_it(server):
+    system = "You answer questions about the towns of the valley, in one sentence, naming the town. " * 4
+    client = server.client()
+    answers = [client.chat.completions.create(model="teacher", temperature=0, max_tokens=6, messages=[
+                   {"role": "system", "content": system}, {"role": "user", "content": q}]).choices[0].message.content
+               for q in QUESTIONS[:3]]  # fmt: skip
+    metrics = httpx.get(server.base_url.removesuffix("/v1") + "/metrics", timeout=10).text
+    values = dict(line.rsplit(" ", 1) for line in metrics.splitlines())
+    assert (
+        int(values["litgpt_ext:prefix_cache_hits"]) >= 2
+        and int(values["litgpt_ext:prefix_cache_prompt_tokens_reused"]) >= 2 * 32
+    )
+    assert all(isinstance(a, str) for a in answers)
+
+
 def test_a_key_is_asked_for_and_sigterm_ends_the_server_cleanly(tiny_instruct):
     with ServerProcess(tiny_instruct, "--api_key_env", "SERVE_KEY", env={"SERVE_KEY": "sk-right"}) as proc:
         wrong = _status(lambda: _chat(proc.client(api_key="sk-wrong"), "hi"))

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from litgpt_ext.generate.admission import CACHE_STEP, COMPILED_CAPACITY, Admission
 from litgpt_ext.generate.compiled_step import CompiledDecode
 from litgpt_ext.generate.feed import Feed, IteratorFeed
 from litgpt_ext.generate.jobs import Job, Row, TokenLogprobs
@@ -33,14 +34,7 @@ from litgpt_ext.model.heads import LastPositionHead
 from litgpt_ext.model.kv_cache import SlotCaches
 from litgpt_ext.model.packed_linear import install_packed_linears, packing_available
 from litgpt_ext.model.patches import LITGPT_OWN, FastPaths, patched
-
-CACHE_STEP = 256
-"""The KV cache grows in multiples of this many positions per slot."""
-PREFILL_PADDING = 0.875
-"""A prefill group holds prompts at least this fraction of its longest one's length: right padding is computed like
-real tokens (a prefill is GEMM-bound), so 16 prompts of 200-500 tokens in one group waste 30 % of its work."""
-COMPILED_CAPACITY = 2048
-"""Positions per slot a ``--compile`` run starts with (all of a shorter context)."""
+from litgpt_ext.model.prefix_cache import PrefixCache
 
 
 @dataclass
@@ -72,7 +66,7 @@ class Settings:
     """Memory the prefix cache may hold; least recently used blocks are evicted beyond it."""
 
 
-class Engine:
+class Engine(Admission):
     """Runs jobs on a litgpt ``GPT`` it has fitted with slot caches, a last-position head and the decode forwards
     (all through :func:`~litgpt_ext.model.patches.patched`); :meth:`close` — or leaving a ``with Engine(...)``
     block — gives the model back exactly as it came."""
@@ -100,6 +94,8 @@ class Engine:
         except BaseException:
             self.close()
             raise
+        self.prefix = PrefixCache(settings.prefix_cache_bytes) if settings.prefix_cache else None
+        """Keys and values of prompt prefixes seen, reused by later prompts (None: off)."""
         self.replaced_forwards = patches.forwards()
         """The litgpt module classes whose forward the engine replaced (none with ``fast_forwards=False``)."""
         self.step = (
@@ -132,9 +128,6 @@ class Engine:
         self.close()
 
     # -- model calls ----------------------------------------------------------------------------------------------
-    def _set_rows(self, rows: torch.Tensor | None) -> None:
-        self.caches.set_rows(rows)
-
     def to_device(self, values) -> torch.Tensor:
         """Host values into a device tensor: at admission, and in a step only where its rows need indices of their
         own (rows of several sampling settings, log-probs for some rows: a server's steps; see the module docstring)."""
@@ -143,32 +136,6 @@ class Engine:
     def to_host(self, tokens: torch.Tensor) -> list[int]:
         """The sampled ids back on the host: the step's one transfer (it waits for the step to finish)."""
         return tokens.tolist()
-
-    @torch.inference_mode()
-    def _prefill(self, admitted: list[tuple[int, Row]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-padded prefill of new rows into their slots, from position 0 (one position vector and one causal
-        mask for the whole group); the LM head runs on each prompt's last token only. The slots' device state is set
-        for their first sample: the position its token goes to, the row's key and minimum length, nothing drawn yet
-        (all in one transfer). Returns the
-        last positions' logits and the slots (on the device)."""
-        lengths = [len(r.job.prompt_ids) for _, r in admitted]
-        width = max(lengths)
-        idx = torch.zeros((len(admitted), width), dtype=torch.long)
-        for i, (_, r) in enumerate(admitted):
-            idx[i, : lengths[i]] = torch.tensor(r.job.prompt_ids)
-        rows = [r for _, r in admitted]  # one transfer: the slots, and their rows' lengths, keys and minimum lengths
-        slots, positions, keys, min_new = self.to_device(
-            [[slot for slot, _ in admitted], lengths, [r.key for r in rows], [r.sampling.min_new_tokens for r in rows]]
-        )
-        self.positions[slots], self.keys[slots], self.min_new[slots], self.drawn[slots] = positions, keys, min_new, 0
-        self._set_rows(slots)
-        self.head.positions = positions - 1
-        try:
-            pos = torch.arange(width, device=self.device)
-            return self.model(idx.to(self.device), input_pos=pos, input_pos_maxp1=width)[:, 0], slots
-        finally:
-            self._set_rows(None)
-            self.head.positions = None
 
     @torch.inference_mode()
     def _decode(self, rows: list[Row]) -> torch.Tensor:
@@ -364,31 +331,6 @@ class Engine:
             if row is not None and row.job.cancelled:
                 self.slots[slot] = None
 
-    def _reserve(self, rows: list[Row]) -> None:
-        """Cache room for every position these rows can reach (prompt + max_new_tokens, within the context), grown
-        in steps of at least half the current size so a stream of slowly longer prompts copies the cache rarely."""
-        need = min(self.s.max_seq_length, max(len(r.job.prompt_ids) + r.job.max_new_tokens for r in rows))
-        have = self.caches.capacity
-        if need <= have:
-            return
-        self.caches.grow(min(self.s.max_seq_length, CACHE_STEP * -(-max(need, have + have // 2) // CACHE_STEP)))
-
-    def _admit(self, free: list[int], window: list, emit: Callable[[Job], None]) -> None:
-        admitted = []
-        while free and window:
-            _, _, row = heapq.heappop(window)
-            admitted.append((free.pop(0), row))
-        self._reserve([row for _, row in admitted])
-        start = 0
-        while start < len(admitted):  # longest first; a group takes prompts within PREFILL_PADDING of its longest
-            width = len(admitted[start][1].job.prompt_ids)
-            limit = min(len(admitted) - start, max(1, self.s.prefill_tokens // max(width, 1)))
-            n = 1
-            while n < limit and len(admitted[start + n][1].job.prompt_ids) >= PREFILL_PADDING * width:
-                n += 1
-            group = admitted[start : start + n]
-            for slot, row in group:
-                self.slots[slot] = row
-            logits, slots = self._prefill(group)
-            self._advance(group, self._sample(logits, [r for _, r in group], slots), emit)
-            start += n
+    def prefix_stats(self) -> dict:
+        """What the prefix cache reused (empty when it is off)."""
+        return self.prefix.stats.as_dict() if self.prefix is not None else {}

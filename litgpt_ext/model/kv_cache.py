@@ -29,15 +29,20 @@ class SlotKVCache(KVCache):
         shape = (slots, n_query_groups, max_seq_length, head_size)
         super().__init__(shape, shape, device=device, dtype=dtype)
         self.rows: torch.Tensor | None = None
+        self.start = 0
+        """Where a prefill's positions begin: past a prefix whose keys and values are in the slots already (the
+        prefix cache's), which the prefill attends over together with its own."""
         self.register_buffer("slots_arange", torch.arange(slots, device=device), persistent=False)
 
     def forward(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.rows is None:  # a decode step over the first k.size(0) slots (the engine packs running rows there)
             return self._write_step(input_pos, k, v)
-        width = k.size(-2)  # a prefill: positions 0..width-1 of the rows being admitted
-        self.k[self.rows, :, :width] = k.to(self.k.dtype)
-        self.v[self.rows, :, :width] = v.to(self.v.dtype)
-        return k, v
+        width, start = k.size(-2), self.start  # a prefill: positions start..start+width-1 of the rows admitted
+        self.k[self.rows, :, start : start + width] = k.to(self.k.dtype)
+        self.v[self.rows, :, start : start + width] = v.to(self.v.dtype)
+        if not start:
+            return k, v  # nothing before it: attention needs only what it just computed
+        return self.k[self.rows, :, : start + width], self.v[self.rows, :, : start + width]
 
     def _write_step(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         """One position per row: row i's ``(groups, hs)`` goes to slot i at ``input_pos[i]``, as one ``index_put_``
@@ -165,6 +170,19 @@ class SlotCaches:
         for cache in self.caches:
             cache.move(src, dst, length)
 
-    def set_rows(self, rows: torch.Tensor | None) -> None:
+    def set_rows(self, rows: torch.Tensor | None, start: int = 0) -> None:
         for cache in self.caches:
-            cache.rows = rows
+            cache.rows, cache.start = rows, start
+
+    def write_prefix(self, slot: int, blocks: list[torch.Tensor]) -> None:
+        """Positions ``0..`` of ``slot`` from a prefix cache's blocks, each ``(layers, 2, groups, n, head_size)``."""
+        if not blocks:
+            return
+        prefix = torch.cat(blocks, dim=3)
+        for layer, cache in enumerate(self.caches):
+            cache.k[slot, :, : prefix.size(3)] = prefix[layer, 0]
+            cache.v[slot, :, : prefix.size(3)] = prefix[layer, 1]
+
+    def read(self, slot: int, start: int, end: int) -> torch.Tensor:
+        """``slot``'s keys and values at positions ``start..end-1``, ``(layers, 2, groups, end - start, head_size)``."""
+        return torch.stack([torch.stack((c.k[slot, :, start:end], c.v[slot, :, start:end])) for c in self.caches])

@@ -283,7 +283,7 @@ async def _events(served: Served, request: api.Request, ticket: Ticket, started:
 
 def _metrics(served: Served) -> str:
     c = served.engine.counters
-    stats = getattr(served.engine.engine, "prefix_stats", lambda: {})()
+    stats = served.engine.engine.prefix_stats()  # (its counters, read as the engine thread updates them)
     lines = [
         f"litgpt_ext:requests_total {c.requests}",
         f"litgpt_ext:requests_failed_total {c.requests_failed}",

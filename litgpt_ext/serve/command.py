@@ -76,7 +76,9 @@ def serve_batch(
         import uvicorn  # noqa: F401
         from starlette.applications import Starlette  # noqa: F401
     except ImportError:
-        raise UserError("needs starlette and uvicorn: pip install 'litgpt-distill[serve]'", field="serve_batch") from None
+        raise UserError(
+            "needs starlette and uvicorn: pip install 'litgpt-distill[serve]'", field="serve_batch"
+        ) from None
     from litgpt_ext.model.support import require_support
 
     require_support(checkpoint_dir, "generate_batch")
@@ -147,6 +149,7 @@ def _run(served, host: str, port: int, shutdown_timeout: float) -> None:
     bound = sock.getsockname()[1]
     config = uvicorn.Config(create_app(served), log_level="warning", access_log=False,
                             timeout_graceful_shutdown=shutdown_timeout)  # fmt: skip
+
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
             super().handle_exit(sig, frame)
