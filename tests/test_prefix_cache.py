@@ -89,16 +89,20 @@ def test_a_seeded_sampled_run_gives_the_same_texts(model_and_tokenizer):
     assert stats["prompt_tokens_reused"] > 0
 
 
-def test_rows_admitted_together_compute_a_shared_prefix_once(model_and_tokenizer):
-    """Eight prompts of one instruction block arrive at once: one prefills the block, the other seven reuse it."""
+def test_rows_admitted_together_compute_each_shared_prefix_once(model_and_tokenizer):
+    """Eight prompts arrive at once: a common head (2 blocks), then one of two instruction blocks (3 blocks each),
+    then a record. The head is computed once, each instruction block once; every other row reuses them."""
     model, tok = model_and_tokenizer
     rng = random.Random(1)
-    block = [rng.randrange(3, tok.vocab_size) for _ in range(4 * BLOCK)]
-    prompts = [block + [rng.randrange(3, tok.vocab_size) for _ in range(5 + i)] for i in range(8)]
+    draw = lambda n: [rng.randrange(3, tok.vocab_size) for _ in range(n)]  # noqa: E731
+    head, a, b = draw(2 * BLOCK), draw(3 * BLOCK), draw(3 * BLOCK)
+    prompts = [head + (a if i % 2 else b) + draw(5 + i) for i in range(8)]
     off, _ = _run(model, tok, _jobs(prompts, greedy(12)), max_batch_size=8)
     on, stats = _run(model, tok, _jobs(prompts, greedy(12)), max_batch_size=8, prefix_cache=True)
     assert {i: j.token_ids for i, j in on.items()} == {i: j.token_ids for i, j in off.items()}
-    assert stats["prompt_tokens_reused"] == 7 * 4 * BLOCK and stats["hits"] == 7
+    # the first instruction's leader computes everything; its 3 followers and the other instruction's leader (the
+    # head) reuse in the second wave, that leader's 3 followers in the third
+    assert stats["prompt_tokens_reused"] == (3 * 5 + 2 + 3 * 5) * BLOCK and stats["hits"] == 7
 
 
 def test_the_memory_cap_evicts_least_recently_used_blocks(model_and_tokenizer):
@@ -177,3 +181,32 @@ def test_generate_batch_caches_by_default_and_the_flag_turns_it_off(tiny_instruc
     bad = run_cli("generate_batch", tiny_instruct, "--input", rows, "--output", tmp_path / "x.jsonl",
                   "--prefix_cache_gb", "-1")  # fmt: skip
     assert bad.returncode != 0 and "prefix_cache_gb" in bad.stderr and not (tmp_path / "x.jsonl").exists()
+
+
+def test_long_prefills_attend_in_causal_halves_as_litgpt_attends(model_and_tokenizer, monkeypatch):
+    """Prompts long enough for the prefill's two-halves attention, from position 0 and after a reused prefix: the
+    same greedy tokens and log-probs as litgpt's own forwards without the cache."""
+    import litgpt_ext.model.prefill_attention as prefill
+
+    model, tok = model_and_tokenizer
+    rng = random.Random(2)
+    draw = lambda n: [rng.randrange(3, tok.vocab_size) for _ in range(n)]  # noqa: E731
+    first = draw(400)
+    prompts = [first, first[: 4 * BLOCK] + draw(270), draw(20)]  # the longest goes first: the second reuses from it
+    queries = []
+    sdpa = prefill.F.scaled_dot_product_attention
+
+    def counted(q, k, v, **kw):
+        queries.append((q.size(-2), k.size(-2)))
+        return sdpa(q, k, v, **kw)
+
+    monkeypatch.setattr(prefill.F, "scaled_dot_product_attention", counted)
+    ours, stats = _run(model, tok, _jobs(prompts, greedy(12), logprobs=2), prefix_cache=True, max_seq_length=512)
+    theirs, _ = _run(model, tok, _jobs(prompts, greedy(12), logprobs=2), fast_forwards=False, max_seq_length=512)
+    assert (200, 200) in queries and (200, 400) in queries  # the first prompt's halves
+    assert (135, 4 * BLOCK + 135) in queries and (135, 4 * BLOCK + 270) in queries  # after a reused prefix
+    assert stats["prompt_tokens_reused"] == 4 * BLOCK
+    for i in map(str, range(len(prompts))):
+        assert ours[i].token_ids == theirs[i].token_ids, i
+        for a, b in zip(ours[i].token_logprobs[0], theirs[i].token_logprobs[0], strict=True):
+            assert a.logprob == pytest.approx(b.logprob, abs=1e-4)

@@ -47,29 +47,29 @@ class Admission:
             _, _, row = heapq.heappop(window)
             admitted.append((free.pop(0), row))
         self._reserve([row for _, row in admitted])
-        first, then = self._leaders(admitted)
-        for wave in (first, then):
-            if wave:
-                self._prefill_wave(wave, emit)
+        for wave in self._waves(admitted):
+            self._prefill_wave(wave, emit)
 
-    def _leaders(self, admitted: list[tuple[int, Row]]) -> tuple[list, list]:
-        """Admitted rows split into two waves: rows that share blocks the cache does not hold yet wait for one of
-        them (their leader) to prefill and store those blocks, and then reuse them: 32 prompts of one instruction
-        block admitted at once compute it once, not 32 times."""
+    def _waves(self, admitted: list[tuple[int, Row]]):
+        """Admitted rows in waves, each prefilled (and its blocks stored) before the next is formed: a row whose
+        first block missing from the cache is also the first missing block of a row already in this wave waits for
+        the next, and then reuses what that row stored. 32 prompts of 4 instruction blocks behind one system prompt,
+        admitted at once, compute the system prompt once and each instruction block once (three waves), not 32 times."""
         if self.prefix is None:
-            return admitted, []
-        from collections import Counter
-
-        ahead = [self.prefix.next_missing(row.job.prompt_ids) for _, row in admitted]
-        sharing = Counter(key for key in ahead if key is not None)
-        first, then, led = [], [], set()
-        for entry, key in zip(admitted, ahead, strict=True):
-            if key is not None and sharing[key] > 1 and key in led:
-                then.append(entry)  # its leader goes first
-            else:
-                led.add(key)
-                first.append(entry)
-        return first, then
+            yield admitted
+            return
+        pending = admitted
+        while pending:
+            wave, later, claimed = [], [], set()
+            for entry in pending:
+                key = self.prefix.next_missing(entry[1].job.prompt_ids)
+                if key is not None and key in claimed:
+                    later.append(entry)
+                else:
+                    claimed.add(key)
+                    wave.append(entry)
+            yield wave
+            pending = later
 
     def _prefill_wave(self, admitted: list[tuple[int, Row]], emit: Callable[[Job], None]) -> None:
         """Prefill rows grouped by the prefix tokens they reuse, each group's remainders within PREFILL_PADDING of
