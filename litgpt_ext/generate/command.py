@@ -22,7 +22,7 @@ from litgpt_ext.data.encode import encode_text, keep_end
 from litgpt_ext.errors import EXIT_INCOMPLETE, UserError, require
 from litgpt_ext.generate.engine import Engine, Job, Settings
 from litgpt_ext.generate.inputs import InputFormat, PromptRecord, Shard, detect_format, parse_shard, read_prompts
-from litgpt_ext.generate.outputs import accumulate_stats, stats_path
+from litgpt_ext.generate.outputs import accumulate_stats, stats_path, union_stats
 from litgpt_ext.generate.settings import Sampling, spread_sampling
 from litgpt_ext.io import JsonlAppender, atomic_write_json, read_jsonl_repairing
 from litgpt_ext.prompts import apply_style, data_style, resolve_prompt_style
@@ -206,15 +206,6 @@ def wait_for_children(fabric: L.Fabric) -> int:
     not: under ``sbatch`` they would be killed when the job's main process ends) and count those that failed."""
     procs = getattr(getattr(fabric.strategy, "launcher", None), "procs", None) or []
     return sum(proc.wait() != 0 for proc in procs)
-
-
-def union_stats(per_rank: list[dict]) -> dict:
-    """One run's stats over every process: counts add up, the time is the slowest process's."""
-    counts = ("prompts", "generated_tokens", "error_records", "truncated_prompts", "already_done")
-    total = {**per_rank[0], **{key: sum(r[key] for r in per_rank) for key in counts}}
-    total["seconds"] = max(r["seconds"] for r in per_rank)
-    total["processes"] = len(per_rank)
-    return total
 
 
 def load_generator(checkpoint_dir: Path, config: Config, fabric: L.Fabric, dtype: torch.dtype) -> GPT:

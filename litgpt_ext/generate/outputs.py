@@ -51,3 +51,12 @@ def accumulate_stats(path: Path, run: dict) -> dict:
 def stats_path(output: Path) -> Path:
     """Where a run's throughput is written: ``generations.jsonl`` -> ``generations.stats.json`` (the last run's)."""
     return output.with_name(f"{output.stem}.stats.json")
+
+
+def union_stats(per_rank: list[dict]) -> dict:
+    """One run's stats over every process: counts add up, the time is the slowest process's."""
+    counts = ("prompts", "generated_tokens", "error_records", "truncated_prompts", "already_done")
+    total = {**per_rank[0], **{key: sum(r[key] for r in per_rank) for key in counts}}
+    total["seconds"] = max(r["seconds"] for r in per_rank)
+    total["processes"] = len(per_rank)
+    return total

@@ -4,8 +4,9 @@ litgpt's attention expands keys and values to one head per query head (``repeat_
 decode step that copies the whole cached span of every slot, in every layer, at every step — most of the step's
 time at a few hundred cached positions. With one query position per row, the query heads that share a key/value
 head can instead be laid out as that group's "query positions": ``(B, heads, 1, hs) -> (B, groups, heads/groups,
-hs)`` attends over the group's own keys, with no copy, and gives the same result. Prefill (many positions) and
-everything else keep litgpt's own forward.
+hs)`` attends over the group's own keys, with no copy, and gives the same result. A prefill (many positions through
+the slot caches) goes to :func:`~litgpt_ext.model.prefill_attention.prefill_attention`; everything else keeps
+litgpt's own forward.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from litgpt.model import CausalSelfAttention
 
 from litgpt_ext.model.fast_attention import rotated_qkv, scale
+from litgpt_ext.model.prefill_attention import prefill_attention
 from litgpt_ext.model.recorder import Patches
 
 
@@ -55,8 +57,10 @@ def _grouped_forward(
     input_pos_maxp1: int | None = None,
 ) -> torch.Tensor:
     B, T, _ = x.shape
-    if T != 1 or input_pos is None or mask is None:
+    if input_pos is None or mask is None:
         return CausalSelfAttention.forward(self, x, cos, sin, mask, input_pos, input_pos_maxp1)
+    if T != 1:  # a prefill
+        return prefill_attention(self, x, cos, sin, mask, input_pos, input_pos_maxp1)
     hs, heads, groups = self.config.head_size, self.config.n_head, self.config.n_query_groups
     q, k, v = rotated_qkv(self, x, cos, sin)
     k, v = self.kv_cache(input_pos, k, v)

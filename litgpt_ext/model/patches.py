@@ -37,8 +37,10 @@ def install_training_forwards(gpt: nn.Module, patches: Patches) -> None:
 
 
 def install_decode_forwards(gpt: nn.Module, patches: Patches) -> None:
-    """The one-position attention step on grouped keys/values (where it applies)."""
+    """The one-position attention step on grouped keys/values and the prefill's attention in causal halves (where
+    they apply), and SwiGLU computed in place."""
     install_grouped_decode(gpt, patches)
+    lean_swiglu(gpt, patches)
 
 
 INSTALLERS = {"training": install_training_forwards, "decode": install_decode_forwards}
