@@ -12,13 +12,13 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import REPO
+REPO = Path(__file__).resolve().parents[1]
 
 
 class ServerProcess:
-    def __init__(self, checkpoint: Path, *flags: str, env: dict | None = None) -> None:
+    def __init__(self, checkpoint: Path, *flags: str, env: dict | None = None, model_name: str = "teacher") -> None:
         self.args = [sys.executable, "-m", "litgpt_ext", "serve_batch", str(checkpoint), "--port", "0",
-                     "--model_name", "teacher", *map(str, flags)]  # fmt: skip
+                     "--model_name", model_name, *map(str, flags)]  # fmt: skip
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.lines: list[str] = []
         self.proc: subprocess.Popen | None = None

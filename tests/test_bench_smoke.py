@@ -68,7 +68,21 @@ def _smoke(module, expected, *extra):
 
 @pytest.mark.parametrize(
     ("module", "expected"),
-    [("bench_generate", ["its chat template", "greedy texts identical"]), ("bench_sft", ["tokens/s (non-padding)"])],
+    [
+        ("bench_generate", ["its chat template", "greedy texts identical"]),
+        ("bench_sft", ["tokens/s (non-padding)"]),
+        ("bench_shared_prefix", ["--prefix_cache false", "prompt tokens reused", "with vs without the cache 12 of 12"]),
+        (
+            "bench_serve",
+            [
+                "serve_batch, 4 openai clients",
+                "equal generate_batch's: 12 of 12",
+                "time to first token",
+                "logprobs + top_logprobs",
+            ],
+        ),
+        ("profile_prefill", ["its GEMMs, each alone", "body / its GEMMs alone", "Self CPU"]),
+    ],
 )
 def test_bench_smoke_on_a_checkpoint(module, expected, tiny_instruct):
     _smoke(module, expected, "--checkpoint", tiny_instruct)
