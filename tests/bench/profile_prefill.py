@@ -1,16 +1,19 @@
 """``make profile-prefill``: where a prefill's time goes on a real checkpoint (SmolLM2-135M-Instruct), against what its
-matrix multiplications cost when each runs alone at its own shape.
+matrix multiplications cost when each runs alone at its own shape — the engine's prefill before and after its own
+prefill forwards, in one run.
 
 Workload: one prefill of a batch of ``--rows`` (8) prompts of ``--tokens`` (500) random token ids through the
-engine's own path (slot caches, the last-position head, the engine's forwards), fp32 on CPU, torch threads 2.
-Measured in the same run, each the median of ``--repeats`` (5) calls after a warm-up:
-* the prefill, whole;
-* the body's GEMMs alone: every linear layer of every block (``qkv``, ``proj``, ``fc_1``, ``fc_2``, the MLP's
-  ``proj``) as ``F.linear`` on a ``(rows x tokens, in)`` input of its own, summed over the blocks;
-* attention alone: ``scaled_dot_product_attention`` on one block's queries, keys and values (causal), times blocks;
+engine's own path (slot caches, the last-position head), fp32 on CPU, torch threads 2, by two engines on two copies
+of the model: ``--fast_forwards false`` (litgpt's own attention and MLP forwards: the engine before this change) and
+the default (the prefill's attention in causal halves, SwiGLU in place). Each round times, one after the other:
+* each engine's prefill, whole;
+* the body's GEMMs alone: every linear layer of a block (``qkv``, ``proj``, ``fc_1``, ``fc_2``, the MLP's ``proj``)
+  as ``F.linear`` on a ``(rows x tokens, in)`` input of its own, times the blocks;
+* attention alone: one ``scaled_dot_product_attention`` call at a block's full causal shape, times the blocks;
 * the LM head on the last position of each row.
-Reported: milliseconds and GFLOP/s of each, the body's time over its GEMMs' (the goal: <= 1.25x), and the top
-operators of a ``torch.profiler`` trace of one prefill (self CPU time), which says what the rest is.
+The machine's speed drifts by tens of percent within minutes, so every ratio is taken within a round and reported
+as the median (min-max) over ``--repeats`` (5) rounds. Then the top operators of a ``torch.profiler`` trace of one
+prefill of each (self CPU time) say what the rest is. Goal: the body <= 1.25x its GEMMs alone.
 """
 
 from __future__ import annotations
@@ -23,17 +26,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from tests.bench.common import spread, table
+
 THREADS = 2
 
 
-def _median_ms(fn, repeats: int) -> float:
+def _ms(fn) -> float:
+    t0 = time.perf_counter()
     fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+    return (time.perf_counter() - t0) * 1000
 
 
 def main() -> None:
@@ -42,8 +43,6 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--fast_forwards", default="true", choices=["true", "false"],
-                        help="false: litgpt's own forwards (the engine's before this change)")  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="2 x 32 tokens, one call each: checks the harness only")
     args = parser.parse_args()
     if args.smoke:
@@ -64,55 +63,73 @@ def main() -> None:
     model.eval().requires_grad_(False)
     g = torch.Generator().manual_seed(0)
     prompts = torch.randint(100, config.vocab_size, (args.rows, args.tokens), generator=g).tolist()
-    settings = Settings(greedy(1), max_batch_size=args.rows, max_seq_length=config.block_size,
-                        fast_forwards=args.fast_forwards == "true", pack_weights=False)  # fmt: skip
-    engine = Engine(model, Tokenizer(args.checkpoint), settings, torch.device("cpu"), torch.float32)
-    engine._reserve([Row(Job(str(i), i, p, 1, 1), 0, i, greedy(1)) for i, p in enumerate(prompts)])
-    group = [(i, Row(Job(str(i), i, p, 1, 1), 0, i, greedy(1)), []) for i, p in enumerate(prompts)]
+    engines = {}
+    for fast in (False, True):
+        copy = GPT(config)
+        copy.load_state_dict(model.state_dict())
+        copy.eval().requires_grad_(False)
+        settings = Settings(greedy(1), max_batch_size=args.rows, max_seq_length=config.block_size,
+                            fast_forwards=fast, pack_weights=False)  # fmt: skip
+        engine = Engine(copy, Tokenizer(args.checkpoint), settings, torch.device("cpu"), torch.float32)
+        rows = [Row(Job(str(i), i, p, 1, 1), 0, i, greedy(1)) for i, p in enumerate(prompts)]
+        engine._reserve(rows)
+        engines["before (litgpt's forwards)" if not fast else "after (the engine's)"] = (engine, rows)
 
-    def prefill():
-        engine._prefill(group, 0)
+    def prefill(name):
+        engine, rows = engines[name]
+        return lambda: engine._prefill([(i, row, []) for i, row in enumerate(rows)], 0)
 
     n = args.rows * args.tokens
-    whole = _median_ms(prefill, args.repeats)
-    blocks = model.transformer.h
-    x = {}
-    gemm_ms, gemm_flop = 0.0, 0
+    layers = len(model.transformer.h)
+    gemms, gemm_flop, inputs = [], 0, {}
     for name in ("attn.qkv", "attn.proj", "mlp.fc_1", "mlp.fc_2", "mlp.proj"):
-        layer = blocks[0].get_submodule(name)
-        inp = x.setdefault(layer.in_features, torch.randn(n, layer.in_features))
-        ms = _median_ms(lambda layer=layer, inp=inp: F.linear(inp, layer.weight, layer.bias), args.repeats)
-        gemm_ms += ms * len(blocks)
-        gemm_flop += 2 * n * layer.in_features * layer.out_features * len(blocks)
-    hs, heads, groups = config.head_size, config.n_head, config.n_query_groups
+        layer = model.transformer.h[0].get_submodule(name)
+        inp = inputs.setdefault(layer.in_features, torch.randn(n, layer.in_features))
+        gemms.append(lambda layer=layer, inp=inp: F.linear(inp, layer.weight, layer.bias))
+        gemm_flop += 2 * n * layer.in_features * layer.out_features * layers
+    hs, heads = config.head_size, config.n_head  # (keys and values repeated per query head, as the engine does)
     q = torch.randn(args.rows, heads, args.tokens, hs)
-    kv = torch.randn(args.rows, groups, args.tokens, hs)
-    attn_ms = len(blocks) * _median_ms(
-        lambda: F.scaled_dot_product_attention(q, kv, kv, is_causal=True, enable_gqa=groups != heads), args.repeats
-    )
-    last = torch.randn(args.rows, config.n_embd)
+    kv = torch.randn(args.rows, heads, args.tokens, hs)
     weight = getattr(model.lm_head, "head", model.lm_head).weight  # (the engine wraps the head)
-    head_ms = _median_ms(lambda: F.linear(last, weight), args.repeats)
-    body = whole - head_ms
+    last = torch.randn(args.rows, config.n_embd)
+    timed = {name: [] for name in (*engines, "gemms", "attention", "head")}
+    for name in engines:  # warm-up
+        prefill(name)()
+    for _ in range(args.repeats):
+        for name in engines:
+            timed[name].append(_ms(prefill(name)))
+        timed["gemms"].append(layers * sum(_ms(gemm) for gemm in gemms))
+        timed["attention"].append(layers * _ms(lambda: F.scaled_dot_product_attention(q, kv, kv, is_causal=True)))
+        timed["head"].append(_ms(lambda: F.linear(last, weight)))
+    med = {name: statistics.median(values) for name, values in timed.items()}
     print(
         f"\nprofile-prefill: {args.checkpoint.name}, {args.rows} x {args.tokens} tokens, fp32, CPU, torch threads "
-        f"{THREADS}, fast_forwards {args.fast_forwards}; medians of {args.repeats}"
+        f"{THREADS}; median (min-max) over {args.repeats} rounds, ratios within each round"
     )
-    print(f"prefill, whole               {whole:9.1f} ms  ({gemm_flop / whole / 1e6:6.1f} GFLOP/s of GEMM work)")
-    print(f"  the body (minus the head)  {body:9.1f} ms")
-    print(f"  its GEMMs, each alone      {gemm_ms:9.1f} ms  ({gemm_flop / gemm_ms / 1e6:6.1f} GFLOP/s)")
-    print(f"  attention alone (SDPA)     {attn_ms:9.1f} ms")
-    print(f"  LM head, last positions    {head_ms:9.1f} ms")
-    print(
-        f"body / its GEMMs alone: {body / gemm_ms:.2f}x  (body / (GEMMs + attention): {body / (gemm_ms + attn_ms):.2f}x)"
-    )
-    print(f"goal (body <= 1.25x its GEMMs alone): {'MET' if body <= 1.25 * gemm_ms else 'NOT MET'}")
+    print(f"  the body's GEMMs, each alone   {spread(timed['gemms'], '{:,.0f}')} ms "
+          f"({gemm_flop / med['gemms'] / 1e6:.0f} GFLOP/s)")  # fmt: skip
+    print(f"  attention alone (SDPA, causal) {spread(timed['attention'], '{:,.0f}')} ms")
+    print(f"  LM head, last positions        {spread(timed['head'], '{:,.1f}')} ms")
+    rows = [("prefill", "whole ms", "body GFLOP/s (GEMM work)", "body / its GEMMs alone")]
+    for name in engines:
+        body = [w - h for w, h in zip(timed[name], timed["head"])]
+        rows.append((name, spread(timed[name], "{:,.0f}"), f"{gemm_flop / statistics.median(body) / 1e6:.0f}",
+                     spread([b / g for b, g in zip(body, timed["gemms"])], "{:.2f}x")))  # fmt: skip
+    print(table(rows))
+    before, after = engines
+    speedup = [b / a for a, b in zip(timed[after], timed[before])]
+    ratio = statistics.median((w - h) / g for w, h, g in zip(timed[after], timed["head"], timed["gemms"]))
+    print(f"after vs before: {spread(speedup, '{:.2f}x')} faster")
+    print(f"goal (body <= 1.25x its GEMMs alone): {'MET' if ratio <= 1.25 else 'NOT MET'} ({ratio:.2f}x)")
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        prefill()
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14, max_name_column_width=40))
-    engine.close()
+    for name in engines:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            prefill(name)()
+        print(f"\n{name}: the top operators of one prefill (self CPU time)")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10, max_name_column_width=40))
+    for engine, _ in engines.values():
+        engine.close()
 
 
 if __name__ == "__main__":
