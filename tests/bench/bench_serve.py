@@ -12,7 +12,12 @@ model's end of turn. Contenders, per round:
   missing), started once with ``--temperature 0 --max_new_tokens`` N (it fixes both at start-up), under 32 clients on
   the first ``--litserve_prompts`` (32) rows (it answers one request at a time); its tokens counted by re-tokenizing
   its answers.
-Then, on the idle ``serve_batch``: time to first token of one 200-token request, streamed (5 tries, median).
+Then, on the idle ``serve_batch``: time to first token of one 200-token request, streamed (5 tries, median); and
+``finetune_kd`` of a random-init 6-layer student on the checkpoint's tokenizer (bench-kd's off-policy workload: 8
+steps of 8 sequences of 100-400 tokens, full weights) with the checkpoint as its teacher in process (``--teacher``)
+and through this server (``--teacher_url``: the prompt scored by ``echo`` + top-20 log-probs on
+``/v1/completions``), interleaved: training tokens/s and the training process's peak RSS (``--skip_kd`` leaves it
+out).
 Reported: generated tokens/s, median (min-max) over rounds, ratios per round, request latency p50 / p99, and the
 checks: ``serve_batch``'s greedy texts equal ``generate_batch``'s; what each server answers to the same feature
 probes (per-request temperature and max tokens, log-probs, n, echo) side by side.
@@ -167,6 +172,30 @@ class LitgptServe:
             self.proc.kill()
 
 
+def _kd(teacher: Path, url: str, tmp: Path, rounds: int, smoke: bool) -> dict[str, list[dict]]:
+    """finetune_kd of a random-init student on ``teacher``'s tokenizer, the teacher in process and on the server."""
+    from tests.bench.bench_kd import PY, make_examples, ours
+    from tests.bench.common import run_measured
+
+    student, data = tmp / "kd-student", tmp / "kd-data.json"
+    size = ["--n_layer", "1", "--n_embd", "64", "--n_head", "4"] if smoke else ["--n_layer", "6", "--n_embd", "384",
+                                                                                "--n_head", "6"]  # fmt: skip
+    run_measured([PY, "-m", "litgpt_ext", "make_tiny_checkpoint", "--out_dir", str(student), *size, "--block_size",
+                  "1024", "--tokenizer_from", str(teacher)])  # fmt: skip
+    make_examples(data, 100 if smoke else 400)
+    os.environ["BENCH_SERVE_KEY"] = "local"  # the keyless server's placeholder (no real key is sent anywhere)
+    steps = 2 if smoke else 8
+    sources = {"--teacher (in process)": ["--teacher", str(teacher)],
+               "--teacher_url (serve_batch)": ["--teacher_url", url, "--teacher_model", "m", "--server.top_k", "20",
+                                               "--server.api_key_env", "BENCH_SERVE_KEY"]}  # fmt: skip
+    runs: dict[str, list[dict]] = {name: [] for name in sources}
+    for _ in range(rounds):
+        for name, source in sources.items():
+            runs[name].append(ours(student, data, tmp / f"kd-{len(runs[name])}-{name[2:9]}", steps, 2, 4, False,
+                                   source))  # fmt: skip
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", type=Path, required=True, help="a litgpt instruct checkpoint (SmolLM2)")
@@ -176,6 +205,7 @@ def main() -> None:
     parser.add_argument("--litserve_prompts", type=int, default=32, help="rows sent to litgpt serve")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median and min-max reported)")
     parser.add_argument("--precision", default="32-true", help="every contender's precision (bf16-true on a GPU)")
+    parser.add_argument("--skip_kd", action="store_true", help="leave out finetune_kd --teacher_url vs --teacher")
     parser.add_argument("--smoke", action="store_true", help="few rows, one round: checks the harness only")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
@@ -223,6 +253,7 @@ def main() -> None:
             while count(prompting.text(long_prompt)) > 200:
                 long_prompt = long_prompt.rsplit(" ", 10)[0]
             ttft = _ttft(ours.base_url, "m", long_prompt, 5)
+            kd = {} if args.skip_kd else _kd(ckpt, ours.base_url, tmp, rounds, args.smoke)
             probes = {"serve_batch": _probe(ours.base_url, "m", count)}
             if lit is not None:
                 probes["litgpt serve"] = _probe(lit.base_url, "m", count)
@@ -260,6 +291,13 @@ def main() -> None:
     if results["litgpt serve"]:
         vs_lit = [a["rate"] / b["rate"] for a, b in zip(results["serve_batch"], results["litgpt serve"])]
         print(f"serve_batch vs litgpt serve, tokens/s: {spread(vs_lit, '{:.1f}x')}")
+    if kd:
+        rows = [("finetune_kd, 6-layer student", "training tokens/s", "vs teacher in process", "peak RSS MB")]
+        for name, runs in kd.items():
+            rows.append((name, spread([r["tps"] for r in runs], "{:,.1f}"),
+                         spread([r["tps"] / b["tps"] for r, b in zip(runs, kd["--teacher (in process)"])], "{:.2f}x"),
+                         spread([r["rss"] for r in runs], "{:,.0f}")))  # fmt: skip
+        print(table(rows))
     if not args.smoke:
         share = statistics.median(x["rate"] / b["rate"] for x, b in zip(results["serve_batch"], base))
         met = share >= 0.9 and statistics.median(ttft) <= 0.5 and same == n
