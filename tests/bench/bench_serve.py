@@ -152,7 +152,9 @@ class LitgptServe:
 
         env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
         self.log = tempfile.TemporaryFile("w+")
-        self.proc = subprocess.Popen(self.args, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            self.args, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )  # (LitServe starts workers of its own: stopped together)
         deadline = time.time() + 300
         while time.time() < deadline and self.proc.poll() is None:
             try:
@@ -165,11 +167,13 @@ class LitgptServe:
         raise SystemExit("litgpt serve did not start:\n" + self.log.read()[-3000:])
 
     def __exit__(self, *exc) -> None:
-        self.proc.terminate()
+        import signal
+
+        os.killpg(self.proc.pid, signal.SIGTERM)
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            os.killpg(self.proc.pid, signal.SIGKILL)
 
 
 def _kd(teacher: Path, url: str, tmp: Path, rounds: int, smoke: bool) -> dict[str, list[dict]]:
