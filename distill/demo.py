@@ -1,7 +1,8 @@
 """``make demo``, after the demo task's pipeline on the real SmolLM2-135M-Instruct student (``make report TASK=demo``,
 see ``artifacts/tasks/demo.mk``: teacher, LoRA-distilled student in its chat template, its fidelity on held-out
 records next to the untrained instruct model, the cost/speed report) and the same task on a tiny random-init student
-(``TASK=demo-tiny``): the stages outside a task pipeline — Q/A SFT with test-split evaluation, exports, batch
+(``TASK=demo-tiny``): the stages outside a task pipeline — the real SmolLM2 as a local teacher behind ``serve_batch``
+queried by ``distill_query``, Q/A SFT with test-split evaluation, exports, batch
 generation in shards scored by hand, preference pairs + DPO, text-to-SQL labels and reward models, logit
 distillation — offline, on the embedded data and the tiny students (each stage needs a second model or many runs,
 which a CPU affords at that size). It ends with the tables users decide by: the Q/A student on its test split, the
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from distill.demo_feedback import preference_stage, reward_stage, sql_stage
 from distill.demo_kd import format_kd_table, kd_stage
+from distill.demo_serve import local_teacher_stage
 from distill.demo_steps import DEMO_DATA, REPO, RUN, TINY, litgpt_ext, litgpt_ext_side_by_side, rel
 
 
@@ -164,7 +166,16 @@ def _generate_stage(student: Path) -> list[tuple[str, Path]]:
     return [("test-split generations (merged shards)", out), ("their scores", scored)]
 
 
-STAGES = [preference_stage, _sft_stage, _export_stage, _generate_stage, sql_stage, reward_stage, kd_stage]
+STAGES = [
+    local_teacher_stage,
+    preference_stage,
+    _sft_stage,
+    _export_stage,
+    _generate_stage,
+    sql_stage,
+    reward_stage,
+    kd_stage,
+]
 
 
 if __name__ == "__main__":
