@@ -124,3 +124,47 @@ def test_settings_stamps_of_any_length_are_up_to_date_once_written(tmp_path):
             if run_make("-q", stamp, *task).returncode != 0:
                 stale.append((n, stage))
     assert stale == []
+
+
+def test_make_serve_puts_the_tasks_local_teacher_where_its_teacher_stage_asks(tiny_instruct, tmp_path):
+    """A task naming a local teacher: ``make serve`` starts serve_batch on TEACHER_CHECKPOINT at TEACHER_URL (asking
+    for TEACHER_API_KEY), ``make teacher`` sends distill_query there with that key — the OpenAI key in the
+    environment is never sent (the server would refuse it: 401) — and the answers land in the task's cache."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = tmp_path / "run"
+    task = ["TASK=demo-tiny", f"RUN={run}", f"RECORDS={_first_records(tmp_path, 4)}", "TEACHER_WRAP=",
+            f"TEACHER_CHECKPOINT={tiny_instruct}", "TEACHER_MODEL=local", f"TEACHER_URL=http://127.0.0.1:{port}/v1",
+            f"TEACHER_PROMPT={REPO / 'prompts' / 'one_search_query.md'}",
+            'TEACHER_FLAGS=--temperature 0 --max_tokens 16 --stop \'["e", " "]\' --concurrency 4']  # fmt: skip
+    env = {"TEACHER_API_KEY": "sk-local-teacher", "OPENAI_API_KEY": "sk-openai-must-not-leave"}
+    assert f"--base_url http://127.0.0.1:{port}/v1" in run_make("-n", "teacher", *task, env=env).stdout
+    clean = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    server = subprocess.Popen(["make", "--no-print-directory", "serve", *task], cwd=REPO, env={**clean, **env},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and server.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert server.poll() is None, server.stdout.read()[-2000:]
+        done = run_make("teacher", *task, env=env)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        output = server.communicate(timeout=60)[0]
+    rows = [json.loads(line) for line in (run / "responses.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(r["status"] == "ok" and r["model"] == "local" for r in rows)
+    assert "serve_batch" in output and "--api_key_env TEACHER_API_KEY" in output
+    assert "sk-local-teacher" not in output + done.stdout + done.stderr  # (make echoes ${TEACHER_API_KEY}, not the key)
