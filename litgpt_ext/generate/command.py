@@ -364,6 +364,7 @@ def generate_on(fabric: L.Fabric, a: GenerateArgs) -> dict:
 
         per_rank: list[dict | None] = [None] * fabric.world_size
         dist.all_gather_object(per_rank, run_stats)
+        dist.destroy_process_group()  # (its gloo threads joined now, not torn down at exit: a race that aborted a rank)
         return union_stats(per_rank)
     return run_stats
 
