@@ -332,8 +332,8 @@ def generate_on(fabric: L.Fabric, a: GenerateArgs) -> dict:
         f"-> {out_path}" + (f" ({len(done):,} done by earlier runs)" if done else "")
     )
     prefix = engine.prefix_stats()
-    if prefix.get("prompt_tokens_reused"):
-        fabric.print(
+    if prefix.get("prompt_tokens_reused"):  # (every process its own, as the summary line above)
+        print(
             f"{who}prefix cache: {prefix['prompt_tokens_reused']:,} of "
             f"{prefix['prompt_tokens_reused'] + prefix['prompt_tokens_computed']:,} prompt tokens reused "
             f"({prefix['hits']:,} of {prefix['lookups']:,} prompts), {prefix['evictions']:,} blocks evicted"
