@@ -115,8 +115,8 @@ def test_generate_batch_with_litgpts_forwards_writes_the_same_greedy_texts(tiny_
                        max_batch_size=3, fast_forwards=fast)  # fmt: skip
         texts.append({r["id"]: r["generations"] for r in map(json.loads, out.read_text().splitlines())})
         replaced = json.loads(out.with_suffix(".stats.json").read_text())["replaced_forwards"]
-        # the grouped decode step and the packed decode matmuls (fp32 on a CPU), or none: the flag was honoured
-        assert replaced == (["CausalSelfAttention", "LLaMAMLP", "Linear"] if fast else []), replaced
+        # the grouped decode step, the packed decode matmuls (fp32 on a CPU) and the one-op norm, or none: the flag was honoured
+        assert replaced == (["CausalSelfAttention", "LLaMAMLP", "Linear", "RMSNorm"] if fast else []), replaced
     assert texts[0] == texts[1] and len(texts[0]) == 5
 
 

@@ -8,6 +8,7 @@ import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 from litgpt.config import Config
 from litgpt.model import GPT
 from litgpt.tokenizer import Tokenizer
@@ -183,9 +184,10 @@ def test_generate_batch_caches_by_default_and_the_flag_turns_it_off(tiny_instruc
     assert bad.returncode != 0 and "prefix_cache_gb" in bad.stderr and not (tmp_path / "x.jsonl").exists()
 
 
-def test_long_prefills_attend_in_causal_halves_as_litgpt_attends(model_and_tokenizer, monkeypatch):
-    """Prompts long enough for the prefill's two-halves attention, from position 0 and after a reused prefix: the
-    same greedy tokens and log-probs as litgpt's own forwards without the cache."""
+def test_long_prefills_attend_block_by_block_as_litgpt_attends(model_and_tokenizer, monkeypatch):
+    """Prompts long enough for several blocks of the CPU prefill's attention, from position 0 and after a reused
+    prefix: each block meets only the keys up to its own end, and the greedy tokens and log-probs equal litgpt's
+    own forwards without the cache."""
     import litgpt_ext.model.prefill_attention as prefill
 
     model, tok = model_and_tokenizer
@@ -193,20 +195,46 @@ def test_long_prefills_attend_in_causal_halves_as_litgpt_attends(model_and_token
     draw = lambda n: [rng.randrange(3, tok.vocab_size) for _ in range(n)]  # noqa: E731
     first = draw(400)
     prompts = [first, first[: 4 * BLOCK] + draw(270), draw(20)]  # the longest goes first: the second reuses from it
-    queries = []
-    sdpa = prefill.F.scaled_dot_product_attention
+    reaches = []
+    baddbmm = torch.baddbmm
 
-    def counted(q, k, v, **kw):
-        queries.append((q.size(-2), k.size(-2)))
-        return sdpa(q, k, v, **kw)
+    def counted(bias, rows, keys, **kw):
+        reaches.append(keys.size(-1))
+        return baddbmm(bias, rows, keys, **kw)
 
-    monkeypatch.setattr(prefill.F, "scaled_dot_product_attention", counted)
+    monkeypatch.setattr(prefill.torch, "baddbmm", counted)
     ours, stats = _run(model, tok, _jobs(prompts, greedy(12), logprobs=2), prefix_cache=True, max_seq_length=512)
     theirs, _ = _run(model, tok, _jobs(prompts, greedy(12), logprobs=2), fast_forwards=False, max_seq_length=512)
-    assert (200, 200) in queries and (200, 400) in queries  # the first prompt's halves
-    assert (135, 4 * BLOCK + 135) in queries and (135, 4 * BLOCK + 270) in queries  # after a reused prefix
+    monkeypatch.undo()
+    step = prefill.BLOCK
+    assert set(range(step, 400, step)) | {400} <= set(reaches)  # the first prompt, block by block
+    assert {4 * BLOCK + step, 4 * BLOCK + 270} <= set(reaches) and 20 in reaches  # after a reused prefix; a short one
+    assert max(reaches) == 400
     assert stats["prompt_tokens_reused"] == 4 * BLOCK
     for i in map(str, range(len(prompts))):
         assert ours[i].token_ids == theirs[i].token_ids, i
         for a, b in zip(ours[i].token_logprobs[0], theirs[i].token_logprobs[0], strict=True):
             assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+
+
+@pytest.mark.parametrize("window", [None, 50])
+def test_blocked_prefill_attention_equals_sdpa(window):
+    """The CPU prefill's block-by-block attention against PyTorch's own on per-head copies: queries after a prefix,
+    a per-row boolean mask (a sliding window in it) and the same mask as additive scores."""
+    from litgpt_ext.model.prefill_attention import BLOCK as STEP
+    from litgpt_ext.model.prefill_attention import _blocked
+
+    g = torch.Generator().manual_seed(0)
+    B, heads, groups, hs, before, T = 2, 6, 2, 16, 37, 2 * STEP + 5
+    q = torch.randn(B, heads, T, hs, generator=g)
+    k, v = torch.randn(2, B, groups, before + T, hs, generator=g)
+    positions = torch.stack([torch.arange(before, before + T), torch.arange(before, before + T) - 3])  # row 1 lags
+    keys = torch.arange(before + T)
+    mask = (keys <= positions[..., None]).unsqueeze(1)  # (B, 1, T, S)
+    if window is not None:
+        mask &= (keys > positions[..., None] - window).unsqueeze(1)
+    expected = F.scaled_dot_product_attention(q, k.repeat_interleave(3, 1), v.repeat_interleave(3, 1),
+                                              attn_mask=mask, scale=0.25).transpose(1, 2)  # fmt: skip
+    torch.testing.assert_close(_blocked(q, k, v, mask, 0.25), expected, atol=1e-5, rtol=1e-5)
+    additive = torch.zeros(mask.shape).masked_fill_(~mask, torch.finfo(torch.float32).min)
+    torch.testing.assert_close(_blocked(q, k, v, additive, 0.25), expected, atol=1e-5, rtol=1e-5)

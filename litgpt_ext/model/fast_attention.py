@@ -72,9 +72,22 @@ def scale(self: CausalSelfAttention) -> float:
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_rope: int) -> torch.Tensor:
+    rope = apply_rope if torch.is_grad_enabled() and x.requires_grad else _rope_no_grad
     if n_rope == x.size(-1):
-        return apply_rope(x, cos, sin)
-    return torch.cat((apply_rope(x[..., :n_rope], cos, sin), x[..., n_rope:]), dim=-1)
+        return rope(x, cos, sin)
+    return torch.cat((rope(x[..., :n_rope], cos, sin), x[..., n_rope:]), dim=-1)
+
+
+def _rope_no_grad(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """litgpt's ``apply_rope`` (``x * cos + cat(-x2, x1) * sin``) in three passes instead of five: the rotated
+    copy and its negation are never made, each half's sine term is added in place (inference only: no graph)."""
+    half = x.size(-1) // 2
+    if x.dim() > cos.dim():  # (B or 1, T, n) against (B, heads, T, n)
+        cos, sin = (t.view(t.size(0), *(1,) * (x.dim() - t.dim()), *t.shape[1:]) for t in (cos, sin))
+    out = torch.mul(x, cos)
+    out[..., :half].addcmul_(x[..., half:], sin[..., :half], value=-1)
+    out[..., half:].addcmul_(x[..., :half], sin[..., half:])
+    return out.to(dtype=x.dtype)
 
 
 def grouped_training_attention(model: nn.Module, patches: Patches | None = None) -> int:

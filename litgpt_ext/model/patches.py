@@ -37,8 +37,9 @@ def install_training_forwards(gpt: nn.Module, patches: Patches) -> None:
 
 
 def install_decode_forwards(gpt: nn.Module, patches: Patches) -> None:
-    """The one-position attention step on grouped keys/values and the prefill's attention in causal halves (where
-    they apply), and SwiGLU computed in place."""
+    """The one-position attention step on grouped keys/values and the prefill's attention block by block (where
+    they apply), RMSNorm in one op, and SwiGLU computed in place."""
+    fused_rms_norm(gpt, patches)
     install_grouped_decode(gpt, patches)
     lean_swiglu(gpt, patches)
 
