@@ -76,5 +76,7 @@ def _blocked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tens
             scores = torch.baddbmm(bias[b if bias.size(0) > 1 else 0].expand(groups, n, reach),
                                    rows[b, :, start:end].reshape(groups, n, hs), k[b, :, :reach].transpose(-1, -2))  # fmt: skip
             weights = torch.softmax(scores, dim=-1)
-            out[b, start:end].transpose(0, 1).copy_(torch.bmm(weights, v[b, :, :reach]).view(groups, end - start, per, hs))
+            out[b, start:end].transpose(0, 1).copy_(
+                torch.bmm(weights, v[b, :, :reach]).view(groups, end - start, per, hs)
+            )
     return out.view(B, T, heads, hs)
