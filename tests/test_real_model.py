@@ -118,7 +118,7 @@ def test_convert_gguf_refuses_what_it_cannot_convert_in_one_line(tmp_path, smoll
     cases = [
         (_gguf(tmp_path / "mamba.gguf", architecture="mamba"), "architecture 'mamba' is not supported"),
         (_gguf(tmp_path / "f64.gguf", tensor=np.zeros((3, 4), dtype=np.float64)), "quantization F64 cannot be"),
-        (_gguf(tmp_path / "sp.gguf", tokenizer="llama"), "tokenizer model 'llama' is not supported"),
+        (_gguf(tmp_path / "bert.gguf", tokenizer="bert"), "tokenizer model 'bert' is not supported"),
     ]
     (tmp_path / "not.gguf").write_text("hello")
     cases.append((tmp_path / "not.gguf", "not a GGUF file"))

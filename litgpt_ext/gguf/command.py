@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Literal
 
 from litgpt_ext.errors import UserError
-from litgpt_ext.gguf.reader import GGUFInfo, check_convertible, read_gguf
+from litgpt_ext.gguf.configs import litgpt_config, registered, shape_of
+from litgpt_ext.gguf.reader import GGUFInfo, check_convertible, check_tensor_shapes, read_gguf
 from litgpt_ext.gguf.tokenizer import read_back_check, write_tokenizer_files
 from litgpt_ext.io import atomic_dir, atomic_write_json
 
 CONVERTER_VERSION = 1
 """Bumped whenever the files written change, so checkpoints cached by an older converter are rebuilt."""
-INSTRUCT_MARKS = ("instruct", "-it", "chat")
 ROUND_TRIP_PROBES = [
     "Hello, world! 12345 + 678 = 13023",
     "  leading spaces, tabs\tand\nnew lines\n\n",
@@ -40,70 +40,19 @@ def require_extra() -> None:
         raise UserError(f"needs {' and '.join(missing)}: pip install 'litgpt-distill[gguf]'", field="convert_gguf")
 
 
-def _shape(info: GGUFInfo) -> dict:
-    """The GGUF hyperparameters under litgpt's ``Config`` names."""
-    return {
-        "n_layer": info.get("block_count"),
-        "n_embd": info.get("embedding_length"),
-        "n_head": info.get("attention.head_count"),
-        "n_query_groups": info.get("attention.head_count_kv", info.get("attention.head_count")),
-        "intermediate_size": info.get("feed_forward_length"),
-        "vocab_size": info.get("vocab_size", len(info.tokens)),
-    }
-
-
-def _differences(config, shape: dict) -> list[str]:
-    return [f"{k} {getattr(config, k)} != {v}" for k, v in shape.items() if v is not None and getattr(config, k) != v]
-
-
-def litgpt_config(info: GGUFInfo, model_name: str | None):
-    """The litgpt ``Config`` for this file: ``model_name``'s (checked against the file's shape), else the one
-    config of the file's shape and family whose name its metadata (basename, size) points to — the instruct variant
-    when the file carries a chat template."""
-    from litgpt.config import Config, configs
-
-    shape = _shape(info)
-    if model_name is not None:
-        try:
-            config = Config.from_name(model_name)
-        except (ValueError, KeyError):
-            raise UserError(f"{model_name!r} is not a litgpt config name", field="model_name") from None
-        wrong = _differences(config, shape)
-        if wrong:
-            raise UserError(f"{model_name!r} does not have this file's shape: {', '.join(wrong)}", field="model_name")
-        return config
-    same = []
-    for entry in configs:
-        config = Config(**entry)
-        if (
-            config.mlp_class_name == "LLaMAMLP"
-            and config.norm_class_name == "RMSNorm"
-            and not _differences(config, shape)
-        ):
-            same.append(config)
-    hints = [str(info.metadata.get(k, "")).lower() for k in ("general.basename", "general.size_label")]
-    named = [c for c in same if all(h in c.name.lower() for h in hints if h)] or same
-    instruct = info.chat_template is not None
-    kind = [c for c in named if any(m in c.name.lower() for m in INSTRUCT_MARKS) == instruct]
-    chosen = kind or named
-    if len(chosen) != 1:
-        found = ", ".join(c.name for c in chosen[:8]) or "none"
-        raise UserError(
-            f"cannot tell which litgpt config this file is (configs of its shape: {found}): pass --model_name",
-            path=info.path,
-            field="model_name",
-        )
-    return chosen[0]
-
-
 def _dequantize(info: GGUFInfo, hf_dir: Path, dtype: str) -> None:
-    """The model as transformers loads the GGUF (dequantized), saved in safetensors for litgpt's converter."""
+    """The model as transformers loads the GGUF (dequantized), saved in safetensors for litgpt's converter. The
+    head width comes from the file's ``attention.key_length`` where it has one (transformers' GGUF reader keeps
+    its Qwen3 default of 128 otherwise)."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(
-        str(info.path.parent), gguf_file=info.path.name, dtype=getattr(torch, dtype)
-    )
+    where = {"pretrained_model_name_or_path": str(info.path.parent), "gguf_file": info.path.name}
+    config = AutoConfig.from_pretrained(**where)
+    width = info.get("attention.key_length")
+    if width is not None and hasattr(config, "head_dim"):
+        config.head_dim = int(width)
+    model = AutoModelForCausalLM.from_pretrained(**where, config=config, dtype=getattr(torch, dtype))
     model.save_pretrained(hf_dir)
 
 
@@ -129,6 +78,7 @@ def convert_gguf(
     require_extra()
     info = read_gguf(Path(gguf_file))
     check_convertible(info)
+    check_tensor_shapes(info, shape_of(info))
     config = litgpt_config(info, model_name)
     org = config.hf_config.get("org") or str(info.metadata.get("general.organization") or "gguf")
     out_dir = Path(out_dir) if out_dir is not None else Path("checkpoints") / org / config.name
@@ -146,7 +96,8 @@ def convert_gguf(
             _dequantize(info, hf_dir, dtype)
             from litgpt.scripts.convert_hf_checkpoint import convert_hf_checkpoint
 
-            convert_hf_checkpoint(hf_dir, model_name=config.name, dtype=dtype)
+            with registered(config):  # (a config derived from the file's metadata is known to litgpt meanwhile)
+                convert_hf_checkpoint(hf_dir, model_name=config.name, dtype=dtype)
             for name in ("lit_model.pth", "model_config.yaml", "config.json"):
                 shutil.move(hf_dir / name, partial / name)
         atomic_write_json(partial / "generation_config.json", {**ids, "_from_model_config": False})

@@ -12,13 +12,15 @@ from pathlib import Path
 
 from litgpt_ext.errors import UserError
 
-SUPPORTED_ARCHITECTURES = ("llama",)
-"""``general.architecture`` values converted; each needs a litgpt config of the same shape and a byte-level BPE
-tokenizer (so: SmolLM / SmolLM2 and Llama 3.x files; Llama 1 / 2, TinyLlama and Mistral carry SentencePiece
-tokenizers, refused below)."""
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
+"""``general.architecture`` values converted: SmolLM / SmolLM2, Llama 2 / 3.x, TinyLlama, Mistral (``llama``),
+Qwen2 / 2.5 / 2.5-Coder (``qwen2``), Qwen3 (``qwen3``), Gemma 3 text models (``gemma3``)."""
+TOKENIZER_MODELS = ("gpt2", "llama")
+"""``tokenizer.ggml.model`` values converted: byte-level BPE, SentencePiece BPE."""
 
-TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_USER_DEFINED = 1, 3, 4
-"""llama.cpp's ``tokenizer.ggml.token_type`` values that matter here (CONTROL tokens are special tokens)."""
+TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_BYTE = 1, 3, 4, 6
+"""llama.cpp's ``tokenizer.ggml.token_type`` values that matter here (CONTROL tokens are special tokens, BYTE ones
+SentencePiece's ``<0xNN>`` fallback pieces)."""
 
 
 @dataclass
@@ -34,6 +36,10 @@ class GGUFInfo:
     merges: list[str] = field(repr=False)
     tensor_types: dict[str, str] = field(repr=False)
     """tensor name -> its GGML type name (``Q4_1``, ``F32``, ...)."""
+    scores: list[float] = field(default_factory=list, repr=False)
+    """SentencePiece piece scores (``tokenizer.ggml.scores``; empty for byte-level BPE files)."""
+    tensor_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
+    """tensor name -> its shape as PyTorch writes it (rows first: ``token_embd.weight`` is ``(vocab, n_embd)``)."""
 
     def get(self, key: str, default=None):
         """An architecture key (``block_count`` means ``llama.block_count``) or a full key."""
@@ -84,7 +90,9 @@ def read_gguf(path: Path) -> GGUFInfo:
         tokens=list(lists_read["tokenizer.ggml.tokens"]),
         token_types=[int(t) for t in lists_read["tokenizer.ggml.token_type"]],
         merges=list(lists_read["tokenizer.ggml.merges"]),
+        scores=[float(x) for x in lists_read["tokenizer.ggml.scores"]],
         tensor_types={t.name: t.tensor_type.name for t in reader.tensors},
+        tensor_shapes={t.name: tuple(int(n) for n in reversed(t.shape.tolist())) for t in reader.tensors},
     )
 
 
@@ -117,11 +125,46 @@ def check_convertible(info: GGUFInfo) -> None:
             **where,
         )
     model = info.metadata.get("tokenizer.ggml.model")
-    if model != "gpt2":
+    if model not in TOKENIZER_MODELS:
         raise UserError(
-            f"tokenizer model {model!r} is not supported: only byte-level BPE tokenizers ('gpt2': SmolLM, Llama 3, "
-            "Qwen, ...) are converted",
+            f"tokenizer model {model!r} is not supported: only byte-level BPE ('gpt2': SmolLM, Llama 3, Qwen, ...) "
+            "and SentencePiece BPE ('llama': Llama 2, TinyLlama, Mistral, Gemma) tokenizers are converted",
             **where,
         )
-    if not info.tokens or len(info.token_types) != len(info.tokens) or not info.merges:
-        raise UserError("its tokenizer has no tokens, token types or merges", **where)
+    if not info.tokens or len(info.token_types) != len(info.tokens):
+        raise UserError("its tokenizer has no tokens or token types", **where)
+    if model == "gpt2" and not info.merges:
+        raise UserError("its byte-level BPE tokenizer has no merges (tokenizer.ggml.merges)", **where)
+    if model == "llama" and len(info.scores) != len(info.tokens):
+        raise UserError("its SentencePiece tokenizer has no score per token (tokenizer.ggml.scores)", **where)
+
+
+def check_tensor_shapes(info: GGUFInfo, shape: dict) -> None:
+    """One line naming the first tensor whose shape contradicts the file's own metadata (``shape``: litgpt's
+    ``Config`` names, from :func:`litgpt_ext.gguf.command.shape_of`): a file that would otherwise load as garbage or
+    fail deep inside a converter."""
+    n_embd, heads, groups = shape["n_embd"], shape["n_head"], shape["n_query_groups"]
+    head_size = shape.get("head_size") or (n_embd // heads if n_embd and heads else None)
+    expected = {
+        "token_embd.weight": (shape["vocab_size"], n_embd),
+        "output.weight": (shape["vocab_size"], n_embd),
+    }
+    for i in range(shape["n_layer"] or 0):
+        expected |= {
+            f"blk.{i}.attn_q.weight": (heads * head_size, n_embd),
+            f"blk.{i}.attn_k.weight": (groups * head_size, n_embd),
+            f"blk.{i}.attn_v.weight": (groups * head_size, n_embd),
+            f"blk.{i}.attn_output.weight": (n_embd, heads * head_size),
+            f"blk.{i}.ffn_gate.weight": (shape["intermediate_size"], n_embd),
+            f"blk.{i}.ffn_up.weight": (shape["intermediate_size"], n_embd),
+            f"blk.{i}.ffn_down.weight": (n_embd, shape["intermediate_size"]),
+        }
+    blocks = {int(name.split(".")[1]) for name in info.tensor_shapes if name.startswith("blk.")}
+    if shape["n_layer"] is not None and blocks != set(range(shape["n_layer"])):
+        raise UserError(f"its tensors hold {len(blocks)} blocks but {info.architecture}.block_count says "
+                        f"{shape['n_layer']}", path=info.path, field="gguf_file")  # fmt: skip
+    for name, want in expected.items():
+        got = info.tensor_shapes.get(name)
+        if got is not None and None not in want and got != want:
+            raise UserError(f"tensor {name} is {tuple(got)} but the file's metadata makes it {want}",
+                            path=info.path, field="gguf_file")  # fmt: skip
