@@ -153,6 +153,17 @@ def smollm2() -> Path:
     return smollm2_checkpoint(REAL_DIR)
 
 
+def greedy_generations(checkpoint: Path, rows: list[dict], out: Path, max_new_tokens: int, *flags: str) -> dict:
+    """``generate_batch``'s greedy fp32 answers to ``rows`` (chat or prompt rows with an ``id``), by id; ``out``
+    is the output file (its folder holds the input too)."""
+    source = out.with_name(out.stem + ".rows.jsonl")
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = run_in_process("generate_batch", checkpoint, "--input", source, "--output", out, "--max_new_tokens",
+                            str(max_new_tokens), "--temperature", "0", "--precision", "32-true", *flags)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {r["id"]: r["generations"][0] for r in map(json.loads, out.read_text().splitlines())}
+
+
 def tokenized_for(checkpoint: Path, data: Path) -> Path:
     """Eight litgpt JSON rows in ``data`` (train.json, val.json), tokenized into train.pt / val.pt for ``checkpoint``."""
     data.mkdir(parents=True)

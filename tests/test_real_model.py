@@ -11,7 +11,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import REPO, run_cli, run_in_process
+from conftest import REPO, greedy_generations, run_cli, run_in_process
 
 pytestmark = pytest.mark.real
 
@@ -336,14 +336,9 @@ def test_generate_batch_greedy_equals_transformers_on_chat_rows_and_evaluates(sm
 
     questions = ["What is the capital of France?", "Name three colours.", "Write a haiku about rain.",
                  "Who wrote Hamlet?"]  # fmt: skip
-    rows = tmp_path / "rows.jsonl"
-    rows.write_text("".join(json.dumps({"id": f"q{i}", "messages": [{"role": "user", "content": q}]}) + "\n"
-                            for i, q in enumerate(questions)))  # fmt: skip
+    chats = [{"id": f"q{i}", "messages": [{"role": "user", "content": q}]} for i, q in enumerate(questions)]
     out = tmp_path / "gen.jsonl"
-    result = run_in_process("generate_batch", smollm2, "--input", rows, "--output", out, "--max_new_tokens", "16",
-                            "--temperature", "0", "--precision", "32-true", "--max_batch_size", "4")  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    ours = {r["id"]: r["generations"][0] for r in map(json.loads, out.read_text().splitlines())}
+    ours = greedy_generations(smollm2, chats, out, 16, "--max_batch_size", "4")
     assert ours["q0"].startswith("The capital of France is Paris.")
     tok = AutoTokenizer.from_pretrained(smollm2)
     model = AutoModelForCausalLM.from_pretrained(hf_base, dtype=torch.float32)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, run_in_process
+from conftest import REPO, greedy_generations
 
 pytestmark = pytest.mark.real
 
@@ -110,14 +110,8 @@ def test_export_hf_gives_back_litgpts_logits(qwen, hf_qwen):
 def test_generate_batch_greedy_equals_transformers_on_chat_rows(qwen, qwen_gguf, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    rows = tmp_path / "rows.jsonl"
-    rows.write_text("".join(json.dumps({"id": f"q{i}", "messages": [{"role": "user", "content": q}]}) + "\n"
-                            for i, q in enumerate(QUESTIONS)))  # fmt: skip
-    out = tmp_path / "gen.jsonl"
-    result = run_in_process("generate_batch", qwen, "--input", rows, "--output", out, "--max_new_tokens", "20",
-                            "--temperature", "0", "--precision", "32-true", "--max_batch_size", "4")  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    ours = {r["id"]: r["generations"][0] for r in map(json.loads, out.read_text().splitlines())}
+    chats = [{"id": f"q{i}", "messages": [{"role": "user", "content": q}]} for i, q in enumerate(QUESTIONS)]
+    ours = greedy_generations(qwen, chats, tmp_path / "gen.jsonl", 20, "--max_batch_size", "4")
     tok = AutoTokenizer.from_pretrained(qwen)  # transformers' own model read from the GGUF, not our conversion
     model = AutoModelForCausalLM.from_pretrained(qwen_gguf.parent, gguf_file=qwen_gguf.name, dtype=torch.float32)
     for i, q in enumerate(QUESTIONS):
@@ -193,13 +187,8 @@ def test_gemma3_logits_and_greedy_text_equal_transformers(gemma, gemma_hf, tmp_p
     with torch.no_grad():
         torch.testing.assert_close(gpt(ids), model(ids).logits, atol=1e-4, rtol=0)
     prompts = ["The capital of France is", "def fibonacci(n):", "SQL stands for"]
-    rows = tmp_path / "rows.jsonl"
-    rows.write_text("".join(json.dumps({"id": f"p{i}", "prompt": p}) + "\n" for i, p in enumerate(prompts)))
-    out = tmp_path / "gen.jsonl"
-    result = run_in_process("generate_batch", gemma, "--input", rows, "--output", out, "--max_new_tokens", "12",
-                            "--temperature", "0", "--precision", "32-true", "--prompt_style", "default")  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    ours = {r["id"]: r["generations"][0] for r in map(json.loads, out.read_text().splitlines())}
+    rows = [{"id": f"p{i}", "prompt": p} for i, p in enumerate(prompts)]
+    ours = greedy_generations(gemma, rows, tmp_path / "gen.jsonl", 12, "--prompt_style", "default")
     for i, p in enumerate(prompts):
         ids = lit.encode(p, bos=True).unsqueeze(0)
         with torch.no_grad():
