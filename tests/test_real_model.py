@@ -131,7 +131,7 @@ def test_convert_gguf_refuses_what_it_cannot_convert_in_one_line(tmp_path, smoll
     result = run_cli("convert_gguf", cases[0][0], "--out_dir", tmp_path / "out")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [f"error: {cases[0][0]}: gguf_file: architecture 'mamba' is not "
-                                                  "supported (supported: llama)"]  # fmt: skip
+                                                  "supported (supported: llama, qwen2, qwen3, gemma3)"]  # fmt: skip
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
