@@ -81,8 +81,16 @@ def _smoke(module, expected, *extra):
                 "logprobs + top_logprobs",
             ],
         ),
-        ("profile_prefill", ["the body's linear GEMMs, alone", "attention's GEMMs, each alone", "body / all its GEMMs",
-                             "after vs before", "Self CPU"]),
+        (
+            "profile_prefill",
+            [
+                "the body's linear GEMMs, alone",
+                "attention's GEMMs, each alone",
+                "body / all its GEMMs",
+                "after vs before",
+                "Self CPU",
+            ],
+        ),
     ],
 )
 def test_bench_smoke_on_a_checkpoint(module, expected, tiny_instruct):
