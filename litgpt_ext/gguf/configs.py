@@ -117,6 +117,7 @@ def derived_config(info: GGUFInfo):
     prefix = PREFIXES[info.architecture]
     name = prefix + (slug[len(prefix) :] if slug.lower().startswith(prefix.lower()) else slug)
     tokens = len(info.tokens)
+    head_size = shape.get("head_size") or shape["n_embd"] // shape["n_head"]
     values = {
         **base,
         **shape,
@@ -128,9 +129,7 @@ def derived_config(info: GGUFInfo):
         "rope_base": int(info.get("rope.freq_base") or base.get("rope_base", 10000)),
         "norm_eps": float(info.get("attention.layer_norm_rms_epsilon") or base.get("norm_eps", 1e-5)),
         "attn_bias": "blk.0.attn_q.bias" in info.tensor_shapes,
-        "rotary_percentage": (info.get("rope.dimension_count") or 0)
-        / (shape.get("head_size") or shape["n_embd"] // shape["n_head"])
-        or 1.0,
+        "rotary_percentage": (info.get("rope.dimension_count") or head_size) / head_size,
     }
     if "head_size" not in shape:
         values.pop("head_size", None)

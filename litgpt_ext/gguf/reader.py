@@ -141,7 +141,7 @@ def check_convertible(info: GGUFInfo) -> None:
 
 def check_tensor_shapes(info: GGUFInfo, shape: dict) -> None:
     """One line naming the first tensor whose shape contradicts the file's own metadata (``shape``: litgpt's
-    ``Config`` names, from :func:`litgpt_ext.gguf.command.shape_of`): a file that would otherwise load as garbage or
+    ``Config`` names, from :func:`litgpt_ext.gguf.configs.shape_of`): a file that would otherwise load as garbage or
     fail deep inside a converter."""
     n_embd, heads, groups = shape["n_embd"], shape["n_head"], shape["n_query_groups"]
     head_size = shape.get("head_size") or (n_embd // heads if n_embd and heads else None)

@@ -53,8 +53,8 @@ def build_tokenizer(info: GGUFInfo):
     from tokenizers import AddedToken
 
     sentencepiece = info.metadata.get("tokenizer.ggml.model") == "llama"
-    tokenizer = _sentencepiece_bpe(info) if sentencepiece else _byte_level_bpe(info)
     texts = pieces(info)
+    tokenizer = _sentencepiece_bpe(info, texts) if sentencepiece else _byte_level_bpe(info)
     special = [
         AddedToken(t, special=True, normalized=False) for t, k in zip(texts, info.token_types) if k == TOKEN_CONTROL
     ]
@@ -104,13 +104,12 @@ def sentencepiece_merges(tokens: list[str], scores: list[float], types: list[int
     return [(left, right) for *_, left, right in found]
 
 
-def _sentencepiece_bpe(info: GGUFInfo):
+def _sentencepiece_bpe(info: GGUFInfo, texts: list[str]):
     """SentencePiece BPE (Llama 1 / 2, TinyLlama, Mistral, Gemma) as ``tokenizers`` writes it for those models:
     spaces as ``▁`` (one prepended when ``tokenizer.ggml.add_space_prefix`` says so, SentencePiece's default),
-    unknown characters as ``<0xNN>`` byte pieces."""
+    unknown characters as ``<0xNN>`` byte pieces (``texts``: :func:`pieces`)."""
     from tokenizers import Tokenizer, decoders, models, normalizers
 
-    texts = pieces(info)
     vocab = {token: i for i, token in enumerate(texts)}
     unk = info.token_id("unknown")
     tokenizer = Tokenizer(models.BPE(vocab, sentencepiece_merges(texts, info.scores, info.token_types),
