@@ -100,7 +100,9 @@ def teacher_answers(message_files: list[Path], outputs: list[Path], max_tokens: 
             responses.with_suffix(".done").touch()
         import httpx
 
-        (OUT / "teacher_server_metrics.txt").write_text(httpx.get(url.removesuffix("/v1") + "/metrics").text)
+        metrics = httpx.get(url.removesuffix("/v1") + "/metrics").text
+        if "requests_total 0\n" not in metrics:  # a rerun that found every answer cached sent nothing
+            (OUT / "teacher_server_metrics.txt").write_text(metrics)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(120)
@@ -165,27 +167,84 @@ def score(name: str, predictions: Path, heldout: Path, field: str = "auto") -> d
     return {"row": name, **{lv: m[lv] for lv in ("easy", "medium", "hard", "extra", "all")}}
 
 
+_LORA = ["--mode", "lora", "--lora_r", 16, "--lora_alpha", 32, "--lora_projection", "true", "--lora_mlp", "true",
+         "--optimizer.lr", 5e-4]  # fmt: skip
+_FULL = ["--mode", "full", "--optimizer.lr", 1e-4]
+STUDENTS = {
+    "sft": {
+        "flags": _LORA,
+        "epochs": 2,
+        "max_time": 900,
+        "label": "SFT on the teacher's SQL ({n} answers), LoRA, 15 min",
+    },
+    "sft_filtered": {
+        "flags": _LORA,
+        "epochs": 2,
+        "max_time": 900,
+        "label": "SFT on the teacher's SQL that runs and returns rows ({n}), LoRA, 15 min",
+    },
+    "full": {
+        "flags": _FULL,
+        "epochs": 3,
+        "max_time": 2400,
+        "label": "SFT on the teacher's SQL ({n} answers), full weights, 3 epochs",
+    },
+    "full_filtered": {
+        "flags": _FULL,
+        "epochs": 3,
+        "max_time": 2100,
+        "label": "SFT on the teacher's SQL that runs and returns rows ({n}), full weights, 3 epochs",
+    },
+}
+"""Each trained student: its data (``filtered`` in the name: by execution), its flags, epochs and time cap (s)."""
+
+
+def execution_vote(samples: Path, prompts: Path, out: Path) -> Path:
+    """One answer per question from several samples, chosen without gold: the samples are run on the question's
+    database (the first of its suite, in the sandbox); among those that run and return rows, the largest group with
+    the same result wins (the first sample of it is the answer); when none runs, the first sample."""
+    from distill.spider.databases import suite_paths
+    from distill.sql.extract import extract_sql
+    from distill.sql.sandbox import open_readonly, run_query
+
+    db_of = {json.loads(line)["id"]: json.loads(line)["db_id"] for line in prompts.read_text().splitlines()}
+    chosen = []
+    for line in samples.read_text().splitlines():
+        row = json.loads(line)
+        sqls = [extract_sql(g) for g in row.get("generations", [])]
+        conn = open_readonly(suite_paths(SPIDER / "test_suite", db_of[row["id"]], 1)[0])
+        groups: dict[str, list[str]] = {}
+        try:
+            for sql in sqls:
+                result = run_query(conn, sql, 5.0, max_rows=1000) if sql else {"ok": False}
+                if result["ok"] and result["rows"]:
+                    key = repr(sorted(map(repr, result["rows"])))
+                    groups.setdefault(key, []).append(sql)
+        finally:
+            conn.close()
+        best = max(groups.values(), key=len) if groups else [sqls[0] if sqls else ""]
+        chosen.append({"id": row["id"], "output": best[0]})
+    out.write_text("".join(json.dumps(r) + "\n" for r in chosen))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--max_tokens", type=int, default=160, help="most tokens of a teacher or student answer")
-    parser.add_argument("--epochs", type=int, default=2, help="SFT epochs of every student")
-    parser.add_argument("--max_time", type=int, default=900, help="SFT wall-clock cap per student (seconds)")
-    parser.add_argument(
-        "--students",
-        nargs="+",
-        default=["sft", "sft_filtered"],
-        choices=["sft", "sft_filtered"],
-        help="which trained students to make and score (each about 20 minutes)",
-    )
-    parser.add_argument("--lr", type=float, default=5e-4, help="SFT learning rate (LoRA r=16 on every linear layer)")
+    parser.add_argument("--students", nargs="+", default=list(STUDENTS), choices=list(STUDENTS),
+                        help="which trained students to make and score (STUDENTS: data, mode, epochs, time cap)")  # fmt: skip
+    parser.add_argument("--best_of", type=int, default=4, help="samples per question for the execution-vote row")
+    parser.add_argument("--best_of_student", default="full_filtered", help="the student whose samples are voted on")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    minutes: dict[str, float] = {}
+    minutes_file = OUT / "minutes.json"  # summed over invocations: a resumed study adds its stages' time
+    minutes: dict[str, float] = json.loads(minutes_file.read_text()) if minutes_file.is_file() else {}
 
     def stage(name: str, fn, *a):
         t0 = time.perf_counter()
         result = fn(*a)
         minutes[name] = minutes.get(name, 0) + (time.perf_counter() - t0) / 60
+        minutes_file.write_text(json.dumps(minutes, indent=1))
         return result
 
     from distill.spider.data import distill_spider_data
@@ -212,23 +271,29 @@ def main() -> None:
 
     texts = response_texts(teacher_train)
     counts = {}
-    for variant, filtered in (("sft", False), ("sft_filtered", True)):
-        if variant not in args.students:
-            continue
-        data = OUT / f"{variant}.train.jsonl"
+    for variant in args.students:
+        filtered, spec = "filtered" in variant, STUDENTS[variant]
+        data = OUT / f"{'sft_filtered' if filtered else 'sft'}.train.jsonl"
         counts[variant] = stage("data", sft_data, train_prompts, texts, data, filtered)
         run_dir = OUT / variant
         if not (run_dir / "final" / "lit_model.pth").is_file():
             stage(f"train {variant}", cli, "finetune_sft", STUDENT, "--data", data, "--out_dir", run_dir,
-                  "--mode", "lora", "--lora_r", 16, "--lora_alpha", 32, "--lora_projection", "true", "--lora_mlp",
-                  "true", "--train.epochs", args.epochs, "--train.global_batch_size", 8, "--train.micro_batch_size", 4,
-                  "--train.max_time", args.max_time, "--train.max_seq_length", 1024, "--train.group_by_length", "true",
-                  "--optimizer.lr", args.lr, "--eval.interval", 1000000)  # fmt: skip
+                  *spec["flags"], "--train.epochs", spec["epochs"], "--train.global_batch_size", 8,
+                  "--train.micro_batch_size", 4, "--train.max_time", spec["max_time"], "--train.max_seq_length", 1024,
+                  "--train.group_by_length", "true", "--eval.interval", 1000000)  # fmt: skip
         gen = stage("student generate", student_predictions, run_dir / "final", heldout_prompts,
                     OUT / f"{variant}_heldout.jsonl", args.max_tokens)  # fmt: skip
-        label = {"sft": f"SFT on the teacher's SQL ({counts[variant]} answers)",
-                 "sft_filtered": f"SFT on the teacher's SQL that runs and returns rows ({counts[variant]})"}[variant]  # fmt: skip
-        rows.append(stage("score", score, label, gen, heldout_q))
+        rows.append(stage("score", score, spec["label"].format(n=counts[variant]), gen, heldout_q))
+        if variant == args.best_of_student and args.best_of > 1:
+            samples = OUT / f"{variant}_heldout.samples{args.best_of}.jsonl"
+            if not samples.is_file():
+                stage("student generate", cli, "generate_batch", run_dir / "final", "--input", heldout_prompts,
+                      "--output", samples, "--max_new_tokens", args.max_tokens, "--max_batch_size", 32,
+                      "--num_samples", args.best_of, "--temperature", 0.8, "--top_p", 0.95, "--seed", 0)  # fmt: skip
+            voted = stage("vote", execution_vote, samples, heldout_prompts,
+                          OUT / f"{variant}_heldout.vote{args.best_of}.jsonl")  # fmt: skip
+            rows.append(stage("score", score, f"{variant} + best of {args.best_of} samples by execution vote (no ORM)",
+                              voted, heldout_q))  # fmt: skip
 
     teacher_ex = rows[0]["all"]["execution"]
     lines = [
