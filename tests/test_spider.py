@@ -202,3 +202,23 @@ def test_bad_spider_input_is_one_line_and_writes_nothing(spider_dir, dev, tmp_pa
     with pytest.raises(UserError, match=r"tables.json:record 1: not a Spider schema entry \(missing 'column_names"):
         read_schemas(broken)
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_the_study_splits_by_database_and_votes_without_gold(spider_dir, dev, tmp_path):
+    """``make spider-study``'s two pieces of logic of its own: the split (no database on both sides, halves within a
+    database's size of each other) and the execution vote (the result most samples share wins; never the gold)."""
+    from tests.spider_study import SPIDER, execution_vote, split_by_database
+
+    train, heldout = split_by_database(dev)
+    assert not set(train) & set(heldout) and len(train) + len(heldout) == 20
+    sizes = [sum(r["db_id"] in side for r in dev) for side in (train, heldout)]
+    assert abs(sizes[0] - sizes[1]) <= 20, sizes
+    assert SPIDER == spider_dir
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"id": "0", "db_id": "concert_singer", "prompt": "?"}) + "\n")
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(json.dumps({"id": "0", "generations": [
+        "SELECT name FROM nowhere", "```sql\nSELECT count(*) FROM stadium\n```", "SELECT count(*) FROM singer",
+        "SELECT count(*)  FROM  singer", "DELETE FROM singer"]}) + "\n")  # fmt: skip
+    voted = execution_vote(samples, prompts, tmp_path / "voted.jsonl")
+    assert json.loads(voted.read_text())["output"] == "SELECT count(*) FROM singer"
