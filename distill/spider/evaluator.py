@@ -23,6 +23,7 @@ Two things are added around it, neither changing a score:
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import sys
 from dataclasses import dataclass
@@ -93,7 +94,7 @@ class SpiderEvaluator:
         self.kmaps = self.m["evaluation"].build_foreign_key_map_from_json(str(tables))
         self.schema_dir, self.suite_dir = Path(schema_dir), Path(suite_dir) if suite_dir else None
         self._schemas: dict[str, object] = {}
-        self._sandbox = None
+        self._gold: dict[tuple[str, str], tuple[dict, str]] = {}
 
     def _schema(self, db_id: str):
         if db_id not in self._schemas:
@@ -107,6 +108,8 @@ class SpiderEvaluator:
     def gold(self, db_id: str, gold_sql: str, path: Path | None = None, line: int | str | None = None):
         """Spider's parse of a gold query and its hardness; a gold query Spider cannot parse is a user error (``path``
         and ``line`` name where the question is)."""
+        if (db_id, gold_sql) in self._gold:  # evaluate_spider reads every gold first, then scores: parsed once
+            return self._gold[db_id, gold_sql]
         if db_id not in self.kmaps:
             raise UserError(f"db_id {db_id!r} is not in tables.json", path=path, line=line, field="db_id")
         try:
@@ -116,11 +119,13 @@ class SpiderEvaluator:
         except Exception as err:  # Spider's parser asserts and raises KeyError on what it cannot read
             raise UserError(f"Spider's parser cannot read the gold query ({type(err).__name__}: {err}): {gold_sql}",
                             path=path, line=line, field="gold_sql") from None  # fmt: skip
-        return sql, self.m["evaluation"].Evaluator().eval_hardness(sql)
+        self._gold[db_id, gold_sql] = sql, self.m["evaluation"].Evaluator().eval_hardness(sql)
+        return self._gold[db_id, gold_sql]
 
     def score(self, db_id: str, gold_sql: str, predicted: str) -> Score:
         ev, process_sql = self.m["evaluation"], self.m["process_sql"]
         g_sql, hardness = self.gold(db_id, gold_sql)
+        g_sql = copy.deepcopy(g_sql)  # Spider's rebuild_sql_* rewrite the parse in place; the cached one stays whole
         p_str = predicted.replace("value", "1")  # as Spider's loop does
         schema = self._schema(db_id)
         try:
