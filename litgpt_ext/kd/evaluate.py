@@ -66,6 +66,10 @@ def evaluate_kd(
         raise UserError(f"must be > 0, got {temperature}", field="temperature")
     settings = KDSettings(beta=0.0, temperature=temperature, kd_ratio=1.0, topk_tail=True)
     source = make_teacher(student, TeacherChoice(teacher, teacher_logprobs), settings)
+    if getattr(source, "scheme", "topk") == "sample":
+        raise UserError("holds tokens drawn from the teacher: they estimate forward KL's training signal, not the "
+                        "reverse KL and top-1 this reports; evaluate against the --teacher itself",
+                        path=Path(teacher_logprobs) / "manifest.json", field="teacher_logprobs")  # fmt: skip
     max_seq_length = fit_to_context("max_seq_length", max_seq_length, student)
     source.max_seq_length = max_seq_length
     module = ready_data(resolve_data(data), Tokenizer(student), student, batch_size, max_seq_length)

@@ -27,11 +27,14 @@ from litgpt_ext.checks import at_least, check_checkpoint_dir, fit_to_context
 from litgpt_ext.data.sft import SFTData  # noqa: F401 (so that --data SFTData resolves by name)
 from litgpt_ext.errors import UserError, require
 from litgpt_ext.io import atomic_path, atomic_write_json
+from litgpt_ext.kd.sampled import FLAT, Draw, check_sampling, pack_window, sample_rows, window_seed
 from litgpt_ext.kd.store import (
     FORMAT,
     SPLITS,
     dataset_fingerprint,
     save_split,
+    scheme_of,
+    split_file,
     teacher_identity,
     tokenizer_fingerprint,
     write_manifest,
@@ -95,8 +98,13 @@ def distill_logprobs(
     dtype: Literal["float16", "float32"] = "float16",
     shard: str | None = None,
     cross_tokenizer: bool = False,
+    sampling: Literal["topk", "sample"] = "topk",
+    samples: int = 50,
+    proposal_temperature: float = 1.0,
+    seed: int = 1337,
 ) -> None:
-    """Store a teacher's top-k log-probs at every answer position of SFT data (for finetune_kd --teacher_logprobs).
+    """Store a teacher's top-k log-probs (or tokens drawn from it) at every answer position of SFT data (for
+    finetune_kd --teacher_logprobs).
 
     Args:
         teacher: The teacher's litgpt checkpoint.
@@ -118,6 +126,15 @@ def distill_logprobs(
             top-k is stored in the teacher's vocabulary at its answer positions with its answer tokens, and the
             teacher's tokenizer files are kept in the store, to align with the student's answers at load.
             Temperature 1 only (the merges of multi-token spans need the tokens' own probabilities).
+        sampling: ``topk`` keeps the teacher's --top_k most likely tokens and the tail's mass; ``sample`` keeps
+            --samples tokens drawn from the teacher at temperature 1 with replacement, as counts — an unbiased
+            estimate of the whole distribution, so finetune_kd's forward-KL gradient is the full one in expectation
+            (Random Sampling KD, arXiv 2503.16870). Only the distinct tokens drawn are stored.
+        samples: Draws per position with --sampling sample (1 to 2048 in float16, where counts stay exact).
+        proposal_temperature: Draw from the teacher's distribution raised to this power (renormalised) and store
+            importance-weighted counts (p/q per draw; still unbiased); 1 draws from the teacher itself (plain
+            counts). Below 1 reaches further into the tail.
+        seed: Seeds the draws (each window its own stream: a resumed or sharded store draws the same tokens).
     """
     from litgpt.tokenizer import Tokenizer
 
@@ -136,6 +153,7 @@ def distill_logprobs(
         raise UserError(f"must be > 0, got {temperature}", field="temperature")
     check_checkpoint_dir(teacher)
     check_checkpoint_dir(student)
+    check_sampling(sampling, samples, proposal_temperature, temperature, dtype, cross_tokenizer)
     if cross_tokenizer:
         if student == teacher:
             raise UserError("needs --student, the checkpoint whose tokenizer differs", field="cross_tokenizer")
@@ -160,6 +178,10 @@ def distill_logprobs(
         for split, d in datasets.items()
     }
     settings = _settings(teacher, student, top_k, temperature, dtype, max_seq_length, window, fingerprints)
+    if sampling == "sample":
+        settings = {key: value for key, value in settings.items() if key != "k"}
+        settings |= {"sampling": "sample", "samples": samples, "proposal_temperature": proposal_temperature,
+                     "seed": seed}  # fmt: skip
     if cross_tokenizer:
         datasets = _teacher_datasets(module, teacher, datasets)
         settings |= {
@@ -190,8 +212,13 @@ def distill_logprobs(
     t0 = time.perf_counter()
     bar = tqdm(total=len(todo), desc="teacher log-probs", unit="window", dynamic_ncols=True)
     for split, w in todo:
+        draw = None
+        if sampling == "sample":
+            draw = Draw(samples, proposal_temperature, torch.Generator(fabric.device))
+            draw.generator.manual_seed(window_seed(seed, split, w))
         rows = _run_window(fabric, model, datasets[split], windows[split].indices(w), top_k, temperature,
-                           batch_size, max_seq_length, student_vocab, STORE_DTYPES[dtype], cross_tokenizer)  # fmt: skip
+                           batch_size, max_seq_length, student_vocab, STORE_DTYPES[dtype], cross_tokenizer,
+                           draw)  # fmt: skip
         with atomic_path(windows[split].path(w)) as tmp:
             torch.save(rows, tmp)
         total_positions += int(rows["counts"].sum())
@@ -261,10 +288,21 @@ def _claim(out: Path, settings: dict) -> None:
 
 @torch.no_grad()
 def _run_window(
-    fabric, model, dataset, indices, k, temperature, batch_size, max_seq_length, vocab, store_dtype, tokens=False
+    fabric,
+    model,
+    dataset,
+    indices,
+    k,
+    temperature,
+    batch_size,
+    max_seq_length,
+    vocab,
+    store_dtype,
+    tokens=False,
+    draw: Draw | None = None,
 ):
     """Rows of the window's samples in index order, with per-sample counts (length-sorted batches inside); with
-    ``tokens``, each row's answer token too."""
+    ``tokens``, each row's answer token too; with ``draw``, sampled rows instead of top-k."""
     from litgpt_ext.data.batches import pad_collate
     from litgpt_ext.kd.teacher import fit_vocab
     from litgpt_ext.model.blockwise_head import block_rows
@@ -288,16 +326,28 @@ def _run_window(
         parts = []
         for b in range(0, hidden.size(0), step):
             logits = fit_vocab(head(hidden[b : b + step]).float(), vocab)
-            parts.append(topk_rows(logits, targets[b : b + step], k, temperature))
-        rows = {key: torch.cat([p[key] for p in parts]).cpu() for key in ("ids", "logps", "tail", "target")}
+            if draw is None:
+                parts.append(topk_rows(logits, targets[b : b + step], k, temperature))
+            else:
+                parts.append(sample_rows(logits, targets[b : b + step], draw.samples, draw.proposal_temperature,
+                                         draw.generator))  # fmt: skip
+        rows = {key: torch.cat([p[key] for p in parts]).cpu() for key in parts[0]} if parts else {}
         if tokens:
             rows["tokens"] = targets.to(torch.int32).cpu()
         counts = [int((s["labels"][:max_seq_length][1:] != -100).sum()) for s in samples]
         offset = 0
+        entry = 0
         for i, n in zip(chunk, counts, strict=True):
-            results[i] = {key: value[offset : offset + n] for key, value in rows.items()}
+            flat = FLAT if draw is not None else ()
+            results[i] = {key: value[offset : offset + n] for key, value in rows.items() if key not in flat}
+            if draw is not None:
+                m = int(rows["width"][offset : offset + n].long().sum())
+                results[i] |= {key: rows[key][entry : entry + m] for key in FLAT}
+                entry += m
             offset += n
     ordered = [results[i] for i in indices]
+    if draw is not None:
+        return pack_window(ordered, store_dtype)
     extra = {"tokens": torch.cat([r["tokens"] for r in ordered])} if tokens else {}
     return {
         **extra,
@@ -310,7 +360,7 @@ def _run_window(
 
 
 def _pack(out: Path, windows: dict, settings: dict) -> None:
-    positions = {}
+    positions, entries = {}, {}
     for split, ws in windows.items():
         parts = [torch.load(ws.path(w), weights_only=True, map_location="cpu") for w in range(ws.count)]
         counts = torch.cat([p["counts"] for p in parts]) if parts else torch.zeros(0, dtype=torch.int64)
@@ -319,13 +369,26 @@ def _pack(out: Path, windows: dict, settings: dict) -> None:
         def cat(key, parts=parts):
             return torch.cat([p[key] for p in parts]) if parts else torch.zeros(0)
 
-        extra = {"tokens": cat("tokens")} if settings.get("cross_tokenizer") else {}
-        save_split(out, split, {"ids": cat("ids"), "logps": cat("logps"), "tail": cat("tail"),
-                                "target": cat("target"), "offsets": offsets, **extra})  # fmt: skip
+        if settings.get("sampling") == "sample":
+            keys = ("ids", "weights", "width", "entropy", "top", "target")
+            save_split(out, split, {**{key: cat(key) for key in keys}, "offsets": offsets}, "sample")
+            entries[split] = len(cat("ids"))
+        else:
+            extra = {"tokens": cat("tokens")} if settings.get("cross_tokenizer") else {}
+            save_split(out, split, {"ids": cat("ids"), "logps": cat("logps"), "tail": cat("tail"),
+                                    "target": cat("target"), "offsets": offsets, **extra})  # fmt: skip
         positions[split] = int(offsets[-1])
-    write_manifest(out, {**settings, "positions": positions})
-    print(f"stored top-{settings['k']} log-probs of {positions['train']:,} train / {positions['val']:,} val answer "
-          f"positions -> {out}")  # fmt: skip
+    files = {split: split_file(out, split, scheme_of(settings)).stat().st_size for split in positions}
+    stats = {"positions": positions, "bytes": files}
+    what = f"top-{settings.get('k')} log-probs"
+    if entries:
+        stats["entries"] = entries
+        what = (f"{settings['samples']} draws ({entries['train'] / max(positions['train'], 1):.1f} distinct tokens "
+                "per position)")  # fmt: skip
+    write_manifest(out, {**settings, **stats})
+    per = sum(files.values()) / max(sum(positions.values()), 1)
+    print(f"stored {what} of {positions['train']:,} train / {positions['val']:,} val answer positions -> {out} "
+          f"({per:.1f} bytes per position)")  # fmt: skip
 
 
 distill_logprobs.default_data = "SFTData"

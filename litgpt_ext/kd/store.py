@@ -16,6 +16,12 @@ A store is a directory (what ``distill_logprobs`` writes, what ``finetune_kd --t
   teacher's tokenizer files in ``teacher_tokenizer/``.
 
 Top-20 of a 32k vocabulary in float16 is ~100 bytes per position, against 128 kB for the full float32 row.
+
+A ``--sampling sample`` store (manifest ``"sampling": "sample"``, ``"samples": N``) keeps tokens drawn from the
+teacher instead, in ``train.sampled.pt`` / ``val.sampled.pt`` (:mod:`litgpt_ext.kd.sampled`): per position the
+distinct drawn tokens (``width`` int16, then ``ids`` int32 and ``weights`` — counts, or importance-weighted counts —
+flat), ``entropy``, ``top`` and ``target``. One store holds one scheme: its split files and its parts are checked
+against the manifest.
 """
 
 from __future__ import annotations
@@ -35,8 +41,17 @@ MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
 
 
-def split_file(directory: Path, split: str) -> Path:
-    return Path(directory) / f"{split}.topk.pt"
+SCHEMES = ("topk", "sample")
+"""How a store keeps the teacher's distribution: its top-k (``train.topk.pt``), or tokens drawn from it
+(``train.sampled.pt``, :mod:`litgpt_ext.kd.sampled`); the manifest's ``sampling`` says which (absent: top-k)."""
+
+
+def split_file(directory: Path, split: str, scheme: str = "topk") -> Path:
+    return Path(directory) / f"{split}.{'topk' if scheme == 'topk' else 'sampled'}.pt"
+
+
+def scheme_of(manifest: dict) -> str:
+    return manifest.get("sampling", "topk")
 
 
 def dataset_fingerprint(dataset: Sequence, max_seq_length: int | None = None) -> str:
@@ -74,9 +89,11 @@ def teacher_identity(teacher_dir: Path) -> dict:
     }
 
 
-def save_split(directory: Path, split: str, parts: dict[str, torch.Tensor]) -> None:
-    with atomic_path(split_file(directory, split)) as tmp:
-        torch.save({"format": FORMAT, **parts}, tmp)
+def save_split(directory: Path, split: str, parts: dict[str, torch.Tensor], scheme: str = "topk") -> None:
+    from litgpt_ext.kd.sampled import FORMAT as SAMPLED
+
+    with atomic_path(split_file(directory, split, scheme)) as tmp:
+        torch.save({"format": FORMAT if scheme == "topk" else SAMPLED, **parts}, tmp)
 
 
 def write_manifest(directory: Path, manifest: dict) -> None:
@@ -92,7 +109,7 @@ class TopK:
         except FileNotFoundError:
             raise UserError("missing (not a complete distill_logprobs output?)", path=path) from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise UserError(f"not a {FORMAT} file", path=path)
+            raise UserError(f"not a {FORMAT} file (a store mixes two --sampling schemes?)", path=path)
         self.path = path
         self.ids, self.logps, self.tail, self.target = data["ids"], data["logps"], data["tail"], data["target"]
         self.offsets = data["offsets"]

@@ -23,6 +23,7 @@ from torch import nn
 from litgpt_ext.api.prompt_scores import ServerArgs
 from litgpt_ext.checks import check_checkpoint_dir
 from litgpt_ext.errors import UserError
+from litgpt_ext.kd.store import SPLITS
 from litgpt_ext.model.heads import on_positions, output_head, unwrap
 from litgpt_ext.training.objectives.kd import KDSettings, TeacherBlock
 
@@ -194,16 +195,34 @@ def check_store_data(manifest: dict, directory: Path, max_seq_length: int | None
             )
 
 
+def sampled_blocks(rows: dict[str, torch.Tensor]) -> Callable[[int, int], TeacherBlock]:
+    """``block(start, end)`` over a sampled store's rows (``t_ids``, ``t_p``, ``t_entropy``, ``t_top``,
+    ``t_target``) at a batch's answer positions."""
+
+    def block(start: int, end: int) -> TeacherBlock:
+        return TeacherBlock(ids=rows["t_ids"][start:end], p_hat=rows["t_p"][start:end],
+                            entropy=rows["t_entropy"][start:end], top=rows["t_top"][start:end],
+                            target_logps=rows["t_target"][start:end])  # fmt: skip
+
+    return block
+
+
 class StoredTeacher(Teacher):
     def __init__(self, directory: Path, manifest: dict) -> None:
-        from litgpt_ext.kd.store import TopK, split_file
+        from litgpt_ext.kd.sampled import Sampled
+        from litgpt_ext.kd.store import TopK, scheme_of, split_file
 
         self.directory, self.manifest = Path(directory), manifest
         self.store_temperature = float(manifest["temperature"])  # checked against --temperature by make_teacher
-        self.stores = {split: TopK(split_file(directory, split)) for split in ("train", "val")}
+        self.scheme = scheme_of(manifest)
+        if self.scheme == "sample":
+            samples = int(manifest["samples"])
+            self.stores = {split: Sampled(split_file(directory, split, "sample"), samples) for split in SPLITS}
+        else:
+            self.stores = {split: TopK(split_file(directory, split)) for split in SPLITS}
 
     def describe(self) -> dict:
-        keep = ("teacher", "k", "temperature", "dtype", "data")
+        keep = ("teacher", "k", "sampling", "samples", "proposal_temperature", "temperature", "dtype", "data")
         return {"kind": "stored", "directory": str(self.directory), **{k: self.manifest.get(k) for k in keep}}
 
     def wrap_datasets(self, train, val):
@@ -222,7 +241,7 @@ class StoredTeacher(Teacher):
         return {**batch, **rows}
 
     def blocks(self, batch, input_ids, flat):
-        return topk_blocks(batch)
+        return sampled_blocks(batch) if self.scheme == "sample" else topk_blocks(batch)
 
 
 SERVER_TAIL_FLOOR = 1e-6
@@ -285,10 +304,26 @@ class ServerTeacher(Teacher):
         return topk_blocks(self.scores(batch))
 
 
+def check_sampled_options(kd: KDSettings, manifest: Path) -> None:
+    """A sampled store estimates forward KL at temperature 1 and nothing else: the options that need the
+    teacher's probability at tokens never drawn, or at another temperature, are refused."""
+    if not kd.topk_tail:
+        raise UserError("renormalises over a top-k; this store holds tokens drawn from the teacher (its estimate "
+                        "already covers the whole distribution): drop --topk_tail false", path=manifest,
+                        field="topk_tail")  # fmt: skip
+    if not kd.is_forward_kl:
+        raise UserError(f"a sampled store estimates forward KL only (--divergence gjsd --beta 0); got --divergence "
+                        f"{kd.divergence} --beta {kd.beta:g}: use a top-k store or a --teacher for it",
+                        path=manifest, field="divergence")  # fmt: skip
+    if kd.temperature != 1:
+        raise UserError(f"a sampled store's draws are at temperature 1: pass --temperature 1, got "
+                        f"{kd.temperature:g}", path=manifest, field="temperature")  # fmt: skip
+
+
 def make_teacher(checkpoint_dir: Path, choice: TeacherChoice, kd: KDSettings | None = None) -> Teacher:
     """The :class:`Teacher` of the flags, checked before any data is read: exactly one source; a teacher checkpoint
     whose tokenizer agrees with the student's; a store made with this tokenizer, at the loss's temperature."""
-    from litgpt_ext.kd.store import load_store, tokenizer_fingerprint
+    from litgpt_ext.kd.store import load_store, scheme_of, tokenizer_fingerprint
     from litgpt_ext.kd.vocab import check_same_vocabulary
 
     choice.require_one()
@@ -311,6 +346,8 @@ def make_teacher(checkpoint_dir: Path, choice: TeacherChoice, kd: KDSettings | N
     if manifest.get("cross_tokenizer"):
         raise UserError("holds a teacher's log-probs in another tokenizer (distill_logprobs --cross_tokenizer): pass "
                         "--cross_tokenizer uld", path=directory / "manifest.json", field="teacher_logprobs")  # fmt: skip
+    if scheme_of(manifest) == "sample" and kd is not None:
+        check_sampled_options(kd, directory / "manifest.json")
     stored = float(manifest["temperature"])
     if kd is not None and kd.topk_tail and abs(stored - kd.temperature) > 1e-9:
         raise UserError(

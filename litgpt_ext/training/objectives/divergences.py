@@ -148,3 +148,13 @@ def topk_buckets(student_logps: torch.Tensor, ids: torch.Tensor) -> torch.Tensor
         taken = torch.zeros_like(student_logps, dtype=torch.int32).scatter_add_(1, safe, (~pad).to(torch.int32))
         rest = student_logps.masked_fill(taken > 0, NEG_INF)
     return torch.cat([picked, torch.logsumexp(rest, dim=-1, keepdim=True)], dim=1)
+
+
+def sampled_forward_kl(
+    student_logps: torch.Tensor, ids: torch.Tensor, p_hat: torch.Tensor, entropy: torch.Tensor
+) -> torch.Tensor:
+    """Per position, the estimate ``−Σ_i p̂_i · log s_i − H(p)`` of ``KL(p ‖ s)`` from ``(n, V)`` student
+    log-probs, ``(n, W)`` drawn ids (``-1`` pads a short row) and their ``p̂`` (0 where padded), and the
+    teacher's entropy. Unbiased for the KL's value and, differentiated, for its gradient."""
+    picked = student_logps.gather(1, ids.clamp(min=0))
+    return -(p_hat * picked).sum(-1) - entropy

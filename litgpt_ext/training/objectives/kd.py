@@ -24,7 +24,9 @@ apply it), each term a mean over the answer positions. The cross-entropy is at t
 The teacher's distribution is either the full vocabulary (a local teacher's logits) or its stored top-k
 (:mod:`litgpt_ext.kd.store`): then both distributions are reduced to the teacher's k tokens plus one *tail* bucket
 holding the rest of each one's mass (TRL's ``loss_add_tail``), or renormalised over the k tokens
-(``--topk_tail false``). The divergences are pure functions of log-probabilities below, so they are tested on
+(``--topk_tail false``). A sampled store (:mod:`litgpt_ext.kd.sampled`) gives tokens drawn from the teacher
+instead: the loss is then the unbiased estimate of forward KL at temperature 1 that module derives. The divergences
+are pure functions of log-probabilities below, so they are tested on
 hand-made tensors against TRL; the head machinery runs them block by block so that no ``positions × vocab`` tensor
 of either model ever exists.
 """
@@ -43,7 +45,14 @@ from litgpt_ext.model.blockwise_head import BlockwiseHead
 from litgpt_ext.model.heads import forward_with_head, output_head, unwrap
 from litgpt_ext.model.patches import fast_paths
 from litgpt_ext.training.objectives.base import Objective, StepHooks
-from litgpt_ext.training.objectives.divergences import NEG_INF, KDSettings, divergence, generalized_jsd, topk_buckets
+from litgpt_ext.training.objectives.divergences import (
+    NEG_INF,
+    KDSettings,
+    divergence,
+    generalized_jsd,
+    sampled_forward_kl,
+    topk_buckets,
+)
 
 
 class TeacherBlock:
@@ -56,6 +65,9 @@ class TeacherBlock:
         logps: torch.Tensor | None = None,
         tail: torch.Tensor | None = None,
         target_logps: torch.Tensor | None = None,
+        p_hat: torch.Tensor | None = None,
+        entropy: torch.Tensor | None = None,
+        top: torch.Tensor | None = None,
     ) -> None:
         self.logits = logits
         """``(n, V)`` full logits (a local teacher), or None."""
@@ -64,6 +76,9 @@ class TeacherBlock:
         and ``(n,)`` the log of the remaining mass."""
         self.target_logps = target_logps
         """``(n,)`` the teacher's log-prob of the label at temperature 1 (stored top-k; for ``teacher_ce``)."""
+        self.p_hat, self.entropy, self.top = p_hat, entropy, top
+        """A sampled store (:mod:`litgpt_ext.kd.sampled`): ``ids`` are then the drawn tokens (``-1`` pads),
+        ``p_hat`` ``(n, W)`` their estimated probabilities, ``entropy`` and ``top`` ``(n,)`` the teacher's."""
 
 
 def block_losses(
@@ -80,6 +95,14 @@ def block_losses(
     log_probs = F.log_softmax(student_logits, dim=-1)
     ce = -log_probs.gather(1, targets.unsqueeze(1)).squeeze(1)
     s = log_probs if tau == 1 else F.log_softmax(student_logits / tau, dim=-1)
+    if teacher.p_hat is not None:  # sampled: forward KL at temperature 1, estimated (checked by make_teacher)
+        value = sampled_forward_kl(s, teacher.ids, teacher.p_hat.float(), teacher.entropy.float())
+        loss = (1 - kd.kd_ratio) * ce + kd.kd_ratio * kd.scale * value
+        with torch.no_grad():
+            metrics = {"kd": value.detach(), "ce": ce.detach(), "kl_teacher_student": value.detach(),
+                       "top1": (student_logits.argmax(-1) == teacher.top).float(),
+                       "teacher_ce": -teacher.target_logps.float()}  # fmt: skip
+        return loss, metrics
     if teacher.logits is not None:
         t = F.log_softmax(teacher.logits.float() / tau, dim=-1)
         teacher_top = teacher.logits.argmax(-1)
