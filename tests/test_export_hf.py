@@ -171,10 +171,7 @@ def test_unsupported_architecture_and_missing_file_are_one_line_errors(tiny_fact
     (ckpt / "model_config.yaml").write_text(cfg)
     result = run_cli("export_hf", ckpt, "--out_dir", tmp_path / "o")
     assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert (
-        "cannot export 'tiny-llama': a Gemma variant other than Gemma 1 / 2 (Gemma 3 is not exported yet); supported"
-        in result.stderr
-    )
+    assert "cannot export 'tiny-llama': a Gemma variant other than Gemma 1, 2 or 3; supported" in result.stderr
     assert not (tmp_path / "o").exists() and not (tmp_path / "o.partial").exists()
 
     broken = tmp_path / "broken"
@@ -259,11 +256,14 @@ def test_export_streams_with_memory_far_below_the_model_size(tiny_factory, tmp_p
 
 @pytest.mark.parametrize(
     ("like", "cls"),
-    [("Qwen3-0.6B", "Qwen3ForCausalLM"), ("Gemma-2b", "GemmaForCausalLM"), ("Gemma-2-2b", "Gemma2ForCausalLM")],
-)
+    [("Qwen3-0.6B", "Qwen3ForCausalLM"), ("Gemma-2b", "GemmaForCausalLM"), ("Gemma-2-2b", "Gemma2ForCausalLM"),
+     ("Gemma-3-4b-it", "Gemma3ForCausalLM"), ("gemma-3-1b-it", "Gemma3ForCausalLM")],
+)  # fmt: skip
 def test_qwen3_and_gemma_export_full_and_peft_with_litgpts_logits(tmp_path, like, cls):
-    """Qwen3 (qk-norm on every head, no qkv bias), Gemma 1 (multi-query, (1 + w) norms, scaled embeddings) and Gemma 2
-    (softcapping, norms around both sublayers, alternating sliding windows: 128 here, the text is longer) at a tiny
+    """Qwen3 (qk-norm on every head, no qkv bias), Gemma 1 (multi-query, (1 + w) norms, scaled embeddings), Gemma 2
+    (softcapping, norms around both sublayers, alternating sliding windows: 128 here, the text is longer) and Gemma 3
+    (q/k norms, the local RoPE base on windowed layers, linear RoPE scaling on the global ones; and a checkpoint named
+    in lower case, whose norms litgpt computes without Gemma's (1 + w), as its Config keys that on the name) at a tiny
     size: transformers loads the full export
     with no missing or unexpected weight and litgpt's logits; a LoRA run's adapter through PeftModel gives the merged
     logits."""

@@ -173,7 +173,7 @@ def test_gemma3_converts_with_a_derived_config_and_sentencepieces_ids(gemma, gem
     assert lit.encode("hi", bos=True).tolist()[0] == 2  # <bos>: the file adds it
 
 
-def test_gemma3_logits_and_greedy_text_equal_transformers(gemma, gemma_hf, tmp_path):
+def test_gemma3_logits_export_and_greedy_text_equal_transformers(gemma, gemma_hf, tmp_path):
     from litgpt.config import Config
     from litgpt.model import GPT
     from litgpt.tokenizer import Tokenizer
@@ -185,7 +185,19 @@ def test_gemma3_logits_and_greedy_text_equal_transformers(gemma, gemma_hf, tmp_p
     gpt.load_state_dict(torch.load(gemma / "lit_model.pth", weights_only=True))
     ids = lit.encode("The capital of France is", bos=True).unsqueeze(0)
     with torch.no_grad():
-        torch.testing.assert_close(gpt(ids), model(ids).logits, atol=1e-4, rtol=0)
+        ours = gpt(ids)
+        torch.testing.assert_close(ours, model(ids).logits, atol=1e-4, rtol=0)
+    del gpt
+    from transformers import AutoModelForCausalLM
+
+    from litgpt_ext.export.command import export_hf
+
+    export_hf(gemma, out_dir=tmp_path / "hf", dtype="fp32")  # and our export gives litgpt's logits back
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)
+    assert type(exported).__name__ == "Gemma3ForCausalLM"
+    with torch.no_grad():
+        torch.testing.assert_close(exported(ids).logits, ours, atol=1e-4, rtol=0)
+    del exported
     prompts = ["The capital of France is", "def fibonacci(n):", "SQL stands for"]
     rows = [{"id": f"p{i}", "prompt": p} for i, p in enumerate(prompts)]
     ours = greedy_generations(gemma, rows, tmp_path / "gen.jsonl", 12, "--prompt_style", "default")

@@ -18,7 +18,7 @@ from litgpt_ext.errors import UserError
 
 SUPPORTED = (
     "llama (incl. Llama-3 RoPE scaling), mistral, mixtral (MoE), qwen2 (qkv bias), qwen3 (qk-norm; dense or MoE), "
-    "gemma (1 and 2), gpt-neox (Pythia), phi (phi-1.5 / phi-2)"
+    "gemma (1, 2 and 3), gpt-neox (Pythia), phi (phi-1.5 / phi-2)"
 )
 
 
@@ -69,9 +69,37 @@ def _copy_gemma_2(config: Config, out: dict, weights: dict) -> None:
     lit.copy_weights_gemma_2(config, out, weights, untie_weights=False)
 
 
+def _copy_gemma_3(config: Config, out: dict, weights: dict) -> None:
+    """litgpt's Gemma-3 copy, keeping the LM head (as for Gemma 2)."""
+    lit.copy_weights_gemma_3(config, out, weights, untie_weights=False)
+
+
+def _gemma_3(config: Config) -> Family:
+    """Gemma 3 (text): Gemma 2's norms around both sublayers without its softcapping, q/k RMSNorms, sliding-window
+    layers that take the local RoPE base and global layers the global one (transformers ties the RoPE to the
+    layer's kind: a checkpoint whose ``rope_indices`` differ from its windows has no transformers form)."""
+    windows = config.sliding_window_indices or [0] * config.n_layer
+    if (
+        not (config.post_attention_norm and config.post_mlp_norm and config.scale_embeddings)
+        or config.final_logit_softcapping
+        or config.attention_logit_softcapping
+        or config.norm_qk_type != "default"
+        or config.attn_bias
+        or config.rotary_percentage != 1.0
+        or list(config.rope_indices or []) != list(windows)
+        or (config.rope_adjustments and set(config.rope_adjustments) != {"factor"})
+    ):
+        raise _unsupported(config, "a Gemma 3 variant transformers has no form for (rope_indices other than its "
+                           "sliding windows, RoPE scaling other than linear, biases, softcapping)")  # fmt: skip
+    return Family("gemma3", "Gemma3ForCausalLM", "gemma3_text", _copy_gemma_3, _LLAMA_PEFT)
+
+
 def _gemma(config: Config) -> Family:
     """Gemma 1: (1 + w) RMSNorms, scaled embeddings, a tanh-GELU MLP. Gemma 2 adds softcapped attention and logits,
-    norms after both sublayers and alternating sliding-window layers. Gemma 3 (qk-norm, local RoPE) is not exported."""
+    norms after both sublayers and alternating sliding-window layers; Gemma 3 (:func:`_gemma_3`) q/k norms and a
+    local RoPE base for the windowed layers, without the softcapping."""
+    if config.norm_qk and config.rope_local_base_freq is not None:
+        return _gemma_3(config)
     gemma_1 = not (
         config.post_attention_norm
         or config.post_mlp_norm
@@ -90,7 +118,7 @@ def _gemma(config: Config) -> Family:
         or config.rope_adjustments
         or config.rotary_percentage != 1.0
     ):
-        raise _unsupported(config, "a Gemma variant other than Gemma 1 / 2 (Gemma 3 is not exported yet)")
+        raise _unsupported(config, "a Gemma variant other than Gemma 1, 2 or 3")
     return Family("gemma2", "Gemma2ForCausalLM", "gemma2", _copy_gemma_2, _LLAMA_PEFT)
 
 
@@ -228,6 +256,22 @@ def hf_config(
             # litgpt's logits after a short finetune, 0 with eager); this key makes from_pretrained load eager
             "_attn_implementation": "eager",
         }
+    if family.name == "gemma3":
+        sliding = config.sliding_window_indices or [0] * config.n_layer
+        full = {"rope_type": "default", "rope_theta": config.rope_base}
+        if config.rope_adjustments:
+            full = {"rope_type": "linear", "rope_theta": config.rope_base, "factor": config.rope_adjustments["factor"]}
+        return {key: value for key, value in gemma.items() if key != "rope_theta"} | {
+            "query_pre_attn_scalar": config.attention_scores_scalar or config.head_size,
+            "sliding_window": config.sliding_window_size,
+            "layer_types": ["sliding_attention" if s else "full_attention" for s in sliding],
+            "final_logit_softcapping": None,
+            "attn_logit_softcapping": None,
+            "rope_parameters": {"full_attention": full,
+                                "sliding_attention": {"rope_type": "default",
+                                                      "rope_theta": config.rope_local_base_freq}},
+            "use_bidirectional_attention": False,
+        }  # fmt: skip
     if family.name == "gpt-neox":
         return common | {
             "rotary_pct": config.rotary_percentage,
@@ -259,4 +303,10 @@ def convert_tensor(family: Family, config: Config, name: str, tensor: torch.Tens
         family.copy(config, out, {name: tensor})
     except KeyError:
         raise UserError(f"unexpected tensor {name!r} for a {family.name} model", field="lit_model.pth") from None
+    is_norm = "norm" in name or name.startswith("transformer.ln_f.")
+    if family.name.startswith("gemma") and is_norm and "Gemma" not in config.name:
+        # litgpt gives a config's RMSNorms the (1 + w) form only when "Gemma" is in its *name* (Config.norm_class;
+        # a checkpoint named "gemma-3-1b-it" computes plain RMSNorms), transformers' Gemma classes always: w - 1
+        # makes transformers compute what litgpt does
+        out = {key: value - 1 for key, value in out.items()}
     return out

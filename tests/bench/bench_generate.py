@@ -388,7 +388,7 @@ def main() -> None:
     # (a smoke run of the --checkpoint path checks the chat-row harness only)
     switches = not (args.smoke and real) and not args.skip_switches
     workloads = [
-        Workload("a", 400, sizes["a"][1], sizes["a"][1], 0.0, None),
+        Workload("a", 100 if args.smoke else 400, sizes["a"][1], sizes["a"][1], 0.0, None),
         Workload("b", 60 if real else TRAIN_DOC_WORDS, sizes["b"][1], 0, 0.8, 200),
     ]
     dtype = {"32-true": torch.float32, "bf16-true": torch.bfloat16, "16-true": torch.float16}[args.precision]
