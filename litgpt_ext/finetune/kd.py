@@ -18,11 +18,12 @@ from litgpt_ext.finetune.launch import run, start
 from litgpt_ext.generate.on_model import ON_POLICY
 from litgpt_ext.generate.settings import Sampling
 from litgpt_ext.kd.cross_teacher import CrossTokenizerTeacher, StoredCrossTeacher
-from litgpt_ext.kd.teacher import Teacher, TeacherChoice, make_teacher
+from litgpt_ext.kd.teacher import NamedTeacher, Teacher, TeacherChoice, make_teacher, routed_teachers
 from litgpt_ext.training.args import TrainArgs
 from litgpt_ext.training.objectives.cross_tokenizer import CrossSettings, CrossTokenizerKD
 from litgpt_ext.training.objectives.divergences import DIVERGENCES
 from litgpt_ext.training.objectives.kd import KDObjective, KDSettings
+from litgpt_ext.training.objectives.routed_kd import RoutedKD
 from litgpt_ext.training.onpolicy import OnPolicy
 
 
@@ -139,6 +140,8 @@ def setup(
     teacher_url: str | None = None,
     teacher_model: str | None = None,
     server: ServerArgs = ServerArgs(),
+    teachers: list[NamedTeacher] | None = None,
+    unrouted: Literal["ce", "refuse"] = "ce",
     mode: Literal["lora", "full"] = "lora",
     flags: CommonFlags = CommonFlags(),
 ) -> None:
@@ -196,10 +199,30 @@ def setup(
         server: The --teacher_url client: --server.top_k (20), --server.concurrency, --server.rpm,
             --server.timeout, --server.max_attempts (a server gone that long stops the run with a resumable
             checkpoint), --server.api_key_env.
+        teachers: Several teachers in one run, instead of --teacher / --teacher_logprobs / --teacher_url: a list of
+            ``{"name": ..., and one of "teacher", "teacher_logprobs", "teacher_url" (+ "teacher_model"), optional
+            "teacher_precision"}``, each of the student's tokenizer. Each record is distilled from the teacher its
+            --data.route_field names (each part of a batch through its own teacher, losses averaged by answer
+            positions); metrics per teacher (kl_teacher_student_NAME, top1_agreement_NAME, records_NAME).
+        unrouted: With --teachers, records whose route field is missing: ``ce`` (cross-entropy only) or ``refuse``.
         mode: ``lora`` (litgpt LoRA; final dir holds lit_model.pth.lora and the merged lit_model.pth) or ``full``.
     """
     job = start(setup, locals())
     check_kd_numbers(beta, temperature, kd_ratio, divergence, skew_alpha, akl_mu)
+    if teachers is not None:
+        if teacher or teacher_logprobs or teacher_url or cross_tokenizer or lmbda or seq_kd:
+            raise UserError("names every teacher itself: drop --teacher / --teacher_logprobs / --teacher_url, and "
+                            "--cross_tokenizer / --lmbda / --seq_kd (off-policy, one tokenizer, for now)",
+                            field="teachers")  # fmt: skip
+        kd = KDSettings(beta, temperature, kd_ratio, scale_by_t2, topk_tail, divergence, skew_alpha, akl_mu)
+        sources = routed_teachers(job.spec.checkpoint_dir, teachers, kd, server)
+
+        def make_routed(tokenizer, train_args: TrainArgs) -> RoutedKD:
+            parts = {name: KDObjective(source, kd, 0, train_args.max_seq_length) for name, source in sources.items()}
+            return RoutedKD(parts, 0, train_args.max_seq_length, refuse_unrouted=unrouted == "refuse")
+
+        run(job, make_routed)
+        return
     choice = TeacherChoice(teacher, teacher_logprobs, teacher_url, teacher_model, teacher_precision, server)
     policy = OnPolicy(lmbda, seq_kd, gen, flags.seed)
     check_onpolicy(policy, choice)

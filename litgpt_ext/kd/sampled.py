@@ -76,6 +76,8 @@ def dense_target(ids: torch.Tensor, p_hat: torch.Tensor, vocab: int) -> torch.Te
 
 
 def check_sampling(sampling, samples, proposal_temperature, temperature, dtype, cross_tokenizer) -> None:
+    """distill_logprobs' flags for a sampled store, refused before any work: the draws estimate the teacher at
+    temperature 1 in the student's own vocabulary, and float16 counts are exact only up to 2,048."""
     if sampling not in ("topk", "sample"):
         raise UserError(f"must be topk or sample, got {sampling!r}", field="sampling")
     if sampling == "topk":
@@ -110,6 +112,9 @@ FLAT = ("ids", "weights")
 
 
 def pack_window(ordered: list[dict], store_dtype) -> dict:
+    """A window's part file from its samples' rows (in index order): per-entry and per-position parts
+    concatenated, the weights in the store's dtype, and each sample's position count (``counts``)."""
+
     def cat(key):
         return torch.cat([r[key] for r in ordered])
 

@@ -13,7 +13,7 @@ get no mass); the tokens themselves must agree (:func:`litgpt_ext.kd.vocab.check
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,28 +22,11 @@ from torch import nn
 
 from litgpt_ext.api.prompt_scores import ServerArgs
 from litgpt_ext.checks import check_checkpoint_dir
+from litgpt_ext.data.indexed import IndexedSamples
 from litgpt_ext.errors import UserError
 from litgpt_ext.kd.store import SPLITS
 from litgpt_ext.model.heads import on_positions, output_head, unwrap
 from litgpt_ext.training.objectives.kd import KDSettings, TeacherBlock
-
-
-class IndexedSamples(Sequence):
-    """A dataset whose samples also carry their split and index (to find their stored teacher rows)."""
-
-    def __init__(self, dataset: Sequence, split: str) -> None:
-        self.dataset, self.split = dataset, split
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        return {**self.dataset[i], "kd_index": i, "kd_split": self.split}
-
-    def __getattr__(self, name):  # lengths() of packed data, fingerprints, ...
-        if name in ("dataset", "split"):  # not set yet (unpickling): no recursion
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
 
 
 def fit_vocab(logits: torch.Tensor, vocab: int) -> torch.Tensor:
@@ -90,6 +73,39 @@ class TeacherChoice:
                 "distill_convert --logprobs) or --teacher_url URL (an OpenAI-compatible server)",
                 field="teacher",
             )
+
+
+@dataclass
+class NamedTeacher:
+    """One of ``finetune_kd --teachers``: the name records are routed to, and one source."""
+
+    name: str
+    teacher: Path | None = None
+    teacher_logprobs: Path | None = None
+    teacher_url: str | None = None
+    teacher_model: str | None = None
+    teacher_precision: str | None = None
+
+
+def routed_teachers(student: Path, named: list[NamedTeacher], kd, server: ServerArgs) -> dict[str, Teacher]:
+    """name -> :class:`Teacher` of ``--teachers``, each checked as a single ``--teacher*`` is (one source, the
+    student's tokenizer, a store made for this data and loss); names unique and non-empty."""
+    if not named:
+        raise UserError("lists no teacher", field="teachers")
+    teachers: dict[str, Teacher] = {}
+    for entry in named:
+        if not isinstance(entry.name, str) or not entry.name.strip():
+            raise UserError(f"a teacher needs a non-empty name, got {entry.name!r}", field="teachers")
+        if entry.name in teachers:
+            raise UserError(f"two teachers are named {entry.name!r}", field="teachers")
+        choice = TeacherChoice(entry.teacher, entry.teacher_logprobs, entry.teacher_url, entry.teacher_model,
+                               entry.teacher_precision, server)  # fmt: skip
+        try:
+            teachers[entry.name] = make_teacher(student, choice, kd)
+        except UserError as err:  # the same line, naming which teacher
+            where = f"teachers[{entry.name}]" + (f".{err.field}" if err.field else "")
+            raise UserError(err.reason, path=err.path, line=err.line, field=where) from None
+    return teachers
 
 
 class Teacher:

@@ -1,0 +1,162 @@
+"""Several teachers in one run (finetune_kd --teachers, --data.route_field): the data carries each record's route;
+a two-teacher step is exactly the position-weighted sum of the single-teacher steps on each part (loss and
+gradient); a whole run logs per-teacher metrics; routing mistakes are one line with nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from kd_helpers import _Fabric, _student, _train
+
+from litgpt_ext.errors import UserError
+
+ROUTES = ["a", "b", None, "a", "b", "a"]
+
+
+@pytest.fixture(scope="module")
+def routed_data(tmp_path_factory):
+    """Six demo Q/A records as litgpt JSON, each naming its teacher in ``"teacher"`` (one names none)."""
+    from conftest import DEMO
+
+    qa = json.loads((DEMO / "qa.json").read_text())["train"]
+    rows = []
+    for i, route in enumerate(ROUTES):
+        row = {"id": f"r{i}", "instruction": qa[i]["Question"], "output": " " + qa[i]["Answer"]}
+        rows.append(row | ({"teacher": route} if route else {}))
+    out = tmp_path_factory.mktemp("routed")
+    (out / "train.json").write_text(json.dumps(rows[:4]))
+    (out / "val.json").write_text(json.dumps(rows[4:]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def second_teacher(pair, tmp_path_factory):
+    """Another teacher of the pair's tokenizer (so the two teachers' losses differ)."""
+    from litgpt_ext.tiny_checkpoint import make_tiny_checkpoint
+
+    out = tmp_path_factory.mktemp("second-teacher") / "teacher"
+    return make_tiny_checkpoint(out_dir=out, n_layer=1, n_embd=96, seed=11, tokenizer_from=pair[0])
+
+
+def _data(student, path, **kw):
+    from litgpt.tokenizer import Tokenizer
+
+    from litgpt_ext.data.sft import SFTData
+
+    data = SFTData(path=path, route_field="teacher", **kw)
+    data.connect(tokenizer=Tokenizer(student), batch_size=4)
+    data.setup()
+    return data
+
+
+def test_the_data_carries_each_records_route_through_splits_and_chat_rows(pair, routed_data, tmp_path):
+    data = _data(pair[1], routed_data)
+    assert [data.train_dataset.route(i) for i in range(4)] == ROUTES[:4]
+    assert [data.val_dataset.route(i) for i in range(2)] == ROUTES[4:]
+    rows = json.loads((routed_data / "train.json").read_text()) + json.loads((routed_data / "val.json").read_text())
+    single = tmp_path / "all.json"
+    single.write_text(json.dumps(rows))  # validation split off by seed: each sample keeps its own record's route
+    data = _data(pair[1], single, val_split_fraction=0.34)
+    routes = dict(zip((r["id"] for r in rows), ROUTES, strict=True))
+    for dataset in (data.train_dataset, data.val_dataset):
+        assert [dataset.route(i) for i in range(len(dataset))] == [routes[dataset.ids[int(k)]] for k in dataset.index]
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text("".join(json.dumps({"messages": [{"role": "user", "content": r["instruction"]},
+                                                     {"role": "assistant", "content": r["output"]}],
+                                        **({"teacher": r["teacher"]} if "teacher" in r else {})}) + "\n"
+                            for r in rows))  # fmt: skip
+    data = _data(pair[1], chat, val_split_fraction=0.34, prompt_style="alpaca")
+    seen = [data.train_dataset.route(i) for i in range(len(data.train_dataset))]
+    assert sorted(seen + [data.val_dataset.route(i) for i in range(len(data.val_dataset))], key=str) == sorted(
+        ROUTES, key=str
+    )
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([rows[0], {**rows[1], "teacher": 7}]))
+    with pytest.raises(UserError, match=r"bad.json:record 2: teacher: must be a teacher's name .*got 7"):
+        _data(pair[1], bad)
+    with pytest.raises(UserError, match="route_field: a Q/A file's rows carry no other fields"):
+        from conftest import DEMO
+
+        _data(pair[1], DEMO / "qa.json")
+
+
+def test_a_two_teacher_step_is_the_weighted_sum_of_single_teacher_steps(pair, second_teacher, routed_data):
+    """Loss and every gradient of one routed step (teacher a, teacher b, and a record of none: CE only) equal the
+    answer-position-weighted sum of each part computed alone through its single-teacher objective (1e-5)."""
+    from litgpt_ext.data.indexed import IndexedSamples
+    from litgpt_ext.kd.teacher import LocalTeacher
+    from litgpt_ext.training.objectives.kd import KDObjective, KDSettings
+    from litgpt_ext.training.objectives.routed_kd import RoutedKD
+    from litgpt_ext.training.objectives.sft import answer_cross_entropy
+
+    teacher_a, student_dir = pair
+    model = _student(student_dir, lora=False)
+    kd = KDSettings(beta=0.5, temperature=2.0, kd_ratio=0.7)
+    teachers = {"a": LocalTeacher(teacher_a), "b": LocalTeacher(second_teacher)}
+    for t in teachers.values():
+        t.setup(_Fabric(), model, {})
+    parts = {name: KDObjective(t, kd) for name, t in teachers.items()}
+    routed = RoutedKD(parts)
+    data = _data(student_dir, routed_data)
+    samples = [IndexedSamples(data.train_dataset, "train")[i] for i in range(4)]
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    loss, metrics = routed.compute(model, routed.collate(samples))
+    grads = torch.autograd.grad(loss, params)
+    want_loss, total, pieces = 0.0, 0, []
+    for name in ("a", "b", None):
+        group = [s for s in samples if s["kd_route"] == name]
+        batch = parts[name].collate(group) if name else routed.collate(group)["parts"][""]
+        part_loss = parts[name].compute(model, batch)[0] if name else answer_cross_entropy(model, batch)
+        pieces.append((part_loss, len(batch["answer_index"])))
+        total += len(batch["answer_index"])
+    want_loss = sum(piece * n for piece, n in pieces) / total
+    want = torch.autograd.grad(want_loss, params)
+    assert abs(float(loss.detach()) - float(want_loss.detach())) < 1e-5
+    for g, w in zip(grads, want, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
+    per_teacher = routed.step_stats(0.0)
+    assert per_teacher["records_a"] == 2 and per_teacher["records_b"] == 1
+    assert 0 <= per_teacher["top1_agreement_a"] <= 1 and per_teacher["kl_teacher_student_b"] > 0
+
+
+def test_a_run_with_a_local_teacher_and_a_store_logs_each_teacher(pair, second_teacher, routed_data, tmp_path):
+    from litgpt_ext.data.sft import SFTData
+    from litgpt_ext.kd.logprobs import distill_logprobs
+    from litgpt_ext.kd.teacher import NamedTeacher
+
+    teacher_a, student_dir = pair
+    data = SFTData(path=routed_data, route_field="teacher")
+    distill_logprobs(second_teacher, data=data, out=tmp_path / "store", student=student_dir, top_k=8)
+    teachers = [NamedTeacher("a", teacher=teacher_a), NamedTeacher("b", teacher_logprobs=tmp_path / "store")]
+    rows = _train(pair, data, tmp_path / "run", steps=2, kd_ratio=0.5, teachers=teachers, teacher=None)
+    train = [r for r in rows if "loss" in r]
+    assert len(train) == 2 and all(r["records_a"] == 2 and r["records_b"] == 1 for r in train)
+    assert all(0 < r["kl_teacher_student_a"] and 0 < r["kl_teacher_student_b"] for r in train)
+    meta = json.loads((tmp_path / "run" / "kd_metadata.json").read_text())["method_config"]
+    assert meta["teachers"]["a"]["kind"] == "local" and meta["teachers"]["b"]["kind"] == "stored"
+
+
+def test_routing_mistakes_are_one_line_and_write_nothing(pair, second_teacher, routed_data, tmp_path):
+    from litgpt_ext.data.sft import SFTData
+    from litgpt_ext.kd.teacher import NamedTeacher
+
+    teacher_a, _ = pair
+    data = SFTData(path=routed_data, route_field="teacher")
+    both = [NamedTeacher("a", teacher=teacher_a), NamedTeacher("b", teacher=second_teacher)]
+    out = tmp_path / "never"
+    cases = [
+        (dict(teachers=both[:1]), r"data.route_field: train record r1 names 'b', not one of --teachers \(a\)"),
+        (dict(teachers=both, unrouted="refuse"), r"data.route_field: train record r2 names no teacher"),
+        (dict(teachers=both, data=routed_data), r"data.route_field: --teachers routes each record by a field"),
+        (dict(teachers=[both[0], NamedTeacher("a", teacher=second_teacher)]), "teachers: two teachers are named 'a'"),
+        (dict(teachers=[NamedTeacher("a", teacher=tmp_path / "nope")]), r"teachers\[a\]"),
+        (dict(teachers=[NamedTeacher("a")]), r"teachers\[a\]\.teacher: pass one of --teacher DIR"),
+        (dict(teachers=both, teacher=teacher_a), "teachers: names every teacher itself"),
+    ]
+    for kw, message in cases:
+        with pytest.raises(UserError, match=message):
+            _train(pair, kw.pop("data", data), out, **{"teacher": None, **kw})
+        assert not out.exists(), kw
