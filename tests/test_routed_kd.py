@@ -125,7 +125,7 @@ def test_a_two_teacher_step_is_the_weighted_sum_of_single_teacher_steps(pair, se
 def test_a_run_with_a_local_teacher_and_a_store_logs_each_teacher(pair, second_teacher, routed_data, tmp_path):
     from litgpt_ext.data.sft import SFTData
     from litgpt_ext.kd.logprobs import distill_logprobs
-    from litgpt_ext.kd.teacher import NamedTeacher
+    from litgpt_ext.kd.teachers import NamedTeacher
 
     teacher_a, student_dir = pair
     data = SFTData(path=routed_data, route_field="teacher")
@@ -141,7 +141,7 @@ def test_a_run_with_a_local_teacher_and_a_store_logs_each_teacher(pair, second_t
 
 def test_routing_mistakes_are_one_line_and_write_nothing(pair, second_teacher, routed_data, tmp_path):
     from litgpt_ext.data.sft import SFTData
-    from litgpt_ext.kd.teacher import NamedTeacher
+    from litgpt_ext.kd.teachers import NamedTeacher
 
     teacher_a, _ = pair
     data = SFTData(path=routed_data, route_field="teacher")
@@ -160,3 +160,66 @@ def test_routing_mistakes_are_one_line_and_write_nothing(pair, second_teacher, r
         with pytest.raises(UserError, match=message):
             _train(pair, kw.pop("data", data), out, **{"teacher": None, **kw})
         assert not out.exists(), kw
+
+
+def test_a_mixture_is_the_weighted_average_of_its_teachers_and_trains(pair, second_teacher, routed_data, tmp_path):
+    """The mixture's distribution at the loss's temperature is 0.25 p_a + 0.75 p_b (computed by hand from the two
+    teachers' logits); a run routing some records to the mixture trains and logs it; bad mixtures are one line."""
+    import torch.nn.functional as F
+
+    from litgpt_ext.api.prompt_scores import ServerArgs
+    from litgpt_ext.data.sft import SFTData
+    from litgpt_ext.kd.logprobs import distill_logprobs
+    from litgpt_ext.kd.teachers import NamedTeacher, routed_teachers
+    from litgpt_ext.model.heads import output_head
+    from litgpt_ext.training.objectives.kd import KDSettings
+
+    teacher_a, student_dir = pair
+    kd = KDSettings(temperature=2.0)
+    named = [NamedTeacher("a", teacher=teacher_a), NamedTeacher("b", teacher=second_teacher),
+             NamedTeacher("both", mixture={"a": 1.0, "b": 3.0})]  # fmt: skip
+    teachers = routed_teachers(student_dir, named, kd, ServerArgs())
+    model = _student(student_dir, lora=False)
+    for name in ("a", "b", "both"):
+        teachers[name].max_seq_length = 64
+        teachers[name].setup(_Fabric(), model, {})
+    assert teachers["both"].members["a"] is teachers["a"]  # one model per teacher
+    ids = torch.randint(4, 200, (2, 9), generator=torch.Generator().manual_seed(1))
+    flat = torch.arange(0, 16, 3)
+    block = teachers["both"].blocks({}, ids, flat)(0, len(flat))
+    mixed = F.log_softmax(block.logits / 2.0, dim=-1).exp()
+    want = 0
+    for name, w in (("a", 0.25), ("b", 0.75)):
+        t = teachers[name]
+        logits = output_head(t.model)(t.hidden_rows(ids, flat)).float()[:, : t.vocab]
+        want = want + w * F.softmax(logits / 2.0, dim=-1)
+    torch.testing.assert_close(mixed, want, atol=1e-6, rtol=1e-5)
+
+    data = SFTData(path=routed_data, route_field="teacher")
+    rows = json.loads((routed_data / "train.json").read_text())
+    mixed_dir = tmp_path / "mixed"
+    mixed_dir.mkdir()
+    (mixed_dir / "train.json").write_text(json.dumps([{**r, "teacher": "both"} if r["id"] == "r1" else r
+                                                      for r in rows]))  # fmt: skip
+    (mixed_dir / "val.json").write_text((routed_data / "val.json").read_text())
+    run = _train(pair, SFTData(path=mixed_dir, route_field="teacher"), tmp_path / "run", steps=1, teacher=None,
+                 teachers=named)  # fmt: skip
+    assert run[0]["records_both"] == 1 and run[0]["kl_teacher_student_both"] > 0
+    distill_logprobs(second_teacher, data=data, out=tmp_path / "store", student=student_dir, top_k=8)
+    cases = [
+        (
+            [
+                named[0],
+                NamedTeacher("s", teacher_logprobs=tmp_path / "store"),
+                NamedTeacher("m", mixture={"a": 1, "s": 1}),
+            ],
+            r"teachers\[m\].mixture: averages whole distributions: 's' must be a local checkpoint",
+        ),
+        ([named[0], NamedTeacher("m", mixture={"a": 1, "x": 1})], r"'x' is not one of the listed teachers \(a\)"),
+        ([*named[:2], NamedTeacher("m", mixture={"a": 1, "b": 0})], "weights must be > 0, got 0 for 'b'"),
+        ([named[0], NamedTeacher("m", mixture={"a": 1})], "mixes at least two teachers"),
+    ]
+    for teachers_flag, message in cases:
+        with pytest.raises(UserError, match=message):
+            _train(pair, data, tmp_path / "never", teacher=None, teachers=teachers_flag)
+        assert not (tmp_path / "never").exists()

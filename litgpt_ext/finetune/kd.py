@@ -18,7 +18,8 @@ from litgpt_ext.finetune.launch import run, start
 from litgpt_ext.generate.on_model import ON_POLICY
 from litgpt_ext.generate.settings import Sampling
 from litgpt_ext.kd.cross_teacher import CrossTokenizerTeacher, StoredCrossTeacher
-from litgpt_ext.kd.teacher import NamedTeacher, Teacher, TeacherChoice, make_teacher, routed_teachers
+from litgpt_ext.kd.teacher import Teacher, TeacherChoice, make_teacher
+from litgpt_ext.kd.teachers import NamedTeacher, routed_teachers
 from litgpt_ext.training.args import TrainArgs
 from litgpt_ext.training.objectives.cross_tokenizer import CrossSettings, CrossTokenizerKD
 from litgpt_ext.training.objectives.divergences import DIVERGENCES
@@ -201,7 +202,8 @@ def setup(
             checkpoint), --server.api_key_env.
         teachers: Several teachers in one run, instead of --teacher / --teacher_logprobs / --teacher_url: a list of
             ``{"name": ..., and one of "teacher", "teacher_logprobs", "teacher_url" (+ "teacher_model"), optional
-            "teacher_precision"}``, each of the student's tokenizer. Each record is distilled from the teacher its
+            "teacher_precision"}``, each of the student's tokenizer, or ``{"name": ..., "mixture": {"a": 0.5, "b":
+            0.5}}`` (the weighted average of listed local teachers). Each record is distilled from the teacher its
             --data.route_field names (each part of a batch through its own teacher, losses averaged by answer
             positions); metrics per teacher (kl_teacher_student_NAME, top1_agreement_NAME, records_NAME).
         unrouted: With --teachers, records whose route field is missing: ``ce`` (cross-entropy only) or ``refuse``.

@@ -75,39 +75,6 @@ class TeacherChoice:
             )
 
 
-@dataclass
-class NamedTeacher:
-    """One of ``finetune_kd --teachers``: the name records are routed to, and one source."""
-
-    name: str
-    teacher: Path | None = None
-    teacher_logprobs: Path | None = None
-    teacher_url: str | None = None
-    teacher_model: str | None = None
-    teacher_precision: str | None = None
-
-
-def routed_teachers(student: Path, named: list[NamedTeacher], kd, server: ServerArgs) -> dict[str, Teacher]:
-    """name -> :class:`Teacher` of ``--teachers``, each checked as a single ``--teacher*`` is (one source, the
-    student's tokenizer, a store made for this data and loss); names unique and non-empty."""
-    if not named:
-        raise UserError("lists no teacher", field="teachers")
-    teachers: dict[str, Teacher] = {}
-    for entry in named:
-        if not isinstance(entry.name, str) or not entry.name.strip():
-            raise UserError(f"a teacher needs a non-empty name, got {entry.name!r}", field="teachers")
-        if entry.name in teachers:
-            raise UserError(f"two teachers are named {entry.name!r}", field="teachers")
-        choice = TeacherChoice(entry.teacher, entry.teacher_logprobs, entry.teacher_url, entry.teacher_model,
-                               entry.teacher_precision, server)  # fmt: skip
-        try:
-            teachers[entry.name] = make_teacher(student, choice, kd)
-        except UserError as err:  # the same line, naming which teacher
-            where = f"teachers[{entry.name}]" + (f".{err.field}" if err.field else "")
-            raise UserError(err.reason, path=err.path, line=err.line, field=where) from None
-    return teachers
-
-
 class Teacher:
     """The teacher's side of every batch (see the module docstring)."""
 
@@ -151,6 +118,8 @@ class LocalTeacher(Teacher):
     def setup(self, fabric, student: nn.Module, datasets: dict) -> None:
         from litgpt_ext.training.reference import load_frozen_model
 
+        if self.model is not None:  # one teacher serving several routes (a mixture's member) loads once
+            return
         self.fabric = fabric
         from litgpt_ext.precision import compute_dtype
 
