@@ -223,3 +223,32 @@ def test_a_mixture_is_the_weighted_average_of_its_teachers_and_trains(pair, seco
         with pytest.raises(UserError, match=message):
             _train(pair, data, tmp_path / "never", teacher=None, teachers=teachers_flag)
         assert not (tmp_path / "never").exists()
+
+
+def test_evaluate_kd_scores_each_record_against_its_own_teacher(pair, second_teacher, routed_data, tmp_path):
+    """With --teachers, evaluate_kd's per-teacher rows equal evaluate_kd run with that one teacher on that
+    teacher's records alone, and the totals are their position-weighted means."""
+    from litgpt_ext.data.sft import SFTData
+    from litgpt_ext.kd.evaluate import evaluate_kd
+    from litgpt_ext.kd.teachers import NamedTeacher
+
+    teacher_a, student_dir = pair
+    named = [NamedTeacher("a", teacher=teacher_a), NamedTeacher("b", teacher=second_teacher)]
+    both = evaluate_kd(student_dir, teachers=named, data=SFTData(path=routed_data, route_field="teacher"),
+                       precision="32-true", output=tmp_path / "kd.json")  # fmt: skip
+    rows = [json.loads(p.read_text()) for p in (routed_data / "train.json", routed_data / "val.json")]
+    for name, checkpoint in (("a", teacher_a), ("b", second_teacher)):
+        alone = tmp_path / name
+        alone.mkdir()
+        (alone / "train.json").write_text(json.dumps([r for r in rows[0] if r.get("teacher") == name]))
+        (alone / "val.json").write_text(json.dumps([r for r in rows[1] if r.get("teacher") == name]))
+        want = evaluate_kd(student_dir, teacher=checkpoint, data=alone, precision="32-true")
+        got = both["per_teacher"][name]
+        assert got["positions"] == want["positions"]
+        for key in ("forward_kl", "reverse_kl", "top1_agreement", "teacher_ce", "student_ce"):
+            assert abs(got[key] - want[key]) < 1e-5, (name, key)
+    total = sum(both["per_teacher"][n]["positions"] for n in "ab")
+    assert both["positions"] == total  # the unrouted record is not scored
+    mean = sum(both["per_teacher"][n]["forward_kl"] * both["per_teacher"][n]["positions"] for n in "ab") / total
+    assert abs(both["forward_kl"] - mean) < 1e-6
+    assert json.loads((tmp_path / "kd.json").read_text())["per_teacher"]["b"]["teacher"]["kind"] == "local"

@@ -16,11 +16,15 @@ import torch.nn.functional as F
 from litgpt.data import DataModule
 
 from litgpt_ext.checks import at_least, check_checkpoint_dir, fit_to_context
+from litgpt_ext.data.indexed import IndexedSamples
 from litgpt_ext.data.sft import SFTData  # noqa: F401 (so that --data SFTData resolves by name)
 from litgpt_ext.errors import UserError
 from litgpt_ext.io import atomic_write_json
+from litgpt_ext.kd.teachers import NamedTeacher
 from litgpt_ext.model.heads import output_head
 from litgpt_ext.training.objectives.divergences import generalized_jsd
+
+METRICS = ("forward_kl", "reverse_kl", "top1_agreement", "teacher_ce", "student_ce")
 
 
 def evaluate_kd(
@@ -34,6 +38,7 @@ def evaluate_kd(
     precision: str | None = None,
     batch_size: int = 8,
     output: Path | None = None,
+    teachers: list[NamedTeacher] | None = None,
 ) -> dict:
     """Measure a student against its teacher, teacher-forced on the answers of SFT-shaped data.
 
@@ -49,6 +54,9 @@ def evaluate_kd(
         precision: Both models' precision (default: as generate_batch picks it).
         batch_size: Samples per forward.
         output: Where the metrics JSON goes (optional).
+        teachers: Instead of --teacher: finetune_kd's ``--teachers`` list; each record is scored against the teacher
+            its ``--data.route_field`` names (records of none are skipped), and the metrics are given per teacher
+            (``per_teacher``) beside the totals.
     """
     import lightning as L
     from litgpt.tokenizer import Tokenizer
@@ -65,38 +73,74 @@ def evaluate_kd(
     if not temperature > 0:
         raise UserError(f"must be > 0, got {temperature}", field="temperature")
     settings = KDSettings(beta=0.0, temperature=temperature, kd_ratio=1.0, topk_tail=True)
-    source = make_teacher(student, TeacherChoice(teacher, teacher_logprobs), settings)
-    if getattr(source, "scheme", "topk") == "sample":
-        raise UserError("holds tokens drawn from the teacher: they estimate forward KL's training signal, not the "
-                        "reverse KL and top-1 this reports; evaluate against the --teacher itself",
-                        path=Path(teacher_logprobs) / "manifest.json", field="teacher_logprobs")  # fmt: skip
+    if teachers is not None:
+        from litgpt_ext.api.prompt_scores import ServerArgs
+        from litgpt_ext.kd.teachers import routed_teachers
+
+        if teacher is not None or teacher_logprobs is not None:
+            raise UserError("names every teacher itself: drop --teacher / --teacher_logprobs", field="teachers")
+        sources = routed_teachers(student, teachers, settings, ServerArgs())
+    else:
+        sources = {None: make_teacher(student, TeacherChoice(teacher, teacher_logprobs), settings)}
+    for name, source in sources.items():
+        if getattr(source, "scheme", "topk") == "sample":
+            raise UserError("holds tokens drawn from the teacher: they estimate forward KL's training signal, not "
+                            "the reverse KL and top-1 this reports; evaluate against the teacher itself",
+                            field="teacher_logprobs" if name is None else f"teachers[{name}]")  # fmt: skip
     max_seq_length = fit_to_context("max_seq_length", max_seq_length, student)
-    source.max_seq_length = max_seq_length
     module = ready_data(resolve_data(data), Tokenizer(student), student, batch_size, max_seq_length)
-    train, val = source.wrap_datasets(*datasets_of(module))
+    splits = datasets_of(module)
+    for source in sources.values():
+        source.max_seq_length = max_seq_length
+        source.wrap_datasets(*splits)  # the checks (a store: its fingerprints)
+    if teachers is not None:
+        from litgpt_ext.training.objectives.routed_kd import check_routes
+
+        for name, dataset in zip(("train", "val"), splits, strict=True):
+            check_routes(dataset, name, sorted(sources), refuse_unrouted=False)
+    train, val = (IndexedSamples(d, name) for d, name in zip(splits, ("train", "val"), strict=True))
     chosen = {"all": [train, val], "train": [train], "val": [val]}[split]
 
     precision = precision or default_precision(student, training=False)
     fabric = L.Fabric(devices=1, precision=precision)
     model = load_frozen_model(fabric, student)
-    source.setup(fabric, model, {})
-    sums = {k: 0.0 for k in ("forward_kl", "reverse_kl", "top1_agreement", "teacher_ce", "student_ce")}
-    positions = samples = 0
+    for source in sources.values():
+        source.setup(fabric, model, {})
+    per = {name: {"sums": dict.fromkeys(METRICS, 0.0), "positions": 0, "samples": 0} for name in sources}
     for dataset in chosen:
-        for start in range(0, len(dataset), batch_size):
-            items = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
-            batch = _collate(source, items, max_seq_length)
-            batch_sums, n = _score(fabric, model, source, fabric.to_device(batch), settings)
-            for key, value in batch_sums.items():
-                sums[key] += value
-            positions += n
-            samples += len(items)
+        routes = {}
+        for i in range(len(dataset)):  # each record to its teacher (one teacher: every record)
+            route = dataset[i].get("kd_route") if teachers is not None else None
+            if route in sources:
+                routes.setdefault(route, []).append(i)
+        for name, indices in routes.items():
+            kept = per[name]
+            for start in range(0, len(indices), batch_size):
+                items = [dataset[i] for i in indices[start : start + batch_size]]
+                batch = _collate(sources[name], items, max_seq_length)
+                batch_sums, n = _score(fabric, model, sources[name], fabric.to_device(batch), settings)
+                for key, value in batch_sums.items():
+                    kept["sums"][key] += value
+                kept["positions"] += n
+                kept["samples"] += len(items)
+    positions = sum(kept["positions"] for kept in per.values())
+    samples = sum(kept["samples"] for kept in per.values())
     if not positions:
         raise UserError("no answer positions to score", field="data")
-    result = {key: value / positions for key, value in sums.items()}
-    result |= {"samples": samples, "positions": positions, "temperature": temperature, "teacher": source.describe()}
-    shown = ", ".join(f"{k} {result[k]:.4f}" for k in sums)
+    result = {key: sum(kept["sums"][key] for kept in per.values()) / positions for key in METRICS}
+    result |= {"samples": samples, "positions": positions, "temperature": temperature}
+    if teachers is None:
+        result["teacher"] = sources[None].describe()
+    else:
+        result["per_teacher"] = {
+            name: {**{k: v / max(kept["positions"], 1) for k, v in kept["sums"].items()},
+                   "samples": kept["samples"], "positions": kept["positions"], "teacher": sources[name].describe()}
+            for name, kept in per.items()
+        }  # fmt: skip
+    shown = ", ".join(f"{k} {result[k]:.4f}" for k in METRICS)
     print(f"{samples:,} samples, {positions:,} answer positions: {shown}")
+    for name, row in result.get("per_teacher", {}).items():
+        print(f"  {name}: {row['samples']:,} samples, " + ", ".join(f"{k} {row[k]:.4f}" for k in METRICS))
     if output is not None:
         atomic_write_json(Path(output), result)
     return result
@@ -122,7 +166,7 @@ def _score(fabric, model, source, batch: dict, kd) -> tuple[dict[str, float], in
         rows = on_positions(model, input_ids, index, lambda r: r)
     vocab = model.config.padded_vocab_size
     step, head = block_rows(vocab, rows.device), output_head(model)
-    sums = {k: 0.0 for k in ("forward_kl", "reverse_kl", "top1_agreement", "teacher_ce", "student_ce")}
+    sums = dict.fromkeys(METRICS, 0.0)
     for start in range(0, rows.size(0), step):
         end = min(rows.size(0), start + step)
         logits = head(rows[start:end]).float()
