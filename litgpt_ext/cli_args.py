@@ -87,6 +87,8 @@ def _positionals(function: Callable) -> int:
 
 
 def _list_value(values: list[str], item) -> str:
+    if dataclasses.is_dataclass(item):  # one JSON object for a list of them (``--teachers '{"name": ...}'``)
+        return "[" + ", ".join(values) + "]"
     if item in (int, float):
         try:
             return "[" + ", ".join(str(item(v)) for v in values) + "]"

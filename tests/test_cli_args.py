@@ -4,6 +4,7 @@ path for a list, 1/0 for a boolean, --data PATH with --data.* options)."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import typing
 
@@ -55,7 +56,8 @@ def test_one_value_for_a_list_and_1_or_0_for_a_boolean_parse(name, capsys):
     function = COMMANDS[name]
     head = [name, *_positionals(function)]
     for flag, hint in _flags(function, lambda h: _list_item(h) is not None):
-        value = "0" if _list_item(hint) is int else "a.jsonl"
+        item = _list_item(hint)
+        value = "0" if item is int else '{"name": "a"}' if dataclasses.is_dataclass(item) else "a.jsonl"
         code, out, err = _run(capsys, *head, f"--{flag}", value, "--print_config")
         assert code == 0, (flag, err)
     bools = _flags(function, _is_bool)

@@ -11,6 +11,7 @@ import torch
 from kd_helpers import _Fabric, _student, _train
 
 from litgpt_ext.errors import UserError
+from litgpt_ext.training.args import TrainArgs
 
 ROUTES = ["a", "b", None, "a", "b", "a"]
 
@@ -252,3 +253,45 @@ def test_evaluate_kd_scores_each_record_against_its_own_teacher(pair, second_tea
     mean = sum(both["per_teacher"][n]["forward_kl"] * both["per_teacher"][n]["positions"] for n in "ab") / total
     assert abs(both["forward_kl"] - mean) < 1e-6
     assert json.loads((tmp_path / "kd.json").read_text())["per_teacher"]["b"]["teacher"]["kind"] == "local"
+
+
+def test_a_teacher_of_another_tokenizer_takes_its_route(pair, routed_data, tiny_factory, tmp_path):
+    """Route ``b`` to a teacher of another tokenizer (ULD, aligned on the answers' bytes) and ``a`` to one of the
+    student's: the first step's loss is the answer-position-weighted sum of the single-teacher runs' first losses on
+    each route's records (and cross-entropy alone on the unrouted one); per-teacher rows name both."""
+    from litgpt.tokenizer import Tokenizer
+
+    from litgpt_ext.data.sft import SFTData
+    from litgpt_ext.kd.teachers import NamedTeacher
+
+    teacher_a, student_dir = pair
+    other = tiny_factory(n_layer=1, vocab_size=400, seed=5)  # its own BPE
+    named = [NamedTeacher("a", teacher=teacher_a), NamedTeacher("b", teacher=other, cross_tokenizer="uld")]
+    one = TrainArgs(max_steps=1, epochs=None, global_batch_size=4, micro_batch_size=4, save_interval=None,
+                    lr_warmup_steps=0, log_interval=1)  # fmt: skip
+    both = _train(pair, SFTData(path=routed_data, route_field="teacher"), tmp_path / "both", steps=1, teacher=None,
+                  teachers=named, train=one)[0]  # fmt: skip
+    assert both["records_b"] == 1 and "kd_loss_b" in both and "kl_teacher_student_b" not in both
+    rows = json.loads((routed_data / "train.json").read_text())
+    val = json.loads((routed_data / "val.json").read_text())
+    tok = Tokenizer(student_dir)
+    weighted, total = 0.0, 0
+    for route, kw in (("a", dict(teacher=teacher_a)), ("b", dict(teacher=other, cross_tokenizer="uld")),
+                      (None, dict(teacher=teacher_a, kd_ratio=0.0))):  # fmt: skip
+        alone = tmp_path / f"only-{route}"
+        alone.mkdir()
+        mine = [r for r in rows if r.get("teacher") == route]
+        (alone / "train.json").write_text(json.dumps(mine))
+        (alone / "val.json").write_text(json.dumps([r for r in val if r.get("teacher") == route] or mine))
+        loss = _train(pair, alone, tmp_path / f"run-{route}", steps=1, train=one, **{"kd_ratio": 0.5, **kw})[0]["loss"]
+        data = SFTData(path=alone)
+        data.connect(tokenizer=tok, batch_size=4)
+        data.setup()
+        n = sum(int((data.train_dataset[i]["labels"][1:] != -100).sum()) for i in range(len(data.train_dataset)))
+        weighted += loss * n
+        total += n
+    assert abs(both["loss"] - weighted / total) < 1e-5
+    mix = [*named, NamedTeacher("m", mixture={"a": 1, "b": 1})]
+    with pytest.raises(UserError, match=r"teachers\[m\].mixture: averages distributions over one vocabulary: 'b'"):
+        _train(pair, SFTData(path=routed_data, route_field="teacher"), tmp_path / "never", teacher=None, teachers=mix)
+    assert not (tmp_path / "never").exists()

@@ -17,9 +17,9 @@ from litgpt_ext.finetune.flags import CommonFlags, finetune_command
 from litgpt_ext.finetune.launch import run, start
 from litgpt_ext.generate.on_model import ON_POLICY
 from litgpt_ext.generate.settings import Sampling
-from litgpt_ext.kd.cross_teacher import CrossTokenizerTeacher, StoredCrossTeacher
-from litgpt_ext.kd.teacher import Teacher, TeacherChoice, make_teacher
-from litgpt_ext.kd.teachers import NamedTeacher, routed_teachers
+from litgpt_ext.kd.cross_teacher import check_cross, cross_teacher
+from litgpt_ext.kd.teacher import TeacherChoice, make_teacher
+from litgpt_ext.kd.teachers import NamedTeacher, objective_parts, routed_teachers
 from litgpt_ext.training.args import TrainArgs
 from litgpt_ext.training.objectives.cross_tokenizer import CrossSettings, CrossTokenizerKD
 from litgpt_ext.training.objectives.divergences import DIVERGENCES
@@ -63,58 +63,6 @@ def check_onpolicy(policy: OnPolicy, choice: TeacherChoice) -> None:
             "log-probs cover only the data's own answers)",
             field="lmbda",
         )
-
-
-def check_cross(cross: CrossSettings, kd: KDSettings, choice: TeacherChoice, policy: OnPolicy) -> None:
-    """``--cross_tokenizer``'s flags: a local teacher or a cross-tokenizer store, off-policy, and a divergence only
-    where ``align`` uses one."""
-    from litgpt_ext.checks import check_checkpoint_dir
-
-    if choice.url is not None or (choice.checkpoint is None) == (choice.store is None):
-        raise UserError(
-            "needs a local --teacher DIR or a --teacher_logprobs DIR made by distill_logprobs --cross_tokenizer (a "
-            "server's log-probs come without the text offsets to align them)",
-            field="cross_tokenizer",
-        )
-    if choice.checkpoint is not None:
-        check_checkpoint_dir(Path(choice.checkpoint))
-    elif cross.mode != "uld":
-        raise UserError("a top-k store knows k of the teacher's shared-token probabilities, not all: use "
-                        "--cross_tokenizer uld with --teacher_logprobs, or align with a local --teacher",
-                        field="cross_tokenizer")  # fmt: skip
-    if policy.active:
-        raise UserError("trains on the data's answers only: drop --lmbda / --seq_kd", field="cross_tokenizer")
-    if not kd.topk_tail:
-        raise UserError("applies to a top-k teacher of the student's tokenizer; --cross_tokenizer compares whole "
-                        "distributions (a store's tail is always kept): drop --topk_tail false",
-                        field="topk_tail")  # fmt: skip
-    if cross.mode == "uld" and (kd.divergence != "gjsd" or kd.beta != 0):
-        raise UserError("compares sorted probabilities: --divergence and --beta apply to --cross_tokenizer align",
-                        field="cross_tokenizer")  # fmt: skip
-    if cross.shared_weight is not None:
-        if cross.mode != "align":
-            raise UserError("weighs --cross_tokenizer align's shared tokens only", field="cross_shared_weight")
-        within("cross_shared_weight", cross.shared_weight, 0.0, 1.0)
-
-
-def cross_teacher(student_dir: Path, choice: TeacherChoice, kd: KDSettings, cross: CrossSettings) -> Teacher:
-    """The teacher of another tokenizer: a local checkpoint, or a ``distill_logprobs --cross_tokenizer`` store made
-    for this student's tokenizer."""
-    from litgpt_ext.kd.store import load_store, tokenizer_fingerprint
-
-    if choice.checkpoint is not None:
-        return CrossTokenizerTeacher(student_dir, Path(choice.checkpoint), choice.precision, kd, cross)
-    directory = Path(choice.store)
-    manifest = load_store(directory)
-    if not manifest.get("cross_tokenizer"):
-        raise UserError("holds the log-probs of a teacher of the student's own tokenizer: drop --cross_tokenizer",
-                        path=directory / "manifest.json", field="teacher_logprobs")  # fmt: skip
-    if manifest["tokenizer"] != tokenizer_fingerprint(student_dir):
-        raise UserError("was made for another student's tokenizer (rerun distill_logprobs --student for this one)",
-                        path=directory / "manifest.json", field="teacher_logprobs")  # fmt: skip
-    if kd.temperature != 1:
-        raise UserError("a cross-tokenizer store is at temperature 1: pass --temperature 1", field="temperature")
-    return StoredCrossTeacher(student_dir, directory, manifest, cross)
 
 
 @finetune_command()
@@ -213,14 +161,14 @@ def setup(
     check_kd_numbers(beta, temperature, kd_ratio, divergence, skew_alpha, akl_mu)
     if teachers is not None:
         if teacher or teacher_logprobs or teacher_url or cross_tokenizer or lmbda or seq_kd:
-            raise UserError("names every teacher itself: drop --teacher / --teacher_logprobs / --teacher_url, and "
-                            "--cross_tokenizer / --lmbda / --seq_kd (off-policy, one tokenizer, for now)",
-                            field="teachers")  # fmt: skip
+            raise UserError("names every teacher itself (another tokenizer's with its own \"cross_tokenizer\"): drop "
+                            "--teacher / --teacher_logprobs / --teacher_url / --cross_tokenizer, and --lmbda / "
+                            "--seq_kd (off-policy only, for now)", field="teachers")  # fmt: skip
         kd = KDSettings(beta, temperature, kd_ratio, scale_by_t2, topk_tail, divergence, skew_alpha, akl_mu)
         sources = routed_teachers(job.spec.checkpoint_dir, teachers, kd, server)
 
         def make_routed(tokenizer, train_args: TrainArgs) -> RoutedKD:
-            parts = {name: KDObjective(source, kd, 0, train_args.max_seq_length) for name, source in sources.items()}
+            parts = objective_parts(sources, kd, train_args.max_seq_length)
             return RoutedKD(parts, 0, train_args.max_seq_length, refuse_unrouted=unrouted == "refuse")
 
         run(job, make_routed)

@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from litgpt_ext.checks import within
 from litgpt_ext.data.batches import pad_collate
 from litgpt_ext.errors import UserError
 from litgpt_ext.kd.align import AlignmentError, Group, align
-from litgpt_ext.kd.teacher import IndexedSamples, LocalTeacher, Teacher, batch_split, check_store_data
+from litgpt_ext.kd.teacher import IndexedSamples, LocalTeacher, Teacher, TeacherChoice, batch_split, check_store_data
 from litgpt_ext.kd.token_bytes import ByteVocab, shared_tokens
 from litgpt_ext.model.blockwise_head import block_rows
 from litgpt_ext.model.heads import output_head, unwrap
@@ -283,3 +284,55 @@ class StoredCrossTeacher(Teacher):
 
         block.teacher_ce = -batch["t_target"].float().mean()
         return block
+
+
+def check_cross(cross: CrossSettings, kd: KDSettings, choice: TeacherChoice, policy=None) -> None:
+    """``--cross_tokenizer``'s flags: a local teacher or a cross-tokenizer store, off-policy, and a divergence only
+    where ``align`` uses one."""
+    from litgpt_ext.checks import check_checkpoint_dir
+
+    if choice.url is not None or (choice.checkpoint is None) == (choice.store is None):
+        raise UserError(
+            "needs a local --teacher DIR or a --teacher_logprobs DIR made by distill_logprobs --cross_tokenizer (a "
+            "server's log-probs come without the text offsets to align them)",
+            field="cross_tokenizer",
+        )
+    if choice.checkpoint is not None:
+        check_checkpoint_dir(Path(choice.checkpoint))
+    elif cross.mode != "uld":
+        raise UserError("a top-k store knows k of the teacher's shared-token probabilities, not all: use "
+                        "--cross_tokenizer uld with --teacher_logprobs, or align with a local --teacher",
+                        field="cross_tokenizer")  # fmt: skip
+    if policy is not None and policy.active:
+        raise UserError("trains on the data's answers only: drop --lmbda / --seq_kd", field="cross_tokenizer")
+    if not kd.topk_tail:
+        raise UserError("applies to a top-k teacher of the student's tokenizer; --cross_tokenizer compares whole "
+                        "distributions (a store's tail is always kept): drop --topk_tail false",
+                        field="topk_tail")  # fmt: skip
+    if cross.mode == "uld" and (kd.divergence != "gjsd" or kd.beta != 0):
+        raise UserError("compares sorted probabilities: --divergence and --beta apply to --cross_tokenizer align",
+                        field="cross_tokenizer")  # fmt: skip
+    if cross.shared_weight is not None:
+        if cross.mode != "align":
+            raise UserError("weighs --cross_tokenizer align's shared tokens only", field="cross_shared_weight")
+        within("cross_shared_weight", cross.shared_weight, 0.0, 1.0)
+
+
+def cross_teacher(student_dir: Path, choice: TeacherChoice, kd: KDSettings, cross: CrossSettings) -> Teacher:
+    """The teacher of another tokenizer: a local checkpoint, or a ``distill_logprobs --cross_tokenizer`` store made
+    for this student's tokenizer."""
+    from litgpt_ext.kd.store import load_store, tokenizer_fingerprint
+
+    if choice.checkpoint is not None:
+        return CrossTokenizerTeacher(student_dir, Path(choice.checkpoint), choice.precision, kd, cross)
+    directory = Path(choice.store)
+    manifest = load_store(directory)
+    if not manifest.get("cross_tokenizer"):
+        raise UserError("holds the log-probs of a teacher of the student's own tokenizer: drop --cross_tokenizer",
+                        path=directory / "manifest.json", field="teacher_logprobs")  # fmt: skip
+    if manifest["tokenizer"] != tokenizer_fingerprint(student_dir):
+        raise UserError("was made for another student's tokenizer (rerun distill_logprobs --student for this one)",
+                        path=directory / "manifest.json", field="teacher_logprobs")  # fmt: skip
+    if kd.temperature != 1:
+        raise UserError("a cross-tokenizer store is at temperature 1: pass --temperature 1", field="temperature")
+    return StoredCrossTeacher(student_dir, directory, manifest, cross)

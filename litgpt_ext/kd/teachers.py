@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -15,8 +16,10 @@ from torch import nn
 
 from litgpt_ext.api.prompt_scores import ServerArgs
 from litgpt_ext.errors import UserError
+from litgpt_ext.kd.cross_teacher import check_cross, cross_teacher
 from litgpt_ext.kd.teacher import LocalTeacher, Teacher, TeacherChoice, fit_vocab, make_teacher
 from litgpt_ext.model.heads import output_head
+from litgpt_ext.training.objectives.cross_tokenizer import CrossSettings
 from litgpt_ext.training.objectives.kd import TeacherBlock
 
 
@@ -30,6 +33,10 @@ class NamedTeacher:
     teacher_url: str | None = None
     teacher_model: str | None = None
     teacher_precision: str | None = None
+    cross_tokenizer: Literal["uld", "align"] | None = None
+    """A teacher of another tokenizer (a local checkpoint, or a ``distill_logprobs --cross_tokenizer`` store), as
+    finetune_kd's --cross_tokenizer takes it."""
+    cross_shared_weight: float | None = None
     mixture: dict[str, float] | None = None
     """Instead of a source: other entries' names (local checkpoints) and their weights; records routed here learn
     the weighted average of those teachers' distributions."""
@@ -51,7 +58,12 @@ def routed_teachers(student: Path, named: list[NamedTeacher], kd, server: Server
         choice = TeacherChoice(entry.teacher, entry.teacher_logprobs, entry.teacher_url, entry.teacher_model,
                                entry.teacher_precision, server)  # fmt: skip
         try:
-            teachers[entry.name] = make_teacher(student, choice, kd)
+            if entry.cross_tokenizer is not None:
+                cross = CrossSettings(entry.cross_tokenizer, entry.cross_shared_weight)
+                check_cross(cross, kd, choice)
+                teachers[entry.name] = cross_teacher(student, choice, kd, cross)
+            else:
+                teachers[entry.name] = make_teacher(student, choice, kd)
         except UserError as err:  # the same line, naming which teacher
             where = f"teachers[{entry.name}]" + (f".{err.field}" if err.field else "")
             raise UserError(err.reason, path=err.path, line=err.line, field=where) from None
@@ -72,6 +84,9 @@ def _mixture(entry: NamedTeacher, teachers: dict[str, Teacher], kd) -> MixtureTe
         member = teachers.get(name)
         if member is None:
             raise UserError(f"{name!r} is not one of the listed teachers ({', '.join(sorted(teachers))})", field=where)
+        if hasattr(member, "cross"):
+            raise UserError(f"averages distributions over one vocabulary: {name!r} has another tokenizer than the "
+                            "student's", field=where)  # fmt: skip
         if not isinstance(member, LocalTeacher):
             raise UserError(f"averages whole distributions: {name!r} must be a local checkpoint (a store or a server "
                             "knows only its top-k)", field=where)  # fmt: skip
@@ -114,3 +129,16 @@ class MixtureTeacher(Teacher):
             return TeacherBlock(logits=tau * torch.logsumexp(torch.stack(parts), dim=0))
 
         return block
+
+
+def objective_parts(teachers: dict[str, Teacher], kd, max_seq_length: int | None) -> dict:
+    """name -> the single-teacher objective each route trains with (another tokenizer's: its own)."""
+    from litgpt_ext.training.objectives.cross_tokenizer import CrossTokenizerKD
+    from litgpt_ext.training.objectives.kd import KDObjective
+
+    return {
+        name: CrossTokenizerKD(t, kd, t.cross, 0, max_seq_length)
+        if hasattr(t, "cross")
+        else KDObjective(t, kd, 0, max_seq_length)
+        for name, t in teachers.items()
+    }

@@ -8,7 +8,8 @@ part, weighted as one batch of all of them (tested: the loss and gradient of a t
 position-weighted sum of the two single-teacher steps'). A local teacher's body only runs on its own records' rows.
 
 Metrics: the usual ``kd_loss`` / ``ce_loss`` / ``kl_teacher_student`` / ``top1_agreement`` over all distilled
-positions, and per teacher ``kl_teacher_student_NAME``, ``top1_agreement_NAME`` and ``records_NAME`` (exact
+positions, and per teacher ``kd_loss_NAME``, ``top1_agreement_NAME``, ``kl_teacher_student_NAME`` (a teacher of the
+student's tokenizer) and ``records_NAME`` (exact
 position-weighted means over the rows a log line covers, kept apart from the loop's per-micro-batch means because a
 teacher may be absent from a micro-batch).
 """
@@ -24,12 +25,14 @@ from litgpt_ext.data.batches import pad_collate
 from litgpt_ext.data.indexed import IndexedSamples
 from litgpt_ext.errors import UserError
 from litgpt_ext.training.objectives.base import Objective, StepHooks
+from litgpt_ext.training.objectives.cross_tokenizer import CrossTokenizerKD
 from litgpt_ext.training.objectives.kd import KDObjective
 from litgpt_ext.training.objectives.sft import answer_cross_entropy
 
 UNROUTED = ""
 """The part of a batch whose records name no teacher (cross-entropy only)."""
-PER_TEACHER = ("kl_teacher_student", "top1_agreement")
+PER_TEACHER = ("kd_loss", "top1_agreement", "kl_teacher_student")
+"""Logged per teacher (a teacher of another tokenizer has no KL over one vocabulary: its rows leave it out)."""
 
 
 class RoutedKD(StepHooks, Objective):
@@ -49,6 +52,10 @@ class RoutedKD(StepHooks, Objective):
     @property
     def remote(self) -> bool:
         return any(part.remote for part in self.parts.values())
+
+    def connect_data(self, data) -> None:
+        for part in self.parts.values():  # a teacher of another tokenizer renders the records itself
+            part.connect_data(data)
 
     def wrap_datasets(self, train, val):
         for split, dataset in (("train", train), ("val", val)):
@@ -101,7 +108,8 @@ class RoutedKD(StepHooks, Objective):
             kept["positions"] += n
             kept["records"] += len(part["lengths"])
             for key in PER_TEACHER:
-                kept[key] = kept[key] + part_metrics[key].detach() * n
+                if key in part_metrics:
+                    kept[key] = kept[key] + part_metrics[key].detach() * n
         return loss, metrics
 
     def _per_teacher(self, split: str) -> dict[str, float]:
@@ -116,7 +124,8 @@ class RoutedKD(StepHooks, Objective):
             positions = max(float(values[0]), 1.0)
             out[f"{prefix}records_{name}"] = float(values[1])
             for i, key in enumerate(PER_TEACHER):
-                out[f"{prefix}{key}_{name}"] = float(values[2 + i]) / positions
+                if key != "kl_teacher_student" or not isinstance(self.parts[name], CrossTokenizerKD):
+                    out[f"{prefix}{key}_{name}"] = float(values[2 + i]) / positions
         self._sums[split] = {}
         return out
 
