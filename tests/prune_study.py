@@ -145,18 +145,24 @@ def random_init(like: Path, out: Path) -> Path:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def study_arguments(description: str, out: Path = OUT) -> tuple[argparse.Namespace, Study]:
+    """The flags of a study on the demo task's prompts (this one, the store study), parsed, and where it runs: the
+    real teacher, or with ``--smoke DIR`` the tiny one and the smallest sizes."""
+    parser = argparse.ArgumentParser(description=description.split("\n")[0])
     parser.add_argument("--steps", type=int, default=60, help="training steps of every student")
     parser.add_argument("--questions", type=int, default=400, help="town questions added to the 400 documents")
     parser.add_argument("--max_new_tokens", type=int, default=48)
     parser.add_argument("--smoke", type=Path, default=None, metavar="DIR",
                         help="every step on a tiny teacher, in DIR: checks the study's script only")  # fmt: skip
     args = parser.parse_args()
-    study = Study()
-    if args.smoke:
-        study = smoke_study(args.smoke)
-        args.steps, args.questions, args.max_new_tokens = 1, 10, 4
+    if not args.smoke:
+        return args, Study(out=out)
+    args.steps, args.questions, args.max_new_tokens = 1, 10, 4
+    return args, smoke_study(args.smoke)
+
+
+def main() -> None:
+    args, study = study_arguments(__doc__)
     run(study, args.steps, args.questions, args.max_new_tokens)
 
 
@@ -236,6 +242,11 @@ def run(study: Study, steps: int, questions: int, max_new_tokens: int) -> dict:
         lines.append(f"| {label} | {row['parameters'] / 1e6:.1f}M | {row['forward_kl']:.3f} | "
                      f"{row['top1_agreement']:.3f} | {row['items_f1']:.3f} | {row['tokens_per_s']:.0f} "
                      f"({row['tokens_per_s'] / teacher_speed:.2f}×) |")  # fmt: skip
+    return write_table(out, steps, started, table, lines)
+
+
+def write_table(out: Path, steps: int, started: float, table: dict, lines: list[str]) -> dict:
+    """A study's ``table.md`` (what its docs page shows) and ``table.json`` (with the minutes the run took)."""
     minutes = (time.perf_counter() - started) / 60
     result = {"steps": steps, "minutes": round(minutes, 1), "rows": table}
     (out / "table.json").write_text(json.dumps(result, indent=2))

@@ -16,13 +16,12 @@ shows. ``--smoke DIR`` runs every step on a tiny instruct teacher, in this proce
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 from tests.prune_study import OUT as PRUNE_OUT
-from tests.prune_study import Study, smoke_study, teacher_data
+from tests.prune_study import Study, study_arguments, teacher_data, write_table
 
 OUT = PRUNE_OUT.parent / "store-study"
 MAX_SEQ_LENGTH = 192
@@ -151,28 +150,12 @@ def run(study: Study, steps: int, questions: int, max_new_tokens: int, ks: tuple
             size += f" ({row['distinct_per_position']:.1f} distinct tokens)"
         lines.append(f"| {label} | {size} | {row['forward_kl']:.4f} | {row['forward_kl'] / full:.2f}× | "
                      f"{row['top1_agreement']:.3f} | {row['items_f1']:.3f} |")  # fmt: skip
-    minutes = (time.perf_counter() - started) / 60
-    result = {"steps": steps, "minutes": round(minutes, 1), "rows": table}
-    (out / "table.json").write_text(json.dumps(result, indent=2))
-    (out / "table.md").write_text("\n".join(lines) + "\n")
-    print("\n" + "\n".join(lines) + f"\n\n({minutes:.1f} min)")
-    return result
+    return write_table(out, steps, started, table, lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=60, help="training steps of every student")
-    parser.add_argument("--questions", type=int, default=400, help="town questions added to the 400 documents")
-    parser.add_argument("--max_new_tokens", type=int, default=48)
-    parser.add_argument("--smoke", type=Path, default=None, metavar="DIR",
-                        help="every step on a tiny teacher, in DIR: checks the study's script only")  # fmt: skip
-    args = parser.parse_args()
-    study = Study(out=OUT)
-    ks = (8, 20)
-    if args.smoke:
-        study = smoke_study(args.smoke)
-        args.steps, args.questions, args.max_new_tokens, ks = 1, 10, 4, (4,)
-    run(study, args.steps, args.questions, args.max_new_tokens, ks)
+    args, study = study_arguments(__doc__, OUT)
+    run(study, args.steps, args.questions, args.max_new_tokens, (4,) if args.smoke else (8, 20))
 
 
 if __name__ == "__main__":

@@ -127,12 +127,9 @@ class Sampled:
     """One split of a sampled store, gathered by sample into padded ``(positions, widest)`` rows."""
 
     def __init__(self, path: Path, samples: int) -> None:
-        try:
-            data = torch.load(path, weights_only=True, map_location="cpu")
-        except FileNotFoundError:
-            raise UserError("missing (not a complete distill_logprobs output?)", path=path) from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise UserError(f"not a {FORMAT} file (a store mixes two --sampling schemes?)", path=path)
+        from litgpt_ext.kd.store import load_split
+
+        data = load_split(path, FORMAT)
         self.path, self.samples = path, samples
         self.ids, self.weights, self.width = data["ids"], data["weights"], data["width"].long()
         self.entropy, self.top, self.target, self.offsets = (

@@ -100,16 +100,22 @@ def write_manifest(directory: Path, manifest: dict) -> None:
     atomic_write_json(Path(directory) / MANIFEST, manifest)
 
 
+def load_split(path: Path, fmt: str) -> dict:
+    """A split file of a store, checked to be of ``fmt`` (a file of the other scheme is named as such)."""
+    try:
+        data = torch.load(path, weights_only=True, map_location="cpu")
+    except FileNotFoundError:
+        raise UserError("missing (not a complete distill_logprobs output?)", path=path) from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise UserError(f"not a {fmt} file (a store mixes two --sampling schemes?)", path=path)
+    return data
+
+
 class TopK:
     """One split of a store, sliced by sample."""
 
     def __init__(self, path: Path) -> None:
-        try:
-            data = torch.load(path, weights_only=True, map_location="cpu")
-        except FileNotFoundError:
-            raise UserError("missing (not a complete distill_logprobs output?)", path=path) from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise UserError(f"not a {FORMAT} file (a store mixes two --sampling schemes?)", path=path)
+        data = load_split(path, FORMAT)
         self.path = path
         self.ids, self.logps, self.tail, self.target = data["ids"], data["logps"], data["tail"], data["target"]
         self.offsets = data["offsets"]
