@@ -121,8 +121,10 @@ class RoutedKD(StepHooks, Objective):
                                    *(float(kept[k]) for k in PER_TEACHER)])  # fmt: skip
             if self.fabric is not None and self.fabric.world_size > 1:
                 values = self.fabric.all_reduce(values.to(self.fabric.device), reduce_op="sum").cpu()
-            positions = max(float(values[0]), 1.0)
             out[f"{prefix}records_{name}"] = float(values[1])
+            if not values[0]:  # the teacher had no record in these steps: no figure rather than a 0
+                continue
+            positions = float(values[0])
             for i, key in enumerate(PER_TEACHER):
                 if key != "kl_teacher_student" or not isinstance(self.parts[name], CrossTokenizerKD):
                     out[f"{prefix}{key}_{name}"] = float(values[2 + i]) / positions
@@ -148,8 +150,9 @@ def check_routes(dataset, split: str, names: list[str], refuse_unrouted: bool) -
         if route is None and not refuse_unrouted or route in names:
             continue
         ids = getattr(dataset, "ids", None)
-        record = ids[int(dataset.index[i])] if ids else f"#{i + 1}"
+        name = str(ids[int(dataset.index[i])]) if ids and ids[int(dataset.index[i])] is not None else f"#{i + 1}"
+        record = name if name.startswith(("record ", "line ")) else f"record {name}"  # an id, or where it is
         if route is None:
-            raise UserError(f"{split} record {record} names no teacher (--unrouted refuse)", field="data.route_field")
-        raise UserError(f"{split} record {record} names {route!r}, not one of --teachers ({', '.join(names)})",
+            raise UserError(f"{split} {record} names no teacher (--unrouted refuse)", field="data.route_field")
+        raise UserError(f"{split} {record} names {route!r}, not one of --teachers ({', '.join(names)})",
                         field="data.route_field")  # fmt: skip
