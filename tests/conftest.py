@@ -27,16 +27,6 @@ if _WORKERS > 1:
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "artifacts" / "demo"
 
-LONGEST_FIRST = ("test_pipeline_make.py", "test_real_teacher.py", "test_bench_smoke.py", "test_real_model.py",
-                 "test_studies_smoke.py", "test_serve_pipeline.py", "test_cli.py", "test_kd_learning.py", "test_ddp.py")  # fmt: skip
-"""The modules whose tests take longest (``pytest --durations``), run first: the workers take tests in this order
-as they free up, so they end on short tests together instead of one waiting out the other's minute-long test."""
-
-
-def pytest_collection_modifyitems(config, items) -> None:
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable: the rest as collected
-
 
 def run_cli(
     *args: str, env: dict | None = None, cwd: Path | None = None, timeout: int = 300, process: bool = False

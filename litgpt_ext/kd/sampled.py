@@ -31,8 +31,8 @@ import torch.nn.functional as F
 
 from litgpt_ext.checks import at_least
 from litgpt_ext.errors import UserError
+from litgpt_ext.kd.store import SAMPLED_FORMAT, load_split
 
-FORMAT = "litgpt_ext.sampled/v1"
 MAX_EXACT_FLOAT16 = 2048
 """Counts up to this many draws are exact integers in float16."""
 
@@ -127,9 +127,7 @@ class Sampled:
     """One split of a sampled store, gathered by sample into padded ``(positions, widest)`` rows."""
 
     def __init__(self, path: Path, samples: int) -> None:
-        from litgpt_ext.kd.store import load_split
-
-        data = load_split(path, FORMAT)
+        data = load_split(path, SAMPLED_FORMAT)
         self.path, self.samples = path, samples
         self.ids, self.weights, self.width = data["ids"], data["weights"], data["width"].long()
         self.entropy, self.top, self.target, self.offsets = (

@@ -37,6 +37,8 @@ from litgpt_ext.errors import UserError
 from litgpt_ext.io import atomic_path, atomic_write_json
 
 FORMAT = "litgpt_ext.topk/v1"
+SAMPLED_FORMAT = "litgpt_ext.sampled/v1"
+"""A sampled store's split files (:mod:`litgpt_ext.kd.sampled`)."""
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
 
@@ -90,10 +92,8 @@ def teacher_identity(teacher_dir: Path) -> dict:
 
 
 def save_split(directory: Path, split: str, parts: dict[str, torch.Tensor], scheme: str = "topk") -> None:
-    from litgpt_ext.kd.sampled import FORMAT as SAMPLED
-
     with atomic_path(split_file(directory, split, scheme)) as tmp:
-        torch.save({"format": FORMAT if scheme == "topk" else SAMPLED, **parts}, tmp)
+        torch.save({"format": FORMAT if scheme == "topk" else SAMPLED_FORMAT, **parts}, tmp)
 
 
 def write_manifest(directory: Path, manifest: dict) -> None:
