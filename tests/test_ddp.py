@@ -35,6 +35,31 @@ def test_a_reward_head_on_an_untied_model_trains_under_ddp(tiny_checkpoint, tmp_
     assert torch.equal(final["lm_head.weight"], base["lm_head.weight"])  # frozen: no reader, no gradient
 
 
+def test_several_teachers_train_under_ddp_with_different_routes_on_each_rank(pair, tmp_path):
+    """Records alternate between two teachers, so in a step one rank may hold parts of both and the other of one:
+    DDP must see one forward per backward on every rank (a second wrapped forward left the ranks waiting on each
+    other: the run hung), and the per-teacher figures are reduced over the ranks in one order."""
+    from litgpt_ext.tiny_checkpoint import make_tiny_checkpoint
+
+    teacher, student = pair
+    other = make_tiny_checkpoint(out_dir=tmp_path / "other", n_layer=1, n_embd=96, seed=11, tokenizer_from=teacher)
+    rows = tmp_path / "routed.json"
+    rows.write_text(json.dumps([{"instruction": f"Question {i}?", "output": f" Answer {i}.",
+                                 "teacher": "a" if i % 3 else "b"} for i in range(16)]))  # fmt: skip
+    teachers = json.dumps([{"name": "a", "teacher": str(teacher)}, {"name": "b", "teacher": str(other)}])
+    out = tmp_path / "out"
+    done = run_cli("finetune_kd", student, "--data", rows, "--data.route_field", "teacher", "--teachers", teachers,
+                   "--mode", "full", "--devices", "2", "--strategy", "ddp", "--precision", "32-true", "--out_dir", out,
+                   "--train.max_steps", "3", "--train.epochs", "null", "--train.global_batch_size", "4",
+                   "--train.micro_batch_size", "2", "--train.lr_warmup_steps", "0", "--train.log_interval", "1",
+                   "--eval.interval", "2", "--eval.max_iters", "1", timeout=180)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in logged if "loss" in r]
+    assert len(train) == 3 and all(r["records_a"] + r["records_b"] == 4 for r in train)  # both ranks' records
+    assert any("val_records_a" in r for r in logged)
+
+
 _STOP_ON_ONE_RANK = textwrap.dedent("""
     import sys
     import lightning as L

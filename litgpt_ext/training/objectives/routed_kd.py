@@ -94,13 +94,16 @@ class RoutedKD(StepHooks, Objective):
         loss = torch.zeros((), device=batch["lengths"].device)
         metrics: dict[str, torch.Tensor] = {}
         sums = self._sums["train" if model.training else "val"]
-        for name, part in parts.items():
+        for k, (name, part) in enumerate(parts.items()):
+            runner, context = self._runner(model, first=k == 0)
             n = sizes[name]
             if name == UNROUTED:
-                part_loss = answer_cross_entropy(model, part) if n else loss
+                with context:
+                    part_loss = answer_cross_entropy(runner, part) if n else loss
                 loss = loss + part_loss * (n / total)
                 continue
-            part_loss, part_metrics = self.parts[name].compute(model, part)
+            with context:
+                part_loss, part_metrics = self.parts[name].compute(runner, part)
             loss = loss + part_loss * (n / total)
             for key, value in part_metrics.items():
                 metrics[key] = metrics.get(key, 0.0) + value.detach() * (n / distilled)
@@ -111,6 +114,19 @@ class RoutedKD(StepHooks, Objective):
                 if key in part_metrics:
                     kept[key] = kept[key] + part_metrics[key].detach() * n
         return loss, metrics
+
+    def _runner(self, model: nn.Module, first: bool):
+        """(the model a part runs through, the context it runs in). DDP expects one forward per backward, and ranks
+        may hold different numbers of parts: with several ranks the first part runs through the wrapped model (its
+        backward synchronises the gradient of the whole summed loss: autograd hands each parameter its total once)
+        and the others through the module inside it, under the run's autocast. One process: the model, as is."""
+        import contextlib
+
+        if first or self.fabric is None or self.fabric.world_size == 1:
+            return model, contextlib.nullcontext()
+        from litgpt_ext.model.heads import unwrap
+
+        return unwrap(model), self.fabric.autocast()
 
     def _per_teacher(self, split: str) -> dict[str, float]:
         out = {}
