@@ -304,9 +304,14 @@ def convert_tensor(family: Family, config: Config, name: str, tensor: torch.Tens
     except KeyError:
         raise UserError(f"unexpected tensor {name!r} for a {family.name} model", field="lit_model.pth") from None
     is_norm = "norm" in name or name.startswith("transformer.ln_f.")
-    if family.name.startswith("gemma") and is_norm and "Gemma" not in config.name:
-        # litgpt gives a config's RMSNorms the (1 + w) form only when "Gemma" is in its *name* (Config.norm_class;
-        # a checkpoint named "gemma-3-1b-it" computes plain RMSNorms), transformers' Gemma classes always: w - 1
-        # makes transformers compute what litgpt does
+    if family.name.startswith("gemma") and is_norm and not _unit_offset_norms(config):
+        # transformers' Gemma classes always scale by (1 + w); litgpt only where its Config says so (it keys that
+        # on the config's name: a checkpoint named "gemma-3-1b-it" computes plain RMSNorms) — w - 1 makes
+        # transformers compute what litgpt does
         out = {key: value - 1 for key, value in out.items()}
     return out
+
+
+def _unit_offset_norms(config: Config) -> bool:
+    """Whether litgpt builds this config's RMSNorms in Gemma's ``(1 + w)`` form (asked of litgpt's own norm class)."""
+    return bool(getattr(config.norm_class, "keywords", {}).get("add_unit_offset", False))

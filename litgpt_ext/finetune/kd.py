@@ -159,12 +159,12 @@ def setup(
     """
     job = start(setup, locals())
     check_kd_numbers(beta, temperature, kd_ratio, divergence, skew_alpha, akl_mu)
+    kd = KDSettings(beta, temperature, kd_ratio, scale_by_t2, topk_tail, divergence, skew_alpha, akl_mu)
     if teachers is not None:
         if teacher or teacher_logprobs or teacher_url or cross_tokenizer or lmbda or seq_kd:
             raise UserError("names every teacher itself (another tokenizer's with its own \"cross_tokenizer\"): drop "
                             "--teacher / --teacher_logprobs / --teacher_url / --cross_tokenizer, and --lmbda / "
                             "--seq_kd (off-policy only, for now)", field="teachers")  # fmt: skip
-        kd = KDSettings(beta, temperature, kd_ratio, scale_by_t2, topk_tail, divergence, skew_alpha, akl_mu)
         sources = routed_teachers(job.spec.checkpoint_dir, teachers, kd, server)
 
         def make_routed(tokenizer, train_args: TrainArgs) -> RoutedKD:
@@ -178,7 +178,6 @@ def setup(
     check_onpolicy(policy, choice)
     if policy.lmbda > 0:
         check_strategy(flags.strategy, on_policy=True)
-    kd = KDSettings(beta, temperature, kd_ratio, scale_by_t2, topk_tail, divergence, skew_alpha, akl_mu)
     student = job.spec.checkpoint_dir
     if cross_tokenizer is not None:
         cross = CrossSettings(cross_tokenizer, cross_shared_weight)

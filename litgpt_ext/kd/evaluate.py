@@ -108,11 +108,12 @@ def evaluate_kd(
         source.setup(fabric, model, {})
     per = {name: {"sums": dict.fromkeys(METRICS, 0.0), "positions": 0, "samples": 0} for name in sources}
     for dataset in chosen:
-        routes = {}
-        for i in range(len(dataset)):  # each record to its teacher (one teacher: every record)
-            route = dataset[i].get("kd_route") if teachers is not None else None
-            if route in sources:
-                routes.setdefault(route, []).append(i)
+        routes = {None: list(range(len(dataset)))}  # one teacher: every record; several: each to the one it names
+        if teachers is not None:
+            routes = {}
+            for i in range(len(dataset)):
+                if dataset.route(i) in sources:
+                    routes.setdefault(dataset.route(i), []).append(i)
         for name, indices in routes.items():
             kept = per[name]
             for start in range(0, len(indices), batch_size):

@@ -335,10 +335,9 @@ def _run_window(
         if tokens:
             rows["tokens"] = targets.to(torch.int32).cpu()
         counts = [int((s["labels"][:max_seq_length][1:] != -100).sum()) for s in samples]
-        offset = 0
-        entry = 0
+        offset = entry = 0
+        flat = FLAT if draw is not None else ()
         for i, n in zip(chunk, counts, strict=True):
-            flat = FLAT if draw is not None else ()
             results[i] = {key: value[offset : offset + n] for key, value in rows.items() if key not in flat}
             if draw is not None:
                 m = int(rows["width"][offset : offset + n].long().sum())
@@ -370,9 +369,9 @@ def _pack(out: Path, windows: dict, settings: dict) -> None:
             return torch.cat([p[key] for p in parts]) if parts else torch.zeros(0)
 
         if settings.get("sampling") == "sample":
-            keys = ("ids", "weights", "width", "entropy", "top", "target")
-            save_split(out, split, {**{key: cat(key) for key in keys}, "offsets": offsets}, "sample")
-            entries[split] = len(cat("ids"))
+            kept = {key: cat(key) for key in ("ids", "weights", "width", "entropy", "top", "target")}
+            save_split(out, split, {**kept, "offsets": offsets}, "sample")
+            entries[split] = len(kept["ids"])
         else:
             extra = {"tokens": cat("tokens")} if settings.get("cross_tokenizer") else {}
             save_split(out, split, {"ids": cat("ids"), "logps": cat("logps"), "tail": cat("tail"),

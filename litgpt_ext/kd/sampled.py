@@ -130,12 +130,8 @@ class Sampled:
         data = load_split(path, SAMPLED_FORMAT)
         self.path, self.samples = path, samples
         self.ids, self.weights, self.width = data["ids"], data["weights"], data["width"].long()
-        self.entropy, self.top, self.target, self.offsets = (
-            data["entropy"],
-            data["top"],
-            data["target"],
-            data["offsets"],
-        )
+        self.entropy, self.top, self.target = data["entropy"], data["top"], data["target"]
+        self.offsets = data["offsets"]
         self.starts = torch.cat([torch.zeros(1, dtype=torch.long), self.width.cumsum(0)])
         self.tokens = None
 
@@ -151,9 +147,10 @@ class Sampled:
         widest = int(width.max()) if len(pick) else 1
         slot = torch.arange(widest)
         used = slot.unsqueeze(0) < width.unsqueeze(1)
+        # every position has at least one entry (N >= 1 draws), so the padded slots' indices clamp into the store
         at = (self.starts[pick].unsqueeze(1) + slot).clamp(max=max(len(self.ids) - 1, 0))
-        ids = torch.where(used, self.ids[at].long(), -1) if len(self.ids) else torch.full(used.shape, -1)
-        p_hat = torch.where(used, self.weights[at].float() / self.samples, 0.0) if len(self.ids) else used.float()
+        ids = torch.where(used, self.ids[at].long(), -1)
+        p_hat = torch.where(used, self.weights[at].float() / self.samples, 0.0)
         return {
             "t_ids": ids,
             "t_p": p_hat,

@@ -43,13 +43,14 @@ MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
 
 
-SCHEMES = ("topk", "sample")
-"""How a store keeps the teacher's distribution: its top-k (``train.topk.pt``), or tokens drawn from it
-(``train.sampled.pt``, :mod:`litgpt_ext.kd.sampled`); the manifest's ``sampling`` says which (absent: top-k)."""
+SUFFIXES = {"topk": "topk", "sample": "sampled"}
+"""How a store keeps the teacher's distribution — its top-k (``train.topk.pt``), or tokens drawn from it
+(``train.sampled.pt``, :mod:`litgpt_ext.kd.sampled`) — and its split files' suffix; the manifest's ``sampling``
+says which (absent: top-k)."""
 
 
 def split_file(directory: Path, split: str, scheme: str = "topk") -> Path:
-    return Path(directory) / f"{split}.{'topk' if scheme == 'topk' else 'sampled'}.pt"
+    return Path(directory) / f"{split}.{SUFFIXES[scheme]}.pt"
 
 
 def scheme_of(manifest: dict) -> str:

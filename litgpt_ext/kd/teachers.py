@@ -17,8 +17,7 @@ from torch import nn
 from litgpt_ext.api.prompt_scores import ServerArgs
 from litgpt_ext.errors import UserError
 from litgpt_ext.kd.cross_teacher import check_cross, cross_teacher
-from litgpt_ext.kd.teacher import LocalTeacher, Teacher, TeacherChoice, fit_vocab, make_teacher
-from litgpt_ext.model.heads import output_head
+from litgpt_ext.kd.teacher import LocalTeacher, Teacher, TeacherChoice, make_teacher
 from litgpt_ext.training.objectives.cross_tokenizer import CrossSettings
 from litgpt_ext.training.objectives.kd import TeacherBlock
 
@@ -115,17 +114,13 @@ class MixtureTeacher(Teacher):
             member.setup(fabric, student, datasets)
 
     def blocks(self, batch, input_ids, flat):
-        rows = {name: m.hidden_rows(input_ids, flat) for name, m in self.members.items()}
-        heads = {name: output_head(m.model) for name, m in self.members.items()}
+        members = {name: m.blocks(batch, input_ids, flat) for name, m in self.members.items()}
         tau = self.temperature
 
         @torch.no_grad()
         def block(start: int, end: int) -> TeacherBlock:
-            parts = [
-                F.log_softmax(fit_vocab(heads[name](rows[name][start:end]).float(), m.vocab) / tau, dim=-1)
-                + math.log(self.weights[name])
-                for name, m in self.members.items()
-            ]
+            parts = [F.log_softmax(members[name](start, end).logits / tau, dim=-1) + math.log(self.weights[name])
+                     for name in members]  # fmt: skip
             return TeacherBlock(logits=tau * torch.logsumexp(torch.stack(parts), dim=0))
 
         return block

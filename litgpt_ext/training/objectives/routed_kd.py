@@ -35,6 +35,11 @@ PER_TEACHER = ("kd_loss", "top1_agreement", "kl_teacher_student")
 """Logged per teacher (a teacher of another tokenizer has no KL over one vocabulary: its rows leave it out)."""
 
 
+def _no_sums() -> dict:
+    """A teacher's running sums before any of its records: positions, records, and each per-teacher metric × n."""
+    return {"positions": 0.0, "records": 0.0, **dict.fromkeys(PER_TEACHER, 0.0)}
+
+
 class RoutedKD(StepHooks, Objective):
     """``parts``: teacher name -> the :class:`KDObjective` of that teacher (all with the run's settings)."""
 
@@ -107,7 +112,7 @@ class RoutedKD(StepHooks, Objective):
             loss = loss + part_loss * (n / total)
             for key, value in part_metrics.items():
                 metrics[key] = metrics.get(key, 0.0) + value.detach() * (n / distilled)
-            kept = sums.setdefault(name, {"positions": 0.0, "records": 0.0, **dict.fromkeys(PER_TEACHER, 0.0)})
+            kept = sums.setdefault(name, _no_sums())
             kept["positions"] += n
             kept["records"] += len(part["lengths"])
             for key in PER_TEACHER:
@@ -132,7 +137,7 @@ class RoutedKD(StepHooks, Objective):
         out = {}
         prefix = "val_" if split == "val" else ""
         for name in sorted(self.parts):  # every teacher, in one order: every rank reduces the same tensors
-            kept = self._sums[split].get(name, {"positions": 0.0, "records": 0.0, **dict.fromkeys(PER_TEACHER, 0.0)})
+            kept = self._sums[split].get(name) or _no_sums()
             values = torch.tensor([float(kept["positions"]), float(kept["records"]),
                                    *(float(kept[k]) for k in PER_TEACHER)])  # fmt: skip
             if self.fabric is not None and self.fabric.world_size > 1:
