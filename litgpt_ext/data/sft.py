@@ -15,6 +15,7 @@ prompt (unless ``mask_prompt=false``) and padding.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -26,7 +27,7 @@ from litgpt_ext.data.batches import RowData, pad_collate
 from litgpt_ext.data.chat import CHAT_FORMATS, data_format, load_conversations
 from litgpt_ext.data.chat_encode import encode_conversations, renderer_for
 from litgpt_ext.data.fast_encode import encode_packed
-from litgpt_ext.data.pretokenized import PackedSamples, load_pretokenized
+from litgpt_ext.data.pretokenized import PackedSamples, concatenate, load_pretokenized
 from litgpt_ext.data.records import Example, columns_of, is_qa_file, load_examples, load_json, read_routes
 from litgpt_ext.data.split import split_off, split_order
 from litgpt_ext.errors import UserError
@@ -61,6 +62,10 @@ class SFTData(RowData):
     route_field: str | None = None
     """A record field naming the teacher that distils the record (``finetune_kd --teachers``); litgpt JSON/JSONL and
     chat rows. A record without it is unrouted."""
+    route_files: dict[str, Path] | None = None
+    """Routing by file instead (``finetune_kd --teachers``), in place of ``path``: teacher name -> a file or directory
+    as ``path`` takes it (any format, pre-tokenized too); every record of it is distilled by that teacher. Each is
+    split into train/val on its own (its val file, else ``val_split_fraction``)."""
     ignore_index: int = -100
     """Label value that the loss ignores (prompt and padding)."""
 
@@ -73,8 +78,11 @@ class SFTData(RowData):
         self.max_seq_length = None if max_seq_length in (None, -1) else max_seq_length
 
     # -- format detection -------------------------------------------------------------------------------------
-    def source_kind(self) -> Literal["pretokenized", "dir", "file"]:
-        """What ``--data`` points at: packed ``train.pt`` (pre-tokenized), a directory of litgpt JSON, or one file."""
+    def source_kind(self) -> Literal["pretokenized", "dir", "file", "files"]:
+        """What ``--data`` points at: packed ``train.pt`` (pre-tokenized), a directory of litgpt JSON, one file, or
+        one per teacher (``route_files``)."""
+        if self.route_files is not None:
+            return "files"
         if self.path.is_dir():
             if (self.path / "train.pt").is_file():
                 return "pretokenized"
@@ -87,17 +95,21 @@ class SFTData(RowData):
 
     def setup(self, stage: str = "") -> None:
         kind = self.source_kind()
-        if kind == "pretokenized":
+        if kind == "files":
+            self._setup_files()
+        elif kind == "pretokenized":
             self._setup_pretokenized()
         else:
             self._setup_text(kind)
         self.stats.update(train=len(self.train_dataset), val=len(self.val_dataset))
         if not self.train_dataset:
-            raise UserError("no training samples", path=self.path)
+            raise UserError("no training samples", path=None if kind == "files" else self.path)
 
     def test_input(self) -> tuple[Path, str] | None:
         """(file, split) of the test split, for ``--eval.test``: a Q/A file's ``test`` list or a directory's
         test.json (litgpt JSON); None when the data has none."""
+        if self.route_files is not None:
+            return None
         if self.path.is_dir():
             return (self.path / "test.json", "test") if (self.path / "test.json").is_file() else None
         if self.path.suffix == ".json" and self.path.is_file():
@@ -105,6 +117,43 @@ class SFTData(RowData):
             if is_qa_file(data) and "test" in data:
                 return self.path, "test"
         return None
+
+    def routed_parts(self) -> dict[str, SFTData]:
+        """``route_files`` as one module per file (this one's settings, that file as ``path``), not yet set up."""
+        if self.route_field is not None:
+            raise UserError("routes by a record field or by file, not both: drop one", field="data.route_files")
+        if not self.route_files:
+            raise UserError("names no file: give {teacher name: file}", field="data.route_files")
+        parts = {}
+        for name, path in self.route_files.items():
+            if not isinstance(name, str) or not name.strip():
+                raise UserError(f"a teacher's name must be a non-empty string, got {name!r}", field="data.route_files")
+            part = dataclasses.replace(self, path=Path(path), route_files=None)
+            part.student_dir = self.student_dir
+            part.connect(self.tokenizer, self.batch_size, self.max_seq_length)
+            parts[name] = part
+        return parts
+
+    def _setup_files(self) -> None:
+        """Every file's samples, train and val apart, in the order the files are given; each sample routed to its
+        file's teacher. One prompt style for all (the one a finetuned checkpoint keeps)."""
+        splits: dict[str, list] = {"train": [], "val": []}
+        styles = {}
+        for name, part in self.routed_parts().items():
+            part.setup()
+            self.stats.update({f"{name}_{k}": v for k, v in part.stats.items()})
+            splits["train"].append((name, part.train_dataset))
+            splits["val"].append((name, part.val_dataset))
+            if part.prompt_style is not None:
+                styles[name] = part.prompt_style
+        kinds = {type(style).__name__ for style in styles.values()}
+        if len(kinds) > 1:
+            found = ", ".join(f"{name}: {type(style).__name__}" for name, style in styles.items())
+            raise UserError(f"the files render with different prompt styles ({found}): pass --data.prompt_style",
+                            field="data.route_files")  # fmt: skip
+        self.prompt_style = next(iter(styles.values()), None)
+        self.train_dataset = concatenate(splits["train"], self.route_files)
+        self.val_dataset = concatenate(splits["val"], self.route_files)
 
     def _setup_pretokenized(self) -> None:
         if self.route_field is not None:

@@ -68,7 +68,8 @@ def teacher_rendering(data, teacher_dir: Path) -> tuple:
     from litgpt_ext.data.modules import datasets_of, ready_data
     from litgpt_ext.data.sft import SFTData
 
-    if not isinstance(data, SFTData) or data.source_kind() == "pretokenized":
+    parts = list(data.routed_parts().values()) if isinstance(data, SFTData) and data.route_files else [data]
+    if not all(isinstance(part, SFTData) and part.source_kind() != "pretokenized" for part in parts):
         raise UserError(
             "--cross_tokenizer renders each record for both tokenizers: pass text data (litgpt JSON, Q/A or chat "
             "rows; --data PATH or --data SFTData), not pre-tokenized .pt files or another DataModule",

@@ -164,8 +164,15 @@ def check_routes(dataset, split: str, names: list[str], refuse_unrouted: bool) -
     """Every record routes to one of ``names`` (or to none, unless that is refused): one line naming the first
     that does not, before any step."""
     if getattr(dataset, "routes", None) is None:
-        raise UserError("--teachers routes each record by a field of it: pass --data.route_field NAME (litgpt JSON "
-                        "or chat rows)", field="data.route_field")  # fmt: skip
+        raise UserError("--teachers routes each record by a field of it or by its file: pass --data.route_field NAME "
+                        "(litgpt JSON or chat rows) or --data.route_files '{NAME: FILE, ...}'", field="data")  # fmt: skip
+    files = getattr(dataset, "route_files", None)
+    if files:  # every sample of a file goes to its teacher: the names are the whole check
+        for name, path in files.items():
+            if name not in names:
+                raise UserError(f"{name!r} (the records of {path}) is not one of --teachers ({', '.join(names)})",
+                                field="data.route_files")  # fmt: skip
+        return
     for i in range(len(dataset)):
         route = dataset.route(i)
         if route is None and not refuse_unrouted or route in names:
