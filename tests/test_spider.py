@@ -222,3 +222,19 @@ def test_the_study_splits_by_database_and_votes_without_gold(spider_dir, dev, tm
         "SELECT count(*)  FROM  singer", "DELETE FROM singer"]}) + "\n")  # fmt: skip
     voted = execution_vote(samples, prompts, tmp_path / "voted.jsonl")
     assert json.loads(voted.read_text())["output"] == "SELECT count(*) FROM singer"
+
+
+def test_the_teachers_study_runs_every_step(spider_dir, tmp_path):
+    """``make teachers-study`` on two tiny teachers of different tokenizers (a smoke run of every step: the demo and
+    Spider rows, the pruned student, both stores, the routed and single-teacher students, peak memory, scores)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "tests.teachers_study", "--smoke", str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
+    table = json.loads((tmp_path / "table.json").read_text())
+    assert len(table["rows"]) == 6 and table["sql_rows"]["train"] > 0
+    assert set(table["peak_memory_mb"]) >= {"local SmolLM2 + local Qwen, routed by file"}
+    routed = [json.loads(line) for line in (tmp_path / "student-0" / "metrics.jsonl").read_text().splitlines()]
+    assert routed[0]["records_demo"] > 0 and routed[0]["records_sql"] > 0  # each row from its own teacher
