@@ -218,7 +218,7 @@ def run(setup: Setup, args: argparse.Namespace) -> dict:
     memory = peak_memory(setup, student, [*common, "--kd_ratio", args.kd_ratio])
     for i, label in enumerate(runs):
         report = json.loads((out / f"student-{i}" / "performance.json").read_text())
-        memory[f"{label} (trained above, from stores)"] = report["peak_memory_mb"]
+        memory[f"{args.steps} steps, from stores: {label}"] = report["peak_memory_mb"]
         memory.setdefault("_train_minutes", {})[label] = round(report["training_seconds"] / 60, 1)
 
     gen = ["--temperature", 0, "--max_batch_size", 32]
@@ -257,9 +257,9 @@ def peak_memory(setup: Setup, student: Path, common: list) -> dict[str, float]:
     both = [{"name": "demo", "teacher": str(setup.chat_teacher)},
             {"name": "sql", "teacher": str(setup.sql_teacher), "cross_tokenizer": "uld"}]  # fmt: skip
     runs = {
-        "local SmolLM2 alone": ["--teacher", setup.chat_teacher],
-        "local Qwen alone (ULD)": ["--teacher", setup.sql_teacher, "--cross_tokenizer", "uld"],
-        "local SmolLM2 + local Qwen, routed by file": ["--teachers", json.dumps(both)],
+        "2 steps, SmolLM2 in the process, every row": ["--teacher", setup.chat_teacher],
+        "2 steps, Qwen in the process (ULD), every row": ["--teacher", setup.sql_teacher, "--cross_tokenizer", "uld"],
+        "2 steps, both in the process, routed by file": ["--teachers", json.dumps(both)],
     }
     steps = common.index("--train.max_steps")
     short = [*common[:steps], "--train.max_steps", 2, *common[steps + 2 :]]

@@ -235,6 +235,6 @@ def test_the_teachers_study_runs_every_step(spider_dir, tmp_path):
     assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
     table = json.loads((tmp_path / "table.json").read_text())
     assert len(table["rows"]) == 6 and table["sql_rows"]["train"] > 0
-    assert set(table["peak_memory_mb"]) >= {"local SmolLM2 + local Qwen, routed by file"}
+    assert "2 steps, both in the process, routed by file" in table["peak_memory_mb"]
     routed = [json.loads(line) for line in (tmp_path / "student-0" / "metrics.jsonl").read_text().splitlines()]
     assert routed[0]["records_demo"] > 0 and routed[0]["records_sql"] > 0  # each row from its own teacher
