@@ -5,7 +5,8 @@ Workload: ``--prompts`` (128) chat rows (a question behind a document of up to 6
 model's chat template, bench-generate's (b) prompts), greedy, up to ``--max_tokens`` (48) tokens, ending at the
 model's end of turn. Contenders, per round:
 * ``generate_batch`` on a file of the rows (``--max_batch_size`` 32): its own clock, model loading excluded;
-* ``serve_batch`` (``--max_batch_size`` 32, started once before the rounds: loading excluded) under ``--clients``
+* ``serve_batch`` (``--max_batch_size`` 32, a fresh server each round, started before the clock: loading excluded;
+  its prefix cache starts empty, as generate_batch's does) under ``--clients``
   (64) concurrent ``openai.AsyncOpenAI`` clients, each sending the next row when its answer arrives: the wall time
   from the first request to the last answer; completion tokens from ``usage``;
 * litgpt ``serve --openai_spec true`` (``pip install litserve`` for the bench only; skipped, said so, when it is
@@ -233,12 +234,12 @@ def main() -> None:
         have_litserve = False
     results: dict[str, list[dict]] = {"generate_batch": [], "serve_batch": [], "litgpt serve": []}
     env = {"OMP_NUM_THREADS": str(THREADS)}
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        ServerProcess(
-            ckpt, "--max_batch_size", str(BATCH), "--precision", args.precision, env=env, model_name="m"
-        ) as ours,
-    ):
+
+    def server() -> ServerProcess:
+        return ServerProcess(ckpt, "--max_batch_size", str(BATCH), "--precision", args.precision, env=env,
+                             model_name="m")  # fmt: skip
+
+    with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         lit = LitgptServe(ckpt, args.max_tokens, args.precision) if have_litserve else None
         if lit is not None:
@@ -248,7 +249,11 @@ def main() -> None:
                 print(f"round {r + 1}/{rounds} ...", flush=True)
                 batch = bench_ours(ckpt, prompts, tmp, w, BATCH, prompting, args.precision)
                 results["generate_batch"].append({**batch, "total": batch["tokens"]})
-                run = asyncio.run(_drive(ours.base_url, "m", prompts, clients, args.max_tokens))
+                # a fresh server each round, as generate_batch is a fresh process: one kept across rounds would
+                # answer the next round's prompts from its prefix cache (it did: 0.89 of generate_batch, where a
+                # cold server made 0.72)
+                with server() as ours:
+                    run = asyncio.run(_drive(ours.base_url, "m", prompts, clients, args.max_tokens))
                 results["serve_batch"].append(_rate(run))
                 if lit is not None:
                     run = asyncio.run(_drive(lit.base_url, "m", prompts[:lit_n], 32, args.max_tokens))
@@ -256,9 +261,10 @@ def main() -> None:
             long_prompt = " ".join((Path(__file__).parents[2] / "artifacts/demo/corpus.txt").read_text().split()[:400])
             while count(prompting.text(long_prompt)) > 200:
                 long_prompt = long_prompt.rsplit(" ", 10)[0]
-            ttft = _ttft(ours.base_url, "m", long_prompt, 5)
-            kd = {} if args.skip_kd else _kd(ckpt, ours.base_url, tmp, rounds, args.smoke)
-            probes = {"serve_batch": _probe(ours.base_url, "m", count)}
+            with server() as ours:
+                ttft = _ttft(ours.base_url, "m", long_prompt, 5)
+                kd = {} if args.skip_kd else _kd(ckpt, ours.base_url, tmp, rounds, args.smoke)
+                probes = {"serve_batch": _probe(ours.base_url, "m", count)}
             if lit is not None:
                 probes["litgpt serve"] = _probe(lit.base_url, "m", count)
         finally:
