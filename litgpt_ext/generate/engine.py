@@ -314,11 +314,10 @@ class Engine(Admission):
 
     def _admit_now(self, free: int, waiting: int, held: int) -> bool:
         """Whether waiting rows take the free slots this step. Rows that finish one at a time would each be
-        prefilled alone, and a one-row prefill runs at about half the tokens/s of a prefill of several rows (the
-        GEMMs are short; measured on SmolLM2 on CPU: 2.5 ms a token alone, 1.2 in a group of 14); so the slots are
-        gathered until ``admit_batch`` are free (or every waiting row fits), for at most ``admit_wait`` steps, and
-        an engine with nothing running admits at once. A decode step with a slot or two empty costs about what a
-        full one does, so a held slot costs its share of a few steps' tokens."""
+        prefilled alone, and a one-row prefill runs well below a group's tokens/s (its GEMMs are short); so the
+        slots are gathered until ``admit_batch`` are free (or every waiting row fits), for at most ``admit_wait``
+        steps, and an engine with nothing running admits at once. A decode step with a slot or two empty costs
+        about what a full one does, so a held slot costs its share of a few steps' tokens."""
         if free == len(self.slots) or free >= min(waiting, self.s.admit_batch):
             return True
         return held >= self.s.admit_wait

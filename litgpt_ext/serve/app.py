@@ -207,8 +207,7 @@ def _prompt(served: Served, prompt) -> tuple[list[int], str]:
 async def _client_gone(http: HTTPRequest) -> None:
     """Returns when the client disconnects. The request's body has been read, so the next ASGI message is its
     disconnect: one waiting ``receive`` per request, where polling ``is_disconnected`` every 0.25 s woke the event
-    loop 256 times a second under 64 clients — each wake-up taking the GIL from the engine's thread (measured: a
-    fresh server made 0.72 of generate_batch's tokens/s polling, see docs/benchmarks.md)."""
+    loop 256 times a second under 64 clients, each wake-up taking the GIL from the engine's thread."""
     while (await http.receive())["type"] != "http.disconnect":
         pass
 

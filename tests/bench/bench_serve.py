@@ -250,8 +250,7 @@ def main() -> None:
                 batch = bench_ours(ckpt, prompts, tmp, w, BATCH, prompting, args.precision)
                 results["generate_batch"].append({**batch, "total": batch["tokens"]})
                 # a fresh server each round, as generate_batch is a fresh process: one kept across rounds would
-                # answer the next round's prompts from its prefix cache (it did: 0.89 of generate_batch, where a
-                # cold server made 0.72)
+                # answer the next round's prompts from its prefix cache (the previous stop's 0.89 was measured so)
                 with server() as ours:
                     run = asyncio.run(_drive(ours.base_url, "m", prompts, clients, args.max_tokens))
                 results["serve_batch"].append(_rate(run))
