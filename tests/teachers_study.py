@@ -30,7 +30,7 @@ from pathlib import Path
 
 from distill.demo_steps import litgpt_ext, litgpt_ext_in_process
 from tests.prune_study import prompts, teacher_rows, write_jsonl
-from tests.spider_study import PROMPT, SPIDER, split_by_database, write_questions
+from tests.spider_study import PROMPT, SPIDER, as_predictions, split_by_database, write_questions
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "artifacts" / "runs" / "teachers-study"
@@ -203,26 +203,25 @@ def run(setup: Setup, args: argparse.Namespace) -> dict:
                                                                            "--cross_tokenizer", "uld"]),
         "no teacher's logits: SFT on the same rows": ("finetune_sft", []),
     }  # fmt: skip
-    common = [*data, "--mode", "full", "--train.max_steps", args.steps, "--train.epochs", "null",
-              "--train.global_batch_size", 8, "--train.micro_batch_size", 4, "--train.lr_warmup_steps",
-              min(5, args.steps - 1), "--train.log_interval", 10, "--eval.interval", 10_000,
-              "--eval.final_validation", "false", "--optimizer.lr", 3e-4, "--train.max_seq_length",
-              MAX_SEQ_LENGTH]  # fmt: skip
     students = {"pruned student, no training": student}
     for i, (label, (command, flags)) in enumerate(runs.items()):
         trained = out / f"student-{i}"
         if not (trained / "final" / "lit_model.pth").is_file():
             kd = ["--kd_ratio", args.kd_ratio] if command == "finetune_kd" else []
-            cli(command, student, *flags, "--out_dir", trained, *common, *kd)
+            cli(command, student, *flags, "--out_dir", trained, *train_flags(data, args.steps), *kd)
         students[label] = trained / "final"
-    memory = peak_memory(setup, student, [*common, "--kd_ratio", args.kd_ratio])
+    memory = peak_memory(setup, student, [*train_flags(data, 2), "--kd_ratio", args.kd_ratio])
+    minutes = {}
     for i, label in enumerate(runs):
         report = json.loads((out / f"student-{i}" / "performance.json").read_text())
         memory[f"{args.steps} steps, from stores: {label}"] = report["peak_memory_mb"]
-        memory.setdefault("_train_minutes", {})[label] = round(report["training_seconds"] / 60, 1)
+        minutes[label] = round(report["training_seconds"] / 60, 1)
 
     gen = ["--temperature", 0, "--max_batch_size", 32]
-    teacher_sql = score_spider(cli, as_predictions(sql["heldout_answers"]), sql["heldout_questions"])
+    answers = sql["heldout_answers"]
+    texts = {r["id"]: (r.get("generations") or [""])[0] for r in map(json.loads, answers.read_text().splitlines())}
+    teacher_sql = score_spider(cli, as_predictions(texts, answers.with_suffix(".predictions.jsonl")),
+                               sql["heldout_questions"])  # fmt: skip
     table = {"Qwen2.5-Coder-0.5B-Instruct (the SQL teacher)": {"spider": teacher_sql}}
     for i, (label, model) in enumerate(students.items()):
         result = out / "eval" / f"student-{i}"
@@ -248,10 +247,18 @@ def run(setup: Setup, args: argparse.Namespace) -> dict:
                 "--max_new_tokens", setup.max_new_tokens[1], *gen)  # fmt: skip
         row["spider"] = score_spider(cli, predictions, sql["heldout_questions"])
         table[label] = row
-    return write_table(setup, table, args, started, sql, memory)
+    return write_table(setup, table, args, started, sql, memory, minutes)
 
 
-def peak_memory(setup: Setup, student: Path, common: list) -> dict[str, float]:
+def train_flags(data: list, steps: int) -> list:
+    """Every student's training flags (full weights, 8 rows a step) for ``steps`` steps on ``data``."""
+    return [*data, "--mode", "full", "--train.max_steps", steps, "--train.epochs", "null",
+            "--train.global_batch_size", 8, "--train.micro_batch_size", 4, "--train.lr_warmup_steps",
+            min(5, steps - 1), "--train.log_interval", 10, "--eval.interval", 10_000, "--eval.final_validation",
+            "false", "--optimizer.lr", 3e-4, "--train.max_seq_length", MAX_SEQ_LENGTH]  # fmt: skip
+
+
+def peak_memory(setup: Setup, student: Path, flags: list) -> dict[str, float]:
     """Peak RSS (MB, ``performance.json``) of 2-step runs with the teachers loaded in the process (not from stores):
     each alone on every row, and both routed — what several local teachers cost in memory."""
     both = [{"name": "demo", "teacher": str(setup.chat_teacher)},
@@ -261,23 +268,13 @@ def peak_memory(setup: Setup, student: Path, common: list) -> dict[str, float]:
         "2 steps, Qwen in the process (ULD), every row": ["--teacher", setup.sql_teacher, "--cross_tokenizer", "uld"],
         "2 steps, both in the process, routed by file": ["--teachers", json.dumps(both)],
     }
-    steps = common.index("--train.max_steps")
-    short = [*common[:steps], "--train.max_steps", 2, *common[steps + 2 :]]
-    short[short.index("--train.lr_warmup_steps") + 1] = 1
     peaks = {}
-    for i, (label, flags) in enumerate(runs.items()):
+    for i, (label, teacher) in enumerate(runs.items()):
         out = setup.out / f"memory-{i}"
         if not (out / "performance.json").is_file():
-            setup.cli("finetune_kd", student, *flags, "--out_dir", out, *short)
+            setup.cli("finetune_kd", student, *teacher, "--out_dir", out, *flags)
         peaks[label] = json.loads((out / "performance.json").read_text())["peak_memory_mb"]
     return peaks
-
-
-def as_predictions(answers: Path) -> Path:
-    texts = {r["id"]: (r.get("generations") or [""])[0] for r in map(json.loads, answers.read_text().splitlines())}
-    out = answers.with_suffix(".predictions.jsonl")
-    out.write_text("".join(json.dumps({"id": rid, "output": t}) + "\n" for rid, t in texts.items()))
-    return out
 
 
 def score_spider(cli, predictions: Path, questions: Path) -> dict:
@@ -288,9 +285,8 @@ def score_spider(cli, predictions: Path, questions: Path) -> dict:
     return json.loads((out_dir / "metrics.json").read_text())["all"]
 
 
-def write_table(setup: Setup, table: dict, args, started: float, sql: dict, memory: dict) -> dict:
+def write_table(setup: Setup, table: dict, args, started: float, sql: dict, memory: dict, minutes: dict) -> dict:
     n_sql = {name: len(sql[name].read_text().splitlines()) for name in ("train", "heldout")}
-    minutes = memory.pop("_train_minutes")
     lines = [f"| student ({args.steps} steps × 8 rows) | demo: KL(SmolLM2 ‖ s) | demo: top-1 agreement | demo: items "
              "F1 | SQL: CE on Qwen's answers | SQL: Spider execution | SQL: exact-set-match | training min |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
